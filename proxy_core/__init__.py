@@ -1,0 +1,1 @@
+"""Switchboard proxy core: headless, never imports textual or rich."""

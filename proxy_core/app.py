@@ -1,0 +1,129 @@
+"""The proxy, assembled: config → upstreams → pipeline → aiohttp app.
+
+`SwitchboardProxy` is the one object a front end (headless `serve`, the
+dashboard, tests) creates and starts. It runs inside the caller's event
+loop (aiohttp `AppRunner` + `TCPSite`), so a Textual app can host it.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from .bus import EventBus
+from .config import Config
+from .control import ControlAPI, PREFIX
+from .journal import Journal
+from .openai_wire import error_body
+from .pipeline import Pipeline
+from .secrets import Redactor
+from .server import OpenAIFront
+from .store import TurnStore
+from .upstreams import build_upstreams, make_http_client
+
+log = logging.getLogger(__name__)
+
+LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
+
+
+class SwitchboardProxy:
+    def __init__(self, config: Config, *, host: str | None = None, port: int | None = None,
+                 journal: bool = True) -> None:
+        self.config = config
+        self.host = host or config.proxy.host
+        self.port = config.proxy.port if port is None else port
+        self.bus = EventBus()
+        self.store = TurnStore()
+        self.redactor = Redactor(config.secret_env_vars())
+        self.http = make_http_client()
+        self.upstreams = build_upstreams(config, self.http)
+        self.pipeline = Pipeline(config, self.upstreams, self.bus, self.store)
+        self.journal: Journal | None = None
+        if journal:
+            self.journal = Journal.open(config.proxy.journal, self.redactor, self.store)
+            self.bus.add_observer(self.journal)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def make_app(self) -> web.Application:
+        max_size = int(self.config.proxy.max_body_mb * 1024 * 1024)
+        app = web.Application(client_max_size=max_size,
+                              middlewares=[self._guard, self._errors])
+        OpenAIFront(self).add_routes(app)
+        ControlAPI(self).add_routes(app)
+        return app
+
+    async def start(self) -> None:
+        for upstream in self.upstreams.values():
+            await upstream.start()
+        self._runner = web.AppRunner(self.make_app(), access_log=None,
+                                     handler_cancellation=False, shutdown_timeout=2.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        if self.port == 0:  # pick up the OS-assigned port
+            server = getattr(site, "_server", None)
+            if server is not None and server.sockets:
+                self.port = server.sockets[0].getsockname()[1]
+        log.info("switchboard listening on %s", self.base_url)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        for upstream in self.upstreams.values():
+            await upstream.aclose()
+        await self.http.aclose()
+        if self.journal is not None:
+            self.journal.close()
+
+    # -- middleware --------------------------------------------------------------
+
+    def _trusted(self, request: web.Request) -> str | None:
+        """Why a request must be refused (a web page driving us), or None."""
+        loopback_bind = self.host in LOOPBACK_NAMES
+        host = request.url.host or ""
+        if loopback_bind and host not in LOOPBACK_NAMES:
+            return f"Host {request.host!r} is not a loopback name"
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            origin_host = urlsplit(origin).hostname or ""
+            if origin_host not in LOOPBACK_NAMES:
+                return f"Origin {origin!r} is not allowed"
+        return None
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
+        refusal = self._trusted(request)
+        if refusal is not None:
+            log.warning("refused %s %s: %s", request.method, request.path, refusal)
+            return web.json_response(error_body(f"forbidden: {refusal}", type_="forbidden",
+                                                code="forbidden"), status=403)
+        return await handler(request)
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
+        """Every error, including aiohttp's own 404/405/413, in OpenAI's JSON shape."""
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
+            if exc.status == 404:
+                message = f"no such endpoint: {request.method} {request.path}"
+                if not request.path.startswith(("/v1/", PREFIX)):
+                    message += " (point your client at /v1)"
+            return web.json_response(error_body(message, type_="invalid_request_error",
+                                                code=str(exc.status)), status=exc.status)
+        except Exception:
+            log.exception("internal error handling %s %s", request.method, request.path)
+            return web.json_response(error_body("internal error in Switchboard; see its log",
+                                                type_="server_error", code="internal_error"),
+                                     status=500)

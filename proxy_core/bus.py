@@ -1,0 +1,64 @@
+"""The in-process event bus.
+
+Observers are plain objects with methods named after the events they want
+(`on_TurnStarted(self, event)`), or callables registered for every event.
+An observer that raises is logged and skipped: it never breaks a stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .events import Event
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[Event], Any]
+
+
+class EventBus:
+    """Fan events out to observers, synchronously, in registration order."""
+
+    def __init__(self) -> None:
+        self._observers: list[object] = []
+        self._listeners: list[Listener] = []
+        self._handlers: dict[type[Event], list[Callable[[Event], Any]]] = {}
+
+    def add_observer(self, observer: object) -> None:
+        """Register an object whose `on_<EventName>` methods receive events."""
+        self._observers.append(observer)
+        self._handlers.clear()
+
+    def remove_observer(self, observer: object) -> None:
+        self._observers.remove(observer)
+        self._handlers.clear()
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener` for every event; returns a function that unsubscribes."""
+        self._listeners.append(listener)
+        self._handlers.clear()
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+                self._handlers.clear()
+
+        return unsubscribe
+
+    def _handlers_for(self, event_type: type[Event]) -> list[Callable[[Event], Any]]:
+        handlers = self._handlers.get(event_type)
+        if handlers is None:
+            method = f"on_{event_type.__name__}"
+            handlers = [getattr(o, method) for o in self._observers if hasattr(o, method)]
+            handlers.extend(self._listeners)
+            self._handlers[event_type] = handlers
+        return handlers
+
+    def publish(self, event: Event) -> None:
+        for handler in self._handlers_for(type(event)):
+            try:
+                handler(event)
+            except Exception:  # an observer must never break a stream
+                log.exception("observer %r failed on %s", handler, event.name)

@@ -1,0 +1,313 @@
+"""Configuration: the TOML file described in the README, validated whole.
+
+`load_config(path)` returns a frozen `Config` or raises `ConfigError` with
+one message naming the file, the key (and line, where TOML gives one) and
+what is wrong. Nothing starts half-configured: unknown keys, wrong types,
+routes naming unknown upstreams and missing API-key variables are all
+errors.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .simulator.config import FAULT_NAMES
+
+UPSTREAM_KINDS = ("openai", "simulator")
+REPAIR_PROFILES = ("auto", "kimi", "none")
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "switchboard"
+
+
+def default_config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "switchboard" / "config.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    host: str = "127.0.0.1"
+    port: int = 4141
+    journal: Path = field(default_factory=lambda: default_data_dir() / "journal.sqlite3")
+    max_body_mb: float = 64.0
+
+
+@dataclass(frozen=True, slots=True)
+class WatchdogSettings:
+    first_token_timeout: float = 45.0
+    idle_timeout: float = 30.0
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    """One `[upstreams.NAME]` table. Fields not used by a kind stay default."""
+
+    name: str
+    kind: str
+    base_url: str = ""
+    api_key_env: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    connect_timeout: float = 10.0
+    # simulator
+    faults: tuple[str, ...] = ()
+    fault_rate: float = 0.7
+    seed: int = 0
+    steps: int = 10
+    chunk_delay: float = 0.002
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """`upstream:model`; a target without `:model` forwards the client's model name."""
+
+    upstream: str
+    model: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.upstream}:{self.model}" if self.model else self.upstream
+
+    def model_for(self, requested: str) -> str:
+        return self.model or requested
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        upstream, sep, model = text.partition(":")
+        return cls(upstream.strip(), model.strip() if sep else None)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSettings:
+    model: str
+    targets: tuple[Target, ...]
+    repairs: str = "auto"
+
+    def matches(self, model: str) -> bool:
+        return fnmatch.fnmatchcase(model, self.model)
+
+    @property
+    def is_pattern(self) -> bool:
+        return any(ch in self.model for ch in "*?[")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    proxy: ProxySettings
+    watchdog: WatchdogSettings
+    upstreams: dict[str, UpstreamSettings]
+    routes: tuple[RouteSettings, ...]
+    source: str = "<built-in>"
+
+    def route_for(self, model: str) -> RouteSettings | None:
+        return next((r for r in self.routes if r.matches(model)), None)
+
+    def secret_env_vars(self) -> list[str]:
+        return [u.api_key_env for u in self.upstreams.values() if u.api_key_env]
+
+
+BUILTIN_CONFIG = """
+# The built-in configuration: one simulated Kimi host, every model routed to it.
+[upstreams.sim]
+kind = "simulator"
+
+[[routes]]
+model = "*"
+targets = ["sim:kimi-k2.5"]
+repairs = "kimi"
+"""
+
+
+class _Reader:
+    """Walks the parsed TOML, checking types and rejecting unknown keys."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {key}: {problem}")
+
+    def table(self, data: Any, key: str) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            raise self.fail(key, f"must be a table, got {_type_name(data)}")
+        return data
+
+    def check_keys(self, data: dict[str, Any], key: str, allowed: set[str]) -> None:
+        for name in data:
+            if name not in allowed:
+                where = f"{key}.{name}" if key else name
+                raise self.fail(where, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+
+    def get(self, data: dict[str, Any], key: str, name: str, types: type | tuple[type, ...],
+            default: Any) -> Any:
+        if name not in data:
+            return default
+        value = data[name]
+        types_t = types if isinstance(types, tuple) else (types,)
+        if isinstance(value, bool) and bool not in types_t:
+            ok = False
+        else:
+            ok = isinstance(value, types_t)
+        if not ok:
+            expected = " or ".join(t.__name__ for t in types_t)
+            raise self.fail(f"{key}.{name}", f"must be {expected}, got {_type_name(value)} {value!r}")
+        return value
+
+    def number(self, data: dict[str, Any], key: str, name: str, default: float,
+               minimum: float = 0.0) -> float:
+        value = float(self.get(data, key, name, (int, float), default))
+        if value <= minimum:
+            raise self.fail(f"{key}.{name}", f"must be greater than {minimum:g}, got {value:g}")
+        return value
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "table", list: "array", str: "string", bool: "boolean",
+            int: "integer", float: "float"}.get(type(value), type(value).__name__)
+
+
+def parse_config(text: str, source: str = "<built-in>", *, check_env: bool = True) -> Config:
+    """Parse and validate TOML text. Raises `ConfigError`."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    r = _Reader(source)
+    r.check_keys(data, "", {"proxy", "watchdog", "upstreams", "routes"})
+
+    p = r.table(data.get("proxy", {}), "proxy")
+    r.check_keys(p, "proxy", {"host", "port", "journal", "max_body_mb"})
+    port = r.get(p, "proxy", "port", int, 4141)
+    if not 0 <= port <= 65535:
+        raise r.fail("proxy.port", f"must be between 0 and 65535, got {port}")
+    journal = r.get(p, "proxy", "journal", str, None)
+    proxy = ProxySettings(
+        host=r.get(p, "proxy", "host", str, "127.0.0.1"),
+        port=port,
+        journal=Path(journal).expanduser() if journal else default_data_dir() / "journal.sqlite3",
+        max_body_mb=r.number(p, "proxy", "max_body_mb", 64.0),
+    )
+
+    w = r.table(data.get("watchdog", {}), "watchdog")
+    r.check_keys(w, "watchdog", {"first_token_timeout", "idle_timeout", "max_attempts"})
+    attempts = r.get(w, "watchdog", "max_attempts", int, 3)
+    if attempts < 1:
+        raise r.fail("watchdog.max_attempts", f"must be at least 1, got {attempts}")
+    watchdog = WatchdogSettings(
+        first_token_timeout=r.number(w, "watchdog", "first_token_timeout", 45.0),
+        idle_timeout=r.number(w, "watchdog", "idle_timeout", 30.0),
+        max_attempts=attempts,
+    )
+
+    upstreams: dict[str, UpstreamSettings] = {}
+    for name, raw in r.table(data.get("upstreams", {}), "upstreams").items():
+        upstreams[name] = _parse_upstream(r, name, raw, check_env)
+    if not upstreams:
+        raise r.fail("upstreams", "at least one [upstreams.NAME] table is required")
+
+    raw_routes = data.get("routes", [])
+    if not isinstance(raw_routes, list):
+        raise r.fail("routes", "must be an array of tables: write [[routes]]")
+    routes = tuple(_parse_route(r, i, raw, upstreams) for i, raw in enumerate(raw_routes))
+    if not routes:
+        raise r.fail("routes", "at least one [[routes]] entry is required")
+    return Config(proxy, watchdog, upstreams, routes, source)
+
+
+def _parse_upstream(r: _Reader, name: str, raw: Any, check_env: bool) -> UpstreamSettings:
+    key = f"upstreams.{name}"
+    t = r.table(raw, key)
+    kind = r.get(t, key, "kind", str, None)
+    if kind is None:
+        raise r.fail(f"{key}.kind", f"is required (one of: {', '.join(UPSTREAM_KINDS)})")
+    if kind not in UPSTREAM_KINDS:
+        raise r.fail(f"{key}.kind", f"unknown kind {kind!r} (one of: {', '.join(UPSTREAM_KINDS)})")
+    if kind == "openai":
+        r.check_keys(t, key, {"kind", "base_url", "api_key_env", "headers", "connect_timeout"})
+        base_url = r.get(t, key, "base_url", str, "")
+        if not base_url.startswith(("http://", "https://")):
+            raise r.fail(f"{key}.base_url", "is required and must start with http:// or https://")
+        api_key_env = r.get(t, key, "api_key_env", str, None)
+        if api_key_env and check_env and not os.environ.get(api_key_env):
+            raise r.fail(f"{key}.api_key_env", f"environment variable {api_key_env} is not set")
+        headers = r.table(t.get("headers", {}), f"{key}.headers")
+        for h, v in headers.items():
+            if not isinstance(v, str):
+                raise r.fail(f"{key}.headers.{h}", f"must be string, got {_type_name(v)}")
+            if h.lower() == "authorization":
+                raise r.fail(f"{key}.headers.{h}", "put the key in an environment variable and name it in api_key_env")
+        return UpstreamSettings(
+            name=name, kind=kind, base_url=base_url.rstrip("/"), api_key_env=api_key_env,
+            headers=tuple(headers.items()),
+            connect_timeout=r.number(t, key, "connect_timeout", 10.0),
+        )
+    r.check_keys(t, key, {"kind", "faults", "fault_rate", "seed", "steps", "chunk_delay"})
+    faults = r.get(t, key, "faults", list, [])
+    for fault in faults:
+        if fault not in FAULT_NAMES:
+            raise r.fail(f"{key}.faults", f"unknown fault {fault!r} (known: {', '.join(sorted(FAULT_NAMES))})")
+    rate = float(r.get(t, key, "fault_rate", (int, float), 0.7))
+    if not 0.0 <= rate <= 1.0:
+        raise r.fail(f"{key}.fault_rate", f"must be between 0 and 1, got {rate:g}")
+    steps = r.get(t, key, "steps", int, 10)
+    if steps < 1:
+        raise r.fail(f"{key}.steps", f"must be at least 1, got {steps}")
+    delay = float(r.get(t, key, "chunk_delay", (int, float), 0.002))
+    if delay < 0:
+        raise r.fail(f"{key}.chunk_delay", f"must not be negative, got {delay:g}")
+    return UpstreamSettings(name=name, kind=kind, faults=tuple(faults), fault_rate=rate,
+                            seed=r.get(t, key, "seed", int, 0), steps=steps, chunk_delay=delay)
+
+
+def _parse_route(r: _Reader, index: int, raw: Any,
+                 upstreams: dict[str, UpstreamSettings]) -> RouteSettings:
+    key = f"routes[{index}]"
+    t = r.table(raw, key)
+    r.check_keys(t, key, {"model", "targets", "repairs"})
+    model = r.get(t, key, "model", str, None)
+    if not model:
+        raise r.fail(f"{key}.model", "is required (a model name or glob such as \"kimi-*\")")
+    raw_targets = r.get(t, key, "targets", list, None)
+    if not raw_targets:
+        raise r.fail(f"{key}.targets", "is required: a non-empty array of \"upstream:model\" strings")
+    targets = []
+    for text in raw_targets:
+        if not isinstance(text, str):
+            raise r.fail(f"{key}.targets", f"entries must be strings, got {_type_name(text)}")
+        target = Target.parse(text)
+        if target.upstream not in upstreams:
+            known = ", ".join(sorted(upstreams))
+            raise r.fail(f"{key}.targets", f"{text!r} names unknown upstream {target.upstream!r} (defined: {known})")
+        targets.append(target)
+    repairs = r.get(t, key, "repairs", str, "auto")
+    if repairs not in REPAIR_PROFILES:
+        raise r.fail(f"{key}.repairs", f"unknown profile {repairs!r} (one of: {', '.join(REPAIR_PROFILES)})")
+    return RouteSettings(model=model, targets=tuple(targets), repairs=repairs)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, check_env: bool = True) -> Config:
+    """Load `path`, or the user's config if it exists, else the built-in simulator config."""
+    if path is None:
+        candidate = default_config_path()
+        if not candidate.exists():
+            return parse_config(BUILTIN_CONFIG)
+        path = candidate
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read config: {exc}") from None
+    return parse_config(text, str(p), check_env=check_env)

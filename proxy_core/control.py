@@ -1,0 +1,122 @@
+"""The control API: health, recent turns and a live event stream.
+
+Every answer passes through the redactor. Requests from web pages are
+refused by the guard middleware in `app.py` (Host and Origin checks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .events import Event
+from .sse import SSE_HEADERS, comment_line
+
+if TYPE_CHECKING:
+    from .app import SwitchboardProxy
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/switchboard/api"
+#: Events buffered per SSE subscriber before it is considered too slow.
+SUBSCRIBER_QUEUE = 10_000
+PING_INTERVAL = 15.0
+
+
+class ControlAPI:
+    def __init__(self, proxy: SwitchboardProxy) -> None:
+        self.proxy = proxy
+        self.started = time.time()
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get(f"{PREFIX}/health", self.health)
+        app.router.add_get(f"{PREFIX}/turns", self.turns)
+        app.router.add_get(f"{PREFIX}/turns/{{turn_id}}", self.turn)
+        app.router.add_get(f"{PREFIX}/events", self.events)
+
+    def _json(self, payload: Any, status: int = 200) -> web.Response:
+        text = self.proxy.redactor(json.dumps(payload, ensure_ascii=False, default=str))
+        return web.Response(text=text, status=status, content_type="application/json")
+
+    async def health(self, request: web.Request) -> web.Response:
+        proxy = self.proxy
+        live = sum(1 for t in proxy.store.recent(0) if t.state == "live")
+        return self._json({
+            "status": "ok",
+            "uptime": time.time() - self.started,
+            "config": proxy.config.source,
+            "journal": str(proxy.config.proxy.journal),
+            "turns": len(proxy.store),
+            "live_turns": live,
+            "upstreams": {n: u.kind for n, u in proxy.config.upstreams.items()},
+            "routes": [{"model": r.model, "targets": [str(t) for t in r.targets],
+                        "repairs": r.repairs} for r in proxy.config.routes],
+        })
+
+    async def turns(self, request: web.Request) -> web.Response:
+        try:
+            limit = max(1, min(int(request.query.get("limit", "100")), 1000))
+        except ValueError:
+            return self._json({"error": {"message": "limit must be an integer",
+                                         "type": "invalid_request_error", "code": None}}, 400)
+        session = request.query.get("session")
+        turns = [t for t in self.proxy.store.recent(0) if not session or t.session_id == session]
+        if len(turns) < limit and self.proxy.journal is not None:
+            # Older turns (or turns from before a restart) come from the journal.
+            known = {t.id for t in turns}
+            older = [d for d in self.proxy.journal.turns(limit, session) if d["id"] not in known]
+            for d in older:
+                d.pop("request", None)
+            items = older + [t.to_dict(include_request=False) for t in turns]
+        else:
+            items = [t.to_dict(include_request=False) for t in turns]
+        return self._json({"turns": items[-limit:]})
+
+    async def turn(self, request: web.Request) -> web.Response:
+        turn_id = request.match_info["turn_id"]
+        turn = self.proxy.store.get(turn_id)
+        data = turn.to_dict() if turn else (
+            self.proxy.journal.turn(turn_id) if self.proxy.journal else None)
+        if data is None:
+            return self._json({"error": {"message": f"no turn {turn_id!r}",
+                                         "type": "not_found", "code": "turn_not_found"}}, 404)
+        return self._json(data)
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        queue: asyncio.Queue[Event | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
+
+        def listener(event: Event) -> None:
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:
+                # Too slow a reader: drop it rather than grow without bound.
+                unsubscribe()
+                queue._queue.clear()  # type: ignore[attr-defined]
+                queue.put_nowait(None)
+
+        unsubscribe = self.proxy.bus.subscribe(listener)
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        try:
+            await response.prepare(request)
+            await response.write(comment_line("switchboard events"))
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), PING_INTERVAL)
+                except TimeoutError:
+                    await response.write(comment_line("ping"))
+                    continue
+                if event is None:
+                    await response.write(comment_line("dropped: reader too slow"))
+                    break
+                text = self.proxy.redactor(json.dumps(event.to_dict(), ensure_ascii=False))
+                await response.write(f"event: {event.name}\ndata: {text}\n\n".encode())
+        except ConnectionError:
+            pass
+        finally:
+            unsubscribe()
+        return response

@@ -1,0 +1,77 @@
+"""Switchboard's exception hierarchy.
+
+Third-party exceptions (httpx, aiohttp, botocore) are mapped into these once,
+at the boundary where they occur; everything else only sees these types.
+"""
+
+from __future__ import annotations
+
+
+class SwitchboardError(Exception):
+    """Base class for every error Switchboard raises on purpose."""
+
+
+class ConfigError(SwitchboardError):
+    """The configuration file is missing, unparsable or inconsistent."""
+
+
+class ClientRequestError(SwitchboardError):
+    """The client's request is invalid; answered with an OpenAI-shaped error."""
+
+    def __init__(self, message: str, *, status: int = 400, code: str = "invalid_request",
+                 type_: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.type = type_
+
+
+class UpstreamError(SwitchboardError):
+    """An upstream failed. `retryable` says whether another attempt may help."""
+
+    retryable: bool = True
+    status: int = 502
+    code: str = "upstream_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered with a non-2xx HTTP status."""
+
+    def __init__(self, status: int, message: str, body: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+        self.code = "upstream_http_error"
+        # Client-side mistakes will fail the same way on every attempt;
+        # rate limits and server faults may not.
+        self.retryable = status == 429 or status >= 500 or status == 408
+
+
+class UpstreamStreamError(UpstreamError):
+    """The upstream reported an error inside a 200 stream (reference §1 F6)."""
+
+    code = "upstream_stream_error"
+
+
+class UpstreamConnectError(UpstreamError):
+    """The upstream could not be reached or dropped the connection."""
+
+    code = "upstream_unreachable"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream sent bytes that are not valid for its wire format."""
+
+    code = "upstream_protocol_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The watchdog gave up waiting: no first byte, or silence mid-stream."""
+
+    status = 504
+    code = "upstream_timeout"

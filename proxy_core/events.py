@@ -1,0 +1,138 @@
+"""Typed events of the proxy core, published on the event bus.
+
+Each event is a small frozen dataclass whose docstring says when it fires.
+Events describe what happened to a turn; the turn record itself
+(`proxy_core.record.Turn`) is the canonical state, and observers that need
+more than the event carries look the turn up in the store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _now() -> float:
+    return time.time()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Base class: every event names its turn and when it happened."""
+
+    turn_id: str
+    at: float = field(default_factory=_now)
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["type"] = self.name
+        return data
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TurnStarted(Event):
+    """A client request was accepted and routed; nothing sent upstream yet."""
+
+    session_id: str
+    model: str
+    route: str
+    stream: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptStarted(Event):
+    """An attempt at the turn was sent to an upstream target."""
+
+    attempt: int
+    target: str
+    reason: str = "initial"  # initial | retry | reroute
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FirstByte(Event):
+    """The first model output (text, reasoning or a tool call) of an attempt arrived."""
+
+    attempt: int
+    latency: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Chunk(Event):
+    """A piece of text or reasoning was relayed to the client."""
+
+    kind: str  # "text" | "reasoning"
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Heartbeat(Event):
+    """The upstream sent a keep-alive: the link is up, the model is silent."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCallRelayed(Event):
+    """A complete tool call was relayed to the client."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RepairApplied(Event):
+    """A repair changed the request or the stream; before/after are short excerpts."""
+
+    kind: str
+    before: str
+    after: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptFailed(Event):
+    """An attempt ended in an error; `will_retry` says whether another follows."""
+
+    attempt: int
+    target: str
+    error: str
+    will_retry: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TurnFinished(Event):
+    """The turn's response was delivered completely to the client."""
+
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    duration: float
+    tool_calls: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TurnFailed(Event):
+    """The turn ended without a complete response; the client got an error."""
+
+    error: str
+    status: int
+    duration: float
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls
+    for cls in (TurnStarted, AttemptStarted, FirstByte, Chunk, Heartbeat, ToolCallRelayed,
+                RepairApplied, AttemptFailed, TurnFinished, TurnFailed)
+}
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """Rebuild an event from `Event.to_dict()` output (used by `attach`)."""
+    data = dict(data)
+    cls = EVENT_TYPES[data.pop("type")]
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})

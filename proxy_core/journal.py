@@ -1,0 +1,107 @@
+"""The journal: every turn, durable, in SQLite.
+
+An observer on the event bus. A turn's row is written when it starts (state
+`live`) and rewritten when it finishes or fails, inside the event handler,
+before the client receives the end of its stream. The database runs in WAL
+mode, so after `kill -9` every finished turn is on disk and a turn that was
+in flight is there as `live`. Rows pass through the `Redactor` first: no
+secret reaches the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .events import TurnFailed, TurnFinished, TurnStarted
+from .record import Turn
+from .secrets import Redactor
+from .store import TurnStore
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS turns (
+    id TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    state TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    finish_reason TEXT,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS turns_session ON turns(session_id, started_at);
+CREATE INDEX IF NOT EXISTS turns_started ON turns(started_at);
+"""
+
+
+class Journal:
+    """SQLite-backed record of turns. Use `Journal.open(path, ...)`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, redactor: Redactor,
+                 store: TurnStore) -> None:
+        self.conn = conn
+        self.path = path
+        self.redactor = redactor
+        self.store = store
+
+    @classmethod
+    def open(cls, path: Path, redactor: Redactor, store: TurnStore) -> Journal:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"journal {path}: cannot open: {exc}") from None
+        return cls(conn, path, redactor, store)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- observer ----------------------------------------------------------------
+
+    def on_TurnStarted(self, event: TurnStarted) -> None:
+        self._write(event.turn_id)
+
+    def on_TurnFinished(self, event: TurnFinished) -> None:
+        self._write(event.turn_id)
+
+    def on_TurnFailed(self, event: TurnFailed) -> None:
+        self._write(event.turn_id)
+
+    def _write(self, turn_id: str) -> None:
+        turn = self.store.get(turn_id)
+        if turn is not None:
+            self.save(turn)
+
+    # -- reading and writing ---------------------------------------------------
+
+    def save(self, turn: Turn) -> None:
+        data = self.redactor(json.dumps(turn.to_dict(), ensure_ascii=False, default=str))
+        self.conn.execute(
+            "INSERT OR REPLACE INTO turns (id, session_id, model, state, started_at,"
+            " finished_at, finish_reason, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (turn.id, turn.session_id, turn.model, turn.state, turn.started_at,
+             turn.finished_at, turn.finish_reason, data))
+
+    def turns(self, limit: int = 100, session_id: str | None = None) -> list[dict[str, Any]]:
+        """The most recent turns (oldest first), as stored dicts."""
+        if session_id:
+            rows = self.conn.execute(
+                "SELECT data FROM turns WHERE session_id = ? ORDER BY started_at DESC LIMIT ?",
+                (session_id, limit)).fetchall()
+        else:
+            rows = self.conn.execute(
+                "SELECT data FROM turns ORDER BY started_at DESC LIMIT ?", (limit,)).fetchall()
+        return [json.loads(r[0]) for r in reversed(rows)]
+
+    def turn(self, turn_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT data FROM turns WHERE id = ?", (turn_id,)).fetchone()
+        return json.loads(row[0]) if row else None

@@ -1,0 +1,147 @@
+"""The turn record: one per client request, built only by the core.
+
+Like mitmproxy's Flow, a `Turn` is the single canonical account of one
+transaction: what the client asked, every attempt made upstream, what was
+streamed back, tool calls, stop reason, usage, timings, repairs and errors.
+Every view (dashboard, control API, journal, logs) reads this record or the
+events that describe its changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+TurnState = Literal["live", "finished", "failed"]
+
+
+def new_turn_id() -> str:
+    return "turn_" + uuid.uuid4().hex[:16]
+
+
+@dataclass(slots=True)
+class ToolCallRecord:
+    """A tool call the model made, as delivered to the client."""
+
+    id: str
+    name: str
+    arguments: str
+    upstream_id: str | None = None
+
+
+@dataclass(slots=True)
+class RepairRecord:
+    """One repair applied to the request or the stream."""
+
+    kind: str
+    before: str
+    after: str
+    at: float = field(default_factory=time.time)
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try at the turn against one upstream target."""
+
+    number: int
+    target: str
+    reason: str = "initial"
+    started_at: float = field(default_factory=time.time)
+    first_byte_at: float | None = None
+    ended_at: float | None = None
+    outcome: str = "live"  # live | ok | failed | abandoned
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+@dataclass(slots=True)
+class Turn:
+    """Everything Switchboard knows about one client request."""
+
+    id: str
+    session_id: str
+    model: str
+    route: str
+    stream: bool
+    request: dict[str, Any]
+    client: str = ""
+    started_at: float = field(default_factory=time.time)
+    first_byte_at: float | None = None
+    finished_at: float | None = None
+    state: TurnState = "live"
+    attempts: list[Attempt] = field(default_factory=list)
+    text_parts: list[str] = field(default_factory=list, repr=False)
+    reasoning_parts: list[str] = field(default_factory=list, repr=False)
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    repairs: list[RepairRecord] = field(default_factory=list)
+    error: str | None = None
+    status: int = 200
+
+    @property
+    def text(self) -> str:
+        """The assistant text relayed so far."""
+        if len(self.text_parts) > 1:
+            self.text_parts[:] = ["".join(self.text_parts)]
+        return self.text_parts[0] if self.text_parts else ""
+
+    @property
+    def reasoning(self) -> str:
+        if len(self.reasoning_parts) > 1:
+            self.reasoning_parts[:] = ["".join(self.reasoning_parts)]
+        return self.reasoning_parts[0] if self.reasoning_parts else ""
+
+    def append_text(self, text: str) -> None:
+        self.text_parts.append(text)
+
+    def append_reasoning(self, text: str) -> None:
+        self.reasoning_parts.append(text)
+
+    @property
+    def duration(self) -> float:
+        end = self.finished_at if self.finished_at is not None else time.time()
+        return end - self.started_at
+
+    @property
+    def ttfb(self) -> float | None:
+        return None if self.first_byte_at is None else self.first_byte_at - self.started_at
+
+    @property
+    def target(self) -> str | None:
+        return self.attempts[-1].target if self.attempts else None
+
+    def to_dict(self, *, include_request: bool = True) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["text"] = "".join(data.pop("text_parts"))
+        data["reasoning"] = "".join(data.pop("reasoning_parts"))
+        if not include_request:
+            data.pop("request")
+        data["duration"] = self.duration
+        data["ttfb"] = self.ttfb
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Turn:
+        data = dict(data)
+        data.pop("duration", None)
+        data.pop("ttfb", None)
+        data["text_parts"] = [data.pop("text", "")]
+        data["reasoning_parts"] = [data.pop("reasoning", "")]
+        data.setdefault("request", {})
+        turn = cls(**{k: v for k, v in data.items()
+                      if k not in ("attempts", "tool_calls", "usage", "repairs")})
+        turn.attempts = [Attempt(**a) for a in data.get("attempts", [])]
+        turn.tool_calls = [ToolCallRecord(**c) for c in data.get("tool_calls", [])]
+        turn.usage = Usage(**data.get("usage", {}))
+        turn.repairs = [RepairRecord(**r) for r in data.get("repairs", [])]
+        return turn

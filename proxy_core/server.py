@@ -1,0 +1,116 @@
+"""The OpenAI-compatible front: `/v1/chat/completions` and `/v1/models`.
+
+Thin: it parses the request, asks the pipeline for parts and writes them as
+they come (never buffering a stream), and maps every failure to an
+OpenAI-shaped error with the right status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .errors import ClientRequestError
+from .openai_wire import ChunkEncoder, CompletionBuilder, error_body, parse_chat_request
+from .pipeline import TurnAborted
+from .sse import DONE, SSE_HEADERS, data_line
+
+if TYPE_CHECKING:
+    from .app import SwitchboardProxy
+
+log = logging.getLogger(__name__)
+
+_DISCONNECTS = (ConnectionResetError, ConnectionError)
+
+
+def json_error(message: str, status: int, *, code: str | None = None,
+               type_: str = "invalid_request_error") -> web.Response:
+    return web.json_response(error_body(message, type_=type_, code=code), status=status)
+
+
+async def read_json(request: web.Request) -> Any:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise ClientRequestError(
+            f"request body too large (limit {exc.max_size} bytes; raise [proxy] max_body_mb)",
+            status=413, code="request_too_large") from None
+    if not raw:
+        raise ClientRequestError("request body is empty; expected JSON")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ClientRequestError(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+class OpenAIFront:
+    def __init__(self, proxy: SwitchboardProxy) -> None:
+        self.proxy = proxy
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_get("/v1/models", self.models)
+
+    async def models(self, request: web.Request) -> web.Response:
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "switchboard"}
+                for m in self.proxy.pipeline.model_ids()]
+        return web.json_response({"object": "list", "data": data})
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        try:
+            chat = parse_chat_request(await read_json(request))
+            auth = request.headers.get("authorization", "")
+            self.proxy.redactor.add(auth.partition(" ")[2] or auth)
+            turn, route = self.proxy.pipeline.open_turn(chat, request.headers)
+        except ClientRequestError as exc:
+            return json_error(exc.message, exc.status, code=exc.code, type_=exc.type)
+        async with aclosing(self.proxy.pipeline.run(turn, route)) as parts:
+            if not chat.stream:
+                builder = CompletionBuilder(chat.model)
+                try:
+                    async for part in parts:
+                        builder.add(part)
+                except TurnAborted as exc:
+                    return json_error(exc.message, exc.status, code=exc.code, type_="upstream_error")
+                return web.json_response(builder.build())
+
+            try:
+                first = await parts.__anext__()
+            except StopAsyncIteration:
+                first = None
+            except TurnAborted as exc:
+                return json_error(exc.message, exc.status, code=exc.code, type_="upstream_error")
+            response = web.StreamResponse(headers=SSE_HEADERS)
+            encoder = ChunkEncoder(chat.model, include_usage=chat.include_usage)
+            try:
+                await response.prepare(request)
+                if first is not None:
+                    await _write(response, encoder, first)
+                    async for part in parts:
+                        await _write(response, encoder, part)
+                await response.write(DONE)
+            except TurnAborted as exc:
+                await _write_error(response, exc)
+            except _DISCONNECTS:
+                log.info("client went away during %s", turn.id)
+            return response
+
+
+async def _write(response: web.StreamResponse, encoder: ChunkEncoder, part: Any) -> None:
+    chunk = encoder.encode(part)
+    if chunk is not None:
+        await response.write(data_line(chunk))
+
+
+async def _write_error(response: web.StreamResponse, exc: TurnAborted) -> None:
+    try:
+        await response.write(data_line(error_body(
+            f"{exc.message} (after output had started; Switchboard could not retry"
+            " transparently — retry the turn)", type_="upstream_error", code=exc.code)))
+        await response.write(DONE)
+    except _DISCONNECTS:
+        pass

@@ -1,0 +1,65 @@
+"""The internal stream: what upstream adapters produce and the pipeline relays.
+
+Every upstream kind (OpenAI-compatible, Bedrock Converse, the simulator)
+translates its wire format into these parts, so repairs, the watchdog and
+the client encoder are written once. Tool calls arrive *whole*: adapters
+hold argument fragments until the call is complete, which keeps a stall in
+the middle of a tool call retryable and lets the client receive the
+arguments in a single delta (the AI SDK finalises a call as soon as its
+arguments parse as JSON).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    """A piece of assistant text (`delta.content`)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningPart:
+    """A piece of model reasoning (`delta.reasoning_content`)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallPart:
+    """One complete tool call: id, function name and whole JSON arguments."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class UsagePart:
+    """Token usage reported by the upstream."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FinishPart:
+    """The upstream said why it stopped (OpenAI `finish_reason` vocabulary)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAlivePart:
+    """The upstream sent a keep-alive. Shows the link is up; is not progress."""
+
+
+StreamPart = TextPart | ReasoningPart | ToolCallPart | UsagePart | FinishPart | KeepAlivePart
+
+#: Parts that count as the model making progress (for the idle watchdog and
+#: for the commit boundary).
+PROGRESS_PARTS = (TextPart, ReasoningPart, ToolCallPart)

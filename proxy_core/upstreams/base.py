@@ -1,0 +1,30 @@
+"""What every upstream adapter provides."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..stream import StreamPart
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """One attempt's request: an OpenAI-shaped body, already repaired and re-modelled."""
+
+    model: str
+    body: dict[str, Any]
+
+
+class Upstream(Protocol):
+    """An upstream model host. `stream` yields internal parts or raises `UpstreamError`."""
+
+    name: str
+    kind: str
+
+    async def start(self) -> None: ...
+
+    def stream(self, request: UpstreamRequest) -> AsyncIterator[StreamPart]: ...
+
+    async def aclose(self) -> None: ...

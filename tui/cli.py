@@ -1,0 +1,93 @@
+"""The `switchboard` command line.
+
+Headless commands (`serve`, `opencode-config`) only import `proxy_core`;
+Textual is imported only when a dashboard is started. Until the dashboard
+lands, plain `switchboard` runs the proxy headless, like `switchboard serve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from proxy_core.config import Config, load_config
+from proxy_core.errors import ConfigError, SwitchboardError
+
+EXIT_CONFIG = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="switchboard",
+        description="A repairing, observable proxy between coding agents and flaky model hosts.",
+        epilog="Point opencode at http://127.0.0.1:4141/v1 (see `switchboard opencode-config`).")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", type=Path,
+                        help="config TOML (default: $XDG_CONFIG_HOME/switchboard/config.toml "
+                             "if it exists, else the built-in simulator)")
+    common.add_argument("--host", help="address to bind (default from config: 127.0.0.1)")
+    common.add_argument("--port", type=int, help="port to bind (default from config: 4141)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("serve", parents=[common], help="run the proxy headless (one log line per turn)")
+    oc = sub.add_parser("opencode-config", parents=[common],
+                        help="print the opencode.json provider block for the configured routes")
+    oc.add_argument("--provider", default="switchboard", help="provider id to use in opencode.json")
+    for action in common._actions:  # `switchboard --config X` works without a subcommand
+        if action.dest != "help":
+            parser._add_action(action)
+    return parser
+
+
+def opencode_config(config: Config, base_url: str, provider: str) -> dict[str, object]:
+    """The `opencode.json` block that points opencode at this proxy."""
+    models: dict[str, object] = {}
+    for route in config.routes:
+        names = [route.model] if not route.is_pattern else [t.model for t in route.targets if t.model]
+        for name in names:
+            models.setdefault(name, {"name": f"{name} (via Switchboard)", "tool_call": True})
+    first = next(iter(models), "kimi-k2.5")
+    return {
+        "$schema": "https://opencode.ai/config.json",
+        "provider": {provider: {
+            "npm": "@ai-sdk/openai-compatible",
+            "name": "Switchboard",
+            "options": {"baseURL": f"{base_url}/v1", "apiKey": "switchboard"},
+            "models": models,
+        }},
+        "model": f"{provider}/{first}",
+        "small_model": f"{provider}/{first}",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config, check_env=args.command != "opencode-config")
+    except ConfigError as exc:
+        print(f"switchboard: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    host = args.host or config.proxy.host
+    port = config.proxy.port if args.port is None else args.port
+    if args.command == "opencode-config":
+        shown = f"[{host}]" if ":" in host else host
+        print(json.dumps(opencode_config(config, f"http://{shown}:{port}", args.provider), indent=2))
+        return 0
+    from proxy_core.serve import serve
+    try:
+        asyncio.run(serve(config, host=host, port=port))
+    except SwitchboardError as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"switchboard: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
