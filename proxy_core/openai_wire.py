@@ -93,11 +93,14 @@ class _PendingCall:
 
 
 class ChunkDecoder:
-    """Decode upstream chunks into parts; tool calls are emitted whole, at the end."""
+    """Decode upstream chunks into parts.
+
+    Tool-call fragments are held and emitted whole, just before the finish
+    reason (or at the end of a stream that never gave one).
+    """
 
     def __init__(self) -> None:
         self._calls: dict[int, _PendingCall] = {}
-        self._finish: str | None = None
 
     def feed(self, chunk: Any) -> list[StreamPart]:
         if not isinstance(chunk, dict):
@@ -123,7 +126,8 @@ class ChunkDecoder:
             for call in delta.get("tool_calls") or ():
                 self._add_call_fragment(call)
             if choice.get("finish_reason"):
-                self._finish = str(choice["finish_reason"])
+                parts += self._flush_calls()
+                parts.append(FinishPart(str(choice["finish_reason"])))
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             parts.append(_usage_part(usage))
@@ -148,18 +152,18 @@ class ChunkDecoder:
             elif isinstance(args, dict):
                 pending.arguments.append(json.dumps(args))
 
-    def finish(self) -> list[StreamPart]:
-        """End of stream: the held tool calls, then the finish reason (if any)."""
+    def _flush_calls(self) -> list[StreamPart]:
         parts: list[StreamPart] = []
         for index in sorted(self._calls):
             call = self._calls[index]
             call_id = call.id or f"call_{uuid.uuid4().hex[:24]}"
             parts.append(ToolCallPart(call_id, call.name, "".join(call.arguments)))
         self._calls.clear()
-        if self._finish:
-            parts.append(FinishPart(self._finish))
-            self._finish = None
         return parts
+
+    def finish(self) -> list[StreamPart]:
+        """End of stream: tool calls still held (a stream that never gave a finish reason)."""
+        return self._flush_calls()
 
 
 def _usage_part(usage: dict[str, Any]) -> UsagePart:

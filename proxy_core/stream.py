@@ -30,11 +30,16 @@ class ReasoningPart:
 
 @dataclass(frozen=True, slots=True)
 class ToolCallPart:
-    """One complete tool call: id, function name and whole JSON arguments."""
+    """One complete tool call: id, function name and whole JSON arguments.
+
+    `upstream_id` is the id the upstream used, when Switchboard gave the
+    client a different one (Kimi-native ids, calls recovered from leaks).
+    """
 
     id: str
     name: str
     arguments: str
+    upstream_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from ..errors import (
     UpstreamConnectError, UpstreamProtocolError, UpstreamStatusError, UpstreamTimeout,
 )
 from ..openai_wire import ChunkDecoder, decode_completion, error_message_from
-from ..stream import KeepAlivePart, StreamPart
+from ..stream import FinishPart, KeepAlivePart, StreamPart
 from .base import UpstreamRequest
 
 #: How much of an error body is read for the message.
@@ -109,11 +109,16 @@ def _whole_response(raw: bytes) -> list[StreamPart]:
 
 
 async def _sse_parts(response: httpx.Response) -> AsyncIterator[StreamPart]:
-    """Parse server-sent events into parts. Ends at `data: [DONE]`."""
+    """Parse server-sent events into parts. Ends at `data: [DONE]`.
+
+    A stream that closes with neither `[DONE]` nor a finish reason was cut
+    off, and is reported as a dropped connection.
+    """
     decoder = ChunkDecoder()
     data: list[str] = []
-    done = False
-    async for line in response.aiter_lines():
+    finished = False
+    lines = response.aiter_lines()
+    async for line in lines:
         if line.startswith("data:"):
             data.append(line[6:] if line.startswith("data: ") else line[5:])
             continue
@@ -121,31 +126,31 @@ async def _sse_parts(response: httpx.Response) -> AsyncIterator[StreamPart]:
             yield KeepAlivePart()
             continue
         if line or not data:
-            continue  # other fields (event:, id:) and blank keep-alive lines
+            continue  # other fields (event:, id:) and blank lines between events
         payload = "\n".join(data)
         data.clear()
         if payload.strip() == "[DONE]":
-            done = True
+            finished = True
             break
-        try:
-            chunk = json.loads(payload)
-        except ValueError:
-            raise UpstreamProtocolError(f"malformed JSON in stream: {payload[:200]!r}") from None
-        for part in decoder.feed(chunk):
+        for part in decoder.feed(_json_event(payload)):
+            finished = finished or isinstance(part, FinishPart)
             yield part
-    if data and not done:  # a last event without its blank line
-        payload = "\n".join(data)
-        if payload.strip() == "[DONE]":
-            done = True
-        else:
-            try:
-                chunk = json.loads(payload)
-            except ValueError:
-                raise UpstreamProtocolError(f"malformed JSON in stream: {payload[:200]!r}") from None
-            for part in decoder.feed(chunk):
-                yield part
-    tail = decoder.finish()
-    if not done and not tail:
+    else:
+        if data:  # a last event without its blank line
+            payload = "\n".join(data)
+            finished = finished or payload.strip() == "[DONE]"
+            if payload.strip() != "[DONE]":
+                for part in decoder.feed(_json_event(payload)):
+                    finished = finished or isinstance(part, FinishPart)
+                    yield part
+    if not finished:
         raise UpstreamConnectError("the stream ended before the model finished")
-    for part in tail:
+    for part in decoder.finish():
         yield part
+
+
+def _json_event(payload: str) -> object:
+    try:
+        return json.loads(payload)
+    except ValueError:
+        raise UpstreamProtocolError(f"malformed JSON in stream: {payload[:200]!r}") from None
