@@ -18,6 +18,7 @@ from .control import ControlAPI, PREFIX
 from .journal import Journal
 from .openai_wire import error_body
 from .pipeline import Pipeline
+from .repairs.memory import ToolCallMemory
 from .secrets import Redactor
 from .server import OpenAIFront
 from .store import TurnStore
@@ -39,11 +40,12 @@ class SwitchboardProxy:
         self.redactor = Redactor(config.secret_env_vars())
         self.http = make_http_client()
         self.upstreams = build_upstreams(config, self.http)
-        self.pipeline = Pipeline(config, self.upstreams, self.bus, self.store)
         self.journal: Journal | None = None
         if journal:
             self.journal = Journal.open(config.proxy.journal, self.redactor, self.store)
             self.bus.add_observer(self.journal)
+        self.memory = ToolCallMemory(self.journal)
+        self.pipeline = Pipeline(config, self.upstreams, self.bus, self.store, self.memory)
         self._runner: web.AppRunner | None = None
 
     @property

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .repairs.memory import RememberedCall
 from .events import TurnFailed, TurnFinished, TurnStarted
 from .record import Turn
 from .secrets import Redactor
@@ -37,6 +38,16 @@ CREATE TABLE IF NOT EXISTS turns (
 );
 CREATE INDEX IF NOT EXISTS turns_session ON turns(session_id, started_at);
 CREATE INDEX IF NOT EXISTS turns_started ON turns(started_at);
+CREATE TABLE IF NOT EXISTS tool_calls (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    arguments TEXT NOT NULL,
+    reasoning TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    turn_id TEXT NOT NULL,
+    upstream_id TEXT,
+    at REAL NOT NULL
+);
 """
 
 
@@ -90,6 +101,20 @@ class Journal:
             " finished_at, finish_reason, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (turn.id, turn.session_id, turn.model, turn.state, turn.started_at,
              turn.finished_at, turn.finish_reason, data))
+
+    def save_call(self, call: RememberedCall) -> None:
+        """Remember a delivered tool call (the `CallStore` of `ToolCallMemory`)."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO tool_calls (id, name, arguments, reasoning, session_id,"
+            " turn_id, upstream_id, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (call.id, call.name, self.redactor(call.arguments), self.redactor(call.reasoning),
+             call.session_id, call.turn_id, call.upstream_id, call.at))
+
+    def load_call(self, call_id: str) -> RememberedCall | None:
+        row = self.conn.execute(
+            "SELECT id, name, arguments, reasoning, session_id, turn_id, upstream_id, at"
+            " FROM tool_calls WHERE id = ?", (call_id,)).fetchone()
+        return RememberedCall(*row) if row else None
 
     def turns(self, limit: int = 100, session_id: str | None = None) -> list[dict[str, Any]]:
         """The most recent turns (oldest first), as stored dicts."""

@@ -26,7 +26,13 @@ from .events import (
     TurnFinished, TurnStarted,
 )
 from .openai_wire import ChatRequest
-from .record import Attempt, ToolCallRecord, Turn, new_turn_id
+from .events import RepairApplied
+from .record import Attempt, RepairRecord, ToolCallRecord, Turn, new_turn_id
+from .repairs.history import Note, repair_history
+from .repairs.leak_parser import schemas_from_openai_tools
+from .repairs.memory import RememberedCall, ToolCallMemory
+from .repairs.profiles import plan_for
+from .repairs.stream_repair import StreamRepairer
 from .sessions import session_id_for
 from .store import TurnStore
 from .stream import (
@@ -51,11 +57,12 @@ class TurnAborted(Exception):
 
 class Pipeline:
     def __init__(self, config: Config, upstreams: Mapping[str, Upstream], bus: EventBus,
-                 store: TurnStore) -> None:
+                 store: TurnStore, memory: ToolCallMemory | None = None) -> None:
         self.config = config
         self.upstreams = upstreams
         self.bus = bus
         self.store = store
+        self.memory = memory or ToolCallMemory()
 
     # -- opening -----------------------------------------------------------------
 
@@ -105,7 +112,7 @@ class Pipeline:
                 self.bus.publish(AttemptStarted(turn_id=turn.id, attempt=number,
                                                 target=attempt.target, reason=reason))
                 try:
-                    async with aclosing(self._attempt(turn, attempt, target)) as parts:
+                    async with aclosing(self._attempt(turn, route, attempt, target)) as parts:
                         async for part in parts:
                             committed = True
                             yield part
@@ -133,10 +140,18 @@ class Pipeline:
                         attempt.outcome, attempt.ended_at = "abandoned", time.time()
                 self._fail(turn, "client disconnected before the turn finished", 499)
 
-    async def _attempt(self, turn: Turn, attempt: Attempt, target: Target) -> AsyncIterator[StreamPart]:
+    async def _attempt(self, turn: Turn, route: RouteSettings, attempt: Attempt,
+                       target: Target) -> AsyncIterator[StreamPart]:
         upstream = self.upstreams[target.upstream]
         model = target.model_for(turn.model)
         body = _upstream_body(turn.request, model)
+        plan = plan_for(route.repairs, model, upstream.kind)
+        if plan.any:
+            body["messages"], notes = repair_history(body["messages"], plan, self.memory)
+            for note in notes:
+                self._repair(turn, note)
+        repairer = StreamRepairer(plan, schemas_from_openai_tools(body.get("tools")),
+                                  lambda note: self._repair(turn, note))
         parts = upstream.stream(UpstreamRequest(model=model, body=body)).__aiter__()
         watchdog = self.config.watchdog
         loop = asyncio.get_running_loop()
@@ -148,6 +163,9 @@ class Pipeline:
                     async with asyncio.timeout_at(deadline):
                         part = await parts.__anext__()
                 except StopAsyncIteration:
+                    for repaired in repairer.flush():
+                        self._record(turn, repaired)
+                        yield repaired
                     return
                 except TimeoutError:
                     limit = (watchdog.first_token_timeout if waiting_for == "first token"
@@ -166,8 +184,9 @@ class Pipeline:
                                                    latency=now - attempt.started_at))
                         waiting_for = "output"
                     deadline = loop.time() + watchdog.idle_timeout
-                self._record(turn, part)
-                yield part
+                for repaired in repairer.feed(part):
+                    self._record(turn, repaired)
+                    yield repaired
         finally:
             await parts.aclose()
 
@@ -181,7 +200,11 @@ class Pipeline:
             turn.append_reasoning(part.text)
             self.bus.publish(Chunk(turn_id=turn.id, kind="reasoning", text=part.text))
         elif isinstance(part, ToolCallPart):
-            turn.tool_calls.append(ToolCallRecord(part.id, part.name, part.arguments))
+            turn.tool_calls.append(ToolCallRecord(part.id, part.name, part.arguments,
+                                                  part.upstream_id))
+            self.memory.remember(RememberedCall(
+                id=part.id, name=part.name, arguments=part.arguments, reasoning=turn.reasoning,
+                session_id=turn.session_id, turn_id=turn.id, upstream_id=part.upstream_id))
             self.bus.publish(ToolCallRelayed(turn_id=turn.id, call_id=part.id, name=part.name,
                                              arguments=part.arguments))
         elif isinstance(part, FinishPart):
@@ -190,6 +213,14 @@ class Pipeline:
             turn.usage.prompt_tokens = part.prompt_tokens
             turn.usage.completion_tokens = part.completion_tokens
             turn.usage.total_tokens = part.total_tokens
+
+    def _repair(self, turn: Turn, note: Note) -> None:
+        if any(r.kind == note.kind and r.before == note.before and r.after == note.after
+               for r in turn.repairs):
+            return  # the same history repair, made again for a retry
+        turn.repairs.append(RepairRecord(note.kind, note.before, note.after))
+        self.bus.publish(RepairApplied(turn_id=turn.id, kind=note.kind, before=note.before,
+                                       after=note.after))
 
     def _finish(self, turn: Turn) -> None:
         turn.finished_at = time.time()

@@ -1,0 +1,249 @@
+"""Repairs to the conversation history on its way upstream.
+
+`repair_history` returns a new message list (the client's is never
+mutated) and a note per repair. Steps run in this order, each only when the
+plan asks for it:
+
+1. structure — tool results that answer no call get their call back from
+   memory (F4), or become plain context text when the call is unknown;
+   calls left unanswered before the next user message get a placeholder
+   result (the AI SDK and strict hosts both reject them); malformed
+   argument JSON is mended.
+2. reasoning — assistant tool-call messages without `reasoning_content`
+   get the reasoning Switchboard streamed with those calls, else " " (F3).
+3. empty — empty text blocks are dropped; an assistant message left empty
+   is removed, or its content set to null when it carries tool calls (F5).
+4. native_ids — every tool-call id becomes Kimi's `functions.NAME:IDX`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .ids import kimi_id
+from .json_args import repair_json_arguments
+from .memory import ToolCallMemory
+from .profiles import RepairPlan
+
+Message = dict[str, Any]
+
+PLACEHOLDER_RESULT = ("[Switchboard: this tool call got no result before the conversation "
+                      "moved on; treat it as not run.]")
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """One repair: its kind and short before/after excerpts."""
+
+    kind: str
+    before: str
+    after: str
+
+
+def excerpt(value: Any, limit: int = 120) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def repair_history(messages: list[Message], plan: RepairPlan,
+                   memory: ToolCallMemory | None = None) -> tuple[list[Message], list[Note]]:
+    notes: list[Note] = []
+    out = list(messages)
+    if plan.structure:
+        out = _restore_orphans(out, memory, notes)
+        out = _answer_unanswered(out, notes)
+        _mend_arguments(out, notes)
+    if plan.reasoning:
+        _fill_reasoning(out, memory, notes)
+    if plan.empty:
+        out = _drop_empty(out, notes)
+    if plan.native_ids:
+        _to_native_ids(out)
+    return out, notes
+
+
+def _calls(message: Message) -> list[Any]:
+    calls = message.get("tool_calls")
+    return calls if isinstance(calls, list) else []
+
+
+def _call_id(call: Any) -> str | None:
+    return call.get("id") if isinstance(call, dict) and isinstance(call.get("id"), str) else None
+
+
+def _restore_orphans(messages: list[Message], memory: ToolCallMemory | None,
+                     notes: list[Note]) -> list[Message]:
+    out: list[Message] = []
+    known: set[str] = set()
+    for message in messages:
+        role = message.get("role")
+        if role == "assistant":
+            known.update(i for i in map(_call_id, _calls(message)) if i)
+        if role != "tool":
+            out.append(message)
+            continue
+        call_id = message.get("tool_call_id")
+        if isinstance(call_id, str) and call_id in known:
+            out.append(message)
+            continue
+        remembered = memory.recall(call_id) if memory and isinstance(call_id, str) else None
+        if remembered is None:
+            text = f"[Result of an earlier tool call ({call_id}) whose call is not in the history]\n"
+            content = message.get("content")
+            out.append({"role": "user", "content": text + (content if isinstance(content, str)
+                                                           else excerpt(content, 100_000))})
+            notes.append(Note("orphan_tool_result", excerpt(message), "tool result turned into context text"))
+            continue
+        call = {"id": remembered.id, "type": "function",
+                "function": {"name": remembered.name, "arguments": remembered.arguments}}
+        owner = _owning_assistant(out)
+        if owner is None:
+            out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        else:
+            out[owner] = {**out[owner], "tool_calls": [*_calls(out[owner]), call]}
+        known.add(remembered.id)
+        notes.append(Note("restored_tool_call", f"tool result {call_id} with no call",
+                          f"{remembered.name}({excerpt(remembered.arguments, 80)})"))
+        out.append(message)
+    return out
+
+
+def _owning_assistant(out: list[Message]) -> int | None:
+    """Index of the assistant message the next tool result belongs to, if adjacent."""
+    i = len(out) - 1
+    while i >= 0 and out[i].get("role") == "tool":
+        i -= 1
+    return i if i >= 0 and out[i].get("role") == "assistant" else None
+
+
+def _answer_unanswered(messages: list[Message], notes: list[Note]) -> list[Message]:
+    out: list[Message] = []
+    i = 0
+    while i < len(messages):
+        message = messages[i]
+        out.append(message)
+        i += 1
+        if message.get("role") != "assistant" or not _calls(message):
+            continue
+        pending = [c for c in map(_call_id, _calls(message)) if c]
+        while i < len(messages) and messages[i].get("role") == "tool":
+            answered = messages[i].get("tool_call_id")
+            if answered in pending:
+                pending.remove(answered)
+            out.append(messages[i])
+            i += 1
+        for call_id in pending:
+            out.append({"role": "tool", "tool_call_id": call_id, "content": PLACEHOLDER_RESULT})
+            notes.append(Note("missing_tool_result", f"call {call_id} has no result",
+                              "placeholder result added"))
+    return out
+
+
+def _mend_arguments(messages: list[Message], notes: list[Note]) -> None:
+    for index, message in enumerate(messages):
+        calls = _calls(message)
+        if message.get("role") != "assistant" or not calls:
+            continue
+        mended: list[Any] = []
+        changed = False
+        for call in calls:
+            function = call.get("function") if isinstance(call, dict) else None
+            args = function.get("arguments") if isinstance(function, dict) else None
+            if isinstance(args, dict):
+                fixed, did = json.dumps(args, ensure_ascii=False), True
+            elif isinstance(args, str):
+                fixed, did = repair_json_arguments(args)
+                did = did and not _same_json(args, fixed)
+            else:
+                fixed, did = "{}", True
+            if did and isinstance(function, dict):
+                notes.append(Note("tool_arguments", excerpt(args), excerpt(fixed)))
+                call = {**call, "function": {**function, "arguments": fixed}}
+                changed = True
+            mended.append(call)
+        if changed:
+            messages[index] = {**message, "tool_calls": mended}
+
+
+def _same_json(a: str, b: str) -> bool:
+    try:
+        return json.loads(a) == json.loads(b)
+    except ValueError:
+        return False
+
+
+def _fill_reasoning(messages: list[Message], memory: ToolCallMemory | None,
+                    notes: list[Note]) -> None:
+    for index, message in enumerate(messages):
+        if message.get("role") != "assistant" or not _calls(message):
+            continue
+        current = message.get("reasoning_content")
+        if isinstance(current, str) and current:
+            continue
+        reasoning = ""
+        if memory is not None:
+            for call_id in map(_call_id, _calls(message)):
+                remembered = memory.recall(call_id) if call_id else None
+                if remembered is not None and remembered.reasoning:
+                    reasoning = remembered.reasoning
+                    break
+        messages[index] = {**message, "reasoning_content": reasoning or " "}
+        notes.append(Note("reasoning_content", "assistant tool-call message without reasoning_content",
+                          excerpt(reasoning) if reasoning else "a single space"))
+
+
+def _is_empty_text_block(block: Any) -> bool:
+    return (isinstance(block, dict) and block.get("type") == "text"
+            and not (isinstance(block.get("text"), str) and block["text"].strip()))
+
+
+def _drop_empty(messages: list[Message], notes: list[Note]) -> list[Message]:
+    out: list[Message] = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list) and any(_is_empty_text_block(b) for b in content):
+            kept = [b for b in content if not _is_empty_text_block(b)]
+            notes.append(Note("empty_content", f"{message.get('role')} message with an empty text block",
+                              "empty block removed"))
+            message = {**message, "content": kept}
+            content = kept
+        if message.get("role") != "assistant":
+            out.append(message)
+            continue
+        empty = content is None or content == [] or (isinstance(content, str) and not content.strip())
+        if not empty:
+            out.append(message)
+        elif _calls(message):
+            if content is not None:
+                message = {**message, "content": None}
+                notes.append(Note("empty_content", "assistant tool-call message with empty content",
+                                  "content: null"))
+            out.append(message)
+        else:
+            notes.append(Note("empty_content", "assistant message with empty content", "message removed"))
+    return out
+
+
+def _to_native_ids(messages: list[Message]) -> None:
+    mapping: dict[str, str] = {}
+    counter = 0
+    for index, message in enumerate(messages):
+        role = message.get("role")
+        if role == "assistant" and _calls(message):
+            calls = []
+            for call in _calls(message):
+                if not isinstance(call, dict):
+                    calls.append(call)
+                    continue
+                function = call.get("function") or {}
+                name = function.get("name", "tool") if isinstance(function, dict) else "tool"
+                native = kimi_id(name, counter)
+                counter += 1
+                if isinstance(call.get("id"), str):
+                    mapping[call["id"]] = native
+                calls.append({**call, "id": native})
+            messages[index] = {**message, "tool_calls": calls}
+        elif role == "tool" and message.get("tool_call_id") in mapping:
+            messages[index] = {**message, "tool_call_id": mapping[message["tool_call_id"]]}
