@@ -1,0 +1,189 @@
+"""Repairs through a running proxy, against the simulator as a strict Kimi host.
+
+Real servers on 127.0.0.1 (the proxy and its embedded simulator, plus a
+standalone simulator for the "without Switchboard" comparison) and a real
+httpx client playing an agent loop.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from proxy_core.app import SwitchboardProxy
+from proxy_core.config import parse_config
+from proxy_core.simulator import SimulatorConfig, start_simulator
+
+FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "opencode_request.json").read_text())
+MARKERS = ("<|tool_call", "<|tool_calls_section", "<function=")
+
+
+def sim_toml(journal: Path, faults: list[str], profile: str = "kimi", rate: float = 1.0) -> str:
+    return f"""
+[proxy]
+journal = "{journal}"
+[upstreams.sim]
+kind = "simulator"
+faults = {json.dumps(faults)}
+fault_rate = {rate}
+seed = 7
+chunk_delay = 0.0
+[[routes]]
+model = "kimi-k2.5"
+targets = ["sim:kimi-k2.5"]
+repairs = "{profile}"
+"""
+
+
+@asynccontextmanager
+async def running_proxy(toml: str) -> AsyncIterator[SwitchboardProxy]:
+    proxy = SwitchboardProxy(parse_config(toml), port=0)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.stop()
+
+
+def opening() -> list[dict[str, Any]]:
+    """opencode's real system prompt and first user message."""
+    return [dict(m) for m in FIXTURE["messages"][:2]]
+
+
+async def chat(client: httpx.AsyncClient, base: str, messages: list[dict[str, Any]],
+               headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    """One streamed completion, collected: (status, {text, calls, finish, error})."""
+    body = {"model": "kimi-k2.5", "messages": messages, "tools": FIXTURE["tools"],
+            "stream": True, "stream_options": {"include_usage": True}}
+    out: dict[str, Any] = {"text": "", "reasoning": "", "calls": [], "finish": None, "error": None}
+    async with client.stream("POST", f"{base}/chat/completions", json=body,
+                             headers=headers or {}) as response:
+        if response.status_code != 200:
+            out["error"] = json.loads(await response.aread())["error"]["message"]
+            return response.status_code, out
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            for choice in chunk.get("choices", []):
+                delta = choice["delta"]
+                out["text"] += delta.get("content") or ""
+                out["reasoning"] += delta.get("reasoning_content") or ""
+                for call in delta.get("tool_calls") or []:
+                    assert isinstance(call["id"], str) and call["function"]["name"]
+                    json.loads(call["function"]["arguments"])  # whole, in one delta
+                    out["calls"].append(call)
+                out["finish"] = choice.get("finish_reason") or out["finish"]
+    return 200, out
+
+
+async def test_leaked_calls_reach_the_client_as_tool_calls(tmp_path: Path) -> None:
+    """F1 on every step: through Switchboard, ten proper tool calls; direct, none."""
+    sim = await start_simulator(SimulatorConfig(faults=("leak",), fault_rate=1.0, seed=7,
+                                                chunk_delay=0.0))
+    try:
+        async with running_proxy(sim_toml(tmp_path / "j.sqlite3", ["leak"])) as proxy, \
+                httpx.AsyncClient(timeout=30) as client:
+            status, direct = await chat(client, sim.base_url, opening())
+            assert status == 200 and direct["calls"] == [] and direct["finish"] == "stop"
+            leaked = direct["text"] + direct["reasoning"]
+            assert any(m in leaked for m in MARKERS), "the simulator really leaks"
+
+            messages = opening()
+            for step in range(10):
+                status, got = await chat(client, f"{proxy.base_url}/v1", messages)
+                assert status == 200
+                assert got["finish"] == "tool_calls", f"step {step}: {got}"
+                assert len(got["calls"]) == 1
+                assert not any(m in got["text"] + got["reasoning"] for m in MARKERS), got
+                assert got["calls"][0]["id"].startswith("call_")
+                messages.append({"role": "assistant", "content": got["text"] or None,
+                                 "tool_calls": [{k: c[k] for k in ("id", "type", "function")}
+                                                for c in got["calls"]]})
+                messages.append({"role": "tool", "tool_call_id": got["calls"][0]["id"],
+                                 "content": "ok"})
+            status, final = await chat(client, f"{proxy.base_url}/v1", messages)
+            assert status == 200 and final["finish"] == "stop" and not final["calls"]
+
+            turns = (await client.get(f"{proxy.base_url}/switchboard/api/turns")).json()["turns"]
+            assert len(turns) == 11
+            leak_repairs = [r for t in turns for r in t["repairs"] if r["kind"] == "leaked_tool_call"]
+            assert len(leak_repairs) == 10
+            assert all("<|" in r["before"] or "<function=" in r["before"] for r in leak_repairs)
+    finally:
+        await sim.close()
+
+
+async def test_stripped_history_gets_200_from_strict_host(tmp_path: Path) -> None:
+    """Seed 003: a client replays assistant messages without their tool_calls.
+
+    A strict host (orphaned tool results and Moonshot's reasoning_content rule
+    enforced) rejects that history; through Switchboard every request passes,
+    also after a restart, because delivered calls are kept in the journal.
+    """
+    journal = tmp_path / "journal.sqlite3"
+    toml = sim_toml(journal, ["orphan", "strict"])
+    sim = await start_simulator(SimulatorConfig(faults=("orphan", "strict"), seed=7, chunk_delay=0.0))
+    messages = opening()
+    try:
+        async with running_proxy(toml) as proxy, httpx.AsyncClient(timeout=30) as client:
+            base = f"{proxy.base_url}/v1"
+            for step in range(4):
+                status, got = await chat(client, base, messages)
+                assert status == 200, got["error"]
+                assert got["finish"] == "tool_calls" and len(got["calls"]) == 1
+                # The broken replay: tool_calls stripped, the result keeps its id.
+                messages.append({"role": "assistant", "content": got["text"]})
+                messages.append({"role": "tool", "tool_call_id": got["calls"][0]["id"],
+                                 "content": "done"})
+            status, got = await chat(client, base, messages)
+            assert status == 200, got["error"]
+            last = (await client.get(f"{proxy.base_url}/switchboard/api/turns?limit=1")).json()["turns"][-1]
+            kinds = [r["kind"] for r in last["repairs"]]
+            assert kinds.count("restored_tool_call") == 4
+            assert "reasoning_content" in kinds
+
+            status, direct = await chat(client, sim.base_url, messages)
+            assert status == 400, "without Switchboard the strict host refuses this history"
+            assert "must be a response to a preceding message with 'tool_calls'" in direct["error"]
+
+        async with running_proxy(toml) as proxy, httpx.AsyncClient(timeout=30) as client:
+            status, got = await chat(client, f"{proxy.base_url}/v1", messages)
+            assert status == 200, f"after a restart: {got['error']}"
+    finally:
+        await sim.close()
+
+
+async def test_moonshot_reasoning_rule_without_switchboard_fails(tmp_path: Path) -> None:
+    """F3: history with tool calls but no reasoning_content; 400 direct, 200 through us."""
+    sim = await start_simulator(SimulatorConfig(faults=("strict",), seed=1, chunk_delay=0.0))
+    try:
+        async with running_proxy(sim_toml(tmp_path / "j.sqlite3", ["strict"])) as proxy, \
+                httpx.AsyncClient(timeout=30) as client:
+            messages = opening()
+            status, got = await chat(client, f"{proxy.base_url}/v1", messages)
+            assert status == 200 and got["calls"]
+            messages.append({"role": "assistant", "content": got["text"],
+                             "tool_calls": [{k: c[k] for k in ("id", "type", "function")}
+                                            for c in got["calls"]]})
+            messages.append({"role": "tool", "tool_call_id": got["calls"][0]["id"], "content": "ok"})
+            status, direct = await chat(client, sim.base_url, messages)
+            assert status == 400 and "reasoning_content is missing" in direct["error"]
+            status, via = await chat(client, f"{proxy.base_url}/v1", messages)
+            assert status == 200, via["error"]
+            assert via["calls"], "the session goes on to its next step"
+    finally:
+        await sim.close()
+
+
+async def test_profile_none_relays_leaks_untouched(tmp_path: Path) -> None:
+    toml = sim_toml(tmp_path / "j.sqlite3", ["leak"], profile="none")
+    async with running_proxy(toml) as proxy, httpx.AsyncClient(timeout=30) as client:
+        status, got = await chat(client, f"{proxy.base_url}/v1", opening())
+        assert status == 200 and got["calls"] == [] and got["finish"] == "stop"
+        assert any(m in got["text"] + got["reasoning"] for m in MARKERS)
