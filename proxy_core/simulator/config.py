@@ -1,0 +1,64 @@
+"""Configuration of the simulated model host."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Every fault the simulator knows how to inject.
+FAULT_NAMES: frozenset[str] = frozenset({"leak", "hang", "strict", "orphan", "empty"})
+
+
+class SimulatorConfigError(ValueError):
+    """A simulator setting is out of range or names an unknown fault."""
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """How the simulated Kimi-like host behaves.
+
+    ``faults`` names the faults to inject. ``leak`` and ``hang`` fire on a
+    step with probability ``fault_rate``; ``strict``, ``orphan`` and
+    ``empty`` are validation rules, always enforced when listed. Every
+    random choice derives from ``seed`` and the request, so runs repeat.
+    """
+
+    faults: tuple[str, ...] = ()
+    fault_rate: float = 0.7
+    seed: int = 0
+    steps: int = 10
+    chunk_delay: float = 0.003
+    models: tuple[str, ...] = ("kimi-k2.5",)
+    #: Stream ``reasoning_content`` deltas even without ``strict``.
+    reasoning: bool = False
+    #: How many sightings of one identical request may hang (each at
+    #: ``fault_rate``); later retries always go through.
+    hang_repeats: int = 1
+    #: Seconds between ``: ping`` comments while hanging; 0 means silent.
+    keepalive_interval: float = 0.0
+    #: Fixed ``created`` timestamp for byte-identical output; None means now.
+    fixed_created: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.faults) - FAULT_NAMES)
+        if unknown:
+            known = ", ".join(sorted(FAULT_NAMES))
+            raise SimulatorConfigError(f"unknown fault(s) {', '.join(unknown)}; known: {known}")
+        if not 0.0 <= self.fault_rate <= 1.0:
+            raise SimulatorConfigError(f"fault_rate must be within 0..1, got {self.fault_rate}")
+        if self.steps < 0:
+            raise SimulatorConfigError(f"steps must be >= 0, got {self.steps}")
+        if self.hang_repeats < 0:
+            raise SimulatorConfigError(f"hang_repeats must be >= 0, got {self.hang_repeats}")
+        if self.chunk_delay < 0 or self.keepalive_interval < 0:
+            raise SimulatorConfigError("chunk_delay and keepalive_interval must be >= 0")
+        if not self.models:
+            raise SimulatorConfigError("models must name at least one model")
+
+    def has(self, fault: str) -> bool:
+        """Whether ``fault`` is enabled."""
+        return fault in self.faults
+
+    @property
+    def streams_reasoning(self) -> bool:
+        """Whether replies carry ``reasoning_content`` (always under ``strict``)."""
+        return self.reasoning or self.has("strict")

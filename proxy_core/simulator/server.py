@@ -1,0 +1,230 @@
+"""The simulated host over HTTP: an aiohttp app and a runner for it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .config import SimulatorConfig
+from .faults import FaultDecision, HostError, decide, fingerprint, render_leak, request_rng, validate
+from .script import Reply, next_reply
+from .stats import FaultRecord, SimulatorState, SimulatorStats
+from .wire import KEEPALIVE, Outgoing, completion, sse_events
+
+CONFIG_KEY = web.AppKey("simulator_config", SimulatorConfig)
+STATE_KEY = web.AppKey("simulator_state", SimulatorState)
+
+StatsPredicate = Callable[[SimulatorStats], bool]
+
+#: How often a silent hang checks whether its client went away.
+_DISCONNECT_POLL = 0.05
+
+
+def _error(status: int, message: str, code: str, kind: str = "invalid_request_error") -> web.Response:
+    return web.json_response({"error": {"message": message, "type": kind, "code": code}}, status=status)
+
+
+def _parse_messages(body: object) -> tuple[list[Mapping[str, object]], str | None]:
+    """The request's messages, or an error message saying what is wrong."""
+    if not isinstance(body, dict):
+        return [], "request body must be a JSON object"
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return [], "'messages' must be a non-empty array"
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            return [], f"messages.{index} must be an object with a string 'role'"
+    return messages, None
+
+
+def _record(state: SimulatorState, messages: Sequence[Mapping[str, object]], reply: Reply) -> None:
+    stats = state.stats
+    stats.requests += 1
+    results = sum(1 for m in messages if m.get("role") == "tool")
+    stats.tool_results_seen = max(stats.tool_results_seen, results)
+    if reply.kind == "side":
+        stats.side_requests += 1
+
+
+def _outgoing(config: SimulatorConfig, body: Mapping[str, object], reply: Reply, decision: FaultDecision, fp: str, seen: int) -> Outgoing:
+    content, reasoning, call = reply.text, reply.reasoning, reply.tool_call
+    finish = reply.finish_reason
+    if decision.leak is not None:
+        leaked = render_leak(reply, decision.leak)
+        content, reasoning, call, finish = leaked.content, leaked.reasoning, None, "stop"
+    if decision.unthought or (not config.streams_reasoning and decision.leak != "reasoning"):
+        reasoning = ""
+    created = config.fixed_created if config.fixed_created is not None else int(time.time())
+    digest = request_rng(config.seed, fp, seen, "id").getrandbits(96)
+    return Outgoing(
+        completion_id=f"chatcmpl-{digest:024x}",
+        model=str(body.get("model")),
+        created=created,
+        content=content,
+        reasoning=reasoning,
+        tool_call=call,
+        finish_reason=finish,
+        prompt_tokens=len(json.dumps(body.get("messages"))) // 4,
+    )
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def _hang(request: web.Request, config: SimulatorConfig, state: SimulatorState, stream: bool) -> web.StreamResponse:
+    """Send 200 headers, then nothing (or only ``: ping``) until the client leaves."""
+    content_type = "text/event-stream" if stream else "application/json"
+    response = web.StreamResponse(headers={"Content-Type": content_type, "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    state.stats.hangs_active += 1
+    await state.notify()
+    interval = config.keepalive_interval or _DISCONNECT_POLL
+    try:
+        while not state.shutdown.is_set() and not _client_gone(request):
+            try:
+                await asyncio.wait_for(state.shutdown.wait(), interval)
+            except TimeoutError:
+                if config.keepalive_interval and stream and not _client_gone(request):
+                    await response.write(KEEPALIVE)
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        state.stats.hangs_active -= 1
+        state.stats.disconnects += 1
+        await state.notify()
+    return response
+
+
+async def _stream(request: web.Request, config: SimulatorConfig, out: Outgoing, events: list[bytes]) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    try:
+        for event in events:
+            await response.write(event)
+            if config.chunk_delay:
+                await asyncio.sleep(config.chunk_delay)
+        await response.write_eof()
+    except ConnectionResetError:
+        pass
+    return response
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/chat/completions``: play the next step, faults included."""
+    config, state = request.app[CONFIG_KEY], request.app[STATE_KEY]
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError) as exc:
+        return _error(400, f"request body is not valid JSON: {exc}", "invalid_json")
+    messages, problem = _parse_messages(body)
+    if problem is not None:
+        return _error(400, problem, "invalid_request")
+    model = body.get("model")
+    if model not in config.models:
+        return _error(404, f"The model `{model}` does not exist", "model_not_found")
+    reply = next_reply(messages, body.get("tools"), config.steps)
+    _record(state, messages, reply)
+    error: HostError | None = validate(config, messages)
+    if error is not None:
+        state.stats.faults.append(FaultRecord(error.fault, error.message, reply.step))
+        await state.notify()
+        return web.json_response(error.body(), status=error.status)
+    fp = fingerprint(messages)
+    seen = state.sighting(fp)
+    decision = decide(config, reply, messages, fp, seen)
+    stream = body.get("stream") is True
+    if decision.hang:
+        state.stats.faults.append(FaultRecord("hang", "", reply.step))
+        return await _hang(request, config, state, stream)
+    if decision.leak is not None:
+        state.stats.faults.append(FaultRecord("leak", decision.leak, reply.step))
+    elif reply.tool_call is not None:
+        if decision.unthought:
+            state.stats.faults.append(FaultRecord("unthought", reply.tool_call.id, reply.step))
+        state.stats.tool_calls_emitted += 1
+    elif reply.kind == "final":
+        state.stats.finals += 1
+    await state.notify()
+    out = _outgoing(config, body, reply, decision, fp, seen)
+    if not stream:
+        return web.json_response(completion(out))
+    options = body.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    events = sse_events(out, request_rng(config.seed, fp, seen, "chunks"), include_usage=include_usage)
+    return await _stream(request, config, out, events)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """``GET /v1/models``."""
+    config = request.app[CONFIG_KEY]
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "switchboard-simulator"} for name in config.models]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def stats(request: web.Request) -> web.Response:
+    """``GET /simulator/stats``: the counters, for tests and scripts."""
+    return web.json_response(request.app[STATE_KEY].stats.to_json())
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    app[STATE_KEY].shutdown.set()
+
+
+def make_simulator_app(config: SimulatorConfig) -> web.Application:
+    """Build the simulated host's aiohttp application."""
+    app = web.Application()
+    app[CONFIG_KEY] = config
+    app[STATE_KEY] = SimulatorState()
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/simulator/stats", stats)
+    app.on_shutdown.append(_on_shutdown)
+    return app
+
+
+@dataclass
+class RunningSimulator:
+    """A simulator serving inside the current event loop."""
+
+    config: SimulatorConfig
+    app: web.Application
+    runner: web.AppRunner
+    host: str
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL, e.g. ``http://127.0.0.1:PORT/v1``."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def stats(self) -> SimulatorStats:
+        """Live counters."""
+        return self.app[STATE_KEY].stats
+
+    async def wait_for(self, predicate: StatsPredicate, timeout: float = 30.0) -> None:
+        """Wait until ``predicate(stats)`` holds."""
+        await self.app[STATE_KEY].wait_for(predicate, timeout)
+
+    async def close(self) -> None:
+        """Stop serving; hanging streams end at once."""
+        self.app[STATE_KEY].shutdown.set()
+        await self.runner.cleanup()
+
+
+async def start_simulator(config: SimulatorConfig, host: str = "127.0.0.1", port: int = 0) -> RunningSimulator:
+    """Start the simulator on ``host:port`` (0 picks a free port) in this loop."""
+    app = make_simulator_app(config)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0][1] if runner.addresses else port
+    return RunningSimulator(config, app, runner, host, bound)
