@@ -64,8 +64,11 @@ class SwitchboardProxy:
     async def start(self) -> None:
         for upstream in self.upstreams.values():
             await upstream.start()
+        # handler_cancellation: a client that goes away cancels its handler, so the
+        # pipeline closes the upstream and fails the turn at once (no retries for
+        # nobody, no handler outliving stop()).
         self._runner = web.AppRunner(self.make_app(), access_log=None,
-                                     handler_cancellation=False, shutdown_timeout=2.0)
+                                     handler_cancellation=True, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()

@@ -28,6 +28,9 @@ _PATTERNS = re.compile(
 
 #: Values shorter than this are not treated as secrets (too many false hits).
 _MIN_SECRET = 6
+#: Clients often send a placeholder key ("x", "local", "switchboard"); only
+#: values this long are taken for real keys and scrubbed everywhere.
+CLIENT_TOKEN_MIN = 12
 
 
 class Redactor:
@@ -38,9 +41,9 @@ class Redactor:
         for name in (*env_vars, *_AWS_ENV):
             self.add(os.environ.get(name))
 
-    def add(self, value: str | None) -> None:
-        """Remember a secret value seen at run time (e.g. a client's bearer token)."""
-        if value and len(value) >= _MIN_SECRET:
+    def add(self, value: str | None, *, min_length: int = _MIN_SECRET) -> None:
+        """Remember a secret value (an upstream key, a client's bearer token)."""
+        if value and len(value) >= min_length:
             self._values.add(value)
 
     def __call__(self, text: str) -> str:

@@ -17,6 +17,7 @@ from aiohttp import web
 from .errors import ClientRequestError
 from .openai_wire import ChunkEncoder, CompletionBuilder, error_body, parse_chat_request
 from .pipeline import TurnAborted
+from .secrets import CLIENT_TOKEN_MIN
 from .sse import DONE, SSE_HEADERS, data_line
 
 if TYPE_CHECKING:
@@ -35,9 +36,10 @@ def json_error(message: str, status: int, *, code: str | None = None,
 async def read_json(request: web.Request) -> Any:
     try:
         raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
+    except web.HTTPRequestEntityTooLarge:
         raise ClientRequestError(
-            f"request body too large (limit {exc.max_size} bytes; raise [proxy] max_body_mb)",
+            f"request body too large (limit {request.client_max_size} bytes;"
+            " raise [proxy] max_body_mb)",
             status=413, code="request_too_large") from None
     if not raw:
         raise ClientRequestError("request body is empty; expected JSON")
@@ -64,7 +66,7 @@ class OpenAIFront:
         try:
             chat = parse_chat_request(await read_json(request))
             auth = request.headers.get("authorization", "")
-            self.proxy.redactor.add(auth.partition(" ")[2] or auth)
+            self.proxy.redactor.add(auth.partition(" ")[2] or auth, min_length=CLIENT_TOKEN_MIN)
             turn, route = self.proxy.pipeline.open_turn(chat, request.headers)
         except ClientRequestError as exc:
             return json_error(exc.message, exc.status, code=exc.code, type_=exc.type)
@@ -75,7 +77,7 @@ class OpenAIFront:
                     async for part in parts:
                         builder.add(part)
                 except TurnAborted as exc:
-                    return json_error(exc.message, exc.status, code=exc.code, type_="upstream_error")
+                    return self._aborted(exc)
                 return web.json_response(builder.build())
 
             try:
@@ -83,7 +85,7 @@ class OpenAIFront:
             except StopAsyncIteration:
                 first = None
             except TurnAborted as exc:
-                return json_error(exc.message, exc.status, code=exc.code, type_="upstream_error")
+                return self._aborted(exc)
             response = web.StreamResponse(headers=SSE_HEADERS)
             encoder = ChunkEncoder(chat.model, include_usage=chat.include_usage)
             try:
@@ -94,10 +96,15 @@ class OpenAIFront:
                         await _write(response, encoder, part)
                 await response.write(DONE)
             except TurnAborted as exc:
-                await _write_error(response, exc)
+                await _write_error(response, exc, self.proxy.redactor(exc.message))
             except _DISCONNECTS:
                 log.info("client went away during %s", turn.id)
             return response
+
+    def _aborted(self, exc: TurnAborted) -> web.Response:
+        # Upstream error text can quote our key back (careless hosts do): redact.
+        return json_error(self.proxy.redactor(exc.message), exc.status, code=exc.code,
+                          type_="upstream_error")
 
 
 async def _write(response: web.StreamResponse, encoder: ChunkEncoder, part: Any) -> None:
@@ -106,10 +113,10 @@ async def _write(response: web.StreamResponse, encoder: ChunkEncoder, part: Any)
         await response.write(data_line(chunk))
 
 
-async def _write_error(response: web.StreamResponse, exc: TurnAborted) -> None:
+async def _write_error(response: web.StreamResponse, exc: TurnAborted, message: str) -> None:
     try:
         await response.write(data_line(error_body(
-            f"{exc.message} (after output had started; Switchboard could not retry"
+            f"{message} (after output had started; Switchboard could not retry"
             " transparently — retry the turn)", type_="upstream_error", code=exc.code)))
         await response.write(DONE)
     except _DISCONNECTS:

@@ -54,7 +54,7 @@ def opencode_config(config: Config, base_url: str, provider: str) -> dict[str, o
         "provider": {provider: {
             "npm": "@ai-sdk/openai-compatible",
             "name": "Switchboard",
-            "options": {"baseURL": f"{base_url}/v1", "apiKey": "switchboard"},
+            "options": {"baseURL": f"{base_url}/v1", "apiKey": "local"},
             "models": models,
         }},
         "model": f"{provider}/{first}",
