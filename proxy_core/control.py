@@ -70,8 +70,6 @@ class ControlAPI:
             # Older turns (or turns from before a restart) come from the journal.
             known = {t.id for t in turns}
             older = [d for d in self.proxy.journal.turns(limit, session) if d["id"] not in known]
-            for d in older:
-                d.pop("request", None)
             items = older + [t.to_dict(include_request=False) for t in turns]
         else:
             items = [t.to_dict(include_request=False) for t in turns]

@@ -1,8 +1,9 @@
 """The journal: every turn, durable, in SQLite.
 
 An observer on the event bus. A turn's row is written when it starts (state
-`live`) and rewritten when it finishes or fails, inside the event handler,
-before the client receives the end of its stream. The database runs in WAL
+`live`, with the request) and updated when it finishes or fails, inside the
+event handler, before the client receives the end of its stream. The
+request (the whole history, often the bulk of a turn) is written once. The database runs in WAL
 mode, so after `kill -9` every finished turn is on disk and a turn that was
 in flight is there as `live`. Rows pass through the `Redactor` first: no
 secret reaches the file.
@@ -34,7 +35,8 @@ CREATE TABLE IF NOT EXISTS turns (
     started_at REAL NOT NULL,
     finished_at REAL,
     finish_reason TEXT,
-    data TEXT NOT NULL
+    data TEXT NOT NULL,
+    request TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS turns_session ON turns(session_id, started_at);
 CREATE INDEX IF NOT EXISTS turns_started ON turns(started_at);
@@ -79,28 +81,42 @@ class Journal:
     # -- observer ----------------------------------------------------------------
 
     def on_TurnStarted(self, event: TurnStarted) -> None:
-        self._write(event.turn_id)
-
-    def on_TurnFinished(self, event: TurnFinished) -> None:
-        self._write(event.turn_id)
-
-    def on_TurnFailed(self, event: TurnFailed) -> None:
-        self._write(event.turn_id)
-
-    def _write(self, turn_id: str) -> None:
-        turn = self.store.get(turn_id)
+        turn = self.store.get(event.turn_id)
         if turn is not None:
             self.save(turn)
 
+    def on_TurnFinished(self, event: TurnFinished) -> None:
+        self._update(event.turn_id)
+
+    def on_TurnFailed(self, event: TurnFailed) -> None:
+        self._update(event.turn_id)
+
     # -- reading and writing ---------------------------------------------------
 
+    def _json(self, value: Any) -> str:
+        return self.redactor(json.dumps(value, ensure_ascii=False, default=str))
+
     def save(self, turn: Turn) -> None:
-        data = self.redactor(json.dumps(turn.to_dict(), ensure_ascii=False, default=str))
+        """Write the whole turn, request included."""
         self.conn.execute(
             "INSERT OR REPLACE INTO turns (id, session_id, model, state, started_at,"
-            " finished_at, finish_reason, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " finished_at, finish_reason, data, request) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (turn.id, turn.session_id, turn.model, turn.state, turn.started_at,
-             turn.finished_at, turn.finish_reason, data))
+             turn.finished_at, turn.finish_reason,
+             self._json(turn.to_dict(include_request=False)), self._json(turn.request)))
+
+    def _update(self, turn_id: str) -> None:
+        """Rewrite everything but the request, which does not change."""
+        turn = self.store.get(turn_id)
+        if turn is None:
+            return
+        cursor = self.conn.execute(
+            "UPDATE turns SET state = ?, finished_at = ?, finish_reason = ?, data = ?"
+            " WHERE id = ?",
+            (turn.state, turn.finished_at, turn.finish_reason,
+             self._json(turn.to_dict(include_request=False)), turn.id))
+        if cursor.rowcount == 0:
+            self.save(turn)
 
     def save_call(self, call: RememberedCall) -> None:
         """Remember a delivered tool call (the `CallStore` of `ToolCallMemory`)."""
@@ -117,7 +133,7 @@ class Journal:
         return RememberedCall(*row) if row else None
 
     def turns(self, limit: int = 100, session_id: str | None = None) -> list[dict[str, Any]]:
-        """The most recent turns (oldest first), as stored dicts."""
+        """The most recent turns (oldest first), without their requests."""
         if session_id:
             rows = self.conn.execute(
                 "SELECT data FROM turns WHERE session_id = ? ORDER BY started_at DESC LIMIT ?",
@@ -128,5 +144,11 @@ class Journal:
         return [json.loads(r[0]) for r in reversed(rows)]
 
     def turn(self, turn_id: str) -> dict[str, Any] | None:
-        row = self.conn.execute("SELECT data FROM turns WHERE id = ?", (turn_id,)).fetchone()
-        return json.loads(row[0]) if row else None
+        """One turn with its request."""
+        row = self.conn.execute("SELECT data, request FROM turns WHERE id = ?",
+                                (turn_id,)).fetchone()
+        if row is None:
+            return None
+        data = json.loads(row[0])
+        data["request"] = json.loads(row[1])
+        return data
