@@ -1,0 +1,167 @@
+"""Bad client input gets a clear OpenAI-shaped error, and the proxy carries on serving.
+
+Also the Host/Origin guard: a web page must not be able to drive the proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+import httpx
+import pytest
+
+from proxy_core.app import SwitchboardProxy
+from support import (
+    API, CHAT_PATH, FakeUpstream, api_turns, assert_openai_error, chat_body, content_of,
+    openai_config, stream_chat,
+)
+
+
+@pytest.fixture
+async def small_proxy(fake_upstream: FakeUpstream, proxy_factory: Any) -> SwitchboardProxy:
+    """A proxy whose body limit is 0.01 MB (10,485 bytes)."""
+    return await proxy_factory(openai_config(fake_upstream.base_url, max_body_mb=0.01))
+
+
+def journal_states(proxy: SwitchboardProxy) -> dict[str, str]:
+    """Turn id → state, read from the journal file by a separate connection."""
+    with sqlite3.connect(proxy.config.proxy.journal) as conn:
+        return dict(conn.execute("SELECT id, state FROM turns").fetchall())
+
+
+async def good_turn(client: httpx.AsyncClient, proxy: SwitchboardProxy) -> None:
+    response, payloads = await stream_chat(client, proxy.base_url)
+    assert response.status_code == 200 and content_of(payloads) == "Hello world"
+
+
+def raw(body: Any) -> bytes:
+    return json.dumps(body).encode()
+
+
+BAD_BODIES: list[tuple[str, bytes, str]] = [
+    ("malformed JSON", b'{"model": "test-model", "messages": [', "not valid JSON"),
+    ("not UTF-8", b'{"model": "\xff\xfe"}', "not valid JSON"),
+    ("empty body", b"", "empty"),
+    ("array body", raw([chat_body()]), "JSON object"),
+    ("string body", raw("hello"), "JSON object"),
+    ("null body", b"null", "JSON object"),
+    ("missing model", raw({"messages": [{"role": "user", "content": "hi"}]}), "model"),
+    ("model not a string", raw(chat_body(model=42)), "model"),  # type: ignore[arg-type]
+    ("empty model", raw(chat_body(model="")), "model"),
+    ("missing messages", raw({"model": "test-model"}), "messages"),
+    ("messages not a list", raw({"model": "test-model", "messages": "hi"}), "messages"),
+    ("messages empty", raw({"model": "test-model", "messages": []}), "messages"),
+    ("message not an object", raw({"model": "test-model", "messages": ["hi"]}), "messages[0]"),
+    ("message without role", raw({"model": "test-model", "messages": [{"content": "x"}]}),
+     "messages[0].role"),
+    ("stream not a boolean", raw(chat_body(stream="yes")), "stream"),  # type: ignore[arg-type]
+    ("stream_options not an object", raw(chat_body(stream_options=[1])), "stream_options"),
+    ("tools not an array", raw(chat_body(tools={"a": 1})), "tools"),
+]
+
+
+@pytest.mark.parametrize(("body", "fragment"), [(b, f) for _, b, f in BAD_BODIES],
+                         ids=[name for name, _, _ in BAD_BODIES])
+async def test_bad_request_body_gets_400_and_the_proxy_keeps_serving(
+        fake_upstream: FakeUpstream, proxy: SwitchboardProxy, client: httpx.AsyncClient,
+        body: bytes, fragment: str) -> None:
+    await good_turn(client, proxy)
+    response = await client.post(proxy.base_url + CHAT_PATH, content=body,
+                                 headers={"content-type": "application/json"})
+    error = assert_openai_error(response, 400)
+    assert fragment in error["message"], error
+    assert error["type"] == "invalid_request_error"
+    await good_turn(client, proxy)
+    # Nothing was sent upstream for the bad request and no turn was made of it;
+    # the turns before and after are in the API and in the journal.
+    assert len(fake_upstream.chat_requests) == 2
+    turns = await api_turns(client, proxy.base_url)
+    assert [t["state"] for t in turns] == ["finished", "finished"]
+    assert journal_states(proxy) == {t["id"]: "finished" for t in turns}
+
+
+async def test_body_over_max_body_mb_gets_413(
+        fake_upstream: FakeUpstream, small_proxy: SwitchboardProxy,
+        client: httpx.AsyncClient) -> None:
+    await good_turn(client, small_proxy)
+    huge = chat_body("x" * 50_000)
+    response = await client.post(small_proxy.base_url + CHAT_PATH, json=huge)
+    error = assert_openai_error(response, 413)
+    assert "max_body_mb" in error["message"]
+    await good_turn(client, small_proxy)
+    assert len(fake_upstream.chat_requests) == 2
+    turns = await api_turns(client, small_proxy.base_url)
+    assert len(turns) == 2 and len(journal_states(small_proxy)) == 2
+
+
+async def test_unknown_model_gets_404_model_not_found(
+        fake_upstream: FakeUpstream, proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:
+    response = await client.post(proxy.base_url + CHAT_PATH, json=chat_body(model="gpt-9"))
+    error = assert_openai_error(response, 404)
+    assert error["code"] == "model_not_found"
+    assert "gpt-9" in error["message"] and "test-model" in error["message"]
+    assert fake_upstream.chat_requests == []
+    await good_turn(client, proxy)
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("POST", "/v1/completions", 404),
+    ("GET", "/v1/nope", 404),
+    ("POST", "/chat/completions", 404),
+    ("GET", "/", 404),
+    ("GET", API + "/nope", 404),
+    ("GET", CHAT_PATH, 405),
+    ("PUT", CHAT_PATH, 405),
+    ("DELETE", "/v1/models", 405),
+    ("POST", API + "/turns", 405),
+])
+async def test_unknown_path_or_method_gets_openai_shaped_error(
+        fake_upstream: FakeUpstream, proxy: SwitchboardProxy, client: httpx.AsyncClient,
+        method: str, path: str, status: int) -> None:
+    response = await client.request(method, proxy.base_url + path)
+    error = assert_openai_error(response, status)
+    if status == 404:
+        assert path in error["message"]
+    await good_turn(client, proxy)
+
+
+async def test_models_lists_the_routes(proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:
+    response = await client.get(proxy.base_url + "/v1/models")
+    assert response.status_code == 200
+    assert [m["id"] for m in response.json()["data"]] == ["test-model"]
+
+
+# -- the Host / Origin guard ---------------------------------------------------------
+
+GUARDED = [("GET", API + "/turns"), ("GET", API + "/health"), ("POST", CHAT_PATH),
+           ("GET", "/v1/models")]
+HOSTILE = [{"Origin": "http://evil.example"}, {"Host": "evil.example"},
+           {"Host": "evil.example:4141"}, {"Origin": "null"},
+           {"Origin": "http://127.0.0.1.evil.example"}]
+
+
+@pytest.mark.parametrize("headers", HOSTILE, ids=lambda h: f"{next(iter(h))}={next(iter(h.values()))}")
+@pytest.mark.parametrize(("method", "path"), GUARDED, ids=lambda v: v)
+async def test_requests_from_web_pages_are_refused(
+        fake_upstream: FakeUpstream, proxy: SwitchboardProxy, client: httpx.AsyncClient,
+        method: str, path: str, headers: dict[str, str]) -> None:
+    body = chat_body() if method == "POST" else None
+    response = await client.request(method, proxy.base_url + path, json=body, headers=headers)
+    error = assert_openai_error(response, 403)
+    assert error["code"] == "forbidden"
+    assert fake_upstream.chat_requests == []
+    assert (await api_turns(client, proxy.base_url)) == []
+
+
+@pytest.mark.parametrize("headers", [{}, {"Origin": "http://localhost:3000"},
+                                     {"Origin": "http://127.0.0.1:4141"},
+                                     {"Host": "localhost"}], ids=str)
+async def test_local_origins_are_allowed(
+        fake_upstream: FakeUpstream, proxy: SwitchboardProxy, client: httpx.AsyncClient,
+        headers: dict[str, str]) -> None:
+    response = await client.get(proxy.base_url + API + "/health", headers=headers)
+    assert response.status_code == 200
+    response, payloads = await stream_chat(client, proxy.base_url, headers=headers)
+    assert response.status_code == 200 and content_of(payloads) == "Hello world"

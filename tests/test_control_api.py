@@ -1,0 +1,163 @@
+"""The control API: health, turns, one turn, the live event stream, session grouping."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+
+from proxy_core.app import SwitchboardProxy
+from support import (
+    API, CHAT_PATH, FakeUpstream, api_turn, api_turns, assert_openai_error, chat_body,
+    content_of, openai_config, stream_chat, text_reply,
+)
+
+
+async def chat(client: httpx.AsyncClient, proxy: SwitchboardProxy, text: str = "Say hello",
+               headers: dict[str, str] | None = None, **body: Any) -> None:
+    response, payloads = await stream_chat(client, proxy.base_url, chat_body(text, **body),
+                                           headers=headers)
+    assert response.status_code == 200 and payloads[-1] == "[DONE]"
+
+
+async def test_health(proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:
+    await chat(client, proxy)
+    response = await client.get(proxy.base_url + API + "/health")
+    assert response.status_code == 200
+    health = response.json()
+    assert health["status"] == "ok"
+    assert health["turns"] == 1 and health["live_turns"] == 0
+    assert health["config"] == "test.toml"
+    assert health["journal"] == str(proxy.config.proxy.journal)
+    assert health["upstreams"] == {"primary": "openai"}
+    assert health["routes"] == [{"model": "test-model", "targets": ["primary:up-model"],
+                                 "repairs": "none"}]
+
+
+async def test_turns_lists_recent_turns_oldest_first_with_limit(
+        proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:
+    for i in range(3):
+        await chat(client, proxy, f"question {i}")
+    turns = await api_turns(client, proxy.base_url)
+    assert len(turns) == 3
+    assert [t["started_at"] for t in turns] == sorted(t["started_at"] for t in turns)
+    assert all(t["state"] == "finished" and t["text"] == "Hello world" for t in turns)
+    assert all("request" not in t for t in turns)  # the list stays light
+    limited = await api_turns(client, proxy.base_url, limit=2)
+    assert [t["id"] for t in limited] == [t["id"] for t in turns[1:]]
+    response = await client.get(proxy.base_url + API + "/turns", params={"limit": "many"})
+    assert_openai_error(response, 400)
+
+
+async def test_turns_filtered_by_session(proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:
+    await chat(client, proxy, "a1", headers={"x-session-id": "ses_A"})
+    await chat(client, proxy, "b1", headers={"x-session-id": "ses_B"})
+    await chat(client, proxy, "a2", headers={"x-session-id": "ses_A"})
+    turns_a = await api_turns(client, proxy.base_url, session="ses_A")
+    assert [t["session_id"] for t in turns_a] == ["ses_A", "ses_A"]
+    turns_b = await api_turns(client, proxy.base_url, session="ses_B")
+    assert len(turns_b) == 1
+    assert await api_turns(client, proxy.base_url, session="ses_none") == []
+
+
+async def test_one_turn_in_full_and_404_for_unknown(
+        proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:
+    await chat(client, proxy, "show me everything")
+    (listed,) = await api_turns(client, proxy.base_url)
+    turn = await api_turn(client, proxy.base_url, listed["id"])
+    assert turn["id"] == listed["id"]
+    assert turn["request"]["messages"][-1]["content"] == "show me everything"
+    assert turn["text"] == "Hello world" and turn["finish_reason"] == "stop"
+    assert turn["usage"]["total_tokens"] == 18
+    (attempt,) = turn["attempts"]
+    assert attempt["target"] == "primary:up-model" and attempt["outcome"] == "ok"
+    assert turn["ttfb"] is not None and turn["duration"] >= turn["ttfb"]
+
+    response = await client.get(proxy.base_url + API + "/turns/turn_doesnotexist")
+    error = assert_openai_error(response, 404)
+    assert "turn_doesnotexist" in error["message"]
+
+
+async def test_turns_survive_a_restart_through_the_journal(
+        fake_upstream: FakeUpstream, proxy_factory: Any, client: httpx.AsyncClient) -> None:
+    toml = openai_config(fake_upstream.base_url)
+    first = await proxy_factory(toml)
+    await chat(client, first, "before restart 1", headers={"x-session-id": "ses_R"})
+    await chat(client, first, "before restart 2")
+    before = await api_turns(client, first.base_url)
+    await first.stop()
+
+    second = await proxy_factory(toml)  # same journal file
+    after = await api_turns(client, second.base_url)
+    assert [t["id"] for t in after] == [t["id"] for t in before]
+    assert all(t["state"] == "finished" and "request" not in t for t in after)
+    old = await api_turn(client, second.base_url, before[0]["id"])
+    assert old["request"]["messages"][-1]["content"] == "before restart 1"
+    assert [t["id"] for t in await api_turns(client, second.base_url, session="ses_R")] == [
+        before[0]["id"]]
+
+    await chat(client, second, "after restart")
+    merged = await api_turns(client, second.base_url)
+    assert [t["id"] for t in merged][:2] == [t["id"] for t in before]
+    assert len(merged) == 3
+    assert [t["id"] for t in await api_turns(client, second.base_url, limit=2)] == [
+        before[1]["id"], merged[2]["id"]]
+
+
+async def test_events_stream_delivers_a_turn_live(
+        fake_upstream: FakeUpstream, proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:
+    fake_upstream.script(text_reply("live", " events"))
+    events: list[tuple[str, dict[str, Any]]] = []
+    async with asyncio.timeout(10):
+        async with client.stream("GET", proxy.base_url + API + "/events") as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            lines = response.aiter_lines()
+            assert (await anext(lines)).startswith(":")  # subscribed
+            reply = await client.post(proxy.base_url + CHAT_PATH, json=chat_body())
+            assert reply.status_code == 200
+            name = None
+            async for line in lines:
+                if line.startswith("event: "):
+                    name = line[7:]
+                elif line.startswith("data: "):
+                    data = json.loads(line[6:])
+                    assert name == data["type"]
+                    events.append((name, data))
+                    if name in ("TurnFinished", "TurnFailed"):
+                        break
+    names = [n for n, _ in events]
+    for expected in ("TurnStarted", "AttemptStarted", "FirstByte", "Chunk", "TurnFinished"):
+        assert expected in names, names
+    order = ["TurnStarted", "AttemptStarted", "FirstByte", "TurnFinished"]
+    assert [n for n in names if n in order] == order
+    assert names.index("FirstByte") < names.index("Chunk")
+    assert len({d["turn_id"] for _, d in events}) == 1
+    assert "".join(d["text"] for n, d in events if n == "Chunk") == "live events"
+    finished = events[-1][1]
+    assert finished["finish_reason"] == "stop" and finished["completion_tokens"] == 7
+
+
+async def test_x_session_id_groups_turns(proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:
+    await chat(client, proxy, "one", headers={"x-session-id": "ses_abc"})
+    await chat(client, proxy, "something else entirely", headers={"x-session-id": "ses_abc"})
+    turns = await api_turns(client, proxy.base_url)
+    assert [t["session_id"] for t in turns] == ["ses_abc", "ses_abc"]
+
+
+async def test_without_a_session_header_the_conversation_start_groups_turns(
+        proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:
+    first = chat_body("fix the bug")
+    later = chat_body("fix the bug")  # same system + first user message, longer history
+    later["messages"] += [{"role": "assistant", "content": "Done."},
+                          {"role": "user", "content": "now add a test"}]
+    other = chat_body("write docs")
+    for body in (first, later, other):
+        response, payloads = await stream_chat(client, proxy.base_url, body)
+        assert content_of(payloads) == "Hello world"
+    a, b, c = await api_turns(client, proxy.base_url)
+    assert a["session_id"].startswith("fp_")
+    assert a["session_id"] == b["session_id"]
+    assert c["session_id"].startswith("fp_") and c["session_id"] != a["session_id"]

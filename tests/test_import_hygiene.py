@@ -1,0 +1,54 @@
+"""Invariant 1: `proxy_core` never imports `textual` or `rich` (checked in a fresh interpreter)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+CHECK = r"""
+import importlib, json, pkgutil, sys
+extra = sys.argv[1:]
+import proxy_core
+imported = ["proxy_core"]
+for info in pkgutil.walk_packages(proxy_core.__path__, "proxy_core."):
+    if info.name.rsplit(".", 1)[-1] == "__main__":
+        continue  # importing a __main__ would run it
+    importlib.import_module(info.name)
+    imported.append(info.name)
+for name in extra:
+    importlib.import_module(name)
+    imported.append(name)
+ui = sorted(n for n in sys.modules if n.split(".")[0] in ("textual", "rich"))
+print(json.dumps({"imported": imported, "ui": ui}))
+"""
+
+
+def run_check(*extra: str) -> dict[str, list[str]]:
+    done = subprocess.run([sys.executable, "-c", CHECK, *extra], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_proxy_core_and_every_submodule_import_without_textual_or_rich() -> None:
+    result = run_check()
+    imported = set(result["imported"])
+    # The walk really reached the package (so an empty walk cannot pass).
+    for name in ("proxy_core.app", "proxy_core.serve", "proxy_core.pipeline",
+                 "proxy_core.upstreams.openai", "proxy_core.control", "proxy_core.journal"):
+        assert name in imported
+    assert result["ui"] == []
+
+
+def test_headless_cli_imports_without_textual_or_rich() -> None:
+    # `switchboard serve` and `opencode-config` must work headless too.
+    assert run_check("tui.cli")["ui"] == []
+
+
+def test_the_check_would_see_textual() -> None:
+    # Guard against a check that can never fail: importing textual is detected.
+    assert any(n.startswith("textual") for n in run_check("textual")["ui"])

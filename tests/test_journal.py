@@ -1,0 +1,237 @@
+"""The journal against a real `switchboard serve` process: durability and secrets.
+
+The proxy runs as a subprocess (so it can be killed with SIGKILL and its
+stderr log read); its upstream is a fake upstream in this test process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+
+from support import (
+    API, CHAT_PATH, UPSTREAM_KEY_ENV, FakeUpstream, Hang, api_turn, api_turns, chat_body,
+    content_of, openai_config, sse, stream_chat, text_chunk, text_reply, wait_until,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class ServeProcess:
+    """`python -m tui.cli serve --config PATH --port 0`, with its stderr collected."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, base_url: str) -> None:
+        self.proc = proc
+        self.base_url = base_url
+        self.stderr = bytearray()
+        self._drain = asyncio.create_task(self._collect())
+
+    async def _collect(self) -> None:
+        assert self.proc.stderr is not None
+        while chunk := await self.proc.stderr.read(65536):
+            self.stderr += chunk
+
+    @classmethod
+    async def start(cls, config: Path, env: dict[str, str]) -> ServeProcess:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tui.cli", "serve", "--config", str(config), "--port", "0",
+            cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert proc.stdout is not None
+        try:
+            async with asyncio.timeout(20):
+                line = (await proc.stdout.readline()).decode()
+        except TimeoutError:
+            proc.kill()
+            raise
+        match = re.search(r"ready on (http://\S+)", line)
+        if match is None:
+            proc.kill()
+            rest = (await proc.stderr.read()).decode() if proc.stderr else ""
+            raise AssertionError(f"serve did not start: {line!r} {rest}")
+        return cls(proc, match.group(1))
+
+    async def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+        await self._drain
+
+    async def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            code = await self.proc.wait()
+            await self._drain
+        return code
+
+
+@pytest.fixture
+async def serve(tmp_path: Path) -> AsyncIterator[Any]:
+    """Factory: `await serve(toml_text, env={...})` → a running `ServeProcess`."""
+    started: list[ServeProcess] = []
+
+    async def start(toml_text: str, env: dict[str, str]) -> ServeProcess:
+        config = tmp_path / "config.toml"
+        config.write_text(toml_text)
+        full_env = {**os.environ, **env, "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"),
+                    "XDG_DATA_HOME": str(tmp_path / "xdg-data")}
+        process = await ServeProcess.start(config, full_env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.proc.returncode is None:
+            await process.kill()
+
+
+def with_journal(toml_text: str, journal: Path) -> str:
+    return toml_text.replace("port = 0", f"port = 0\njournal = {json.dumps(str(journal))}", 1)
+
+
+async def test_kill_9_leaves_finished_turns_and_the_live_one_on_disk(
+        tmp_path: Path, fake_upstream: FakeUpstream, serve: Any) -> None:
+    journal = tmp_path / "journal.sqlite3"
+    toml = with_journal(openai_config(fake_upstream.base_url, first_token_timeout=60,
+                                      idle_timeout=60), journal)
+    proxy = await serve(toml, {UPSTREAM_KEY_ENV: "sk-test-kill9-key-00000000"})
+    async with httpx.AsyncClient(timeout=10) as client:
+        for i in range(3):
+            response, payloads = await stream_chat(client, proxy.base_url, chat_body(f"turn {i}"))
+            assert response.status_code == 200 and content_of(payloads) == "Hello world"
+        finished = [t["id"] for t in await api_turns(client, proxy.base_url)]
+        assert len(finished) == 3
+
+        # One more turn that is mid-stream when the proxy dies.
+        fake_upstream.script(sse(text_chunk("half an ans"), Hang(), done=False))
+        async with client.stream("POST", proxy.base_url + CHAT_PATH,
+                                 json=chat_body("in flight")) as response:
+            async with asyncio.timeout(5):
+                async for line in response.aiter_lines():
+                    if "half an ans" in line:
+                        break
+            await proxy.kill()
+
+    assert proxy.proc.returncode == -signal.SIGKILL
+    with sqlite3.connect(journal) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        rows = {i: (s, {**json.loads(d), "request": json.loads(r)}) for i, s, d, r in
+                conn.execute("SELECT id, state, data, request FROM turns").fetchall()}
+    assert len(rows) == 4
+    for turn_id in finished:
+        state, data = rows[turn_id]
+        assert state == "finished" and data["state"] == "finished"
+        assert data["text"] == "Hello world" and data["finish_reason"] == "stop"
+    (live_id,) = set(rows) - set(finished)
+    state, data = rows[live_id]
+    assert state == "live"
+    assert data["request"]["messages"][-1]["content"] == "in flight"
+
+
+# -- secrets -------------------------------------------------------------------------
+
+UPSTREAM_SECRET = "sk-test-PLANTED-SECRET-123456789"
+CLIENT_SECRET = "client-PLANTED-token-987654321"
+CLIENT_AUTH = {"Authorization": f"Bearer {CLIENT_SECRET}"}
+
+
+def echo_key(status: int) -> Any:
+    """A reply that echoes the Authorization header it got, as careless hosts do."""
+
+    async def reply(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
+        got = request.headers.get("Authorization", "")
+        return web.json_response({"error": {"message": f"invalid credentials: {got}",
+                                            "type": "auth_error"}}, status=status)
+
+    return reply
+
+
+def echo_key_in_stream() -> Any:
+    """A 200 stream that starts, then reports an error quoting the key (reference F6)."""
+
+    async def reply(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
+        got = request.headers.get("Authorization", "")
+        return await sse(text_chunk("thinking"), {"error": {"message": f"quota for {got}"}})(
+            request, fake)
+
+    return reply
+
+
+def assert_clean(where: str, blob: bytes | str) -> None:
+    text = blob.decode("utf-8", "replace") if isinstance(blob, bytes) else blob
+    for secret in (UPSTREAM_SECRET, CLIENT_SECRET, "PLANTED"):
+        assert secret not in text, f"{secret!r} leaked into {where}"
+
+
+async def test_secrets_reach_no_journal_log_api_or_event(
+        tmp_path: Path, fake_upstream: FakeUpstream, serve: Any) -> None:
+    journal = tmp_path / "journal.sqlite3"
+    toml = with_journal(openai_config(fake_upstream.base_url, max_attempts=2), journal)
+    proxy = await serve(toml, {UPSTREAM_KEY_ENV: UPSTREAM_SECRET})
+    events = bytearray()
+    client_saw: list[str] = []
+
+    async with httpx.AsyncClient(timeout=10) as client:
+        async def watch() -> None:
+            try:
+                async with client.stream("GET", proxy.base_url + API + "/events") as response:
+                    async for piece in response.aiter_bytes():
+                        events.extend(piece)
+            except httpx.HTTPError:
+                pass  # the proxy went away
+
+        watcher = asyncio.create_task(watch())
+        await wait_until(lambda: events, what="the event stream to open")
+
+        # A success, a non-retryable 401 echoing the key, a 500 echoing it
+        # (retried, then failed), an in-stream error echoing it, a success.
+        fake_upstream.script(text_reply(), echo_key(401), echo_key(500), echo_key(500),
+                             echo_key_in_stream())
+        for stream in (True, True, False, True, True):
+            if stream:
+                response, payloads = await stream_chat(client, proxy.base_url, headers=CLIENT_AUTH)
+                client_saw.append(json.dumps(payloads) if payloads else response.text)
+            else:
+                response = await client.post(proxy.base_url + CHAT_PATH, json=chat_body(stream=False),
+                                             headers=CLIENT_AUTH)
+                client_saw.append(response.text)
+        # The upstream really saw (and echoed) the key; the proxy really saw the client token.
+        assert fake_upstream.chat_requests[0].headers["authorization"] == f"Bearer {UPSTREAM_SECRET}"
+        turns = await api_turns(client, proxy.base_url)
+        assert [t["state"] for t in turns] == ["finished", "failed", "failed", "failed", "finished"]
+        assert "invalid credentials" in turns[1]["error"]
+
+        api_text = (await client.get(proxy.base_url + API + "/turns")).text
+        details = [(await client.get(f"{proxy.base_url}{API}/turns/{t['id']}")).text for t in turns]
+        await wait_until(lambda: events.count(b"event: TurnFinished") >= 2, what="all events")
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+
+        wal = Path(f"{journal}-wal")
+        journal_live = journal.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+        assert await api_turn(client, proxy.base_url, turns[0]["id"])
+
+    assert await proxy.terminate() == 0
+    journal_after = journal.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+
+    assert b"TurnFailed" in events and b"invalid credentials" in events  # the check can see
+    assert proxy.stderr and b"FAILED" in proxy.stderr
+    assert_clean("the journal (while running)", journal_live)
+    assert_clean("the journal (after shutdown)", journal_after)
+    assert_clean("the serve log (stderr)", bytes(proxy.stderr))
+    assert_clean("GET /turns", api_text)
+    for detail in details:
+        assert_clean("GET /turns/{id}", detail)
+    assert_clean("the /events stream", bytes(events))
+    for answer in client_saw:
+        assert_clean("the client's answers", answer)
