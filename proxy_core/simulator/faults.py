@@ -13,7 +13,7 @@ import json
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from .config import SimulatorConfig
 from .script import Reply, ToolCall, text_of
@@ -31,17 +31,7 @@ LeakVariant = Literal[
 ]
 
 #: Every leak form of reference §2, cycled through by tool-call index.
-LEAK_VARIANTS: tuple[LeakVariant, ...] = (
-    "canonical",
-    "spaced",
-    "singular",
-    "bare",
-    "no_section_end",
-    "multiline_json",
-    "xml",
-    "reasoning",
-    "think",
-)
+LEAK_VARIANTS: tuple[LeakVariant, ...] = get_args(LeakVariant)
 
 ORPHAN_MESSAGE = "messages with role 'tool' must be a response to a preceding message with 'tool_calls'"
 
