@@ -133,6 +133,14 @@ class Pipeline:
                         raise TurnAborted(exc.message, status=status, code=exc.code,
                                           committed=committed) from None
             raise AssertionError("unreachable: the last attempt either returns or raises")
+        except TurnAborted:
+            raise
+        except Exception as exc:  # a bug of ours: fail this turn, keep serving
+            log.exception("internal error in turn %s", turn.id)
+            message = f"internal error in Switchboard: {type(exc).__name__}: {exc}"
+            self._fail(turn, message, 500)
+            raise TurnAborted(message, status=500, code="internal_error",
+                              committed=committed) from None
         finally:
             if turn.state == "live":  # the client went away, or we were cancelled
                 for attempt in turn.attempts:

@@ -497,3 +497,21 @@ async def test_an_observer_that_raises_never_breaks_a_stream(
     # And the next turn works too.
     response, payloads = await stream_chat(client, proxy.base_url)
     assert content_of(payloads) == "Hello world"
+
+
+async def test_internal_error_fails_only_that_turn(proxy, fake_upstream, client, monkeypatch) -> None:
+    """A bug inside the pipeline gives the client a 500 in OpenAI's shape; the proxy goes on."""
+    import proxy_core.pipeline as pipeline
+
+    def broken(*args, **kwargs):
+        raise ValueError("boom")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "plan_for", broken)
+        response = await client.post(f"{proxy.base_url}{CHAT_PATH}", json=chat_body(stream=True))
+    assert response.status_code == 500
+    assert "internal error" in response.json()["error"]["message"]
+    turns = (await client.get(f"{proxy.base_url}/switchboard/api/turns")).json()["turns"]
+    assert turns[-1]["state"] == "failed" and turns[-1]["status"] == 500
+    response = await client.post(f"{proxy.base_url}{CHAT_PATH}", json=chat_body(stream=True))
+    assert response.status_code == 200
