@@ -11,6 +11,7 @@ secret reaches the file.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -81,9 +82,20 @@ class Journal:
     # -- observer ----------------------------------------------------------------
 
     def on_TurnStarted(self, event: TurnStarted) -> None:
-        turn = self.store.get(event.turn_id)
-        if turn is not None:
-            self.save(turn)
+        # The first write carries the whole history; let the upstream request
+        # go out first. A finish that comes sooner writes the row itself.
+        try:
+            asyncio.get_running_loop().call_soon(self._save_started, event.turn_id)
+        except RuntimeError:  # no loop: write now
+            self._save_started(event.turn_id)
+
+    def _save_started(self, turn_id: str) -> None:
+        turn = self.store.get(turn_id)
+        if turn is not None and turn.state == "live":
+            try:
+                self.save(turn)
+            except sqlite3.Error:
+                log.exception("journal: could not record turn %s", turn_id)
 
     def on_TurnFinished(self, event: TurnFinished) -> None:
         self._update(event.turn_id)

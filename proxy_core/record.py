@@ -121,11 +121,20 @@ class Turn:
         return self.attempts[-1].target if self.attempts else None
 
     def to_dict(self, *, include_request: bool = True) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["text"] = "".join(data.pop("text_parts"))
-        data["reasoning"] = "".join(data.pop("reasoning_parts"))
-        if not include_request:
-            data.pop("request")
+        """A JSON-ready snapshot. The request is shared, not copied: don't mutate it."""
+        data: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("text_parts", "reasoning_parts") or (
+                    f.name == "request" and not include_request):
+                continue
+            if f.name in ("attempts", "tool_calls", "repairs"):
+                value = [dataclasses.asdict(item) for item in value]
+            elif f.name == "usage":
+                value = dataclasses.asdict(value)
+            data[f.name] = value
+        data["text"] = self.text
+        data["reasoning"] = self.reasoning
         data["duration"] = self.duration
         data["ttfb"] = self.ttfb
         return data

@@ -9,6 +9,7 @@ else.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -22,6 +23,8 @@ from ..openai_wire import ChunkDecoder, decode_completion, error_message_from
 from ..stream import FinishPart, KeepAlivePart, StreamPart
 from .base import UpstreamRequest
 
+#: How long to wait for the end of the body after `data: [DONE]`.
+_DRAIN_TIMEOUT = 0.25
 #: How much of an error body is read for the message.
 _ERROR_BODY_LIMIT = 64 * 1024
 
@@ -131,6 +134,7 @@ async def _sse_parts(response: httpx.Response) -> AsyncIterator[StreamPart]:
         data.clear()
         if payload.strip() == "[DONE]":
             finished = True
+            await _drain(lines)
             break
         for part in decoder.feed(_json_event(payload)):
             finished = finished or isinstance(part, FinishPart)
@@ -147,6 +151,20 @@ async def _sse_parts(response: httpx.Response) -> AsyncIterator[StreamPart]:
         raise UpstreamConnectError("the stream ended before the model finished")
     for part in decoder.finish():
         yield part
+
+
+async def _drain(lines: AsyncIterator[str]) -> None:
+    """Read to the end of the body after `[DONE]` so the connection is reused.
+
+    A host that keeps the body open after `[DONE]` costs at most
+    `_DRAIN_TIMEOUT`; the connection is then dropped instead.
+    """
+    try:
+        async with asyncio.timeout(_DRAIN_TIMEOUT):
+            async for _ in lines:
+                pass
+    except TimeoutError:
+        pass
 
 
 def _json_event(payload: str) -> object:
