@@ -187,3 +187,77 @@ async def test_profile_none_relays_leaks_untouched(tmp_path: Path) -> None:
         status, got = await chat(client, f"{proxy.base_url}/v1", opening())
         assert status == 200 and got["calls"] == [] and got["finish"] == "stop"
         assert any(m in got["text"] + got["reasoning"] for m in MARKERS)
+
+
+# -- against the scriptable fake upstream (see support.py) -------------------------
+
+from support import (  # noqa: E402
+    content_of, deltas, finish_chunk, openai_config, read_sse, sse, text_chunk, tool_call_chunk,
+)
+
+
+def kimi_config(base_url: str) -> str:
+    return openai_config(base_url).replace('repairs = "none"', 'repairs = "kimi"')
+
+
+async def test_tool_call_ids_are_native_upstream_and_the_clients_own_downstream(
+        fake_upstream, proxy_factory, client) -> None:
+    proxy = await proxy_factory(kimi_config(fake_upstream.base_url))
+    fake_upstream.script(sse(
+        text_chunk("Running it."),
+        tool_call_chunk(0, id="functions.bash:2", name="bash", arguments='{"command": "ls"}'),
+        finish_chunk("tool_calls")))
+    history = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": None, "reasoning_content": "r", "tool_calls": [
+            {"id": "call_aaa", "type": "function", "function": {"name": "read", "arguments": "{}"}},
+            {"id": "call_bbb", "type": "function", "function": {"name": "glob", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_aaa", "content": "1"},
+        {"role": "tool", "tool_call_id": "call_bbb", "content": "2"},
+    ]
+    body = {"model": "test-model", "messages": history, "stream": True}
+    async with client.stream("POST", f"{proxy.base_url}/v1/chat/completions", json=body) as r:
+        payloads = await read_sse(r)
+    sent = fake_upstream.chat_requests[-1].body["messages"]
+    assert [c["id"] for c in sent[1]["tool_calls"]] == ["functions.read:0", "functions.glob:1"]
+    assert [m["tool_call_id"] for m in sent[2:]] == ["functions.read:0", "functions.glob:1"]
+    calls = [c for d in deltas(payloads) for c in d.get("tool_calls", [])]
+    assert len(calls) == 1 and calls[0]["id"].startswith("call_")
+    turn = (await client.get(f"{proxy.base_url}/switchboard/api/turns")).json()["turns"][-1]
+    assert turn["tool_calls"][0] == {"id": calls[0]["id"], "name": "bash",
+                                     "arguments": '{"command": "ls"}', "upstream_id": "functions.bash:2"}
+
+
+async def test_every_repair_is_an_event_on_the_turn_in_journal_and_api(
+        fake_upstream, proxy_factory, client, tmp_path: Path) -> None:
+    proxy = await proxy_factory(kimi_config(fake_upstream.base_url))
+    leak = ('Let me look.<|tool_calls_section_begin|><|tool_call_begin|>functions.read:0'
+            '<|tool_call_argument_begin|>{"filePath": "a.py"}<|tool_call_end|><|tool_calls_section_end|>')
+    fake_upstream.script(sse(text_chunk(leak[:30]), text_chunk(leak[30:]), finish_chunk("stop")))
+    events: list[dict[str, Any]] = []
+
+    async def listen() -> None:
+        async with client.stream("GET", f"{proxy.base_url}/switchboard/api/events") as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[6:]))
+                    if events[-1]["type"] == "TurnFinished":
+                        return
+
+    import asyncio
+    listener = asyncio.create_task(listen())
+    await asyncio.sleep(0.2)  # let the subscription register before the turn starts
+    body = {"model": "test-model", "messages": [{"role": "user", "content": "go"}], "stream": True}
+    async with client.stream("POST", f"{proxy.base_url}/v1/chat/completions", json=body) as r:
+        payloads = await read_sse(r)
+    await asyncio.wait_for(listener, 5)
+    assert content_of(payloads) == "Let me look."
+    repairs = [e for e in events if e["type"] == "RepairApplied"]
+    assert [e["kind"] for e in repairs] == ["leaked_tool_call", "finish_reason"]
+    assert "<|tool_call_begin|>" in repairs[0]["before"] and repairs[0]["after"].startswith("read(")
+
+    turn = (await client.get(f"{proxy.base_url}/switchboard/api/turns")).json()["turns"][-1]
+    assert [r["kind"] for r in turn["repairs"]] == ["leaked_tool_call", "finish_reason"]
+    assert turn["finish_reason"] == "tool_calls"
+    stored = proxy.journal.turn(turn["id"])
+    assert [r["kind"] for r in stored["repairs"]] == ["leaked_tool_call", "finish_reason"]

@@ -87,7 +87,7 @@ class StreamRepairer:
                 if segment.text:
                     parts.append(text_type(segment.text))
             elif isinstance(segment, LeakedCall):
-                self._note_stray()
+                self._stray.clear()  # section tokens around a call belong to that leak
                 self._recovered += 1
                 where = "reasoning" if text_type is ReasoningPart else "text"
                 self.on_repair(Note("leaked_tool_call", excerpt(segment.raw),
@@ -99,8 +99,8 @@ class StreamRepairer:
         return parts
 
     def _note_stray(self) -> None:
-        if self._stray:
-            raw = "".join(self._stray)
-            self._stray.clear()
-            if raw.strip():
-                self.on_repair(Note("stray_marker", excerpt(raw), "removed"))
+        """Report markers that wrapped no call (a section end after calls does not count)."""
+        raw = "".join(self._stray)
+        self._stray.clear()
+        if raw.strip() and not self._recovered:
+            self.on_repair(Note("stray_marker", excerpt(raw), "removed"))
