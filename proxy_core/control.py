@@ -86,16 +86,15 @@ class ControlAPI:
         return self._json(data)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        queue: asyncio.Queue[Event | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
 
         def listener(event: Event) -> None:
-            try:
-                queue.put_nowait(event)
-            except asyncio.QueueFull:
-                # Too slow a reader: drop it rather than grow without bound.
+            if queue.qsize() >= SUBSCRIBER_QUEUE:
+                # Too slow a reader: cut it off (after what it has) rather than grow forever.
                 unsubscribe()
-                queue._queue.clear()  # type: ignore[attr-defined]
                 queue.put_nowait(None)
+            else:
+                queue.put_nowait(event)
 
         unsubscribe = self.proxy.bus.subscribe(listener)
         response = web.StreamResponse(headers=SSE_HEADERS)

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from proxy_core.config import Config, load_config
@@ -19,26 +20,40 @@ from proxy_core.errors import ConfigError, SwitchboardError
 EXIT_CONFIG = 2
 
 
+def _add_common(parser: argparse.ArgumentParser, default: object = None) -> None:
+    """--config/--host/--port, before or after the subcommand (subparsers pass SUPPRESS
+    so they don't overwrite a value given before the subcommand)."""
+    parser.add_argument("--config", metavar="PATH", type=Path, default=default,
+                        help="config TOML (default: $XDG_CONFIG_HOME/switchboard/config.toml "
+                             "if it exists, else the built-in simulator)")
+    parser.add_argument("--host", default=default,
+                        help="address to bind (default from config: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=default,
+                        help="port to bind (default from config: 4141)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="switchboard",
         description="A repairing, observable proxy between coding agents and flaky model hosts.",
         epilog="Point opencode at http://127.0.0.1:4141/v1 (see `switchboard opencode-config`).")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH", type=Path,
-                        help="config TOML (default: $XDG_CONFIG_HOME/switchboard/config.toml "
-                             "if it exists, else the built-in simulator)")
-    common.add_argument("--host", help="address to bind (default from config: 127.0.0.1)")
-    common.add_argument("--port", type=int, help="port to bind (default from config: 4141)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    _add_common(parser)  # `switchboard --config X` works without a subcommand
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("serve", parents=[common], help="run the proxy headless (one log line per turn)")
-    oc = sub.add_parser("opencode-config", parents=[common],
+    _add_common(sub.add_parser("serve", help="run the proxy headless (one log line per turn)"),
+                argparse.SUPPRESS)
+    oc = sub.add_parser("opencode-config",
                         help="print the opencode.json provider block for the configured routes")
+    _add_common(oc, argparse.SUPPRESS)
     oc.add_argument("--provider", default="switchboard", help="provider id to use in opencode.json")
-    for action in common._actions:  # `switchboard --config X` works without a subcommand
-        if action.dest != "help":
-            parser._add_action(action)
     return parser
+
+
+def _version() -> str:
+    try:
+        return metadata.version("agent-switchboard")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def opencode_config(config: Config, base_url: str, provider: str) -> dict[str, object]:
