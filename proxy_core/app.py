@@ -7,6 +7,7 @@ loop (aiohttp `AppRunner` + `TCPSite`), so a Textual app can host it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from urllib.parse import urlsplit
 
@@ -15,9 +16,11 @@ from aiohttp import web
 from .bus import EventBus
 from .config import Config
 from .control import ControlAPI, PREFIX
+from .heartbeat import HeartbeatTicker
 from .journal import Journal
 from .openai_wire import error_body
 from .pipeline import Pipeline
+from .record import Turn
 from .repairs.memory import ToolCallMemory
 from .secrets import Redactor
 from .server import OpenAIFront
@@ -45,8 +48,15 @@ class SwitchboardProxy:
             self.journal = Journal.open(config.proxy.journal, self.redactor, self.store)
             self.bus.add_observer(self.journal)
         self.memory = ToolCallMemory(self.journal)
-        self.pipeline = Pipeline(config, self.upstreams, self.bus, self.store, self.memory)
+        self.pipeline = Pipeline(config, self.upstreams, self.bus, self.store, self.memory,
+                                 lookup=self._journaled_turn)
+        self.heartbeat = HeartbeatTicker(self.pipeline, self.bus)
+        self._ticker: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
+
+    def _journaled_turn(self, turn_id: str) -> Turn | None:
+        data = self.journal.turn(turn_id) if self.journal is not None else None
+        return Turn.from_dict(data) if data is not None else None
 
     @property
     def base_url(self) -> str:
@@ -70,6 +80,8 @@ class SwitchboardProxy:
         self._runner = web.AppRunner(self.make_app(), access_log=None,
                                      handler_cancellation=True, shutdown_timeout=2.0)
         await self._runner.setup()
+        self._ticker = asyncio.get_running_loop().create_task(self.heartbeat.run(),
+                                                              name="switchboard heartbeat")
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         if self.port == 0:  # pick up the OS-assigned port
@@ -79,9 +91,13 @@ class SwitchboardProxy:
         log.info("switchboard listening on %s", self.base_url)
 
     async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self.pipeline.aclose()
         for upstream in self.upstreams.values():
             await upstream.aclose()
         await self.http.aclose()

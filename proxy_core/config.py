@@ -9,6 +9,7 @@ errors.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import tomllib
@@ -43,9 +44,14 @@ class ProxySettings:
 
 @dataclass(frozen=True, slots=True)
 class WatchdogSettings:
-    first_token_timeout: float = 45.0
-    idle_timeout: float = 30.0
-    max_attempts: int = 3
+    """`[watchdog]`, and the per-route overrides of its first three keys."""
+
+    first_token_timeout: float = 45.0  # s from request sent to first model output
+    idle_timeout: float = 30.0         # s of silence between outputs
+    max_attempts: int = 3              # per turn, retries and reroutes together
+    keepalive_interval: float = 5.0    # s between SSE comments to a waiting client (0: off)
+    cooldown: float = 30.0             # s an upstream target is skipped after failing
+    cooldown_after: int = 2            # consecutive failures that start a cooldown
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +99,8 @@ class RouteSettings:
     model: str
     targets: tuple[Target, ...]
     repairs: str = "auto"
+    #: The `[watchdog]` settings with this route's overrides applied.
+    watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
 
     def matches(self, model: str) -> bool:
         return fnmatch.fnmatchcase(model, self.model)
@@ -200,15 +208,20 @@ def parse_config(text: str, source: str = "<built-in>", *, check_env: bool = Tru
     )
 
     w = r.table(data.get("watchdog", {}), "watchdog")
-    r.check_keys(w, "watchdog", {"first_token_timeout", "idle_timeout", "max_attempts"})
-    attempts = r.get(w, "watchdog", "max_attempts", int, 3)
-    if attempts < 1:
-        raise r.fail("watchdog.max_attempts", f"must be at least 1, got {attempts}")
-    watchdog = WatchdogSettings(
-        first_token_timeout=r.number(w, "watchdog", "first_token_timeout", 45.0),
-        idle_timeout=r.number(w, "watchdog", "idle_timeout", 30.0),
-        max_attempts=attempts,
-    )
+    r.check_keys(w, "watchdog", {"first_token_timeout", "idle_timeout", "max_attempts",
+                                 "keepalive_interval", "cooldown", "cooldown_after"})
+    watchdog = _parse_timers(r, w, "watchdog", WatchdogSettings())
+    keepalive = float(r.get(w, "watchdog", "keepalive_interval", (int, float), 5.0))
+    if keepalive < 0:
+        raise r.fail("watchdog.keepalive_interval", f"must not be negative (0 turns it off), got {keepalive:g}")
+    cooldown = float(r.get(w, "watchdog", "cooldown", (int, float), 30.0))
+    if cooldown < 0:
+        raise r.fail("watchdog.cooldown", f"must not be negative (0 turns it off), got {cooldown:g}")
+    cooldown_after = r.get(w, "watchdog", "cooldown_after", int, 2)
+    if cooldown_after < 1:
+        raise r.fail("watchdog.cooldown_after", f"must be at least 1, got {cooldown_after}")
+    watchdog = dataclasses.replace(watchdog, keepalive_interval=keepalive, cooldown=cooldown,
+                                   cooldown_after=cooldown_after)
 
     upstreams: dict[str, UpstreamSettings] = {}
     for name, raw in r.table(data.get("upstreams", {}), "upstreams").items():
@@ -219,7 +232,7 @@ def parse_config(text: str, source: str = "<built-in>", *, check_env: bool = Tru
     raw_routes = data.get("routes", [])
     if not isinstance(raw_routes, list):
         raise r.fail("routes", "must be an array of tables: write [[routes]]")
-    routes = tuple(_parse_route(r, i, raw, upstreams) for i, raw in enumerate(raw_routes))
+    routes = tuple(_parse_route(r, i, raw, upstreams, watchdog) for i, raw in enumerate(raw_routes))
     if not routes:
         raise r.fail("routes", "at least one [[routes]] entry is required")
     return Config(proxy, watchdog, upstreams, routes, source)
@@ -270,11 +283,26 @@ def _parse_upstream(r: _Reader, name: str, raw: Any, check_env: bool) -> Upstrea
                             seed=r.get(t, key, "seed", int, 0), steps=steps, chunk_delay=delay)
 
 
-def _parse_route(r: _Reader, index: int, raw: Any,
-                 upstreams: dict[str, UpstreamSettings]) -> RouteSettings:
+def _parse_timers(r: _Reader, t: dict[str, Any], key: str,
+                  base: WatchdogSettings) -> WatchdogSettings:
+    """The three watchdog keys a route may override, over `base`."""
+    attempts = r.get(t, key, "max_attempts", int, base.max_attempts)
+    if attempts < 1:
+        raise r.fail(f"{key}.max_attempts", f"must be at least 1, got {attempts}")
+    return dataclasses.replace(
+        base,
+        first_token_timeout=r.number(t, key, "first_token_timeout", base.first_token_timeout),
+        idle_timeout=r.number(t, key, "idle_timeout", base.idle_timeout),
+        max_attempts=attempts,
+    )
+
+
+def _parse_route(r: _Reader, index: int, raw: Any, upstreams: dict[str, UpstreamSettings],
+                 watchdog: WatchdogSettings) -> RouteSettings:
     key = f"routes[{index}]"
     t = r.table(raw, key)
-    r.check_keys(t, key, {"model", "targets", "repairs"})
+    r.check_keys(t, key, {"model", "targets", "repairs", "first_token_timeout", "idle_timeout",
+                          "max_attempts"})
     model = r.get(t, key, "model", str, None)
     if not model:
         raise r.fail(f"{key}.model", "is required (a model name or glob such as \"kimi-*\")")
@@ -293,7 +321,8 @@ def _parse_route(r: _Reader, index: int, raw: Any,
     repairs = r.get(t, key, "repairs", str, "auto")
     if repairs not in REPAIR_PROFILES:
         raise r.fail(f"{key}.repairs", f"unknown profile {repairs!r} (one of: {', '.join(REPAIR_PROFILES)})")
-    return RouteSettings(model=model, targets=tuple(targets), repairs=repairs)
+    return RouteSettings(model=model, targets=tuple(targets), repairs=repairs,
+                         watchdog=_parse_timers(r, t, key, watchdog))
 
 
 def load_config(path: str | os.PathLike[str] | None = None, *, check_env: bool = True) -> Config:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .errors import ClientRequestError
 from .events import Event
 from .sse import SSE_HEADERS, comment_line
 
@@ -38,6 +39,48 @@ class ControlAPI:
         app.router.add_get(f"{PREFIX}/turns", self.turns)
         app.router.add_get(f"{PREFIX}/turns/{{turn_id}}", self.turn)
         app.router.add_get(f"{PREFIX}/events", self.events)
+        app.router.add_get(f"{PREFIX}/targets", self.targets)
+        app.router.add_post(f"{PREFIX}/turns/{{turn_id}}/retry", self.retry)
+        app.router.add_post(f"{PREFIX}/turns/{{turn_id}}/reroute", self.reroute)
+
+    @staticmethod
+    def _error(message: str, status: int, code: str | None = None) -> web.Response:
+        return web.json_response({"error": {"message": message, "type": "invalid_request_error",
+                                            "code": code}}, status=status)
+
+    async def retry(self, request: web.Request) -> web.Response:
+        """Retry a turn by hand: restart a live one, or re-run a finished one."""
+        turn_id = request.match_info["turn_id"]
+        try:
+            new_id = await self.proxy.pipeline.retry(turn_id)
+        except ClientRequestError as exc:
+            return self._error(exc.message, exc.status, exc.code)
+        return self._json({"turn_id": new_id, "action": "retry", "of": turn_id}, 202)
+
+    async def reroute(self, request: web.Request) -> web.Response:
+        """Move a turn to `{"target": "upstream:model"}`."""
+        turn_id = request.match_info["turn_id"]
+        try:
+            body = await request.json()
+        except ValueError:
+            return self._error('body must be JSON: {"target": "upstream:model"}', 400)
+        target = body.get("target") if isinstance(body, dict) else None
+        if not isinstance(target, str) or not target:
+            return self._error('body must be {"target": "upstream:model"}', 400)
+        try:
+            new_id = await self.proxy.pipeline.reroute(turn_id, target)
+        except ClientRequestError as exc:
+            return self._error(exc.message, exc.status, exc.code)
+        return self._json({"turn_id": new_id, "action": "reroute", "of": turn_id,
+                           "target": target}, 202)
+
+    async def targets(self, request: web.Request) -> web.Response:
+        """Where `?turn=ID` could be rerouted (route targets first)."""
+        turn_id = request.query.get("turn", "")
+        try:
+            return self._json({"targets": self.proxy.pipeline.targets_for(turn_id)})
+        except ClientRequestError as exc:
+            return self._error(exc.message, exc.status, exc.code)
 
     def _json(self, payload: Any, status: int = 200) -> web.Response:
         text = self.proxy.redactor(json.dumps(payload, ensure_ascii=False, default=str))
@@ -56,6 +99,7 @@ class ControlAPI:
             "upstreams": {n: u.kind for n, u in proxy.config.upstreams.items()},
             "routes": [{"model": r.model, "targets": [str(t) for t in r.targets],
                         "repairs": r.repairs} for r in proxy.config.routes],
+            "upstream_health": proxy.pipeline.health.snapshot(),
         })
 
     async def turns(self, request: web.Request) -> web.Response:

@@ -37,12 +37,14 @@ class Event:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TurnStarted(Event):
-    """A client request was accepted and routed; nothing sent upstream yet."""
+    """A client request was accepted and routed (or a turn is re-run by hand:
+    `rerun_of` names the original); nothing sent upstream yet."""
 
     session_id: str
     model: str
     route: str
     stream: bool
+    rerun_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,7 +53,7 @@ class AttemptStarted(Event):
 
     attempt: int
     target: str
-    reason: str = "initial"  # initial | retry | reroute
+    reason: str = "initial"  # initial | retry | reroute | manual-retry | manual-reroute
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,6 +75,40 @@ class Chunk(Event):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Heartbeat(Event):
     """The upstream sent a keep-alive: the link is up, the model is silent."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamHeartbeat(Event):
+    """About once a second for every turn with an attempt in flight: its pulse.
+
+    `chunks` counts model outputs (text, reasoning, tool calls) this attempt
+    produced, `chunk_rate` those per second since the last heartbeat,
+    `since_last` the seconds since the last output (or since the attempt
+    started), `keepalives` the upstream keep-alives seen (signs of life, not
+    progress). `stalled` is set once `since_last` passes half the watchdog
+    limit that applies (first token or idle).
+    """
+
+    attempt: int
+    target: str
+    chunks: int
+    chunk_rate: float
+    since_last: float
+    keepalives: int
+    stalled: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamHealthChanged(Event):
+    """An upstream target started cooling down after repeated failures, or came back.
+
+    `turn_id` is the turn whose failure tipped it (empty when it recovers).
+    """
+
+    target: str
+    healthy: bool
+    until: float | None
+    reason: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,8 +161,9 @@ class TurnFailed(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
-    for cls in (TurnStarted, AttemptStarted, FirstByte, Chunk, Heartbeat, ToolCallRelayed,
-                RepairApplied, AttemptFailed, TurnFinished, TurnFailed)
+    for cls in (TurnStarted, AttemptStarted, FirstByte, Chunk, Heartbeat, StreamHeartbeat,
+                ToolCallRelayed, RepairApplied, AttemptFailed, UpstreamHealthChanged,
+                TurnFinished, TurnFailed)
 }
 
 

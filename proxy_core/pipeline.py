@@ -2,31 +2,39 @@
 
 `Pipeline.open_turn` validates routing and creates the turn record;
 `Pipeline.run` is an async generator of the parts the client should
-receive. Until the first part is yielded (the commit boundary) a stalled or
-failed attempt is retried or rerouted transparently, up to
-`watchdog.max_attempts`. After it, a failure ends the turn with
-`TurnAborted`, which the server turns into an in-stream error.
+receive. Until the first model output is yielded (the commit boundary) a
+stalled or failed attempt is retried on the same target, then rerouted down
+the route's targets, up to the route's `max_attempts`; meanwhile the client
+gets `KeepAlivePart`s (SSE comments) so its own timeouts do not fire. After
+the boundary a failure ends the turn with `TurnAborted`, which the server
+turns into an in-stream error.
+
+`retry` and `reroute` act on a turn by hand: a live turn that has sent
+nothing yet restarts on its own client stream; any other turn is re-run in
+the background as a new turn (`rerun_of` names the original) and recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import logging
 import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import aclosing
-from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .bus import EventBus
 from .config import Config, RouteSettings, Target
 from .errors import ClientRequestError, UpstreamError, UpstreamTimeout
 from .events import (
-    AttemptFailed, AttemptStarted, Chunk, FirstByte, Heartbeat, ToolCallRelayed, TurnFailed,
-    TurnFinished, TurnStarted,
+    AttemptFailed, AttemptStarted, Chunk, FirstByte, Heartbeat, RepairApplied, ToolCallRelayed,
+    TurnFailed, TurnFinished, TurnStarted, UpstreamHealthChanged,
 )
+from .health import TargetHealth
 from .openai_wire import ChatRequest
-from .events import RepairApplied
 from .record import Attempt, RepairRecord, ToolCallRecord, Turn, new_turn_id
 from .repairs.history import Note, repair_history
 from .repairs.leak_parser import schemas_from_openai_tools
@@ -36,7 +44,7 @@ from .repairs.stream_repair import StreamRepairer
 from .sessions import session_id_for
 from .store import TurnStore
 from .stream import (
-    FinishPart, KeepAlivePart, PROGRESS_PARTS, ReasoningPart, StreamPart, TextPart, ToolCallPart,
+    PROGRESS_PARTS, FinishPart, KeepAlivePart, ReasoningPart, StreamPart, TextPart, ToolCallPart,
     UsagePart,
 )
 from .upstreams import Upstream, UpstreamRequest
@@ -55,36 +63,92 @@ class TurnAborted(Exception):
         self.committed = committed
 
 
+@dataclass(frozen=True, slots=True)
+class ManualAction:
+    kind: str                     # "retry" | "reroute"
+    target: Target | None = None  # reroute: where to; retry: None (same target)
+    rerun_id: str | None = None   # set when the work moved to a new turn
+
+
+class ManualInterrupt(Exception):
+    """Raised inside an attempt when a person retried or rerouted the turn."""
+
+    def __init__(self, action: ManualAction) -> None:
+        super().__init__(action.kind)
+        self.action = action
+
+
+class LiveTurn:
+    """The handle on a turn in flight: what manual actions and heartbeats need."""
+
+    __slots__ = ("turn", "route", "committed", "action", "timeout", "next_keepalive")
+
+    def __init__(self, turn: Turn, route: RouteSettings) -> None:
+        self.turn = turn
+        self.route = route
+        self.committed = False
+        self.action: ManualAction | None = None
+        self.timeout: asyncio.Timeout | None = None  # the wait in progress, if any
+        self.next_keepalive = 0.0
+
+    def interrupt(self, action: ManualAction) -> None:
+        """Stop the current attempt at its next wait (or now, if it is waiting)."""
+        self.action = action
+        if self.timeout is not None and not self.timeout.expired():
+            self.timeout.reschedule(asyncio.get_running_loop().time())
+
+
+#: Finds a turn that is no longer in memory (the journal), for re-runs.
+TurnLookup = Callable[[str], Turn | None]
+
+
 class Pipeline:
     def __init__(self, config: Config, upstreams: Mapping[str, Upstream], bus: EventBus,
-                 store: TurnStore, memory: ToolCallMemory | None = None) -> None:
+                 store: TurnStore, memory: ToolCallMemory | None = None,
+                 lookup: TurnLookup | None = None) -> None:
         self.config = config
         self.upstreams = upstreams
         self.bus = bus
         self.store = store
         self.memory = memory or ToolCallMemory()
+        self.lookup = lookup
+        self.health = TargetHealth(config.watchdog.cooldown, config.watchdog.cooldown_after,
+                                   self._health_changed)
+        self.live: dict[str, LiveTurn] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def aclose(self) -> None:
+        """Cancel background re-runs (at shutdown)."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     # -- opening -----------------------------------------------------------------
 
     def open_turn(self, request: ChatRequest, headers: Mapping[str, str]) -> tuple[Turn, RouteSettings]:
-        route = self.config.route_for(request.model)
+        route = self._route(request.model)
+        turn = self._new_turn(request.body, session_id_for(headers, request.messages),
+                              request.model, route, request.stream,
+                              headers.get("user-agent", "")[:200])
+        return turn, route
+
+    def _route(self, model: str) -> RouteSettings:
+        route = self.config.route_for(model)
         if route is None:
             raise ClientRequestError(
-                f"model {request.model!r} matches no route; known: {', '.join(self.model_ids())}",
+                f"model {model!r} matches no route; known: {', '.join(self.model_ids())}",
                 status=404, code="model_not_found")
-        turn = Turn(
-            id=new_turn_id(),
-            session_id=session_id_for(headers, request.messages),
-            model=request.model,
-            route=route.model,
-            stream=request.stream,
-            request=request.body,
-            client=headers.get("user-agent", "")[:200],
-        )
+        return route
+
+    def _new_turn(self, body: dict[str, Any], session_id: str, model: str, route: RouteSettings,
+                  stream: bool, client: str, rerun_of: str | None = None) -> Turn:
+        turn = Turn(id=new_turn_id(), session_id=session_id, model=model, route=route.model,
+                    stream=stream, request=body, client=client, rerun_of=rerun_of)
         self.store.add(turn)
         self.bus.publish(TurnStarted(turn_id=turn.id, session_id=turn.session_id,
-                                     model=turn.model, route=turn.route, stream=turn.stream))
-        return turn, route
+                                     model=turn.model, route=turn.route, stream=turn.stream,
+                                     rerun_of=rerun_of))
+        return turn
 
     def model_ids(self) -> list[str]:
         ids: list[str] = []
@@ -96,43 +160,78 @@ class Pipeline:
 
     # -- running -----------------------------------------------------------------
 
-    async def run(self, turn: Turn, route: RouteSettings) -> AsyncIterator[StreamPart]:
+    def _plan(self, route: RouteSettings, first: Target | None) -> Iterator[Target]:
+        """Targets for successive automatic attempts, healthy ones first.
+
+        With several targets each is tried twice (a retry, then a reroute);
+        a lone target is retried every time.
+        """
+        ordered = self.health.order(route.targets)
+        if first is not None:
+            ordered = [first, *(t for t in ordered if t != first)]
+        per_target = 2 if len(ordered) > 1 else 1
+        return itertools.cycle([t for t in ordered for _ in range(per_target)])
+
+    async def run(self, turn: Turn, route: RouteSettings, *,
+                  first: Target | None = None, first_reason: str = "initial"
+                  ) -> AsyncIterator[StreamPart]:
         """Yield the client's parts; raise `TurnAborted` when the turn cannot complete."""
-        committed = False
-        max_attempts = self.config.watchdog.max_attempts
-        previous: Target | None = None
+        live = LiveTurn(turn, route)
+        self.live[turn.id] = live
+        watchdog = route.watchdog
+        if watchdog.keepalive_interval:
+            live.next_keepalive = asyncio.get_running_loop().time() + watchdog.keepalive_interval
+        plan = self._plan(route, first)
+        target, reason = next(plan), first_reason
+        automatic = 0
         try:
-            for number in range(1, max_attempts + 1):
-                target = route.targets[(number - 1) % len(route.targets)]
-                reason = "initial" if previous is None else (
-                    "retry" if target == previous else "reroute")
-                previous = target
-                attempt = Attempt(number=number, target=str(target), reason=reason)
+            while True:
+                attempt = Attempt(number=len(turn.attempts) + 1, target=str(target), reason=reason)
                 turn.attempts.append(attempt)
-                self.bus.publish(AttemptStarted(turn_id=turn.id, attempt=number,
+                self.bus.publish(AttemptStarted(turn_id=turn.id, attempt=attempt.number,
                                                 target=attempt.target, reason=reason))
                 try:
-                    async with aclosing(self._attempt(turn, route, attempt, target)) as parts:
+                    async with aclosing(self._attempt(live, attempt, target)) as parts:
                         async for part in parts:
-                            committed = True
+                            if not isinstance(part, KeepAlivePart):
+                                live.committed = True
                             yield part
-                    attempt.outcome = "ok"
-                    attempt.ended_at = time.time()
+                    attempt.outcome, attempt.ended_at = "ok", time.time()
+                    self.health.succeeded(target)
                     self._finish(turn)
                     return
+                except ManualInterrupt as interrupt:
+                    action = interrupt.action
+                    live.action = None
+                    attempt.outcome, attempt.ended_at = "interrupted", time.time()
+                    attempt.error = f"stopped by hand ({action.kind})"
+                    self.bus.publish(AttemptFailed(
+                        turn_id=turn.id, attempt=attempt.number, target=attempt.target,
+                        error=attempt.error, will_retry=action.rerun_id is None))
+                    if action.rerun_id is not None:
+                        message = (f"stopped by hand after output had started; "
+                                   f"re-run as {action.rerun_id}")
+                        self._fail(turn, message, 409)
+                        raise TurnAborted(message, status=409, code="manual_interrupt",
+                                          committed=live.committed) from None
+                    target, reason = action.target or target, f"manual-{action.kind}"
                 except UpstreamError as exc:
                     attempt.outcome, attempt.error = "failed", exc.message
                     attempt.ended_at = time.time()
-                    will_retry = exc.retryable and not committed and number < max_attempts
-                    self.bus.publish(AttemptFailed(turn_id=turn.id, attempt=number,
+                    self.health.failed(target, exc.message)
+                    automatic += 1
+                    will_retry = (exc.retryable and not live.committed
+                                  and automatic < watchdog.max_attempts)
+                    self.bus.publish(AttemptFailed(turn_id=turn.id, attempt=attempt.number,
                                                    target=attempt.target, error=exc.message,
                                                    will_retry=will_retry))
                     if not will_retry:
-                        status = exc.status if not committed else 502
+                        status = exc.status if not live.committed else 502
                         self._fail(turn, exc.message, status)
                         raise TurnAborted(exc.message, status=status, code=exc.code,
-                                          committed=committed) from None
-            raise AssertionError("unreachable: the last attempt either returns or raises")
+                                          committed=live.committed) from None
+                    previous, target = target, next(plan)
+                    reason = "retry" if target == previous else "reroute"
         except TurnAborted:
             raise
         except Exception as exc:  # a bug of ours: fail this turn, keep serving
@@ -140,20 +239,22 @@ class Pipeline:
             message = f"internal error in Switchboard: {type(exc).__name__}: {exc}"
             self._fail(turn, message, 500)
             raise TurnAborted(message, status=500, code="internal_error",
-                              committed=committed) from None
+                              committed=live.committed) from None
         finally:
+            self.live.pop(turn.id, None)
             if turn.state == "live":  # the client went away, or we were cancelled
                 for attempt in turn.attempts:
                     if attempt.outcome == "live":
                         attempt.outcome, attempt.ended_at = "abandoned", time.time()
                 self._fail(turn, "client disconnected before the turn finished", 499)
 
-    async def _attempt(self, turn: Turn, route: RouteSettings, attempt: Attempt,
-                       target: Target) -> AsyncIterator[StreamPart]:
+    async def _attempt(self, live: LiveTurn, attempt: Attempt, target: Target
+                       ) -> AsyncIterator[StreamPart]:
+        turn = live.turn
         upstream = self.upstreams[target.upstream]
         model = target.model_for(turn.model)
         body = _upstream_body(turn.request, model)
-        plan = plan_for(route.repairs, model, upstream.kind)
+        plan = plan_for(live.route.repairs, model, upstream.kind)
         if plan.any:
             body["messages"], notes = repair_history(body["messages"], plan, self.memory)
             for note in notes:
@@ -161,42 +262,140 @@ class Pipeline:
         repairer = StreamRepairer(plan, schemas_from_openai_tools(body.get("tools")),
                                   lambda note: self._repair(turn, note))
         parts = upstream.stream(UpstreamRequest(model=model, body=body)).__aiter__()
-        watchdog = self.config.watchdog
+        watchdog = live.route.watchdog
         loop = asyncio.get_running_loop()
         deadline = loop.time() + watchdog.first_token_timeout
-        waiting_for = "first token"
+        # While keep-alives are due, the upstream read runs as its own task so a
+        # keep-alive tick can interrupt the wait without cancelling the read.
+        pending: asyncio.Future[StreamPart] | None = None
         try:
             while True:
+                if live.action is not None:
+                    raise ManualInterrupt(live.action)
+                keepalive = live.next_keepalive if live.next_keepalive and not live.committed else 0.0
+                wake = min(deadline, keepalive) if keepalive else deadline
                 try:
-                    async with asyncio.timeout_at(deadline):
-                        part = await parts.__anext__()
+                    async with asyncio.timeout_at(wake) as live.timeout:
+                        if keepalive or pending is not None:
+                            if pending is None:
+                                pending = asyncio.ensure_future(parts.__anext__())
+                            await asyncio.wait((pending,))
+                            done, pending = pending, None
+                            part = done.result()
+                        else:
+                            part = await parts.__anext__()
                 except StopAsyncIteration:
                     for repaired in repairer.flush():
                         self._record(turn, repaired)
                         yield repaired
                     return
                 except TimeoutError:
-                    limit = (watchdog.first_token_timeout if waiting_for == "first token"
-                             else watchdog.idle_timeout)
-                    raise UpstreamTimeout(
-                        f"no {waiting_for} from {target} within {limit:g}s") from None
+                    if live.action is not None:
+                        raise ManualInterrupt(live.action) from None
+                    if loop.time() >= deadline:
+                        raise self._stalled(attempt, target, watchdog) from None
+                    live.next_keepalive = loop.time() + watchdog.keepalive_interval
+                    yield KeepAlivePart()  # keep the waiting client's timeouts at bay
+                    continue
+                finally:
+                    live.timeout = None
                 if isinstance(part, KeepAlivePart):
+                    attempt.keepalives += 1
                     self.bus.publish(Heartbeat(turn_id=turn.id))
                     continue
                 if isinstance(part, PROGRESS_PARTS):
                     now = time.time()
+                    attempt.chunks += 1
+                    attempt.last_output_at = now
                     if attempt.first_byte_at is None:
                         attempt.first_byte_at = now
                         turn.first_byte_at = turn.first_byte_at or now
                         self.bus.publish(FirstByte(turn_id=turn.id, attempt=attempt.number,
                                                    latency=now - attempt.started_at))
-                        waiting_for = "output"
                     deadline = loop.time() + watchdog.idle_timeout
                 for repaired in repairer.feed(part):
                     self._record(turn, repaired)
                     yield repaired
         finally:
+            if pending is not None:
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
             await parts.aclose()
+
+    @staticmethod
+    def _stalled(attempt: Attempt, target: Target, watchdog: Any) -> UpstreamTimeout:
+        if attempt.first_byte_at is None:
+            return UpstreamTimeout(
+                f"no first token from {target} within {watchdog.first_token_timeout:g}s")
+        return UpstreamTimeout(
+            f"no output from {target} for {watchdog.idle_timeout:g}s (stalled mid-stream)")
+
+    # -- by hand -----------------------------------------------------------------
+
+    async def retry(self, turn_id: str) -> str:
+        """Retry a turn on its current target. Returns the id of the turn doing the work."""
+        return self._manual(turn_id, ManualAction("retry"))
+
+    async def reroute(self, turn_id: str, target: str) -> str:
+        """Move a turn to `target` ("upstream:model"). Returns the id doing the work."""
+        parsed = Target.parse(target)
+        if parsed.upstream not in self.upstreams:
+            raise ClientRequestError(
+                f"unknown upstream {parsed.upstream!r} in target {target!r}; "
+                f"known: {', '.join(sorted(self.upstreams))}", code="unknown_target")
+        return self._manual(turn_id, ManualAction("reroute", parsed))
+
+    def targets_for(self, turn_id: str) -> list[str]:
+        """Where a turn could be rerouted: its route's targets, then every other upstream."""
+        turn = self._find(turn_id)
+        route = self._route(turn.model)
+        targets = [str(t) for t in route.targets]
+        models = list(dict.fromkeys(t.model_for(turn.model) for t in route.targets))
+        for name in self.upstreams:
+            for model in models:
+                candidate = f"{name}:{model}"
+                if candidate not in targets:
+                    targets.append(candidate)
+        return targets
+
+    def _find(self, turn_id: str) -> Turn:
+        turn = self.store.get(turn_id) or (self.lookup(turn_id) if self.lookup else None)
+        if turn is None:
+            raise ClientRequestError(f"no turn {turn_id!r}", status=404, code="turn_not_found")
+        return turn
+
+    def _manual(self, turn_id: str, action: ManualAction) -> str:
+        live = self.live.get(turn_id)
+        if live is not None and not live.committed:
+            live.interrupt(action)  # restarts on the same client stream
+            return turn_id
+        original = live.turn if live is not None else self._find(turn_id)
+        rerun = self._rerun(original, action)
+        if live is not None:
+            live.interrupt(ManualAction(action.kind, action.target, rerun_id=rerun))
+        return rerun
+
+    def _rerun(self, original: Turn, action: ManualAction) -> str:
+        route = self._route(original.model)
+        first = action.target
+        if first is None and original.attempts:
+            first = Target.parse(original.attempts[-1].target)
+        turn = self._new_turn(original.request, original.session_id, original.model, route,
+                              original.stream, "switchboard (re-run by hand)", original.id)
+
+        async def drain() -> None:
+            try:
+                async with aclosing(self.run(turn, route, first=first,
+                                             first_reason=f"manual-{action.kind}")) as parts:
+                    async for _ in parts:
+                        pass
+            except TurnAborted:
+                pass  # recorded on the turn
+
+        task = asyncio.get_running_loop().create_task(drain(), name=f"rerun {turn.id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return turn.id
 
     # -- recording ---------------------------------------------------------------
 
@@ -229,6 +428,13 @@ class Pipeline:
         turn.repairs.append(RepairRecord(note.kind, note.before, note.after))
         self.bus.publish(RepairApplied(turn_id=turn.id, kind=note.kind, before=note.before,
                                        after=note.after))
+
+    def _health_changed(self, target: str, healthy: bool, until: float | None,
+                        reason: str) -> None:
+        log.warning("upstream %s %s", target,
+                    "is back" if healthy else f"cooling down until {time.ctime(until or 0)}: {reason}")
+        self.bus.publish(UpstreamHealthChanged(turn_id="", target=target, healthy=healthy,
+                                               until=until, reason=reason))
 
     def _finish(self, turn: Turn) -> None:
         turn.finished_at = time.time()

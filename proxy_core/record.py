@@ -52,8 +52,11 @@ class Attempt:
     started_at: float = field(default_factory=time.time)
     first_byte_at: float | None = None
     ended_at: float | None = None
-    outcome: str = "live"  # live | ok | failed | abandoned
-    error: str | None = None
+    outcome: str = "live"  # live | ok | failed | abandoned | interrupted
+    error: str | None = None  # why it ended, when not "ok"
+    chunks: int = 0           # model outputs received (text, reasoning, tool calls)
+    keepalives: int = 0       # upstream keep-alives seen
+    last_output_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -87,6 +90,7 @@ class Turn:
     repairs: list[RepairRecord] = field(default_factory=list)
     error: str | None = None
     status: int = 200
+    rerun_of: str | None = None
 
     @property
     def text(self) -> str:

@@ -18,7 +18,10 @@ from .errors import ClientRequestError
 from .openai_wire import ChunkEncoder, CompletionBuilder, error_body, parse_chat_request
 from .pipeline import TurnAborted
 from .secrets import CLIENT_TOKEN_MIN
-from .sse import DONE, SSE_HEADERS, data_line
+from .sse import DONE, SSE_HEADERS, comment_line, data_line
+from .stream import KeepAlivePart
+
+KEEPALIVE = comment_line("keep-alive")
 
 if TYPE_CHECKING:
     from .app import SwitchboardProxy
@@ -108,6 +111,9 @@ class OpenAIFront:
 
 
 async def _write(response: web.StreamResponse, encoder: ChunkEncoder, part: Any) -> None:
+    if isinstance(part, KeepAlivePart):  # the pipeline keeps a waiting client alive
+        await response.write(KEEPALIVE)
+        return
     chunk = encoder.encode(part)
     if chunk is not None:
         await response.write(data_line(chunk))

@@ -10,44 +10,17 @@ Switchboard are in `test_opencode_simulator.py` (they stop early).
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import signal
-import sqlite3
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-from opencode_runner import OpencodeResult, run_opencode
-from proxy_core.simulator.script import EXPECTED_FILES
+from opencode_runner import run_opencode
+from serve_runner import Served, check_session, start_serve
 
 pytestmark = pytest.mark.opencode
 
 PROMPT = "Create a small calculator module with tests, then extend it with multiplication."
-REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class Served:
-    """A `switchboard serve` process."""
-
-    process: subprocess.Popen[str]
-    base_url: str
-    journal: Path
-    log: Path
-
-    def turns(self) -> list[dict]:
-        return httpx.get(f"{self.base_url}/switchboard/api/turns?limit=1000", timeout=10).json()["turns"]
-
-    def journal_rows(self) -> list[tuple[str, str, str]]:
-        with sqlite3.connect(self.journal) as conn:
-            return conn.execute("SELECT id, state, session_id FROM turns").fetchall()
 
 
 @pytest.fixture
@@ -56,11 +29,9 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
     started: list[Served] = []
 
     def start(sim: str, watchdog: str = "") -> Served:
-        journal = tmp_path / "journal.sqlite3"
-        config = tmp_path / "switchboard.toml"
-        config.write_text(f"""
+        started.append(start_serve(f"""
 [proxy]
-journal = "{journal}"
+journal = "{{journal}}"
 [watchdog]
 {watchdog}
 [upstreams.sim]
@@ -70,45 +41,12 @@ kind = "simulator"
 model = "kimi-k2.5"
 targets = ["sim:kimi-k2.5"]
 repairs = "auto"
-""")
-        log = tmp_path / "switchboard.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tui.cli", "serve", "--config", str(config), "--port", "0"],
-            stdout=subprocess.PIPE, stderr=log.open("w"), text=True, cwd=REPO, env=env)
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        match = re.search(r"(http://\S+)", line)
-        assert match, f"switchboard did not start: {line!r} {log.read_text()}"
-        started.append(Served(process, match.group(1), journal, log))
+""", tmp_path))
         return started[-1]
 
     yield start
     for served in started:
-        served.process.send_signal(signal.SIGTERM)
-        assert served.process.wait(timeout=15) == 0, "serve stops cleanly on SIGTERM"
-
-
-def files_done(workdir: Path) -> bool:
-    return all((workdir / name).exists() and (workdir / name).read_text() == text
-               for name, text in EXPECTED_FILES.items())
-
-
-def check_session(result: OpencodeResult, served: Served, workdir: Path) -> list[dict]:
-    report = f"{result.describe()}\n--- switchboard log ---\n{served.log.read_text()[-3000:]}"
-    assert result.returncode == 0 and not result.errors, report
-    assert result.completed_tool_calls == 10, report
-    assert files_done(workdir), report
-    turns = served.turns()
-    # Every model call is a finished turn: the agent's 11 (10 tool steps and
-    # the final answer) plus opencode's title request, in one session.
-    assert len(turns) >= 12 and all(t["state"] == "finished" for t in turns), report
-    assert len({t["session_id"] for t in turns}) == 1 and turns[0]["session_id"].startswith("ses_")
-    assert sum(len(t["tool_calls"]) for t in turns) == 10
-    rows = served.journal_rows()
-    assert sorted(r[0] for r in rows) == sorted(t["id"] for t in turns)
-    assert {r[1] for r in rows} == {"finished"}
-    return turns
+        assert served.stop() == 0, "serve stops cleanly on SIGTERM"
 
 
 def test_clean_host_whole_task_in_one_run(serve, tmp_path: Path) -> None:

@@ -407,11 +407,13 @@ async def test_second_target_takes_over_when_the_first_fails(
     proxy = await proxy_factory(openai_config(primary.base_url, backup.base_url, **FAST))
     response, payloads = await stream_chat(client, proxy.base_url)
     assert response.status_code == 200 and content_of(payloads) == "from backup"
-    assert len(primary.chat_requests) == 1 and len(backup.chat_requests) == 1
+    # Retry on the same target once, then reroute down the route's targets.
+    assert len(primary.chat_requests) == 2 and len(backup.chat_requests) == 1
     turn = await last_turn(client, proxy.base_url)
     detail = await api_turn(client, proxy.base_url, turn["id"])
     attempts = [(a["target"], a["reason"], a["outcome"]) for a in detail["attempts"]]
     assert attempts == [(f"primary:{UPSTREAM_MODEL}", "initial", "failed"),
+                        (f"primary:{UPSTREAM_MODEL}", "retry", "failed"),
                         (f"backup:{UPSTREAM_MODEL}", "reroute", "ok")]
     assert detail["state"] == "finished"
     assert [(a["target"], a["outcome"]) for a in turn["attempts"]] == [
