@@ -20,7 +20,7 @@ from typing import Any
 from .errors import ConfigError
 from .simulator.config import FAULT_NAMES
 
-UPSTREAM_KINDS = ("openai", "simulator")
+UPSTREAM_KINDS = ("openai", "bedrock", "simulator")
 REPAIR_PROFILES = ("auto", "kimi", "none")
 
 
@@ -64,12 +64,20 @@ class UpstreamSettings:
     api_key_env: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
     connect_timeout: float = 10.0
+    # bedrock
+    region: str = ""
+    endpoint_url: str | None = None
+    profile: str | None = None
+    ca_bundle: str | None = None
+    read_timeout: float = 120.0
+    stream: bool = True
     # simulator
     faults: tuple[str, ...] = ()
     fault_rate: float = 0.7
     seed: int = 0
     steps: int = 10
     chunk_delay: float = 0.002
+    hang_repeats: int = 1  # how often the same request hangs again (a retry of it)
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
@@ -265,7 +273,10 @@ def _parse_upstream(r: _Reader, name: str, raw: Any, check_env: bool) -> Upstrea
             headers=tuple(headers.items()),
             connect_timeout=r.number(t, key, "connect_timeout", 10.0),
         )
-    r.check_keys(t, key, {"kind", "faults", "fault_rate", "seed", "steps", "chunk_delay"})
+    if kind == "bedrock":
+        return _parse_bedrock(r, name, key, t, check_env)
+    r.check_keys(t, key, {"kind", "faults", "fault_rate", "seed", "steps", "chunk_delay",
+                          "hang_repeats"})
     faults = r.get(t, key, "faults", list, [])
     for fault in faults:
         if fault not in FAULT_NAMES:
@@ -280,7 +291,38 @@ def _parse_upstream(r: _Reader, name: str, raw: Any, check_env: bool) -> Upstrea
     if delay < 0:
         raise r.fail(f"{key}.chunk_delay", f"must not be negative, got {delay:g}")
     return UpstreamSettings(name=name, kind=kind, faults=tuple(faults), fault_rate=rate,
-                            seed=r.get(t, key, "seed", int, 0), steps=steps, chunk_delay=delay)
+                            seed=r.get(t, key, "seed", int, 0), steps=steps, chunk_delay=delay,
+                            hang_repeats=_at_least(r, t, key, "hang_repeats", 0, 1))
+
+
+def _parse_bedrock(r: _Reader, name: str, key: str, t: dict[str, Any],
+                   check_env: bool) -> UpstreamSettings:
+    """`kind = "bedrock"`: region (else $AWS_REGION / $AWS_DEFAULT_REGION), endpoint, profile."""
+    r.check_keys(t, key, {"kind", "region", "endpoint_url", "profile", "ca_bundle",
+                          "connect_timeout", "read_timeout", "stream"})
+    region = r.get(t, key, "region", str, None) or os.environ.get("AWS_REGION") \
+        or os.environ.get("AWS_DEFAULT_REGION") or ""
+    if not region and check_env:
+        raise r.fail(f"{key}.region", "is required (or set AWS_REGION), e.g. \"us-east-1\"")
+    endpoint_url = r.get(t, key, "endpoint_url", str, None)
+    if endpoint_url is not None and not endpoint_url.startswith(("http://", "https://")):
+        raise r.fail(f"{key}.endpoint_url", "must start with http:// or https://")
+    profile = r.get(t, key, "profile", str, None)
+    if profile is not None and not profile.strip():
+        raise r.fail(f"{key}.profile", "must not be empty (leave it out for the default chain)")
+    ca_bundle = r.get(t, key, "ca_bundle", str, None)
+    if ca_bundle is not None:
+        ca_bundle = str(Path(ca_bundle).expanduser())
+        if check_env and not Path(ca_bundle).is_file():
+            raise r.fail(f"{key}.ca_bundle", f"no such file: {ca_bundle}")
+    return UpstreamSettings(
+        name=name, kind="bedrock", region=region,
+        endpoint_url=endpoint_url.rstrip("/") if endpoint_url else None,
+        profile=profile, ca_bundle=ca_bundle,
+        connect_timeout=r.number(t, key, "connect_timeout", 10.0),
+        read_timeout=r.number(t, key, "read_timeout", 120.0),
+        stream=r.get(t, key, "stream", bool, True),
+    )
 
 
 def _parse_timers(r: _Reader, t: dict[str, Any], key: str,
@@ -295,6 +337,14 @@ def _parse_timers(r: _Reader, t: dict[str, Any], key: str,
         idle_timeout=r.number(t, key, "idle_timeout", base.idle_timeout),
         max_attempts=attempts,
     )
+
+
+def _at_least(r: _Reader, t: dict[str, Any], key: str, name: str, minimum: int,
+              default: int) -> int:
+    value = r.get(t, key, name, int, default)
+    if value < minimum:
+        raise r.fail(f"{key}.{name}", f"must be at least {minimum}, got {value}")
+    return value
 
 
 def _parse_route(r: _Reader, index: int, raw: Any, upstreams: dict[str, UpstreamSettings],

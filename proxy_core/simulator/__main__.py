@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
+import ssl
 import sys
 
 from .config import SimulatorConfig, SimulatorConfigError
 from .server import start_simulator
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[SimulatorConfig, str, int]:
-    """Parse the command line into a config, a host and a port."""
+def parse_args(argv: list[str] | None = None) -> tuple[SimulatorConfig, str, int, ssl.SSLContext | None]:
+    """Parse the command line into a config, a host, a port and a TLS context (or None)."""
     parser = argparse.ArgumentParser(prog="python -m proxy_core.simulator", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed at start)")
-    parser.add_argument("--faults", default="", help="comma-separated: leak,hang,strict,orphan,empty")
+    parser.add_argument("--faults", default="",
+                        help="comma-separated: leak,hang,strict,orphan,empty,throttle,stream_error")
     parser.add_argument("--fault-rate", type=float, default=0.7)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=10)
@@ -25,7 +28,22 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimulatorConfig, str, int
     parser.add_argument("--reasoning", action="store_true", help="stream reasoning_content")
     parser.add_argument("--hang-repeats", type=int, default=1, help="sightings of one request that may hang")
     parser.add_argument("--keepalive", type=float, default=0.0, help="seconds between ': ping' while hanging")
+    parser.add_argument("--bearer-token-env", metavar="VAR",
+                        help="require 'Authorization: Bearer $VAR' on every request")
+    parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--tls-key", help="the certificate's private key (PEM)")
     args = parser.parse_args(argv)
+    token = None
+    if args.bearer_token_env:
+        token = os.environ.get(args.bearer_token_env)
+        if not token:
+            parser.error(f"--bearer-token-env: {args.bearer_token_env} is not set")
+    context = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            parser.error("--tls-cert and --tls-key go together")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
     try:
         config = SimulatorConfig(
             faults=tuple(f.strip() for f in args.faults.split(",") if f.strip()),
@@ -37,15 +55,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimulatorConfig, str, int
             reasoning=args.reasoning,
             hang_repeats=args.hang_repeats,
             keepalive_interval=args.keepalive,
+            bearer_token=token,
         )
     except SimulatorConfigError as exc:
         parser.error(str(exc))
-    return config, args.host, args.port
+    return config, args.host, args.port, context
 
 
-async def serve(config: SimulatorConfig, host: str, port: int) -> None:
+async def serve(config: SimulatorConfig, host: str, port: int,
+                ssl_context: ssl.SSLContext | None = None) -> None:
     """Serve until SIGINT or SIGTERM."""
-    simulator = await start_simulator(config, host, port)
+    simulator = await start_simulator(config, host, port, ssl_context)
     print(f"simulator listening on {simulator.base_url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -57,8 +77,8 @@ async def serve(config: SimulatorConfig, host: str, port: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
-    config, host, port = parse_args(argv)
-    asyncio.run(serve(config, host, port))
+    config, host, port, context = parse_args(argv)
+    asyncio.run(serve(config, host, port, context))
     return 0
 
 

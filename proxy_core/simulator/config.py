@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: Every fault the simulator knows how to inject.
-FAULT_NAMES: frozenset[str] = frozenset({"leak", "hang", "strict", "orphan", "empty"})
+FAULT_NAMES: frozenset[str] = frozenset(
+    {"leak", "hang", "strict", "orphan", "empty", "throttle", "stream_error"})
 
 
 class SimulatorConfigError(ValueError):
@@ -16,10 +17,14 @@ class SimulatorConfigError(ValueError):
 class SimulatorConfig:
     """How the simulated Kimi-like host behaves.
 
-    ``faults`` names the faults to inject. ``leak`` and ``hang`` fire on a
-    step with probability ``fault_rate``; ``strict``, ``orphan`` and
-    ``empty`` are validation rules, always enforced when listed. Every
-    random choice derives from ``seed`` and the request, so runs repeat.
+    ``faults`` names the faults to inject. ``leak``, ``hang``,
+    ``throttle`` (an HTTP 429 instead of an answer) and ``stream_error`` (an
+    error in the middle of a 200 stream: an ``exception`` frame on the
+    Converse face, ``data: {"error": ...}`` on the OpenAI face) fire on a
+    request with probability ``fault_rate``; ``strict``, ``orphan`` and
+    ``empty`` are validation rules, always enforced when listed (the
+    Converse face always enforces Bedrock's own rules instead). Every random
+    choice derives from ``seed`` and the request, so runs repeat.
     """
 
     faults: tuple[str, ...] = ()
@@ -30,13 +35,16 @@ class SimulatorConfig:
     models: tuple[str, ...] = ("kimi-k2.5",)
     #: Stream ``reasoning_content`` deltas even without ``strict``.
     reasoning: bool = False
-    #: How many sightings of one identical request may hang (each at
-    #: ``fault_rate``); later retries always go through.
+    #: How many sightings of one identical request may hang, be throttled or
+    #: fail mid-stream (each at ``fault_rate``); later retries always go through.
     hang_repeats: int = 1
     #: Seconds between ``: ping`` comments while hanging; 0 means silent.
     keepalive_interval: float = 0.0
     #: Fixed ``created`` timestamp for byte-identical output; None means now.
     fixed_created: int | None = None
+    #: When set, every request must carry ``Authorization: Bearer <token>``
+    #: (401 on the OpenAI face, 403 on the Converse face otherwise).
+    bearer_token: str | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.faults) - FAULT_NAMES)

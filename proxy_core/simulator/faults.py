@@ -55,6 +55,10 @@ class FaultDecision:
     """The faults chosen for one request."""
 
     hang: bool = False
+    #: Answer 429 (rate limited) instead of playing the step.
+    throttle: bool = False
+    #: Stream part of the reply, then an error inside the 200 stream (F6).
+    stream_error: bool = False
     leak: LeakVariant | None = None
     #: Under ``strict``: the step calls its tool without thinking first, so
     #: a client that replays history as-is sends no ``reasoning_content``.
@@ -90,7 +94,9 @@ def decide(config: SimulatorConfig, reply: Reply, messages: Sequence[Mapping[str
     """Choose the faults for a request.
 
     ``hang`` fires only right after a tool result and on at most
-    ``hang_repeats`` sightings of a fingerprint, so a retry goes through. ``leak``
+    ``hang_repeats`` sightings of a fingerprint, so a retry goes through;
+    ``throttle`` and ``stream_error`` fire on any request, on at most
+    ``hang_repeats`` sightings too. ``leak``
     fires only on a tool-call step; its variant cycles with the call index.
     ``unthought`` (under ``strict``) drops a tool-call step's reasoning, the
     bait for the next request's ``reasoning_content is missing`` error.
@@ -99,6 +105,10 @@ def decide(config: SimulatorConfig, reply: Reply, messages: Sequence[Mapping[str
     if config.has("hang") and after_tool and seen < config.hang_repeats:
         if request_rng(config.seed, fp, seen, "hang").random() < config.fault_rate:
             return FaultDecision(hang=True)
+    for fault in ("throttle", "stream_error"):
+        if config.has(fault) and seen < config.hang_repeats:
+            if request_rng(config.seed, fp, seen, fault).random() < config.fault_rate:
+                return FaultDecision(**{fault: True})
     if config.has("leak") and reply.tool_call is not None:
         if request_rng(config.seed, fp, seen, "leak").random() < config.fault_rate:
             index = (config.seed + call_index(reply.tool_call)) % len(LEAK_VARIANTS)

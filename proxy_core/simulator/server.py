@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from .config import SimulatorConfig
 from .faults import FaultDecision, HostError, decide, fingerprint, render_leak, request_rng, validate
 from .script import Reply, next_reply
 from .stats import FaultRecord, SimulatorState, SimulatorStats
-from .wire import KEEPALIVE, Outgoing, completion, sse_events
+from .wire import KEEPALIVE, Outgoing, completion, cut_with_error, sse_events
 
 CONFIG_KEY = web.AppKey("simulator_config", SimulatorConfig)
 STATE_KEY = web.AppKey("simulator_state", SimulatorState)
@@ -23,6 +24,9 @@ StatsPredicate = Callable[[SimulatorStats], bool]
 
 #: How often a silent hang checks whether its client went away.
 _DISCONNECT_POLL = 0.05
+#: What the ``throttle`` and ``stream_error`` faults say.
+THROTTLE_MESSAGE = "Too many requests, please wait before trying again."
+STREAM_ERROR_MESSAGE = "The model stream failed; retry your request."
 
 
 def _error(status: int, message: str, code: str, kind: str = "invalid_request_error") -> web.Response:
@@ -73,6 +77,13 @@ def _outgoing(config: SimulatorConfig, body: Mapping[str, object], reply: Reply,
     )
 
 
+def bearer_refused(config: SimulatorConfig, request: web.Request) -> bool:
+    """Whether ``bearer_token`` is set and the request does not carry it."""
+    if config.bearer_token is None:
+        return False
+    return request.headers.get("Authorization", "") != f"Bearer {config.bearer_token}"
+
+
 def _client_gone(request: web.Request) -> bool:
     transport = request.transport
     return transport is None or transport.is_closing()
@@ -119,6 +130,8 @@ async def _stream(request: web.Request, config: SimulatorConfig, out: Outgoing, 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """``POST /v1/chat/completions``: play the next step, faults included."""
     config, state = request.app[CONFIG_KEY], request.app[STATE_KEY]
+    if bearer_refused(config, request):
+        return _error(401, "Invalid Authentication", "invalid_api_key", "invalid_authentication_error")
     try:
         body = json.loads(await request.read())
     except (ValueError, UnicodeDecodeError) as exc:
@@ -143,7 +156,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if decision.hang:
         state.stats.faults.append(FaultRecord("hang", "", reply.step))
         return await _hang(request, config, state, stream)
-    if decision.leak is not None:
+    if decision.throttle:
+        state.stats.faults.append(FaultRecord("throttle", "", reply.step))
+        await state.notify()
+        return _error(429, THROTTLE_MESSAGE, "rate_limit_exceeded", "rate_limit_error")
+    if decision.stream_error:
+        state.stats.faults.append(FaultRecord("stream_error", "", reply.step))
+    elif decision.leak is not None:
         state.stats.faults.append(FaultRecord("leak", decision.leak, reply.step))
     elif reply.tool_call is not None:
         if decision.unthought:
@@ -154,10 +173,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     await state.notify()
     out = _outgoing(config, body, reply, decision, fp, seen)
     if not stream:
+        if decision.stream_error:
+            return _error(500, STREAM_ERROR_MESSAGE, "stream_error", "server_error")
         return web.json_response(completion(out))
     options = body.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     events = sse_events(out, request_rng(config.seed, fp, seen, "chunks"), include_usage=include_usage)
+    if decision.stream_error:
+        events = cut_with_error(events, STREAM_ERROR_MESSAGE)
     return await _stream(request, config, out, events)
 
 
@@ -186,6 +209,9 @@ def make_simulator_app(config: SimulatorConfig) -> web.Application:
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/simulator/stats", stats)
     app.on_shutdown.append(_on_shutdown)
+    from .converse_face import add_converse_routes  # it builds on this module
+
+    add_converse_routes(app)
     return app
 
 
@@ -198,11 +224,17 @@ class RunningSimulator:
     runner: web.AppRunner
     host: str
     port: int
+    scheme: str = "http"
+
+    @property
+    def origin(self) -> str:
+        """``http://127.0.0.1:PORT`` (``https`` when serving TLS): the Bedrock ``endpoint_url``."""
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def base_url(self) -> str:
         """The OpenAI base URL, e.g. ``http://127.0.0.1:PORT/v1``."""
-        return f"http://{self.host}:{self.port}/v1"
+        return f"{self.origin}/v1"
 
     @property
     def stats(self) -> SimulatorStats:
@@ -219,12 +251,17 @@ class RunningSimulator:
         await self.runner.cleanup()
 
 
-async def start_simulator(config: SimulatorConfig, host: str = "127.0.0.1", port: int = 0) -> RunningSimulator:
-    """Start the simulator on ``host:port`` (0 picks a free port) in this loop."""
+async def start_simulator(config: SimulatorConfig, host: str = "127.0.0.1", port: int = 0,
+                          ssl_context: ssl.SSLContext | None = None) -> RunningSimulator:
+    """Start the simulator on ``host:port`` (0 picks a free port) in this loop.
+
+    With ``ssl_context`` it serves HTTPS (botocore sends a Bedrock bearer
+    token only over TLS).
+    """
     app = make_simulator_app(config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     bound = runner.addresses[0][1] if runner.addresses else port
-    return RunningSimulator(config, app, runner, host, bound)
+    return RunningSimulator(config, app, runner, host, bound, "https" if ssl_context else "http")

@@ -97,6 +97,13 @@ def sse_events(out: Outgoing, rng: random.Random, *, include_usage: bool) -> lis
     return events
 
 
+def cut_with_error(events: list[bytes], message: str) -> list[bytes]:
+    """Half of the reply's events, then ``data: {"error": ...}`` and the end (F6)."""
+    keep = max(2, (len(events) - 1) // 2)
+    error = {"error": {"message": message, "type": "server_error", "code": "stream_error"}}
+    return events[:keep] + [_event(error)]
+
+
 def completion(out: Outgoing) -> dict[str, object]:
     """The non-streaming ``chat.completion`` object."""
     message: dict[str, object] = {"role": "assistant", "content": out.content}

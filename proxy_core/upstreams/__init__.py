@@ -6,10 +6,11 @@ import httpx
 
 from ..config import Config, UpstreamSettings
 from .base import Upstream, UpstreamRequest
+from .bedrock import BedrockUpstream
 from .openai import OpenAIUpstream, make_http_client
 from .simulator import SimulatorUpstream
 
-__all__ = ["Upstream", "UpstreamRequest", "OpenAIUpstream", "SimulatorUpstream",
+__all__ = ["Upstream", "UpstreamRequest", "OpenAIUpstream", "BedrockUpstream", "SimulatorUpstream",
            "build_upstreams", "make_http_client"]
 
 
@@ -17,6 +18,8 @@ def build_upstream(settings: UpstreamSettings, client: httpx.AsyncClient,
                    models: tuple[str, ...] = ()) -> Upstream:
     if settings.kind == "openai":
         return OpenAIUpstream(settings, client)
+    if settings.kind == "bedrock":
+        return BedrockUpstream(settings)
     if settings.kind == "simulator":
         return SimulatorUpstream(settings, client, models or ("kimi-k2.5",))
     raise ValueError(f"unknown upstream kind {settings.kind!r}")

@@ -29,7 +29,8 @@ class SimulatorUpstream:
         self.settings = settings
         self.sim_config = SimulatorConfig(
             faults=settings.faults, fault_rate=settings.fault_rate, seed=settings.seed,
-            steps=settings.steps, chunk_delay=settings.chunk_delay, models=models)
+            steps=settings.steps, chunk_delay=settings.chunk_delay, models=models,
+            hang_repeats=settings.hang_repeats)
         self._client = client
         self._running: RunningSimulator | None = None
         self._http: OpenAIUpstream | None = None
@@ -40,6 +41,8 @@ class SimulatorUpstream:
             self._http = OpenAIUpstream(self.settings, self._client, base_url=self._running.base_url)
 
     async def aclose(self) -> None:
+        if self._http is not None:  # its connection pool
+            await self._http.aclose()
         if self._running is not None:
             await self._running.close()
             self._running = None
