@@ -74,6 +74,8 @@ class SwitchboardProxy:
     async def start(self) -> None:
         for upstream in self.upstreams.values():
             await upstream.start()
+            for secret in getattr(upstream, "secret_values", tuple)():
+                self.redactor.add(secret)
         # handler_cancellation: a client that goes away cancels its handler, so the
         # pipeline closes the upstream and fails the turn at once (no retries for
         # nobody, no handler outliving stop()).

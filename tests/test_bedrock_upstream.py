@@ -677,3 +677,30 @@ def test_frames_decode_with_botocore() -> None:
     assert failure.headers[":message-type"] == "exception"
     assert failure.headers[":exception-type"] == "modelStreamErrorException"
     assert json.loads(failure.payload) == {"message": "boom"}
+
+
+async def test_profile_credentials_are_redacted_too(
+        monkeypatch: pytest.MonkeyPatch, make_sim: SimFactory, proxy_factory: Any,
+        client: httpx.AsyncClient, tmp_path: Path) -> None:
+    """Keys from a profile file are not in the environment; the upstream hands them to
+    the redactor once it has resolved them."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_BEARER_TOKEN_BEDROCK", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    credentials = tmp_path / "aws-credentials"
+    credentials.write_text(f"[planted]\naws_access_key_id = {AKID}\n"
+                           f"aws_secret_access_key = {SECRET}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config-missing"))
+    sim = await make_sim(tls=False)
+    proxy = await proxy_factory(bedrock_toml(sim.origin, extra='profile = "planted"'))
+    messages = opening() + [{"role": "user", "content": f"keys: {AKID} {SECRET}"}]
+    status, got = await chat(client, proxy, messages)
+    assert status == 200, got["error"]
+    assert converse_log(sim.app).requests[-1].auth.startswith(f"sigv4 {AKID}/")
+    turn = await settled_turn(client, proxy.base_url)
+    detail = (await client.get(f"{proxy.base_url}/switchboard/api/turns/{turn['id']}")).text
+    await proxy.stop()
+    journal = (tmp_path / "journal.sqlite3").read_bytes().decode("utf-8", "replace")
+    for text in (detail, journal):
+        assert AKID not in text and SECRET not in text

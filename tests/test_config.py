@@ -13,9 +13,7 @@ from proxy_core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The example from docs/design.md. The `[upstreams.converse]` (kind = "bedrock")
-# table and its target are left out: the bedrock adapter does not exist yet,
-# and the config rightly rejects kinds it cannot build.
+# The example from docs/design.md, whole.
 DESIGN_EXAMPLE = """
 [proxy]
 host = "127.0.0.1"
@@ -32,12 +30,17 @@ kind = "openai"              # any OpenAI-compatible endpoint
 base_url = "https://bedrock-mantle.us-east-1.api.aws/v1"
 api_key_env = "AWS_BEARER_TOKEN_BEDROCK"
 
+[upstreams.converse]
+kind = "bedrock"             # Bedrock Converse via boto3
+region = "us-east-1"
+# endpoint_url = "http://127.0.0.1:9000"   # for tests and private endpoints
+
 [upstreams.sim]
 kind = "simulator"           # built in; faults = ["leak", "hang", "strict"]
 
 [[routes]]
 model = "kimi-k2.5"          # what the client asks for; glob patterns allowed
-targets = ["mantle:moonshotai.kimi-k2.5", "sim"]
+targets = ["mantle:moonshotai.kimi-k2.5", "converse:moonshotai.kimi-k2.5"]
 repairs = "kimi"             # repair profile
 """
 
@@ -74,11 +77,15 @@ def test_design_example_parses_into_the_right_values(monkeypatch: pytest.MonkeyP
     assert mantle.api_key_env == "AWS_BEARER_TOKEN_BEDROCK"
     assert mantle.api_key() == "bedrock-key-value"
     assert config.upstreams["sim"].kind == "simulator"
+    converse = config.upstreams["converse"]
+    assert converse.kind == "bedrock" and converse.region == "us-east-1"
+    assert converse.endpoint_url is None
     assert "AWS_BEARER_TOKEN_BEDROCK" in config.secret_env_vars()
 
     (route,) = config.routes
     assert route.model == "kimi-k2.5"
-    assert route.targets == (Target("mantle", "moonshotai.kimi-k2.5"), Target("sim", None))
+    assert route.targets == (Target("mantle", "moonshotai.kimi-k2.5"),
+                             Target("converse", "moonshotai.kimi-k2.5"))
     assert route.repairs == "kimi"
     assert config.route_for("kimi-k2.5") is route
     assert config.route_for("gpt-4o") is None

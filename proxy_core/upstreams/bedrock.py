@@ -70,6 +70,12 @@ class BedrockUpstream:
         self.settings = settings
         self._client: Any = None
         self._lock = asyncio.Lock()
+        self._secrets: tuple[str, ...] = ()
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Credentials resolved from a profile, SSO or a role: for the redactor
+        (keys from the environment it knows already)."""
+        return self._secrets
 
     @property
     def where(self) -> str:
@@ -113,6 +119,8 @@ class BedrockUpstream:
                 raise ConfigError(
                     f"{key}: no AWS credentials: set {BEARER_ENV}, or AWS_ACCESS_KEY_ID and "
                     "AWS_SECRET_ACCESS_KEY, or name a profile")
+            frozen = credentials.get_frozen_credentials()
+            self._secrets = tuple(v for v in (frozen.access_key, frozen.secret_key, frozen.token) if v)
         config = BotoConfig(
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
