@@ -1,8 +1,10 @@
 """The `switchboard` command line.
 
-Headless commands (`serve`, `opencode-config`) only import `proxy_core`;
-Textual is imported only when a dashboard is started. Until the dashboard
-lands, plain `switchboard` runs the proxy headless, like `switchboard serve`.
+Plain `switchboard` runs the proxy and the dashboard in one process;
+`demo` does the same on the built-in simulator with a scripted agent;
+`attach [URL]` shows the dashboard for a proxy running elsewhere. Headless
+commands (`serve`, `opencode-config`) only import `proxy_core`; Textual is
+imported only when a dashboard is started.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ def _add_common(parser: argparse.ArgumentParser, default: object = None) -> None
                         help="port to bind (default from config: 4141)")
 
 
+def _add_theme(parser: argparse.ArgumentParser, default: object = None) -> None:
+    parser.add_argument("--theme", metavar="NAME", default=default,
+                        help="dashboard theme: dark (default), light, high-contrast, or one of "
+                             "yours in $XDG_CONFIG_HOME/switchboard/themes/")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="switchboard",
@@ -39,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Point opencode at http://127.0.0.1:4141/v1 (see `switchboard opencode-config`).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     _add_common(parser)  # `switchboard --config X` works without a subcommand
+    _add_theme(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_common(sub.add_parser("serve", help="run the proxy headless (one log line per turn)"),
                 argparse.SUPPRESS)
@@ -46,6 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the opencode.json provider block for the configured routes")
     _add_common(oc, argparse.SUPPRESS)
     oc.add_argument("--provider", default="switchboard", help="provider id to use in opencode.json")
+    demo = sub.add_parser("demo", help="the dashboard on the built-in simulator, with a scripted "
+                                       "agent driving sessions through it (no account needed)")
+    demo.add_argument("--host", default=argparse.SUPPRESS, help="address to bind (127.0.0.1)")
+    demo.add_argument("--port", type=int, default=argparse.SUPPRESS,
+                      help="port to bind (4141; any free port if busy)")
+    _add_theme(demo, argparse.SUPPRESS)
+    attach = sub.add_parser("attach", help="the dashboard for a proxy already running "
+                                           "(e.g. `switchboard serve`), through its control API")
+    attach.add_argument("url", nargs="?", metavar="URL",
+                        help="the proxy's address (default: http://HOST:PORT from the config)")
+    _add_common(attach, argparse.SUPPRESS)
+    _add_theme(attach, argparse.SUPPRESS)
     return parser
 
 
@@ -79,8 +100,10 @@ def opencode_config(config: Config, base_url: str, provider: str) -> dict[str, o
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        return _dashboard("demo", args, None)
     try:
-        config = load_config(args.config, check_env=args.command != "opencode-config")
+        config = load_config(args.config, check_env=args.command not in ("opencode-config", "attach"))
     except ConfigError as exc:
         print(f"switchboard: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -90,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         shown = f"[{host}]" if ":" in host else host
         print(json.dumps(opencode_config(config, f"http://{shown}:{port}", args.provider), indent=2))
         return 0
+    if args.command in (None, "attach"):
+        return _dashboard(args.command or "local", args, config)
     from proxy_core.serve import serve
     try:
         asyncio.run(serve(config, host=host, port=port))
@@ -102,6 +127,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _dashboard(mode: str, args: argparse.Namespace, config: Config | None) -> int:
+    """Proxy + dashboard (`local`), the demo, or `attach`: Textual is imported only here."""
+    from .dashboard import run_attach, run_demo, run_local
+    host = args.host or (config.proxy.host if config else None)
+    port = args.port if args.port is not None else (config.proxy.port if config else None)
+    try:
+        if mode == "demo":
+            return asyncio.run(run_demo(host=host, port=port, theme=args.theme))
+        if mode == "attach":
+            shown = f"[{host}]" if host and ":" in host else host
+            return asyncio.run(run_attach(args.url or f"http://{shown}:{port}", theme=args.theme))
+        assert config is not None
+        return asyncio.run(run_local(config, host=host, port=port, theme=args.theme))
+    except SwitchboardError as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"switchboard: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
 
 
 if __name__ == "__main__":

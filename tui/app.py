@@ -1,0 +1,580 @@
+"""The Switchboard dashboard: every turn live, with keys to retry and reroute.
+
+The app talks only to a `TurnSource` (`tui/source.py`). Sources post
+`EventsReady` a few times a second; the handler drains the source into the
+`DashboardModel` and redraws only what changed, so a fast stream costs the
+proxy a counter increment per chunk and the screen a steady ~12 redraws a
+second. Workers (retry, reroute, loading records, exports) never touch
+widgets: they post messages, and the `@on` handlers here own the state.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual import on
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Footer, Input, OptionList, TabbedContent
+
+from .keymap import default_keymap_path, load_keymap
+from .messages import (
+    ActionFailed, EventsReady, Exported, OlderLoaded, SourceStatus, TargetsLoaded, TurnActionDone,
+    TurnLoaded,
+)
+from .model import FILTER_STATES, DashboardModel, TurnFilter
+from .source import SourceError, TurnSource
+from .themes import BUILTIN_THEMES_DIR, DEFAULT_THEME, load_themes, user_themes_dir
+from .widgets.detail import TurnDetail
+from .widgets.palette import Palette
+from .widgets.screens import HelpScreen, PickerScreen
+from .widgets.sessions import ALL, SessionList
+from .widgets.status import StatusInfo, StatusLine, status_text
+from .widgets.turn_table import TurnTable, turn_state
+
+#: Redraws per second at most (events are buffered in between).
+REFRESH_RATE = 12.0
+#: How often the selected turn's body and the session list are re-rendered at most
+#: (the table, the heartbeat bar and the status line: every redraw).
+DETAIL_INTERVAL = 0.25
+#: Turns fetched per "older" request.
+OLDER_PAGE = 100
+
+FILTER_LABELS = {"all": "All turns", "live": "Live turns", "stalled": "Stalled (silent live streams)",
+                 "repaired": "Repaired", "retried": "Retried or rerouted", "failed": "Failed"}
+
+
+class SwitchboardApp(App[int]):
+    """Sessions, a live table of turns, and the selected turn in detail."""
+
+    TITLE = "Switchboard"
+    CSS = """
+    #body { height: 1fr; }
+    #sessions { border-right: vkey $panel-lighten-1; }
+    #main { width: 1fr; }
+    #turns { height: 2fr; }
+    #detail { height: 3fr; border-top: hkey $panel-lighten-1; }
+    #search { dock: bottom; display: none; }
+    #search.-visible { display: block; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("r", "retry", "Retry", id="retry", tooltip="Retry the selected turn"),
+        Binding("R", "reroute", "Reroute", id="reroute",
+                tooltip="Re-run the selected turn on another target"),
+        Binding("F", "follow", "Follow", id="follow", tooltip="Follow the newest turn (toggle)"),
+        Binding("f", "filter", "Filter", id="filter",
+                tooltip="Filter: stalled, repaired, retried, failed, a session, a model"),
+        Binding("slash", "search", "Search", id="search", tooltip="Search turns"),
+        Binding("e", "export_turn", "Export", id="export-turn",
+                tooltip="Write the selected turn to a JSON file"),
+        Binding("E", "export_session", "Export session", id="export-session",
+                tooltip="Write the selected turn's session to a JSON file"),
+        Binding("c", "copy_url", "Copy URL", id="copy-url",
+                tooltip="Copy the proxy's /v1 URL to the clipboard"),
+        Binding("t", "next_theme", "Theme", id="theme", tooltip="Switch to the next theme"),
+        Binding("o", "older", "Older", id="older",
+                tooltip="Load older turns from the journal"),
+        Binding("escape", "clear", "Clear", id="clear", show=False,
+                tooltip="Clear the search and filters"),
+        Binding("question_mark", "help", "Help", id="help", tooltip="Keys and legend"),
+        Binding("q", "quit", "Quit", id="quit", tooltip="Quit (stops the proxy)"),
+    ]
+
+    def __init__(self, source: TurnSource, *, theme: str | None = None,
+                 themes_dir: Path | None = None, keymap_path: Path | None = None,
+                 export_dir: Path | None = None, clock: Callable[[], float] = time.time,
+                 refresh_rate: float = REFRESH_RATE, max_turns: int = 500, banner: str = "",
+                 follow: bool = True) -> None:
+        super().__init__()
+        self.source = source
+        self.clock = clock
+        self.refresh_rate = refresh_rate
+        self.banner = banner
+        self.follow = follow
+        self.export_dir = export_dir or Path.cwd()
+        self.keymap_path = keymap_path or default_keymap_path()
+        self.themes_dir = themes_dir or user_themes_dir()
+        self.model = DashboardModel(max_turns=max_turns, stall_after=source.stall_after)
+        self.filter = TurnFilter()
+        self.selected_id: str | None = None
+        self.connected = True
+        self.keymap: dict[str, str] = {}
+        self.notices: list[str] = []
+        self._cursor_target: str | None = None
+        self._pending_select: str | None = None
+        self._loading: set[str] = set()
+        self._body_at = 0.0
+        self._body_id: str | None = None
+        self._body_pending = False
+        self.palette: Palette | None = None
+        self._widgets: tuple[TurnTable, StatusLine, TurnDetail, SessionList] | None = None
+        self._sessions_at = 0.0
+        self._sessions_pending = False
+
+        found = load_themes(BUILTIN_THEMES_DIR, self.themes_dir)
+        for item in found.themes.values():
+            self.register_theme(item)
+        self.theme_names = list(found.themes)
+        self.notices.extend(f"theme ignored: {problem}" for problem in found.problems)
+        wanted = theme or DEFAULT_THEME
+        if wanted not in self.available_themes:
+            fallback = DEFAULT_THEME if DEFAULT_THEME in self.available_themes else "textual-dark"
+            names = ", ".join(self.theme_names or sorted(self.available_themes))
+            self.notices.append(f"theme {wanted!r} not found (available: {names}); using {fallback}")
+            wanted = fallback
+        self.theme = wanted
+
+    # -- layout --------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield StatusLine(id="status")
+        with Horizontal(id="body"):
+            yield SessionList(id="sessions")
+            with Vertical(id="main"):
+                yield TurnTable(id="turns")
+                yield TurnDetail(id="detail")
+        yield Input(placeholder="search: id, session, model, target, tool, text…  (enter: keep, "
+                                "escape: clear)", id="search")
+        yield Footer()
+
+    @property
+    def table(self) -> TurnTable:
+        return self._widgets[0] if self._widgets is not None else self.query_one("#turns", TurnTable)
+
+    def _live_ui(self) -> bool:
+        """Mounted and not shutting down (events can still arrive while the app exits)."""
+        return self.palette is not None and self._widgets is not None \
+            and self._widgets[0].is_attached
+
+    async def on_mount(self) -> None:
+        self._widgets = (self.table, self.query_one(StatusLine), self.query_one(TurnDetail),
+                         self.query_one(SessionList))
+        self.palette = Palette.from_app(self)
+        self.theme_changed_signal.subscribe(self, self._theme_changed)
+        ids = {b.id for b in self._bindings_with_ids()}
+        keymap, problems = load_keymap(self.keymap_path, ids)
+        self.notices.extend(problems)
+        if keymap:
+            self.keymap = keymap
+            self.set_keymap(keymap)
+        for notice in self.notices:
+            self._notify(notice, severity="warning", timeout=12)
+        for turn in self.source.recent(self.model.max_turns):
+            self.model.add(turn, full=bool(turn.request))
+        await self.source.start()
+        self.source.connect(self, 1.0 / self.refresh_rate)
+        self.set_interval(1.0, self._tick)
+        self.table.focus()
+        self.redraw(force=True)
+
+    def _bindings_with_ids(self) -> list[Binding]:
+        return [b for b in Binding.make_bindings(self.BINDINGS) if b.id]
+
+    def _theme_changed(self, _theme: object) -> None:
+        self.palette = Palette.from_app(self)
+        self.redraw(force=True)
+
+    # -- drawing ----------------------------------------------------------------------------
+
+    def redraw(self, *, force: bool = False) -> None:
+        if not self._live_ui():
+            return  # not mounted yet, or shutting down
+        assert self._widgets is not None and self.palette is not None
+        table, _, _, sessions = self._widgets
+        now = self.clock()
+        palette, model = self.palette, self.model
+        changed, _structure, sessions_changed = model.take_changes()
+        visible = model.visible(self.filter, now)
+        table.sync(visible, changed, now, model.stall_after, palette, force=force)
+        if self._pending_select and self._pending_select in table.ids:
+            self._select(self._pending_select)
+            self._pending_select = None
+        elif self.follow and table.ids:
+            if self.selected_id != table.ids[-1] or table.selected_id != table.ids[-1]:
+                self._select(table.ids[-1], immediate=False)
+        elif self.selected_id in table.ids and table.selected_id != self.selected_id:
+            self._select(self.selected_id)
+        elif self.selected_id is None and table.ids:
+            self._select(table.selected_id or table.ids[0])
+        moment = time.monotonic()
+        self._sessions_pending |= sessions_changed
+        if force or (self._sessions_pending and moment - self._sessions_at >= DETAIL_INTERVAL):
+            sessions.sync(model.sessions, len(model), palette, force=force)
+            self._sessions_pending, self._sessions_at = False, moment
+        self._draw_status(now)
+        self._draw_detail(now, force=force or self._body_pending or self.selected_id in changed)
+
+    def _draw_status(self, now: float) -> None:
+        if not self._live_ui():
+            return
+        assert self._widgets is not None and self.palette is not None
+        live = self.model.live()
+        stalled = sum(1 for e in live if e.pulse.stalled(now, self.model.stall_after))
+        unhealthy = [t for t, (ok, _, _) in self.model.upstream_health.items() if not ok]
+        info = StatusInfo(base_url=self.source.base_url, source=self.source.describe(),
+                          live=len(live), stalled=stalled, turns=len(self.model), follow=self.follow,
+                          filter=self.filter.describe(), connected=self.connected,
+                          banner=self.banner, unhealthy=unhealthy)
+        self._widgets[1].update(status_text(info, self.palette))
+
+    def _draw_detail(self, now: float, *, force: bool, immediate: bool = False) -> None:
+        """The heartbeat bar on every redraw; the tab's body (a whole conversation, maybe)
+        when the turn changed, at most every `DETAIL_INTERVAL` unless the user asked."""
+        if not self._live_ui():
+            return
+        assert self._widgets is not None and self.palette is not None
+        detail = self._widgets[2]
+        entry = self.model.get(self.selected_id) if self.selected_id else None
+        detail.show_heartbeat(entry, now, self.model.stall_after, self.palette)
+        moment = time.monotonic()
+        if not (force or self._body_id != self.selected_id):
+            return
+        if not immediate and moment - self._body_at < DETAIL_INTERVAL:
+            self._body_pending = True  # a later redraw (the 1 s tick at the latest) catches up
+            return
+        self._body_pending = False
+        self._body_id, self._body_at = self.selected_id, moment
+        if entry is not None and not entry.full:
+            self._load(entry.turn.id)  # the conversation comes from the journal or the API
+        following = self.model.next_in_session(entry.turn) if entry is not None else None
+        next_entry = self.model.get(following.id) if following is not None else None
+        next_request = following.request if next_entry is not None and next_entry.full else None
+        detail.show_body(entry, next_request, self.palette, self.source.redact)
+
+    def _tick(self) -> None:
+        self.model.tick()
+        self.redraw()
+
+    # -- selection --------------------------------------------------------------------------------
+
+    def select_turn(self, turn_id: str) -> bool:
+        """Show `turn_id` (stops following the newest turn). False if it is not listed."""
+        if turn_id not in self.table.ids:
+            return False
+        self.follow = False
+        self._select(turn_id)
+        self._draw_status(self.clock())
+        return True
+
+    def _select(self, turn_id: str, *, immediate: bool = True) -> None:
+        table = self.table
+        if table.selected_id != turn_id:
+            self._cursor_target = turn_id
+            table.select(turn_id)
+        self._set_selected(turn_id, immediate=immediate)
+
+    def _set_selected(self, turn_id: str, *, immediate: bool = True) -> None:
+        if turn_id == self.selected_id:
+            return
+        self.selected_id = turn_id
+        if self.palette is not None:
+            self._draw_detail(self.clock(), force=True, immediate=immediate)
+
+    def _load(self, turn_id: str) -> None:
+        if turn_id not in self._loading:
+            self._loading.add(turn_id)
+            self.run_worker(self._load_turn(turn_id), group="load", exit_on_error=False)
+
+    @on(TurnTable.RowHighlighted, "#turns")
+    def _row_highlighted(self, message: TurnTable.RowHighlighted) -> None:
+        table = self.table
+        if message.cursor_row != table.cursor_row or message.turn_id != table.selected_id:
+            return  # stale: the cursor moved on since
+        key = message.turn_id
+        if key == self._cursor_target:
+            self._cursor_target = None
+            return  # our own move: already selected
+        if self.follow and table.ids and key != table.ids[-1]:
+            self.follow = False  # the user moved away from the newest turn
+            self._draw_status(self.clock())
+        self._set_selected(key)
+
+    @on(TabbedContent.TabActivated)
+    def _tab_activated(self) -> None:
+        if self.palette is not None:
+            self._draw_detail(self.clock(), force=True, immediate=True)
+
+    @on(OptionList.OptionSelected, "#sessions")
+    def _session_chosen(self, message: OptionList.OptionSelected) -> None:
+        session = None if message.option.id in (None, ALL) else message.option.id
+        self._set_filter(TurnFilter(self.filter.state, session, self.filter.model, self.filter.search))
+        if session is not None:
+            self.run_worker(self._load_older(session), group="load", exit_on_error=False)
+        self.table.focus()
+
+    def _set_filter(self, flt: TurnFilter) -> None:
+        self.filter = flt
+        self.redraw()
+
+    # -- source messages -------------------------------------------------------------------------------
+
+    @on(EventsReady)
+    def _events_ready(self) -> None:
+        batch = self.source.drain()
+        if batch.resync:
+            self.model.resync(self.source.recent(self.model.max_turns))
+        self.model.apply(batch, self.source.turn, self.clock())
+        self.redraw()
+
+    @on(SourceStatus)
+    def _source_status(self, message: SourceStatus) -> None:
+        if message.connected != self.connected:
+            self._notify(message.detail or ("connected" if message.connected else "disconnected"),
+                        severity="information" if message.connected else "warning")
+        self.connected = message.connected
+        self._draw_status(self.clock())
+
+    @on(TurnLoaded)
+    def _turn_loaded(self, message: TurnLoaded) -> None:
+        self._loading.discard(message.turn.id)
+        if message.turn.id in self.model.entries:
+            self.model.add(message.turn, full=True)
+        self.redraw()
+        if message.turn.id == self.selected_id:
+            self._draw_detail(self.clock(), force=True, immediate=True)
+
+    @on(OlderLoaded)
+    def _older_loaded(self, message: OlderLoaded) -> None:
+        added = self.model.add_older(message.turns)
+        self._notify(f"{added} older turn(s) from the journal" if added else "no older turns")
+        self.redraw()
+
+    @on(TurnActionDone)
+    def _action_done(self, message: TurnActionDone) -> None:
+        how = f"rerouted to {message.target}" if message.action == "reroute" else "retried"
+        where = ("restarted in place" if message.turn_id == message.source_turn
+                 else f"as {message.turn_id}")
+        self._notify(f"{message.source_turn} {how}: {where}")
+        self.follow = False
+        self._pending_select = message.turn_id
+        self.redraw()
+
+    @on(ActionFailed)
+    def _action_failed(self, message: ActionFailed) -> None:
+        self._notify(f"{message.action} failed: {message.error}", severity="error", timeout=8)
+
+    @on(TargetsLoaded)
+    def _targets_loaded(self, message: TargetsLoaded) -> None:
+        entry = self.model.get(message.turn_id)
+        current = entry.turn.target if entry is not None else None
+        if not message.targets:
+            self._notify("no targets to reroute to", severity="warning")
+            return
+        choices = [(t, f"{t}  (current)" if t == current else t) for t in message.targets]
+        turn_id = message.turn_id
+
+        def chosen(target: str | None) -> None:
+            if target:
+                self.run_worker(self._reroute(turn_id, target), group="actions",
+                                exit_on_error=False)
+
+        self.push_screen(PickerScreen(f"Reroute {turn_id} to:", choices, highlight=current,
+                                      picker_id="reroute-picker"), chosen)
+
+    @on(Exported)
+    def _exported(self, message: Exported) -> None:
+        self._notify(f"{message.what} written to {message.path}")
+
+    # -- workers (post messages, never touch widgets) ---------------------------------------------------
+
+    async def _load_turn(self, turn_id: str) -> None:
+        try:
+            turn = await self.source.load_turn(turn_id)
+        except Exception as exc:  # noqa: BLE001 - shown, not fatal
+            self.post_message(ActionFailed("load", f"{turn_id}: {exc}"))
+            return
+        if turn is not None:
+            self.post_message(TurnLoaded(turn))
+
+    async def _load_older(self, session: str | None) -> None:
+        try:
+            turns = await self.source.older(set(self.model.entries), OLDER_PAGE, session)
+        except Exception as exc:  # noqa: BLE001
+            self.post_message(ActionFailed("older", str(exc)))
+            return
+        self.post_message(OlderLoaded(turns))
+
+    async def _retry(self, turn_id: str) -> None:
+        try:
+            new_id = await self.source.retry(turn_id)
+        except (SourceError, Exception) as exc:  # noqa: BLE001
+            self.post_message(ActionFailed("retry", str(exc)))
+            return
+        self.post_message(TurnActionDone("retry", turn_id, new_id))
+
+    async def _targets(self, turn_id: str) -> None:
+        try:
+            targets = await self.source.targets_for(turn_id)
+        except Exception as exc:  # noqa: BLE001
+            self.post_message(ActionFailed("reroute", str(exc)))
+            return
+        self.post_message(TargetsLoaded(turn_id, targets))
+
+    async def _reroute(self, turn_id: str, target: str) -> None:
+        try:
+            new_id = await self.source.reroute(turn_id, target)
+        except Exception as exc:  # noqa: BLE001
+            self.post_message(ActionFailed("reroute", str(exc)))
+            return
+        self.post_message(TurnActionDone("reroute", turn_id, new_id, target))
+
+    async def _export(self, what: str, key: str) -> None:
+        try:
+            if what == "turn":
+                turn = await self.source.load_turn(key)
+                if turn is None:
+                    raise SourceError(f"no turn {key!r}")
+                data: dict[str, Any] = turn.to_dict()
+                name = f"switchboard-{key}.json"
+            else:
+                data = await self.source.session_export(key)
+                name = f"switchboard-session-{_safe(key)}.json"
+            path = self.export_dir / name
+            text = self.source.redact(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+            path.write_text(text + "\n", encoding="utf-8")
+        except Exception as exc:  # noqa: BLE001
+            self.post_message(ActionFailed("export", str(exc)))
+            return
+        self.post_message(Exported(what, str(path)))
+
+    # -- actions ----------------------------------------------------------------------------------------
+
+    def _require_selection(self) -> str | None:
+        if self.selected_id is None:
+            self._notify("no turn selected", severity="warning")
+        return self.selected_id
+
+    def action_retry(self) -> None:
+        turn_id = self._require_selection()
+        if turn_id:
+            self.run_worker(self._retry(turn_id), group="actions", exit_on_error=False)
+
+    def action_reroute(self) -> None:
+        turn_id = self._require_selection()
+        if turn_id:
+            self.run_worker(self._targets(turn_id), group="actions", exit_on_error=False)
+
+    def action_follow(self) -> None:
+        self.follow = not self.follow
+        self._notify("following the newest turn" if self.follow else "follow off", timeout=2)
+        self.redraw()
+
+    def action_filter(self) -> None:
+        choices = [(f"state:{s}", FILTER_LABELS[s]) for s in FILTER_STATES]
+        entry = self.model.get(self.selected_id) if self.selected_id else None
+        if entry is not None:
+            choices.append((f"session:{entry.turn.session_id}",
+                            f"Session {entry.turn.session_id} (the selected turn's)"))
+        choices += [(f"model:{m}", f"Model {m}") for m in self.model.models()]
+        choices.append(("clear", "Clear all filters"))
+        self.push_screen(PickerScreen("Show:", choices, highlight=f"state:{self.filter.state}",
+                                      picker_id="filter-picker"), self._filter_chosen)
+
+    def _filter_chosen(self, choice: str | None) -> None:
+        if not choice:
+            return
+        f = self.filter
+        kind, _, value = choice.partition(":")
+        if kind == "state":
+            self._set_filter(TurnFilter(value, f.session, f.model, f.search))
+        elif kind == "session":
+            self._set_filter(TurnFilter(f.state, value, f.model, f.search))
+        elif kind == "model":
+            self._set_filter(TurnFilter(f.state, f.session, value, f.search))
+        else:
+            self._set_filter(TurnFilter())
+
+    def action_search(self) -> None:
+        search = self.query_one("#search", Input)
+        search.add_class("-visible")
+        search.value = self.filter.search
+        search.focus()
+
+    @on(Input.Changed, "#search")
+    def _search_changed(self, message: Input.Changed) -> None:
+        f = self.filter
+        self._set_filter(TurnFilter(f.state, f.session, f.model, message.value.strip()))
+
+    @on(Input.Submitted, "#search")
+    def _search_submitted(self) -> None:
+        self.query_one("#search", Input).remove_class("-visible")
+        self.table.focus()
+
+    def action_clear(self) -> None:
+        search = self.query_one("#search", Input)
+        search.remove_class("-visible")
+        search.value = ""
+        self._set_filter(TurnFilter())
+        self.table.focus()
+
+    def action_export_turn(self) -> None:
+        turn_id = self._require_selection()
+        if turn_id:
+            self.run_worker(self._export("turn", turn_id), group="actions", exit_on_error=False)
+
+    def action_export_session(self) -> None:
+        turn_id = self._require_selection()
+        entry = self.model.get(turn_id) if turn_id else None
+        if entry is not None:
+            self.run_worker(self._export("session", entry.turn.session_id), group="actions",
+                            exit_on_error=False)
+
+    def action_copy_url(self) -> None:
+        url = f"{self.source.base_url}/v1"
+        self.copy_to_clipboard(url)
+        self._notify(f"copied {url}", timeout=3)
+
+    def action_next_theme(self) -> None:
+        names = self.theme_names or sorted(self.available_themes)
+        index = names.index(self.theme) if self.theme in names else -1
+        self.theme = names[(index + 1) % len(names)]
+        self._notify(f"theme: {self.theme}", timeout=2)
+
+    def action_older(self) -> None:
+        self.run_worker(self._load_older(self.filter.session), group="load", exit_on_error=False)
+
+    def action_help(self) -> None:
+        assert self.palette is not None
+        keys = []
+        for binding in self._bindings_with_ids():
+            assert binding.id is not None
+            shown = self.keymap.get(binding.id, binding.key)
+            display = " ".join(self.get_key_display(Binding(k, binding.action))
+                               for k in shown.split(","))
+            keys.append((display, binding.id, binding.tooltip or binding.description))
+        notes = [
+            f"Keymap: {self.keymap_path} (binding id = \"keys\", e.g. retry = \"ctrl+r\").",
+            f"Themes: {', '.join(self.theme_names)}; your own in {self.themes_dir}/*.toml; "
+            "start with --theme NAME.",
+            f"Exports go to {self.export_dir}.",
+            "Attempt column: #n and why (retry, reroute); * marks a retry or reroute by hand.",
+            f"Stalled: a live stream silent for {self.model.stall_after.describe()} (half the "
+            "watchdog's limit); the watchdog retries it on its own before any output reached "
+            "the client, and r retries it now.",
+        ]
+        colours = {"primary": self.palette.primary, "muted": self.palette.muted,
+                   "success": self.palette.ok, "warning": self.palette.warn,
+                   "error": self.palette.error, "accent": self.palette.accent}
+        self.push_screen(HelpScreen(keys, notes, colours))
+
+    async def action_quit(self) -> None:
+        self.exit(0)
+
+    def _notify(self, message: str, *, severity: str = "information", timeout: float = 5) -> None:
+        """A notification; never markup (paths, errors and ids may contain brackets)."""
+        self.notify(message, severity=severity, timeout=timeout, markup=False)  # type: ignore[arg-type]
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:80]
+
+
+def visible_state(app: SwitchboardApp, turn_id: str) -> str | None:
+    """The state a turn's row shows (for tests and scripts)."""
+    entry = app.model.get(turn_id)
+    return None if entry is None else turn_state(entry, app.clock(), app.model.stall_after)

@@ -1,0 +1,1 @@
+"""The dashboard's widgets: status line, sessions, turn table, turn detail, screens."""

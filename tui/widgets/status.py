@@ -1,0 +1,62 @@
+"""The status line: where the proxy listens, how to point opencode at it, what is shown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rich.text import Text
+from textual.widgets import Static
+
+from .palette import Palette
+
+
+@dataclass
+class StatusInfo:
+    base_url: str
+    source: str = ""
+    live: int = 0
+    stalled: int = 0
+    turns: int = 0
+    follow: bool = True
+    filter: str = ""
+    connected: bool = True
+    banner: str = ""
+    unhealthy: list[str] = field(default_factory=list)
+
+
+def status_text(info: StatusInfo, p: Palette) -> Text:
+    """Two lines: address and counts; then the opencode hint and the source."""
+    url = f"{info.base_url}/v1"
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(" switchboard ", style=f"bold reverse {p.primary}")
+    text.append(" ")
+    if info.connected:
+        text.append(url, style=f"bold {p.text}")
+    else:
+        text.append(f"{url} (disconnected)", style=f"bold {p.error}")
+    text.append("  │ ", style=p.muted)
+    text.append(f"{info.live} live", style=p.primary if info.live else p.muted)
+    if info.stalled:
+        text.append(f" · {info.stalled} stalled", style=f"bold {p.error}")
+    text.append(f" · {info.turns} turns", style=p.muted)
+    if info.follow:
+        text.append("  FOLLOW", style=f"bold {p.ok}")
+    if info.filter:
+        text.append(f"  filter: {info.filter}", style=f"bold {p.warn}")
+    for target in info.unhealthy:
+        text.append(f"  ⚠ {target} unhealthy", style=p.warn)
+    if info.banner:
+        text.append(f"  │ {info.banner}", style=p.accent)
+    text.append("\n")
+    text.append(" opencode: ", style=p.muted)
+    text.append(f'"baseURL": "{url}"', style=p.secondary)
+    text.append("  (switchboard opencode-config prints the provider block)", style=p.muted)
+    if info.source:
+        text.append(f"  │ {info.source}", style=p.muted)
+    return text
+
+
+class StatusLine(Static):
+    DEFAULT_CSS = """
+    StatusLine { height: 2; width: 1fr; background: $panel; text-wrap: nowrap; text-overflow: ellipsis; }
+    """
