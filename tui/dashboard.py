@@ -9,7 +9,9 @@ belongs to the dashboard).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,12 +60,16 @@ async def run_local(config: Config, *, host: str | None, port: int | None, theme
     source = LocalSource(proxy)
     agent = DemoAgent(proxy.base_url) if demo else None
     app = SwitchboardApp(source, theme=theme, banner=banner)
+    loop = asyncio.get_running_loop()
     with log_to_file(proxy, config.proxy.journal.parent / "switchboard.log"):
         try:
             if agent is not None:
                 agent.start()
+            # SIGTERM (a service manager, `kill`) quits like `q`: the proxy stops cleanly.
+            loop.add_signal_handler(signal.SIGTERM, app.exit)
             result = await app.run_async()
         finally:
+            loop.remove_signal_handler(signal.SIGTERM)
             if agent is not None:
                 await agent.stop()
             await source.stop()
