@@ -1,16 +1,20 @@
 """What does Switchboard add to a streaming chat completion?
 
-Runs three processes: a fake OpenAI-compatible upstream, the proxy (journal
-on, as a user runs it) and this client. Every scenario is run both directly
-against the fake and through the proxy, interleaved, in the same run, and
-reported as a ratio: on a noisy machine the absolute numbers mean little,
-the direct/proxy comparison does.
+Three processes: a fake OpenAI-compatible upstream, the proxy (journal on,
+as a user runs it) and this client. Every scenario runs directly against
+the fake and through the proxy — once with repairs off (`repairs = "none"`)
+and once with the Kimi repairs on (`repairs = "kimi"`: the leak parser reads
+every delta) — interleaved, in the same run, and is reported as a ratio or
+a difference to the direct connection. On a noisy machine the absolute
+numbers mean little; the same-run comparison does.
 
-    .venv/bin/python bench/bench_relay.py            # full run, ~1 min
-    .venv/bin/python bench/bench_relay.py --quick    # smoke run, ~15 s
+    .venv/bin/python bench/bench_relay.py            # full run, ~2 min
+    .venv/bin/python bench/bench_relay.py --quick    # smoke run, ~30 s
     .venv/bin/python bench/bench_relay.py --profile cprofile   # + proxy hot spots
 
-See bench/README.md for how to read the output.
+Scenarios: added time to first byte (p50, p99), added total time of a
+50-chunk stream, chunks/s with 16 and with 128 concurrent streams, one long
+stream, and the proxy's memory per open stream. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
+import aiohttp  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # The fake upstream (runs in its own process)
@@ -42,7 +47,14 @@ import httpx  # noqa: E402
 #: Text deltas of 20 bytes each, like the few tokens a real model sends per chunk.
 _FRAGMENTS = [" the quick brown fox", " jumps over the lazy", " dog; then it sleeps",
               " until the sun rises", " again over the hill"]
-_MODEL_RE = re.compile(r"bench-c(\d+)-d(\d+)")
+#: The reply is encoded in the model name: chunks, delay before the first (ms),
+#: and optionally how long to hold the stream open after the first chunk (ms).
+_MODEL_RE = re.compile(r"bench-c(\d+)-d(\d+)(?:-h(\d+))?")
+
+
+def bench_model(chunks: int, delay_ms: int = 0, hold_ms: int = 0, *, repairs: bool = False) -> str:
+    name = f"bench-c{chunks}-d{delay_ms}" + (f"-h{hold_ms}" if hold_ms else "")
+    return "rep-" + name if repairs else name
 
 
 def _sse(payload: dict) -> bytes:
@@ -75,10 +87,10 @@ def _upstream_main(ready: mp.Queue, stop: mp.Event) -> None:
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         model = body["model"]
-        m = _MODEL_RE.fullmatch(model)
+        m = _MODEL_RE.search(model)
         if m is None:
             return web.json_response({"error": {"message": f"bad bench model {model!r}"}}, status=400)
-        chunks, delay_ms = int(m.group(1)), int(m.group(2))
+        chunks, delay_ms, hold_ms = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
         lines = cache.get(model)
         if lines is None:
             lines = cache[model] = _stream_lines(model, chunks)
@@ -87,8 +99,10 @@ def _upstream_main(ready: mp.Queue, stop: mp.Event) -> None:
         await response.prepare(request)
         if delay_ms:
             await asyncio.sleep(delay_ms / 1000)
-        for line in lines:  # one write per event, as a real server flushes per token
+        for i, line in enumerate(lines):  # one write per event, as a real server flushes per token
             await response.write(line)
+            if hold_ms and i == 1:
+                await asyncio.sleep(hold_ms / 1000)
         return response
 
     async def main() -> None:
@@ -96,7 +110,7 @@ def _upstream_main(ready: mp.Queue, stop: mp.Event) -> None:
         app.router.add_post("/v1/chat/completions", chat)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
         await site.start()
         ready.put(("ok", site._server.sockets[0].getsockname()[1]))  # type: ignore[union-attr]
         await asyncio.get_running_loop().run_in_executor(None, stop.wait)
@@ -112,15 +126,9 @@ def _upstream_main(ready: mp.Queue, stop: mp.Event) -> None:
 # The proxy (runs in its own process)
 # ---------------------------------------------------------------------------
 
-def _proxy_main(ready: mp.Queue, stop: mp.Event, upstream_url: str, journal: str,
-                profile: str | None, profile_out: str) -> None:
-    import logging
-
-    logging.basicConfig(level=logging.WARNING)
-    from proxy_core.app import SwitchboardProxy
-    from proxy_core.config import parse_config
-
-    config = parse_config(f"""
+def proxy_config(upstream_url: str, journal: str) -> str:
+    """The proxy's config: `rep-*` models with the Kimi repairs, everything else relayed as is."""
+    return f"""
 [proxy]
 journal = {json.dumps(journal)}
 
@@ -129,9 +137,26 @@ kind = "openai"
 base_url = {json.dumps(upstream_url)}
 
 [[routes]]
+model = "rep-*"
+targets = ["fake"]
+repairs = "kimi"
+
+[[routes]]
 model = "*"
 targets = ["fake"]
-""", "<bench>")
+repairs = "none"
+"""
+
+
+def _proxy_main(ready: mp.Queue, stop: mp.Event, upstream_url: str, journal: str,
+                profile: str | None, profile_out: str) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    from proxy_core.app import SwitchboardProxy
+    from proxy_core.config import parse_config
+
+    config = parse_config(proxy_config(upstream_url, journal), "<bench>")
 
     async def main() -> None:
         proxy = SwitchboardProxy(config, host="127.0.0.1", port=0, journal=True)
@@ -162,124 +187,6 @@ targets = ["fake"]
             Path(profile_out).write_text(profiler.output_text(unicode=False, color=False))
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process (Linux /proc), or None elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-# ---------------------------------------------------------------------------
-# The client (this process)
-# ---------------------------------------------------------------------------
-
-_CONTENT = re.compile(rb'"content":"[^"]')
-
-
-@dataclass
-class Run:
-    ttfb: float
-    total: float
-    chunks: int
-    nbytes: int
-
-
-#: Earlier conversation sent with every request (`--request-kb`); agents send large contexts.
-_HISTORY: list[dict] = []
-
-
-def set_history(kb: int) -> None:
-    _HISTORY.clear()
-    for i in range(kb // 2):  # 2 KB messages, alternating roles
-        _HISTORY.append({"role": "assistant" if i % 2 else "user",
-                         "content": f"message {i}: " + "lorem ipsum " * 170})
-
-
-async def one_stream(client: httpx.AsyncClient, base: str, chunks: int, delay_ms: int) -> Run:
-    body = {"model": f"bench-c{chunks}-d{delay_ms}", "stream": True,
-            "messages": [*_HISTORY, {"role": "user", "content": "write a long story"}]}
-    pieces: list[bytes] = []
-    ttfb = None
-    tail = b""
-    t0 = time.perf_counter()
-    async with client.stream("POST", f"{base}/v1/chat/completions", json=body) as response:
-        if response.status_code != 200:
-            raise RuntimeError(f"{base}: HTTP {response.status_code}: {(await response.aread())[:300]!r}")
-        async for piece in response.aiter_raw():
-            pieces.append(piece)
-            if ttfb is None:
-                if _CONTENT.search(tail + piece):
-                    ttfb = time.perf_counter() - t0
-                tail = piece[-16:]
-    total = time.perf_counter() - t0
-    raw = b"".join(pieces)
-    got = len(_CONTENT.findall(raw))
-    if got != chunks or not raw.rstrip().endswith(b"data: [DONE]") or ttfb is None:
-        raise RuntimeError(f"{base}: expected {chunks} content deltas and [DONE], got {got}: "
-                           f"{raw[-300:]!r}")
-    return Run(ttfb, total, got, len(raw))
-
-
-async def concurrent_streams(client: httpx.AsyncClient, base: str, streams: int,
-                             chunks: int) -> Run:
-    t0 = time.perf_counter()
-    runs = await asyncio.gather(*(one_stream(client, base, chunks, 0) for _ in range(streams)))
-    wall = time.perf_counter() - t0
-    return Run(statistics.median(r.ttfb for r in runs), wall,
-               sum(r.chunks for r in runs), sum(r.nbytes for r in runs))
-
-
-@dataclass
-class Pair:
-    direct: list[Run] = field(default_factory=list)
-    proxy: list[Run] = field(default_factory=list)
-
-
-async def interleaved(reps: int, direct, proxy) -> Pair:  # type: ignore[no-untyped-def]
-    """Run `reps` direct/proxy pairs, alternating which goes first."""
-    pair = Pair()
-    for i in range(reps):
-        order = [("direct", direct), ("proxy", proxy)]
-        if i % 2:
-            order.reverse()
-        for name, fn in order:
-            getattr(pair, name).append(await fn())
-    return pair
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    if len(s) == 1:
-        return s[0]
-    k = (len(s) - 1) * q
-    lo, hi = math.floor(k), math.ceil(k)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-# ---------------------------------------------------------------------------
-# Orchestration and report
-# ---------------------------------------------------------------------------
-
-@dataclass
-class Plan:
-    ttfb_reps: int
-    ttfb_chunks: int
-    long_reps: int
-    long_chunks: int
-    conc_reps: int
-    conc_streams: int
-    conc_chunks: int
-    warmup: int
-
-
-FULL = Plan(ttfb_reps=120, ttfb_chunks=10, long_reps=30, long_chunks=5000,
-            conc_reps=12, conc_streams=8, conc_chunks=1000, warmup=3)
-QUICK = Plan(ttfb_reps=30, ttfb_chunks=10, long_reps=6, long_chunks=5000,
-             conc_reps=3, conc_streams=8, conc_chunks=1000, warmup=1)
-
-
 def start_child(ctx, target, *args):  # type: ignore[no-untyped-def]
     ready, stop = ctx.Queue(), ctx.Event()
     proc = ctx.Process(target=target, args=(ready, stop, *args), daemon=True)
@@ -298,128 +205,365 @@ def stop_child(proc, stop) -> None:  # type: ignore[no-untyped-def]
         proc.join(timeout=5)
 
 
-def fmt_ms(seconds: float) -> str:
-    return f"{seconds * 1000:.2f} ms"
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (Linux /proc), or None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
-def fmt_rate(value: float, unit: str) -> str:
-    if unit == "chunks/s":
-        return f"{value / 1000:,.1f}k ch/s"
-    return f"{value:,.2f} MB/s"
+def rss_bytes(pid: int, field_name: str = "VmRSS") -> int | None:
+    """Resident memory of a process (Linux /proc); `VmHWM` gives the peak."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
-async def run_bench(plan: Plan, delay_ms: int, direct: str, proxy: str,
-                    upstream_pid: int, proxy_pid: int) -> dict:
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(60.0), limits=limits) as client:
+# ---------------------------------------------------------------------------
+# The client (this process)
+# ---------------------------------------------------------------------------
+
+_CONTENT = re.compile(rb'"content":"[^"]')
+
+
+@dataclass
+class Run:
+    ttfb: float
+    total: float
+    chunks: int
+    nbytes: int
+    cpu: float = 0.0  # proxy CPU seconds spent during this run (proxy targets only)
+
+
+#: Earlier conversation sent with every request (`--request-kb`); agents send large contexts.
+_HISTORY: list[dict] = []
+
+
+def set_history(kb: int) -> None:
+    _HISTORY.clear()
+    for i in range(kb // 2):  # 2 KB messages, alternating roles
+        _HISTORY.append({"role": "assistant" if i % 2 else "user",
+                         "content": f"message {i}: " + "lorem ipsum " * 170})
+
+
+async def one_stream(session: aiohttp.ClientSession, base: str, model: str, chunks: int,
+                     first: asyncio.Event | None = None) -> Run:
+    """One streamed completion, checked: every content delta and `[DONE]` arrived."""
+    body = json.dumps({"model": model, "stream": True,
+                       "messages": [*_HISTORY, {"role": "user", "content": "write a long story"}]})
+    pieces: list[bytes] = []
+    ttfb = None
+    tail = b""
+    t0 = time.perf_counter()
+    async with session.post(f"{base}/v1/chat/completions", data=body,
+                            headers={"Content-Type": "application/json"}) as response:
+        if response.status != 200:
+            raise RuntimeError(f"{base}: HTTP {response.status}: {(await response.read())[:300]!r}")
+        async for piece in response.content.iter_any():
+            pieces.append(piece)
+            if ttfb is None:
+                if _CONTENT.search(tail + piece):
+                    ttfb = time.perf_counter() - t0
+                    if first is not None:
+                        first.set()
+                tail = piece[-16:]
+    total = time.perf_counter() - t0
+    raw = b"".join(pieces)
+    got = len(_CONTENT.findall(raw))
+    if got != chunks or not raw.rstrip().endswith(b"data: [DONE]") or ttfb is None:
+        raise RuntimeError(f"{base} {model}: expected {chunks} content deltas and [DONE], "
+                           f"got {got}: {raw[-300:]!r}")
+    return Run(ttfb, total, got, len(raw))
+
+
+async def concurrent_streams(session: aiohttp.ClientSession, base: str, model: str,
+                             streams: int, chunks: int) -> Run:
+    t0 = time.perf_counter()
+    runs = await asyncio.gather(*(one_stream(session, base, model, chunks) for _ in range(streams)))
+    wall = time.perf_counter() - t0
+    return Run(statistics.median(r.ttfb for r in runs), wall,
+               sum(r.chunks for r in runs), sum(r.nbytes for r in runs))
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str      # "direct" | "proxy" | "repairs"
+    base: str
+    repairs: bool
+    pid: int | None  # the proxy's pid, for CPU accounting
+
+    def model(self, chunks: int, delay_ms: int = 0, hold_ms: int = 0) -> str:
+        return bench_model(chunks, delay_ms, hold_ms, repairs=self.repairs)
+
+
+async def interleaved(reps: int, targets: list[Target],
+                      make: Callable[[Target], Awaitable[Run]]) -> dict[str, list[Run]]:
+    """Run each target `reps` times, rotating which goes first, charging proxy CPU per run."""
+    runs: dict[str, list[Run]] = {t.name: [] for t in targets}
+    for i in range(reps):
+        shift = i % len(targets)
+        for target in targets[shift:] + targets[:shift]:
+            before = cpu_seconds(target.pid) if target.pid else None
+            run = await make(target)
+            if before is not None:
+                after = cpu_seconds(target.pid)  # type: ignore[arg-type]
+                run.cpu = (after or before) - before
+            runs[target.name].append(run)
+    return runs
+
+
+async def held_streams_memory(session: aiohttp.ClientSession, targets: list[Target], count: int,
+                              proxy_pid: int, hold_ms: int) -> dict[str, float]:
+    """Bytes of proxy RSS per stream held open mid-answer, per proxy target.
+
+    `count` streams per target are opened and held (the fake sends the first
+    chunk, then waits `hold_ms`); targets are added one after the other, and
+    each one's share is the RSS growth it caused, divided by `count`.
+    """
+    per_stream: dict[str, float] = {}
+    tasks: list[asyncio.Task[Run]] = []
+    await asyncio.sleep(0.2)
+    before = rss_bytes(proxy_pid)
+    for target in targets:
+        firsts = [asyncio.Event() for _ in range(count)]
+        tasks += [asyncio.create_task(one_stream(session, target.base,
+                                                 target.model(20, 0, hold_ms), 20, first))
+                  for first in firsts]
+        await asyncio.wait_for(asyncio.gather(*(f.wait() for f in firsts)), hold_ms / 1000)
+        await asyncio.sleep(0.2)
+        now = rss_bytes(proxy_pid)
+        if before is not None and now is not None:
+            per_stream[target.name] = (now - before) / count
+        before = now
+    await asyncio.gather(*tasks)
+    return per_stream
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    if len(s) == 1:
+        return s[0]
+    k = (len(s) - 1) * q
+    lo, hi = math.floor(k), math.ceil(k)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+# ---------------------------------------------------------------------------
+# Scenarios
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    ttfb_reps: int
+    short_reps: int
+    long_reps: int
+    long_chunks: int
+    conc_reps: int
+    conc: tuple[tuple[int, int], ...]  # (streams, chunks per stream)
+    held: int
+    warmup: int
+
+
+FULL = Plan(ttfb_reps=300, short_reps=300, long_reps=20, long_chunks=5000,
+            conc_reps=6, conc=((16, 1000), (128, 1000)), held=200, warmup=3)
+QUICK = Plan(ttfb_reps=40, short_reps=40, long_reps=4, long_chunks=5000,
+             conc_reps=2, conc=((16, 1000), (128, 1000)), held=100, warmup=1)
+SHORT_CHUNKS = 50
+
+
+@dataclass
+class Results:
+    ttfb: dict[str, list[Run]] = field(default_factory=dict)
+    short: dict[str, list[Run]] = field(default_factory=dict)
+    long: dict[str, list[Run]] = field(default_factory=dict)
+    conc: dict[tuple[int, int], dict[str, list[Run]]] = field(default_factory=dict)
+    memory: dict[str, float] = field(default_factory=dict)
+    upstream_cpu_per_chunk: float | None = None
+
+
+SCENARIOS = ("memory", "ttfb", "short", "long", "concurrent")
+
+
+async def run_bench(plan: Plan, delay_ms: int, targets: list[Target], upstream_pid: int,
+                    proxy_pid: int, scenarios: tuple[str, ...] = SCENARIOS) -> Results:
+    results = Results()
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=120)) as session:
+        proxied = [t for t in targets if t.pid]
+        # Memory first, on a fresh proxy: later scenarios leave freed memory behind
+        # that new streams would reuse, hiding their cost.
+        for target in targets:
+            await one_stream(session, target.base, target.model(10), 10)
+        if "memory" in scenarios:
+            results.memory = await held_streams_memory(session, proxied, plan.held, proxy_pid,
+                                                       hold_ms=8000)
+
         # Warm-up: connection pools, the proxy's first-turn work, the fake's caches.
         for _ in range(plan.warmup):
-            for base in (direct, proxy):
-                await one_stream(client, base, plan.ttfb_chunks, delay_ms)
-                await one_stream(client, base, plan.long_chunks, 0)
-                await concurrent_streams(client, base, plan.conc_streams, plan.conc_chunks)
+            for target in targets:
+                await one_stream(session, target.base, target.model(10, delay_ms), 10)
+                if "long" in scenarios or "concurrent" in scenarios:
+                    await one_stream(session, target.base, target.model(plan.long_chunks),
+                                     plan.long_chunks)
+                if "concurrent" in scenarios:
+                    for streams, chunks in plan.conc:
+                        await concurrent_streams(session, target.base, target.model(chunks),
+                                                 streams, chunks)
 
-        cpu_t0 = _cpu_seconds(proxy_pid)
-        ttfb = await interleaved(
-            plan.ttfb_reps,
-            lambda: one_stream(client, direct, plan.ttfb_chunks, delay_ms),
-            lambda: one_stream(client, proxy, plan.ttfb_chunks, delay_ms))
-
-        cpu_t1 = _cpu_seconds(proxy_pid)
-        cpu0 = (_cpu_seconds(proxy_pid), _cpu_seconds(upstream_pid))
-        long = await interleaved(
-            plan.long_reps,
-            lambda: one_stream(client, direct, plan.long_chunks, 0),
-            lambda: one_stream(client, proxy, plan.long_chunks, 0))
-        cpu1 = (_cpu_seconds(proxy_pid), _cpu_seconds(upstream_pid))
-
-        conc = await interleaved(
-            plan.conc_reps,
-            lambda: concurrent_streams(client, direct, plan.conc_streams, plan.conc_chunks),
-            lambda: concurrent_streams(client, proxy, plan.conc_streams, plan.conc_chunks))
-
-    cpu = None
-    if None not in cpu0 and None not in cpu1:
-        relayed = plan.long_reps * plan.long_chunks
-        cpu = ((cpu1[0] - cpu0[0]) / relayed,        # proxy: only proxied runs
-               (cpu1[1] - cpu0[1]) / (2 * relayed))  # upstream: serves both
-    cpu_turn = None if None in (cpu_t0, cpu_t1) else (cpu_t1 - cpu_t0) / plan.ttfb_reps
-    return {"ttfb": ttfb, "long": long, "conc": conc, "cpu": cpu, "cpu_turn": cpu_turn}
+        if "ttfb" in scenarios:
+            results.ttfb = await interleaved(
+                plan.ttfb_reps, targets,
+                lambda t: one_stream(session, t.base, t.model(10, delay_ms), 10))
+        if "short" in scenarios:
+            results.short = await interleaved(
+                plan.short_reps, targets,
+                lambda t: one_stream(session, t.base, t.model(SHORT_CHUNKS), SHORT_CHUNKS))
+        if "long" in scenarios:
+            up0 = cpu_seconds(upstream_pid)
+            results.long = await interleaved(
+                plan.long_reps, targets,
+                lambda t: one_stream(session, t.base, t.model(plan.long_chunks), plan.long_chunks))
+            up1 = cpu_seconds(upstream_pid)
+            if up0 is not None and up1 is not None:
+                results.upstream_cpu_per_chunk = (up1 - up0) / (
+                    plan.long_reps * len(targets) * plan.long_chunks)
+        if "concurrent" in scenarios:
+            for streams, chunks in plan.conc:
+                results.conc[(streams, chunks)] = await interleaved(
+                    plan.conc_reps, targets,
+                    lambda t, s=streams, c=chunks: concurrent_streams(session, t.base, t.model(c),
+                                                                      s, c))
+    return results
 
 
-def report(plan: Plan, delay_ms: int, results: dict, elapsed: float) -> None:  # noqa: C901
-    ttfb, long, conc, cpu = results["ttfb"], results["long"], results["conc"], results["cpu"]
-    rows: list[tuple[str, str, str, str]] = []
+# ---------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------
 
-    def times(label: str, pair: Pair, attr: str) -> tuple[float, float]:
-        d = [getattr(r, attr) for r in pair.direct]
-        p = [getattr(r, attr) for r in pair.proxy]
-        for name, q in (("median", 0.5), ("p90", 0.9)):
-            dv, pv = pct(d, q), pct(p, q)
-            rows.append((f"{label} {name}", fmt_ms(dv), fmt_ms(pv), f"{pv / dv:.2f}x"))
-        return pct(d, 0.5), pct(p, 0.5)
+TTFB_TARGET_MS = 1.0
+THROUGHPUT_TARGET = 0.5
 
-    def rates(label: str, pair: Pair, unit: str) -> tuple[float, float]:
-        def rate(r: Run) -> float:
-            return r.chunks / r.total if unit == "chunks/s" else r.nbytes / r.total / 1e6
-        d = statistics.median(rate(r) for r in pair.direct)
-        p = statistics.median(rate(r) for r in pair.proxy)
-        rows.append((f"{label} median", fmt_rate(d, unit), fmt_rate(p, unit), f"{p / d:.0%}"))
-        return d, p
 
-    t_d, t_p = times(f"TTFB ({delay_ms} ms model delay)", ttfb, "ttfb")
-    t90_d, t90_p = pct([r.ttfb for r in ttfb.direct], 0.9), pct([r.ttfb for r in ttfb.proxy], 0.9)
-    l_d, l_p = times(f"{plan.long_chunks}-chunk stream, total", long, "total")
-    cps_d, cps_p = rates("  throughput (chunks)", long, "chunks/s")
-    rates("  throughput (bytes)", long, "MB/s")
-    c_d, c_p = times(f"{plan.conc_streams}x{plan.conc_chunks} concurrent, wall", conc, "total")
-    agg_d, agg_p = rates("  aggregate throughput", conc, "chunks/s")
-
+def report(plan: Plan, delay_ms: int, targets: list[Target], r: Results, elapsed: float) -> None:
+    names = [t.name for t in targets]
+    label = {"direct": "direct", "proxy": "proxy", "repairs": "proxy+repairs"}
     print()
-    print(f"Switchboard relay benchmark  ({'quick' if plan is QUICK else 'full'} run, "
-          f"{elapsed:.0f} s, {os.cpu_count()} CPUs; medians over interleaved runs: "
-          f"TTFB n={plan.ttfb_reps}, long n={plan.long_reps}, concurrent n={plan.conc_reps}; "
-          f"request: {f'{len(json.dumps(_HISTORY)) // 1024} KB context' if _HISTORY else 'one-line prompt'})")
-    print("ratio column: proxy/direct for times (1.00x = no overhead); "
-          "proxy as % of direct for rates (100% = no loss)")
-    w = max(len(r[0]) for r in rows)
-    print(f"{'metric':<{w}}  {'direct':>14}  {'proxy':>14}  {'ratio':>7}")
-    print("-" * (w + 43))
-    for m, d, p, r in rows:
-        print(f"{m:<{w}}  {d:>14}  {p:>14}  {r:>7}")
+    print(f"Switchboard relay benchmark ({'quick' if plan is QUICK else 'full'} run, "
+          f"{elapsed:.0f} s, {os.cpu_count()} CPUs; request: "
+          f"{f'{len(json.dumps(_HISTORY)) // 1024} KB context' if _HISTORY else 'one-line prompt'})")
+    print("proxy = repairs off (relay only); proxy+repairs = the Kimi repairs on every delta.")
+    print("Differences and ratios are against the direct connection, measured in the same run.")
     print()
-    print(f"added TTFB: {(t_p - t_d) * 1000:+.2f} ms median, {(t90_p - t90_d) * 1000:+.2f} ms p90 "
-          f"(ratio {t_p / t_d:.2f}x)")
-    print(f"throughput: proxy at {cps_p / cps_d:.0%} of direct on one long stream "
-          f"({cps_p / 1000:,.1f}k vs {cps_d / 1000:,.1f}k chunks/s); "
-          f"{agg_p / agg_d:.0%} with {plan.conc_streams} concurrent streams")
-    if results["cpu_turn"] is not None:
-        print(f"proxy CPU per short turn ({plan.ttfb_chunks} chunks, TTFB case): "
-              f"{results['cpu_turn'] * 1000:.2f} ms")
-    per_chunk = (l_p - l_d) / plan.long_chunks
-    print(f"added time per chunk (long stream): {per_chunk * 1e6:+.1f} us")
-    if cpu is not None:
-        proxy_us, upstream_us = cpu[0] * 1e6, cpu[1] * 1e6
-        print(f"proxy CPU per relayed chunk: {proxy_us:.1f} us "
-              f"(the fake upstream spends {upstream_us:.1f} us producing one)")
-        if proxy_us > 0:
-            streams = 1e6 / proxy_us / 50
-            print(f"  => one proxy core keeps up with ~{streams:,.0f} concurrent streams "
-                  f"at 50 chunks/s (a fast model)")
 
+    def row(metric: str, cells: list[str]) -> None:
+        print(f"{metric:<34}" + "".join(f"{c:>17}" for c in cells))
+
+    row("metric", [label[n] for n in names])
+    print("-" * (34 + 17 * len(names)))
+
+    def ms(v: float) -> str:
+        return f"{v * 1000:.2f} ms"
+
+    def added(v: float) -> str:
+        return f"{v * 1000:+.2f} ms"
+
+    summary: list[str] = []
+    for title, runs, attr in ((f"time to first byte ({delay_ms} ms model delay)", r.ttfb, "ttfb"),
+                              (f"{SHORT_CHUNKS}-chunk stream, total time", r.short, "total")):
+        if not runs:
+            continue
+        direct = [getattr(x, attr) for x in runs["direct"]]
+        for q, qname in ((0.5, "p50"), (0.99, "p99")):
+            row(f"{title[:26]} {qname}", [ms(pct([getattr(x, attr) for x in runs[n]], q))
+                                         for n in names])
+        for q, qname in ((0.5, "p50"), (0.99, "p99")):
+            base = pct(direct, q)
+            row(f"  added, {qname}", ["" if n == "direct" else
+                                      added(pct([getattr(x, attr) for x in runs[n]], q) - base)
+                                      for n in names])
+        if attr == "ttfb":
+            for n in names[1:]:
+                extra = pct([x.ttfb for x in runs[n]], 0.5) - pct(direct, 0.5)
+                verdict = "met" if extra * 1000 < TTFB_TARGET_MS else "NOT met"
+                summary.append(f"added first byte p50 ({label[n]}): {extra * 1000:+.2f} ms "
+                               f"(target < {TTFB_TARGET_MS:g} ms: {verdict})")
+
+    def rate(run: Run) -> float:
+        return run.chunks / run.total
+
+    def rates(title: str, runs: dict[str, list[Run]]) -> None:
+        d = statistics.median(rate(x) for x in runs["direct"])
+        row(title, [f"{statistics.median(rate(x) for x in runs[n]) / 1000:,.1f}k ch/s"
+                    for n in names])
+        row("  share of direct", ["" if n == "direct" else
+                                  f"{statistics.median(rate(x) for x in runs[n]) / d:.0%}"
+                                  for n in names])
+
+    if r.long:
+        rates(f"1 stream x {plan.long_chunks} chunks", r.long)
+    for (streams, chunks), runs in r.conc.items():
+        rates(f"{streams} streams x {chunks} chunks", runs)
+        d = statistics.median(rate(x) for x in runs["direct"])
+        for n in names[1:]:
+            share = statistics.median(rate(x) for x in runs[n]) / d
+            verdict = "met" if share >= THROUGHPUT_TARGET else "NOT met"
+            summary.append(f"throughput, {streams} concurrent streams ({label[n]}): {share:.0%} "
+                           f"of direct (target >= {THROUGHPUT_TARGET:.0%}: {verdict})")
+
+    relayed = r.conc.get(plan.conc[0]) or r.long
+    if relayed:
+        cpu_cells = []
+        for n in names:
+            chunks = sum(x.chunks for x in relayed[n])
+            cpu_cells.append("" if n == "direct" or not chunks else
+                             f"{sum(x.cpu for x in relayed[n]) / chunks * 1e6:.1f} us")
+        row("proxy CPU per relayed chunk", cpu_cells)
+    if r.short:
+        row("proxy CPU per short turn", ["" if n == "direct" else
+                                         f"{sum(x.cpu for x in r.short[n]) / len(r.short[n]) * 1000:.2f} ms"
+                                         for n in names])
+    if r.memory:
+        row("proxy memory per open stream", ["" if n not in r.memory else
+                                             f"{r.memory[n] / 1024:.1f} KB" for n in names])
+    print()
+    for line in summary:
+        print(line)
+    if r.upstream_cpu_per_chunk is not None:
+        print(f"(the fake upstream spends {r.upstream_cpu_per_chunk * 1e6:.1f} us of CPU "
+              f"producing one chunk)")
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short run (~15 s)")
+    parser.add_argument("--quick", action="store_true", help="short run (~30 s)")
     parser.add_argument("--first-delay-ms", type=int, default=20,
                         help="model 'thinking' time before the first chunk in the TTFB case")
     parser.add_argument("--request-kb", type=int, default=0,
                         help="pad every request with this much earlier conversation (agent-sized "
                              "contexts are 100-1000 KB); default: a one-line prompt")
+    parser.add_argument("--no-repairs", action="store_true",
+                        help="skip the proxy+repairs column")
+    parser.add_argument("--only", default=",".join(SCENARIOS),
+                        help=f"comma-separated scenarios to run (default: all of {','.join(SCENARIOS)})")
     parser.add_argument("--profile", choices=("cprofile", "pyinstrument"),
                         help="profile the proxy process and print its hot spots")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
+    scenarios = tuple(s.strip() for s in args.only.split(",") if s.strip())
+    unknown = set(scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; known: {', '.join(SCENARIOS)}")
     set_history(args.request_kb)
 
     ctx = mp.get_context("spawn")
@@ -434,22 +578,24 @@ def main() -> None:
                 ctx, _proxy_main, f"{direct}/v1", str(Path(tmp) / "journal.sqlite3"),
                 args.profile, profile_out)
             proxy = f"http://127.0.0.1:{px_port}"
-            results = asyncio.run(run_bench(plan, args.first_delay_ms, direct, proxy,
-                                            up_proc.pid, px_proc.pid))
+            targets = [Target("direct", direct, False, None),
+                       Target("proxy", proxy, False, px_proc.pid)]
+            if not args.no_repairs:
+                targets.append(Target("repairs", proxy, True, px_proc.pid))
+            results = asyncio.run(run_bench(plan, args.first_delay_ms, targets, up_proc.pid,
+                                            px_proc.pid, scenarios))
         finally:
             if px_proc is not None:
                 stop_child(px_proc, px_stop)
             stop_child(up_proc, up_stop)
-        report(plan, args.first_delay_ms, results, time.perf_counter() - started)
+        report(plan, args.first_delay_ms, targets, results, time.perf_counter() - started)
         if args.profile == "cprofile" and Path(profile_out).exists():
             import pstats
             print("\nproxy process profile (cProfile, whole run incl. idle), top by own time:")
             stats = pstats.Stats(profile_out, stream=sys.stdout)
-            stats.sort_stats("tottime").print_stats(20)
+            stats.sort_stats("tottime").print_stats(25)
             print("proxy_core functions by cumulative time:")
-            stats.sort_stats("cumulative").print_stats(r"proxy_core", 20)
-            print("library functions by cumulative time:")
-            stats.sort_stats("cumulative").print_stats(r"httpx|httpcore|aiohttp|sqlite", 15)
+            stats.sort_stats("cumulative").print_stats(r"proxy_core", 25)
         elif args.profile == "pyinstrument" and Path(profile_out).exists():
             print("\nproxy process profile (pyinstrument):")
             print(Path(profile_out).read_text())

@@ -56,6 +56,17 @@ class EventBus:
             self._handlers[event_type] = handlers
         return handlers
 
+    def wants(self, event_type: type[Event]) -> bool:
+        """Whether anyone receives `event_type` now: skip building events nobody reads.
+
+        The relay publishes one `Chunk` per piece of text; with no dashboard or
+        event-stream reader attached, checking this first saves making each one.
+        """
+        handlers = self._handlers.get(event_type)
+        if handlers is None:
+            handlers = self._handlers_for(event_type)
+        return bool(handlers)
+
     def publish(self, event: Event) -> None:
         for handler in self._handlers_for(type(event)):
             try:

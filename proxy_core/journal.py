@@ -3,10 +3,18 @@
 An observer on the event bus. A turn's row is written when it starts (state
 `live`, with the request) and updated when it finishes or fails, inside the
 event handler, before the client receives the end of its stream. The
-request (the whole history, often the bulk of a turn) is written once. The database runs in WAL
-mode, so after `kill -9` every finished turn is on disk and a turn that was
-in flight is there as `live`. Rows pass through the `Redactor` first: no
-secret reaches the file.
+request (the whole history, often the bulk of a turn) is written once, in
+its own table, so the update at the end rewrites a small row. The database
+runs in WAL mode, so after `kill -9` every finished turn is on disk and a
+turn that was in flight is there as `live`; the next start marks such turns
+failed as unfinished. Rows pass through the `Redactor` first: no secret
+reaches the file.
+
+The journal never stops the proxy. When the disk is full or the file turns
+read-only, writes fail: the first failure of a streak is logged loudly, the
+count is kept (`status()`), turns that could not be written are kept and
+written as soon as a write succeeds again (while they are still in memory),
+and the recovery is logged with the count.
 """
 
 from __future__ import annotations
@@ -15,13 +23,15 @@ import asyncio
 import json
 import logging
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .repairs.memory import RememberedCall
 from .events import TurnFailed, TurnFinished, TurnStarted
 from .record import Turn
+from .repairs.memory import RememberedCall
 from .secrets import Redactor
 from .store import TurnStore
 
@@ -41,6 +51,10 @@ CREATE TABLE IF NOT EXISTS turns (
 );
 CREATE INDEX IF NOT EXISTS turns_session ON turns(session_id, started_at);
 CREATE INDEX IF NOT EXISTS turns_started ON turns(started_at);
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    request TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tool_calls (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -53,6 +67,22 @@ CREATE TABLE IF NOT EXISTS tool_calls (
 );
 """
 
+#: What a turn that was in flight when Switchboard died is marked with at the next start.
+UNFINISHED_ERROR = ("unfinished: Switchboard stopped (killed, crashed or lost power) before "
+                    "this turn finished; marked at the next start")
+UNFINISHED_STATUS = 503
+#: While writes keep failing, a reminder is logged at most this often (seconds).
+REMINDER_INTERVAL = 300.0
+#: SQLite result codes that mean "cannot write here now", not "this is not a journal".
+_CANNOT_WRITE = {"SQLITE_READONLY", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_BUSY",
+                 "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_PERM"}
+
+
+def _cannot_write(exc: sqlite3.Error) -> bool:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return any(name.startswith(code) for code in _CANNOT_WRITE) or \
+        "readonly" in str(exc) or "disk" in str(exc)
+
 
 class Journal:
     """SQLite-backed record of turns. Use `Journal.open(path, ...)`."""
@@ -63,104 +93,284 @@ class Journal:
         self.path = path
         self.redactor = redactor
         self.store = store
+        # Health: see `status()`.
+        self._failing_since: float | None = None
+        self._last_error: str | None = None
+        self._failed_writes = 0
+        self._streak_failures = 0
+        self._last_reminder = 0.0
+        self._unsaved: dict[str, None] = {}  # turns whose latest state is not on disk
+        self._lost = 0                        # of those, turns evicted from memory meanwhile
+        self.recovered_unfinished = 0         # live turns of a previous run, marked at open
 
     @classmethod
     def open(cls, path: Path, redactor: Redactor, store: TurnStore) -> Journal:
+        """Open (or create) the journal at `path`.
+
+        A path that cannot be a journal at all (a directory, not a database)
+        is a configuration error. A journal that cannot be written right now
+        (read-only, disk full) is opened anyway: the proxy keeps proxying,
+        says so loudly and writes again as soon as it can.
+        """
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"journal {path}: cannot open: {exc}") from None
+        try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"journal {path}: cannot open: {exc}") from None
+        journal = cls(conn, path, redactor, store)
+        try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise ConfigError(f"journal {path}: cannot open: {exc}") from None
-        return cls(conn, path, redactor, store)
+            journal.recovered_unfinished = journal._mark_unfinished()
+        except sqlite3.Error as exc:
+            if not _cannot_write(exc):
+                conn.close()
+                raise ConfigError(f"journal {path}: cannot open: {exc}") from None
+            journal._failed("open the journal", exc)
+        if journal.recovered_unfinished:
+            log.warning("journal: %d turn(s) were still in flight when Switchboard last stopped;"
+                        " marked failed (unfinished)", journal.recovered_unfinished)
+        return journal
 
     def close(self) -> None:
         self.conn.close()
+
+    # -- health ----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Whether turns are being recorded, for `/health` and the dashboard.
+
+        `ok` is False while writes fail; `error` is the latest failure,
+        `failed_writes` counts them since start, `unsaved_turns` are turns
+        kept in memory until a write succeeds, `lost_turns` those evicted
+        from memory before that happened.
+        """
+        return {
+            "path": str(self.path),
+            "ok": self._failing_since is None,
+            "error": self._last_error if self._failing_since is not None else None,
+            "failing_since": self._failing_since,
+            "failed_writes": self._failed_writes,
+            "unsaved_turns": len(self._unsaved),
+            "lost_turns": self._lost,
+        }
+
+    @property
+    def ok(self) -> bool:
+        return self._failing_since is None
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        self._failed_writes += 1
+        self._streak_failures += 1
+        self._last_error = f"{type(exc).__name__}: {exc}"
+        now = time.time()
+        if self._failing_since is None:
+            self._failing_since = now
+            self._last_reminder = now
+            log.error("JOURNAL NOT WRITING: could not %s in %s: %s. Switchboard keeps proxying,"
+                      " but turns are not recorded until this is fixed (disk full? read-only?);"
+                      " they are kept in memory and written when the journal works again.",
+                      what, self.path, exc)
+        elif now - self._last_reminder >= REMINDER_INTERVAL:
+            self._last_reminder = now
+            log.error("JOURNAL STILL NOT WRITING (%d failed writes since %s; %d turns waiting): %s",
+                      self._streak_failures, time.ctime(self._failing_since), len(self._unsaved),
+                      exc)
+
+    def _succeeded(self) -> None:
+        if self._failing_since is None:
+            return
+        streak, self._streak_failures = self._streak_failures, 0
+        self._failing_since = None
+        self._flush_unsaved()
+        if self._failing_since is None:
+            log.warning("journal: writing again to %s after %d failed writes%s", self.path, streak,
+                        f"; {self._lost} turn(s) were lost from memory meanwhile"
+                        if self._lost else "")
+
+    def _guarded(self, what: str, write: Callable[[], None]) -> bool:
+        try:
+            write()
+        except sqlite3.Error as exc:
+            self._failed(what, exc)
+            return False
+        self._succeeded()
+        return True
+
+    def _flush_unsaved(self) -> None:
+        for turn_id in list(self._unsaved):
+            turn = self.store.get(turn_id)
+            if turn is None:
+                self._lost += 1
+                del self._unsaved[turn_id]
+                continue
+            try:
+                self.save(turn)
+            except sqlite3.Error as exc:
+                self._failed("write a kept turn", exc)
+                return
+            del self._unsaved[turn_id]
 
     # -- observer ----------------------------------------------------------------
 
     def on_TurnStarted(self, event: TurnStarted) -> None:
         # The first write carries the whole history; let the upstream request
-        # go out first. A finish that comes sooner writes the row itself.
+        # go out first (a timer runs after the callbacks already queued, which
+        # include the upstream client's write). A finish that comes sooner
+        # writes the row itself.
         try:
-            asyncio.get_running_loop().call_soon(self._save_started, event.turn_id)
+            asyncio.get_running_loop().call_later(0.0, self._save_started, event.turn_id)
         except RuntimeError:  # no loop: write now
             self._save_started(event.turn_id)
 
     def _save_started(self, turn_id: str) -> None:
         turn = self.store.get(turn_id)
         if turn is not None and turn.state == "live":
-            try:
-                self.save(turn)
-            except sqlite3.Error:
-                log.exception("journal: could not record turn %s", turn_id)
+            self._write_turn(turn, full=True)
 
     def on_TurnFinished(self, event: TurnFinished) -> None:
-        self._update(event.turn_id)
+        self._end(event.turn_id)
 
     def on_TurnFailed(self, event: TurnFailed) -> None:
-        self._update(event.turn_id)
+        self._end(event.turn_id)
+
+    def _end(self, turn_id: str) -> None:
+        turn = self.store.get(turn_id)
+        if turn is not None:
+            self._write_turn(turn, full=turn_id in self._unsaved)
+
+    def _write_turn(self, turn: Turn, *, full: bool) -> None:
+        if self._guarded("record a turn",
+                         (lambda: self.save(turn)) if full else (lambda: self._update(turn))):
+            self._unsaved.pop(turn.id, None)
+        else:
+            self._unsaved[turn.id] = None
 
     # -- reading and writing ---------------------------------------------------
 
-    def _json(self, value: Any) -> str:
-        return self.redactor(json.dumps(value, ensure_ascii=False, default=str))
+    def _json(self, value: Any, ascii: bool = False) -> str:
+        return self.redactor(json.dumps(value, ensure_ascii=ascii, default=str))
 
     def save(self, turn: Turn) -> None:
-        """Write the whole turn, request included."""
-        self.conn.execute(
-            "INSERT OR REPLACE INTO turns (id, session_id, model, state, started_at,"
-            " finished_at, finish_reason, data, request) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (turn.id, turn.session_id, turn.model, turn.state, turn.started_at,
-             turn.finished_at, turn.finish_reason,
-             self._json(turn.to_dict(include_request=False)), self._json(turn.request)))
+        """Write the whole turn, request included (one transaction)."""
+        try:
+            self._save(turn, ascii=False)
+        except UnicodeEncodeError:  # a lone surrogate: SQLite stores UTF-8, so escape it
+            self._save(turn, ascii=True)
 
-    def _update(self, turn_id: str) -> None:
+    def _save(self, turn: Turn, *, ascii: bool) -> None:
+        data = self._json(turn.to_dict(include_request=False), ascii)
+        request = self._json(turn.request, ascii)
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            conn.execute(
+                "INSERT OR REPLACE INTO turns (id, session_id, model, state, started_at,"
+                " finished_at, finish_reason, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (turn.id, turn.session_id, turn.model, turn.state, turn.started_at,
+                 turn.finished_at, turn.finish_reason, data))
+            conn.execute("INSERT OR REPLACE INTO requests (id, request) VALUES (?, ?)",
+                         (turn.id, request))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _update(self, turn: Turn) -> None:
         """Rewrite everything but the request, which does not change."""
-        turn = self.store.get(turn_id)
-        if turn is None:
-            return
-        cursor = self.conn.execute(
-            "UPDATE turns SET state = ?, finished_at = ?, finish_reason = ?, data = ?"
-            " WHERE id = ?",
-            (turn.state, turn.finished_at, turn.finish_reason,
-             self._json(turn.to_dict(include_request=False)), turn.id))
+        data = turn.to_dict(include_request=False)
+        sql = ("UPDATE turns SET state = ?, finished_at = ?, finish_reason = ?, data = ?"
+               " WHERE id = ?")
+        try:
+            cursor = self.conn.execute(sql, (turn.state, turn.finished_at, turn.finish_reason,
+                                             self._json(data), turn.id))
+        except UnicodeEncodeError:
+            cursor = self.conn.execute(sql, (turn.state, turn.finished_at, turn.finish_reason,
+                                             self._json(data, True), turn.id))
         if cursor.rowcount == 0:
             self.save(turn)
 
     def save_call(self, call: RememberedCall) -> None:
-        """Remember a delivered tool call (the `CallStore` of `ToolCallMemory`)."""
-        self.conn.execute(
+        """Remember a delivered tool call (the `CallStore` of `ToolCallMemory`).
+
+        A failed write is counted and logged like any other; the call stays
+        in `ToolCallMemory`'s memory, so the relay goes on.
+        """
+        self._guarded("remember a tool call", lambda: self.conn.execute(
             "INSERT OR REPLACE INTO tool_calls (id, name, arguments, reasoning, session_id,"
             " turn_id, upstream_id, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (call.id, call.name, self.redactor(call.arguments), self.redactor(call.reasoning),
-             call.session_id, call.turn_id, call.upstream_id, call.at))
+             call.session_id, call.turn_id, call.upstream_id, call.at)))
 
     def load_call(self, call_id: str) -> RememberedCall | None:
-        row = self.conn.execute(
-            "SELECT id, name, arguments, reasoning, session_id, turn_id, upstream_id, at"
-            " FROM tool_calls WHERE id = ?", (call_id,)).fetchone()
+        try:
+            row = self.conn.execute(
+                "SELECT id, name, arguments, reasoning, session_id, turn_id, upstream_id, at"
+                " FROM tool_calls WHERE id = ?", (call_id,)).fetchone()
+        except sqlite3.Error:
+            return None
         return RememberedCall(*row) if row else None
 
     def turns(self, limit: int = 100, session_id: str | None = None) -> list[dict[str, Any]]:
         """The most recent turns (oldest first), without their requests."""
-        if session_id:
-            rows = self.conn.execute(
-                "SELECT data FROM turns WHERE session_id = ? ORDER BY started_at DESC LIMIT ?",
-                (session_id, limit)).fetchall()
-        else:
-            rows = self.conn.execute(
-                "SELECT data FROM turns ORDER BY started_at DESC LIMIT ?", (limit,)).fetchall()
+        try:
+            if session_id:
+                rows = self.conn.execute(
+                    "SELECT data FROM turns WHERE session_id = ? ORDER BY started_at DESC LIMIT ?",
+                    (session_id, limit)).fetchall()
+            else:
+                rows = self.conn.execute(
+                    "SELECT data FROM turns ORDER BY started_at DESC LIMIT ?", (limit,)).fetchall()
+        except sqlite3.Error:  # a journal that could not even be set up
+            return []
         return [json.loads(r[0]) for r in reversed(rows)]
 
     def turn(self, turn_id: str) -> dict[str, Any] | None:
         """One turn with its request."""
-        row = self.conn.execute("SELECT data, request FROM turns WHERE id = ?",
-                                (turn_id,)).fetchone()
+        try:
+            row = self.conn.execute(
+                "SELECT t.data, coalesce(r.request, t.request) FROM turns t"
+                " LEFT JOIN requests r ON r.id = t.id WHERE t.id = ?", (turn_id,)).fetchone()
+        except sqlite3.Error:
+            return None
         if row is None:
             return None
         data = json.loads(row[0])
         data["request"] = json.loads(row[1])
         return data
+
+    # -- recovery ----------------------------------------------------------------
+
+    def _mark_unfinished(self) -> int:
+        """Turns left `live` by a previous run that died: mark them failed, unfinished."""
+        rows = self.conn.execute("SELECT id, data FROM turns WHERE state = 'live'").fetchall()
+        if not rows:
+            return 0
+        self.conn.execute("BEGIN")
+        try:
+            for turn_id, raw in rows:
+                data = json.loads(raw)
+                ended = max([data.get("started_at") or 0.0] + [
+                    a.get(key) or 0.0 for a in data.get("attempts", [])
+                    for key in ("started_at", "first_byte_at", "last_output_at", "ended_at")])
+                for attempt in data.get("attempts", []):
+                    if attempt.get("outcome") == "live":
+                        attempt["outcome"] = "abandoned"
+                        attempt["ended_at"] = ended
+                        attempt["error"] = "Switchboard stopped"
+                data.update(state="failed", error=UNFINISHED_ERROR, status=UNFINISHED_STATUS,
+                            finished_at=ended)
+                self.conn.execute(
+                    "UPDATE turns SET state = 'failed', finished_at = ?, data = ? WHERE id = ?",
+                    (ended, json.dumps(data, ensure_ascii=False), turn_id))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        return len(rows)

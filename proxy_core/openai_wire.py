@@ -11,9 +11,11 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass
+from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import Any
 
 from .errors import ClientRequestError, UpstreamProtocolError, UpstreamStreamError
@@ -33,8 +35,17 @@ class ChatRequest:
     body: dict[str, Any]
 
 
+#: Message roles of the chat-completions API (`function` is the legacy one).
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+
 def parse_chat_request(body: Any) -> ChatRequest:
-    """Check the shape of a chat-completions body; raise `ClientRequestError` if wrong."""
+    """Check the shape of a chat-completions body; raise `ClientRequestError` if wrong.
+
+    Only what Switchboard itself relies on is checked (it forwards the rest
+    untouched): the model, the stream flags, and each message's role, content
+    and tool calls. Each problem gets a message naming the field.
+    """
     if not isinstance(body, dict):
         raise ClientRequestError("request body must be a JSON object")
     model = body.get("model")
@@ -45,10 +56,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
     if not isinstance(messages, list) or not messages:
         raise ClientRequestError("'messages' is required and must be a non-empty array")
     for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise ClientRequestError(f"messages[{i}] must be an object")
-        if not isinstance(message.get("role"), str):
-            raise ClientRequestError(f"messages[{i}].role is required and must be a string")
+        _check_message(i, message)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ClientRequestError("'stream' must be a boolean")
@@ -56,10 +64,92 @@ def parse_chat_request(body: Any) -> ChatRequest:
     if options is not None and not isinstance(options, dict):
         raise ClientRequestError("'stream_options' must be an object")
     tools = body.get("tools")
-    if tools is not None and not isinstance(tools, list):
-        raise ClientRequestError("'tools' must be an array")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise ClientRequestError("'tools' must be an array")
+        for i, tool in enumerate(tools):
+            if not isinstance(tool, dict):
+                raise ClientRequestError(f"tools[{i}] must be an object")
     include_usage = bool(options and options.get("include_usage"))
     return ChatRequest(model, messages, stream, include_usage, body)
+
+
+def _check_message(i: int, message: Any) -> None:
+    if not isinstance(message, dict):
+        raise ClientRequestError(f"messages[{i}] must be an object")
+    role = message.get("role")
+    if not isinstance(role, str):
+        raise ClientRequestError(f"messages[{i}].role is required and must be a string")
+    if role not in ROLES:
+        raise ClientRequestError(f"messages[{i}].role {role[:40]!r} is not one of: "
+                                 f"{', '.join(ROLES)}", code="invalid_role")
+    content = message.get("content")
+    if content is not None and not isinstance(content, (str, list)):
+        raise ClientRequestError(f"messages[{i}].content must be a string, an array of "
+                                 "content parts or null")
+    if isinstance(content, list):
+        for j, block in enumerate(content):
+            if not isinstance(block, dict):
+                raise ClientRequestError(f"messages[{i}].content[{j}] must be an object")
+    calls = message.get("tool_calls")
+    if calls is not None:
+        if not isinstance(calls, list):
+            raise ClientRequestError(f"messages[{i}].tool_calls must be an array")
+        for j, call in enumerate(calls):
+            where = f"messages[{i}].tool_calls[{j}]"
+            if not isinstance(call, dict):
+                raise ClientRequestError(f"{where} must be an object")
+            if not isinstance(call.get("id", ""), str):
+                raise ClientRequestError(f"{where}.id must be a string")
+            function = call.get("function")
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise ClientRequestError(f"{where}.function must be an object with a string name")
+    call_id = message.get("tool_call_id")
+    if call_id is not None and not isinstance(call_id, str):
+        raise ClientRequestError(f"messages[{i}].tool_call_id must be a string")
+
+
+#: A JSON escape of a UTF-16 surrogate (`\\ud800`): JSON allows unpaired ones,
+#: UTF-8 cannot carry them. Checked on raw bytes so clean bodies cost one scan.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def loads_clean(raw: bytes | str) -> Any:
+    """`json.loads`, with unpaired surrogates (legal JSON, not UTF-8) replaced by U+FFFD.
+
+    Everything Switchboard records or relays is UTF-8; a lone `\\ud800` in a
+    client's history or an upstream's delta would otherwise fail deep inside
+    the journal or an event stream. Valid pairs are already joined by `json`.
+    This runs once per upstream chunk, so it calls the C scanner directly
+    (half the cost of `json.loads`) and falls back to `json.loads` for its
+    error messages.
+    """
+    text = raw.decode() if isinstance(raw, bytes) else raw  # bad UTF-8: a ValueError
+    if text[:1] == "\ufeff":  # a byte-order mark, as json.loads(bytes) allows
+        text = text[1:]
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        value, end = json.loads(text), len(text)  # raises, with the position
+    if end != len(text) and text[end:].strip():
+        json.loads(text)  # raises "Extra data"
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        value = _scrub(value)
+    return value
+
+
+_scan = json.JSONDecoder().scan_once
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    if isinstance(value, dict):
+        return {_scrub(k): _scrub(v) for k, v in value.items()}
+    return value
 
 
 def error_body(message: str, *, type_: str = "invalid_request_error",
@@ -103,33 +193,40 @@ class ChunkDecoder:
         self._calls: dict[int, _PendingCall] = {}
 
     def feed(self, chunk: Any) -> list[StreamPart]:
-        if not isinstance(chunk, dict):
+        if type(chunk) is not dict:
             raise UpstreamProtocolError(f"stream chunk is not a JSON object: {str(chunk)[:200]}")
-        if "error" in chunk and chunk["error"]:
+        if chunk.get("error"):
             raise UpstreamStreamError(error_message_from(chunk, "error inside the stream"))
         parts: list[StreamPart] = []
-        choices = chunk.get("choices") or []
-        if not isinstance(choices, list):
-            raise UpstreamProtocolError("'choices' is not an array")
-        for choice in choices[:1]:
-            if not isinstance(choice, dict):
+        choices = chunk.get("choices")
+        if choices:
+            if type(choices) is not list:
+                raise UpstreamProtocolError("'choices' is not an array")
+            choice = choices[0]
+            if type(choice) is not dict:
                 raise UpstreamProtocolError("a choice is not an object")
             delta = choice.get("delta") or choice.get("message") or {}
-            if not isinstance(delta, dict):
+            if type(delta) is not dict:
                 raise UpstreamProtocolError("'delta' is not an object")
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                parts.append(ReasoningPart(reasoning))
-            content = delta.get("content")
-            if isinstance(content, str) and content:
-                parts.append(TextPart(content))
-            for call in delta.get("tool_calls") or ():
-                self._add_call_fragment(call)
-            if choice.get("finish_reason"):
+            if delta:
+                reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                if reasoning and type(reasoning) is str:
+                    parts.append(ReasoningPart(reasoning))
+                content = delta.get("content")
+                if content and type(content) is str:
+                    parts.append(TextPart(content))
+                calls = delta.get("tool_calls")
+                if calls:
+                    if type(calls) is not list:
+                        raise UpstreamProtocolError("'tool_calls' is not an array")
+                    for call in calls:
+                        self._add_call_fragment(call)
+            finish = choice.get("finish_reason")
+            if finish:
                 parts += self._flush_calls()
-                parts.append(FinishPart(str(choice["finish_reason"])))
+                parts.append(FinishPart(str(finish)))
         usage = chunk.get("usage")
-        if isinstance(usage, dict):
+        if usage and type(usage) is dict:
             parts.append(_usage_part(usage))
         return parts
 
@@ -137,7 +234,7 @@ class ChunkDecoder:
         if not isinstance(call, dict):
             raise UpstreamProtocolError("a tool_calls entry is not an object")
         index = call.get("index", len(self._calls))
-        if not isinstance(index, int):
+        if type(index) is not int:
             raise UpstreamProtocolError("tool call index is not an integer")
         pending = self._calls.setdefault(index, _PendingCall())
         if isinstance(call.get("id"), str) and call["id"]:
@@ -180,8 +277,32 @@ def decode_completion(payload: Any) -> list[StreamPart]:
     return decoder.feed(payload) + decoder.finish()
 
 
+def _json_string(text: str) -> bytes:
+    """`text` as a JSON string literal, UTF-8 (lone surrogates escaped as ASCII)."""
+    try:
+        return encode_basestring(text).encode()
+    except UnicodeEncodeError:
+        return encode_basestring_ascii(text).encode()
+
+
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_compact_ascii = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _json_bytes(value: Any) -> bytes:
+    try:
+        return _compact(value).encode()
+    except UnicodeEncodeError:  # a lone surrogate: escape it instead
+        return _compact_ascii(value).encode()
+
+
 class ChunkEncoder:
-    """Encode parts as `chat.completion.chunk` dicts for a streaming client."""
+    """Encode parts as `chat.completion.chunk` events for a streaming client.
+
+    `event(part)` gives the SSE bytes (`data: {...}\\n\\n`) straight from
+    templates made once per stream, so relaying a text delta costs one string
+    escape and a few concatenations; `encode(part)` gives the same chunk as a dict.
+    """
 
     def __init__(self, model: str, *, include_usage: bool) -> None:
         self.id = "chatcmpl-" + uuid.uuid4().hex[:24]
@@ -190,6 +311,11 @@ class ChunkEncoder:
         self.include_usage = include_usage
         self._role_sent = False
         self._tool_index = 0
+        head = _json_bytes({"id": self.id, "object": "chat.completion.chunk",
+                            "created": self.created, "model": model})[:-1]
+        self._head = b"data: " + head + b","
+        self._delta = self._head + b'"choices":[{"index":0,"delta":'
+        self._open = self._delta + b'{"role":"assistant",'
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         if not self._role_sent:
@@ -198,6 +324,34 @@ class ChunkEncoder:
         return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
                 "model": self.model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    def _prefix(self) -> bytes:
+        """The event up to the inside of `delta` (the first one also carries the role)."""
+        if self._role_sent:
+            return self._delta + b"{"
+        self._role_sent = True
+        return self._open
+
+    def event(self, part: StreamPart) -> bytes | None:
+        """The SSE event for `part`, or None when the client gets nothing for it."""
+        kind = type(part)
+        if kind is TextPart:
+            return (self._prefix() + b'"content":' + _json_string(part.text)  # type: ignore[union-attr]
+                    + b'},"finish_reason":null}]}\n\n')
+        if kind is ReasoningPart:
+            return (self._prefix() + b'"reasoning_content":' + _json_string(part.text)  # type: ignore[union-attr]
+                    + b'},"finish_reason":null}]}\n\n')
+        if kind is FinishPart:
+            prefix = self._prefix()
+            if prefix[-1:] == b",":  # the role alone: no trailing comma
+                prefix = prefix[:-1]
+            return prefix + b'},"finish_reason":' + _json_string(part.reason) + b"}]}\n\n"  # type: ignore[union-attr]
+        if kind is KeepAlivePart:
+            return None
+        if kind is UsagePart and not self.include_usage:
+            return None
+        chunk = self.encode(part)
+        return None if chunk is None else b"data: " + _json_bytes(chunk) + b"\n\n"
 
     def encode(self, part: StreamPart) -> dict[str, Any] | None:
         if isinstance(part, TextPart):

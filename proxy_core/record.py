@@ -127,16 +127,15 @@ class Turn:
     def to_dict(self, *, include_request: bool = True) -> dict[str, Any]:
         """A JSON-ready snapshot. The request is shared, not copied: don't mutate it."""
         data: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("text_parts", "reasoning_parts") or (
-                    f.name == "request" and not include_request):
+        for name in _field_names(Turn):
+            if name in _NOT_IN_DICT or (name == "request" and not include_request):
                 continue
-            if f.name in ("attempts", "tool_calls", "repairs"):
-                value = [dataclasses.asdict(item) for item in value]
-            elif f.name == "usage":
-                value = dataclasses.asdict(value)
-            data[f.name] = value
+            value = getattr(self, name)
+            if name in _RECORD_LISTS:
+                value = [_flat(item) for item in value]
+            elif name == "usage":
+                value = _flat(value)
+            data[name] = value
         data["text"] = self.text
         data["reasoning"] = self.reasoning
         data["duration"] = self.duration
@@ -158,3 +157,23 @@ class Turn:
         turn.usage = Usage(**data.get("usage", {}))
         turn.repairs = [RepairRecord(**r) for r in data.get("repairs", [])]
         return turn
+
+
+_NOT_IN_DICT = frozenset({"text_parts", "reasoning_parts"})
+_RECORD_LISTS = frozenset({"attempts", "tool_calls", "repairs"})
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
+def _flat(item: Any) -> dict[str, Any]:
+    """`dataclasses.asdict` for the record's flat dataclasses, without its deep copies.
+
+    Their fields hold only scalars (and `None`), so a shallow read is a snapshot.
+    """
+    return {name: getattr(item, name) for name in _field_names(type(item))}

@@ -25,6 +25,17 @@ _PATTERNS = re.compile(
     r"|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"                  # AWS access key ids
     r"|\bABSK[A-Za-z0-9+/=]{20,}"                      # Bedrock API keys
 )
+#: Credentials inside URLs: `scheme://user:password@host` and key-like query parameters.
+_URL_SECRETS = re.compile(
+    r"(://)[^/\s:@\"']+:[^/\s@\"']+(@)"
+    r"|([?&](?:api[_-]?key|key|token|access[_-]?token|secret|password)=)[^&\s\"'#]+",
+    re.IGNORECASE)
+
+
+def _url_secret(match: re.Match[str]) -> str:
+    if match.group(1):
+        return f"://{REDACTED}@"
+    return match.group(3) + REDACTED
 
 #: Values shorter than this are not treated as secrets (too many false hits).
 _MIN_SECRET = 6
@@ -38,20 +49,30 @@ class Redactor:
 
     def __init__(self, env_vars: Iterable[str] = ()) -> None:
         self._values: set[str] = set()
+        self._ordered: list[str] = []
         for name in (*env_vars, *_AWS_ENV):
             self.add(os.environ.get(name))
 
     def add(self, value: str | None, *, min_length: int = _MIN_SECRET) -> None:
         """Remember a secret value (an upstream key, a client's bearer token)."""
-        if value and len(value) >= min_length:
+        if value and len(value) >= min_length and value not in self._values:
             self._values.add(value)
+            # Longest first, so a secret that contains another goes whole.
+            self._ordered = sorted(self._values, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
-        for value in self._values:
-            if value in text:
-                text = text.replace(value, REDACTED)
-        if "earer" in text or "sk-" in text or "AKIA" in text or "ASIA" in text or "ABSK" in text:
-            text = _PATTERNS.sub(REDACTED, text)
+        for _ in range(3):  # a replacement can, rarely, complete another secret: go again
+            before = text
+            if "earer" in text or "sk-" in text or "AKIA" in text or "ASIA" in text \
+                    or "ABSK" in text:
+                text = _PATTERNS.sub(REDACTED, text)
+            if "://" in text or "=" in text:
+                text = _URL_SECRETS.sub(_url_secret, text)
+            for value in self._ordered:
+                if value in text:
+                    text = text.replace(value, REDACTED)
+            if text == before:
+                break
         return text
 
 

@@ -7,6 +7,7 @@ line per finished or failed turn, stop cleanly on SIGINT/SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import sys
@@ -43,6 +44,39 @@ class TurnLogger:
                     event.turn_id, event.status, attempts, event.duration, event.error)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the proxy reachable from this machine only."""
+    if host.strip("[]").lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+def exposure_warning(host: str, port: int) -> str | None:
+    """The warning to show when the proxy listens beyond loopback (None when it doesn't).
+
+    Front ends (`serve`, the dashboard) call this after binding and show it
+    prominently: every request through the proxy spends the user's upstream
+    keys, and the control API shows every turn.
+    """
+    if is_loopback(host):
+        return None
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return (f"Switchboard is listening on {where}, beyond this machine: anyone who can reach "
+            "that address can send model requests on your upstream keys and read every turn "
+            "through the control API. Use --host 127.0.0.1 unless you mean this.")
+
+
+def warn_if_exposed(host: str, port: int, logger: logging.Logger | None = None) -> str | None:
+    """Log `exposure_warning` as a warning, if there is one; return it."""
+    warning = exposure_warning(host, port)
+    if warning is not None:
+        (logger or log).warning("WARNING: %s", warning)
+    return warning
+
+
 def setup_logging(proxy: SwitchboardProxy, level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -63,6 +97,7 @@ async def serve(config: Config, *, host: str | None = None, port: int | None = N
         loop.add_signal_handler(sig, stop.set)
     try:
         await proxy.start()
+        warn_if_exposed(proxy.host, proxy.port)
         log.info("config %s; journal %s", config.source, config.proxy.journal)
         log.info("point opencode at %s/v1", proxy.base_url)
         print(f"switchboard ready on {proxy.base_url}", flush=True)

@@ -126,7 +126,8 @@ async def test_kill_9_leaves_finished_turns_and_the_live_one_on_disk(
     with sqlite3.connect(journal) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         rows = {i: (s, {**json.loads(d), "request": json.loads(r)}) for i, s, d, r in
-                conn.execute("SELECT id, state, data, request FROM turns").fetchall()}
+                conn.execute("SELECT t.id, t.state, t.data, coalesce(r.request, t.request)"
+                             " FROM turns t LEFT JOIN requests r ON r.id = t.id").fetchall()}
     assert len(rows) == 4
     for turn_id in finished:
         state, data = rows[turn_id]

@@ -1,25 +1,38 @@
 """Any OpenAI-compatible host: OpenRouter, Moonshot, bedrock-mantle, local servers.
 
-All such upstreams share one `httpx.AsyncClient` (one connection pool). The
-key comes from the environment variable named in the config and is sent as
-`Authorization: Bearer`; the client's own `Authorization` is never
-forwarded. httpx exceptions are mapped to `UpstreamError`s here and nowhere
-else.
+Requests go out through aiohttp's client (one connection pool per
+upstream, created on first use inside the running loop): its C HTTP parser
+hands over everything that arrived in one network read at once, where a
+pure-Python HTTP/1.1 stack pays per HTTP chunk — on a relay of small SSE
+events that is most of the proxy's cost, and about 1 ms per request more
+(bench/bench_relay.py measures both). The key comes from the environment
+variable named in the config and is sent as `Authorization: Bearer`; the
+client's own `Authorization` is never forwarded. aiohttp's exceptions are
+mapped to `UpstreamError`s here and nowhere else.
+
+`make_http_client` still builds the shared `httpx.AsyncClient` that other
+adapters use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
+from typing import Any
 
+import aiohttp
 import httpx
+from yarl import URL
 
 from ..config import UpstreamSettings
 from ..errors import (
-    UpstreamConnectError, UpstreamProtocolError, UpstreamStatusError, UpstreamTimeout,
+    UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamStatusError,
+    UpstreamTimeout,
 )
-from ..openai_wire import ChunkDecoder, decode_completion, error_message_from
+from ..openai_wire import ChunkDecoder, decode_completion, error_message_from, loads_clean
+from ..sse import COMMENT, SSEDecoder, SSEProtocolError
 from ..stream import FinishPart, KeepAlivePart, StreamPart
 from .base import UpstreamRequest
 
@@ -27,10 +40,16 @@ from .base import UpstreamRequest
 _DRAIN_TIMEOUT = 0.25
 #: How much of an error body is read for the message.
 _ERROR_BODY_LIMIT = 64 * 1024
+#: Largest whole (non-streamed) JSON answer accepted.
+_WHOLE_BODY_LIMIT = 64 * 1024 * 1024
+_USER_AGENT = "switchboard"
+_PROXY_ENV = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+_KEEPALIVE = KeepAlivePart()
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def make_http_client() -> httpx.AsyncClient:
-    """The one client shared by every HTTP upstream. The watchdog owns read timeouts."""
+    """The httpx client shared by adapters that use httpx. The watchdog owns read timeouts."""
     return httpx.AsyncClient(
         timeout=httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None),
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
@@ -38,137 +57,195 @@ def make_http_client() -> httpx.AsyncClient:
     )
 
 
+def _body_bytes(body: dict[str, Any]) -> bytes:
+    try:
+        return _compact(body).encode()
+    except UnicodeEncodeError:  # a lone surrogate somewhere: let json escape it
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
 class OpenAIUpstream:
-    """Streams `/chat/completions` from an OpenAI-compatible base URL."""
+    """Streams `/chat/completions` from an OpenAI-compatible base URL.
+
+    `client` is accepted for compatibility with the other adapters' signature
+    and not used: this adapter owns an aiohttp session, closed by `aclose`.
+    """
 
     kind = "openai"
 
-    def __init__(self, settings: UpstreamSettings, client: httpx.AsyncClient,
+    def __init__(self, settings: UpstreamSettings, client: httpx.AsyncClient | None = None,
                  base_url: str | None = None) -> None:
         self.name = settings.name
         self.settings = settings
-        self._client = client
-        self.base_url = (base_url or settings.base_url).rstrip("/")
+        url = URL((base_url or settings.base_url).rstrip("/"))
+        # Credentials in the URL (`https://user:pass@host`) become Basic auth,
+        # used when no API key is configured; they never appear in messages.
+        self._auth = (aiohttp.BasicAuth(url.user or "", url.password or "")
+                      if url.user or url.password else None)
+        self.base_url = str(url.with_user(None))
+        self._url = f"{self.base_url}/chat/completions"
+        self._session: aiohttp.ClientSession | None = None
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=None,
+                                              sock_connect=settings.connect_timeout,
+                                              sock_read=None)
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                # No cap: every client stream needs its own upstream connection,
+                # and queueing one behind the others would look like a stall.
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0),
+                timeout=self._timeout,
+                # Honour HTTP(S)_PROXY like other HTTP clients do, but only look
+                # the environment up per request when one is set.
+                trust_env=any(os.environ.get(name) for name in _PROXY_ENV),
+            )
+        return self._session
 
     async def start(self) -> None:
-        return None
+        self._open_session()
 
     async def aclose(self) -> None:
-        return None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def _headers(self) -> dict[str, str]:
-        headers = {"content-type": "application/json", "accept": "text/event-stream"}
-        headers.update(dict(self.settings.headers))
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
+                   "User-Agent": _USER_AGENT}
+        headers.update(self.settings.headers)
         key = self.settings.api_key()
         if key:
-            headers["authorization"] = f"Bearer {key}"
+            headers["Authorization"] = f"Bearer {key}"
+        elif self._auth is not None:
+            headers["Authorization"] = self._auth.encode()
         return headers
 
     async def stream(self, request: UpstreamRequest) -> AsyncIterator[StreamPart]:
-        url = f"{self.base_url}/chat/completions"
+        session = self._open_session()
+        response: aiohttp.ClientResponse | None = None
+        clean = False  # the body was read to its end: the connection can be reused
         try:
-            async with self._client.stream(
-                "POST", url, content=json.dumps(request.body).encode(), headers=self._headers(),
-                timeout=httpx.Timeout(connect=self.settings.connect_timeout, read=None,
-                                      write=60.0, pool=None),
-            ) as response:
-                if response.status_code >= 400:
+            try:
+                response = await session.post(self._url, data=_body_bytes(request.body),
+                                              headers=self._headers(), allow_redirects=False)
+                if response.status >= 400:
                     raise await _status_error(response)
-                content_type = response.headers.get("content-type", "")
-                if "text/event-stream" not in content_type:
-                    for part in _whole_response(await response.aread()):
+                if "text/event-stream" not in response.headers.get("Content-Type", ""):
+                    raw = await _read_limited(response, _WHOLE_BODY_LIMIT)
+                    clean = True
+                    for part in _whole_response(raw):
                         yield part
                     return
-                async for part in _sse_parts(response):
+                # The event stream, parsed here rather than in a generator of its own:
+                # one hop less for every part. Each network read is parsed whole.
+                events, decoder = SSEDecoder(), ChunkDecoder()
+                content = response.content
+                finished = done = False
+                while not done:
+                    data = await content.readany()
+                    for event in events.feed(data) if data else events.close():
+                        if event is COMMENT:
+                            yield _KEEPALIVE
+                        elif event[:1] == b"{" or event.strip() != b"[DONE]":
+                            for part in decoder.feed(_json_event(event)):
+                                if type(part) is FinishPart:
+                                    finished = True
+                                yield part
+                        else:
+                            done = True
+                            break
+                    if not data:
+                        break
+                if not (done or finished):
+                    # Closed with neither `[DONE]` nor a finish reason: cut off.
+                    raise UpstreamConnectError("the stream ended before the model finished")
+                for part in decoder.finish():
                     yield part
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"{self.name}: {type(exc).__name__} talking to {self.base_url}") from None
-        except (httpx.TransportError, httpx.StreamError) as exc:
-            detail = str(exc) or type(exc).__name__
-            raise UpstreamConnectError(f"{self.name}: {detail} ({self.base_url})") from None
+                clean = await _drain(response)
+            except UpstreamError:
+                raise
+            except (aiohttp.ClientError, OSError, SSEProtocolError, TimeoutError) as exc:
+                raise self._mapped(exc) from None
+        finally:
+            if response is not None:
+                if clean:
+                    response.release()
+                else:  # abandoned mid-body (client left, watchdog, error): drop it
+                    response.close()
+
+    def _mapped(self, exc: BaseException) -> UpstreamError:
+        where = f"{self.name} ({self.base_url})"
+        if isinstance(exc, SSEProtocolError):
+            return UpstreamProtocolError(f"{where}: {exc}")
+        if isinstance(exc, TimeoutError):
+            return UpstreamTimeout(f"{where}: no connection within "
+                                   f"{self.settings.connect_timeout:g}s")
+        if isinstance(exc, aiohttp.ClientResponseError):  # not HTTP at all
+            return UpstreamProtocolError(f"{where}: not a valid HTTP response: "
+                                         f"{exc.message or type(exc).__name__}")
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            return UpstreamConnectError(f"{where}: the connection broke mid-response ({exc})")
+        if isinstance(exc, aiohttp.ServerDisconnectedError):
+            return UpstreamConnectError(f"{where}: the server closed the connection")
+        detail = str(exc) or type(exc).__name__
+        return UpstreamConnectError(f"{where}: {detail}")
 
 
-async def _status_error(response: httpx.Response) -> UpstreamStatusError:
-    raw = b""
-    async for piece in response.aiter_bytes():
-        raw += piece
-        if len(raw) >= _ERROR_BODY_LIMIT:
+async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    pieces: list[bytes] = []
+    size = 0
+    while size < limit:
+        piece = await response.content.readany()
+        if not piece:
             break
-    text = raw[:_ERROR_BODY_LIMIT].decode("utf-8", "replace")
+        pieces.append(piece)
+        size += len(piece)
+    return b"".join(pieces)[:limit]
+
+
+async def _status_error(response: aiohttp.ClientResponse) -> UpstreamStatusError:
+    try:
+        raw = await _read_limited(response, _ERROR_BODY_LIMIT)
+    except (aiohttp.ClientError, OSError):
+        raw = b""
+    text = raw.decode("utf-8", "replace")
     try:
         payload = json.loads(text)
     except ValueError:
         payload = None
-    message = error_message_from(payload, text.strip()[:500] or response.reason_phrase)
-    return UpstreamStatusError(response.status_code, message, text)
+    message = error_message_from(payload, text.strip()[:500] or response.reason or "")
+    return UpstreamStatusError(response.status, message or f"HTTP {response.status}", text)
 
 
 def _whole_response(raw: bytes) -> list[StreamPart]:
     try:
-        payload = json.loads(raw)
+        payload = loads_clean(raw)
     except ValueError:
         raise UpstreamProtocolError(f"expected a JSON or SSE body, got {raw[:200]!r}") from None
     return decode_completion(payload)
 
 
-async def _sse_parts(response: httpx.Response) -> AsyncIterator[StreamPart]:
-    """Parse server-sent events into parts. Ends at `data: [DONE]`.
-
-    A stream that closes with neither `[DONE]` nor a finish reason was cut
-    off, and is reported as a dropped connection.
-    """
-    decoder = ChunkDecoder()
-    data: list[str] = []
-    finished = False
-    lines = response.aiter_lines()
-    async for line in lines:
-        if line.startswith("data:"):
-            data.append(line[6:] if line.startswith("data: ") else line[5:])
-            continue
-        if line.startswith(":"):
-            yield KeepAlivePart()
-            continue
-        if line or not data:
-            continue  # other fields (event:, id:) and blank lines between events
-        payload = "\n".join(data)
-        data.clear()
-        if payload.strip() == "[DONE]":
-            finished = True
-            await _drain(lines)
-            break
-        for part in decoder.feed(_json_event(payload)):
-            finished = finished or isinstance(part, FinishPart)
-            yield part
-    else:
-        if data:  # a last event without its blank line
-            payload = "\n".join(data)
-            finished = finished or payload.strip() == "[DONE]"
-            if payload.strip() != "[DONE]":
-                for part in decoder.feed(_json_event(payload)):
-                    finished = finished or isinstance(part, FinishPart)
-                    yield part
-    if not finished:
-        raise UpstreamConnectError("the stream ended before the model finished")
-    for part in decoder.finish():
-        yield part
-
-
-async def _drain(lines: AsyncIterator[str]) -> None:
-    """Read to the end of the body after `[DONE]` so the connection is reused.
+async def _drain(response: aiohttp.ClientResponse) -> bool:
+    """Read to the end of the body after `[DONE]` so the connection can be reused.
 
     A host that keeps the body open after `[DONE]` costs at most
-    `_DRAIN_TIMEOUT`; the connection is then dropped instead.
+    `_DRAIN_TIMEOUT`; the connection is then dropped instead (returns False).
     """
+    content = response.content
+    if content.at_eof():
+        return True
     try:
         async with asyncio.timeout(_DRAIN_TIMEOUT):
-            async for _ in lines:
+            while await content.readany():
                 pass
-    except TimeoutError:
-        pass
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return False
+    return True
 
 
-def _json_event(payload: str) -> object:
+def _json_event(payload: bytes) -> object:
     try:
-        return json.loads(payload)
+        return loads_clean(payload)
     except ValueError:
         raise UpstreamProtocolError(f"malformed JSON in stream: {payload[:200]!r}") from None

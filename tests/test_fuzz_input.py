@@ -1,0 +1,346 @@
+"""Bad client input, generated: every request gets a clear OpenAI-shaped answer.
+
+Hypothesis throws arbitrary bytes, arbitrary JSON, valid requests with one
+field replaced by anything, conversations with any roles and broken
+tool-call arguments, unpaired surrogates and oversized bodies at a running
+proxy (real servers on 127.0.0.1, a real HTTP client). Every answer is a 2xx
+relay or a 4xx error in OpenAI's shape — never a 500 — the proxy keeps
+serving, malformed tool-call arguments are repaired before they go
+upstream, and the journal holds every turn the proxy accepted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fuzz_support import BackgroundProxy, openai_error, upstream_key_env
+from support import (
+    CHAT_PATH, MODEL, UPSTREAM_KEY_ENV, UPSTREAM_MODEL, Sleep, chat_body, sse, text_chunk,
+    finish_chunk,
+)
+
+KIMI_MODEL = "kimi-test"
+LIMIT_BYTES = int(0.05 * 1024 * 1024)  # max_body_mb = 0.05
+
+
+def two_routes(base_url: str) -> str:
+    """`test-model` relayed as is; `kimi-test` with every repair on."""
+    return f"""
+[proxy]
+host = "127.0.0.1"
+port = 0
+max_body_mb = 0.05
+
+[watchdog]
+first_token_timeout = 5.0
+idle_timeout = 5.0
+max_attempts = 2
+
+[upstreams.primary]
+kind = "openai"
+base_url = {json.dumps(base_url)}
+api_key_env = "{UPSTREAM_KEY_ENV}"
+
+[[routes]]
+model = "{MODEL}"
+targets = ["primary:{UPSTREAM_MODEL}"]
+repairs = "none"
+
+[[routes]]
+model = "{KIMI_MODEL}"
+targets = ["primary:{UPSTREAM_MODEL}"]
+repairs = "kimi"
+"""
+
+
+@pytest.fixture(scope="module")
+def bg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundProxy]:
+    with upstream_key_env():
+        proxy = BackgroundProxy(two_routes, tmp_path_factory.mktemp("fuzz") / "journal.sqlite3")
+        proxy.start()
+        try:
+            yield proxy
+        finally:
+            proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=15.0) as c:
+        yield c
+
+
+FUZZ = settings(max_examples=150, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def post(client: httpx.Client, bg: BackgroundProxy, content: bytes,
+         headers: dict[str, str] | None = None) -> httpx.Response:
+    return client.post(bg.base_url + CHAT_PATH, content=content,
+                       headers={"content-type": "application/json", **(headers or {})})
+
+
+def check_answer(response: httpx.Response) -> None:
+    """A relayed answer or a client error in OpenAI's shape; never a server error."""
+    if response.status_code == 200:
+        if response.headers["content-type"].startswith("text/event-stream"):
+            assert response.content.rstrip().endswith(b"data: [DONE]"), response.content[-300:]
+            for line in response.content.decode().splitlines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    json.loads(line[6:])
+        else:
+            assert response.json()["object"] == "chat.completion"
+        return
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:500])
+    error = openai_error(response)
+    assert error["type"] == "invalid_request_error", error
+
+
+# -- strategies ------------------------------------------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=12)
+
+ROLES = st.sampled_from(["system", "user", "assistant", "tool", "developer", "function"])
+ANY_ROLE = ROLES | st.text(max_size=12)
+BROKEN_ARGS = st.sampled_from([
+    '{"path": "a.py"', '{"path": "a.py"}{"path": "b.py"}', "", "null", "[1, 2]",
+    '{"a": 1,}', "```json\n{\"a\": 1}\n```", "{'a': True}", '{"a": "unterminated',
+    '{"a": tru', "not json at all", '{"nested": {"deep": [1, 2, {"x": ',
+]) | st.text(max_size=30)
+
+
+@st.composite
+def conversations(draw: st.DrawFn, roles: st.SearchStrategy[str] = ROLES) -> list[dict[str, Any]]:
+    """Conversations an agent might send, right or wrong: any roles, tool calls with
+    broken arguments, results that answer nothing, empty and odd content."""
+    messages: list[dict[str, Any]] = []
+    for i in range(draw(st.integers(1, 7))):
+        role = draw(roles)
+        message: dict[str, Any] = {"role": role}
+        message["content"] = draw(st.none() | st.text(max_size=40) | st.just("") | st.lists(
+            st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=20)}),
+            max_size=2))
+        if role == "assistant" and draw(st.booleans()):
+            message["tool_calls"] = [
+                {"id": draw(st.sampled_from([f"call_{i}_{j}", f"functions.read:{j}", "x"])),
+                 "type": "function",
+                 "function": {"name": draw(st.sampled_from(["read", "bash", "edit"])),
+                              "arguments": draw(BROKEN_ARGS | st.dictionaries(
+                                  st.text(max_size=5), st.integers(), max_size=2))}}
+                for j in range(draw(st.integers(1, 2)))]
+        if role == "tool":
+            message["tool_call_id"] = draw(st.sampled_from([f"call_{i - 1}_0", "call_nowhere",
+                                                            "functions.read:0"]))
+        messages.append(message)
+    return messages
+
+
+FIELDS = ["model", "messages", "stream", "stream_options", "tools", "temperature",
+          "messages.0", "messages.0.role", "messages.0.content", "messages.0.tool_calls",
+          "messages.0.tool_call_id", "messages.0.name"]
+
+
+def replaced(body: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    body = json.loads(json.dumps(body))
+    target: Any = body
+    keys = path.split(".")
+    for key in keys[:-1]:
+        target = target[int(key)] if isinstance(target, list) else target[key]
+    last = keys[-1]
+    if isinstance(target, list):
+        target[int(last)] = value
+    else:
+        target[last] = value
+    return body
+
+
+# -- properties ------------------------------------------------------------------------
+
+@FUZZ
+@given(raw=st.binary(max_size=300))
+def test_arbitrary_bytes(bg: BackgroundProxy, client: httpx.Client, raw: bytes) -> None:
+    check_answer(post(client, bg, raw))
+
+
+@FUZZ
+@given(body=JSON)
+def test_arbitrary_json(bg: BackgroundProxy, client: httpx.Client, body: Any) -> None:
+    check_answer(post(client, bg, json.dumps(body).encode()))
+
+
+@FUZZ
+@given(field=st.sampled_from(FIELDS), value=JSON, stream=st.booleans(),
+       model=st.sampled_from([MODEL, KIMI_MODEL]))
+def test_one_field_replaced_by_anything(bg: BackgroundProxy, client: httpx.Client, field: str,
+                                        value: Any, stream: bool, model: str) -> None:
+    body = replaced(chat_body(model=model, stream=stream), field, value)
+    response = post(client, bg, json.dumps(body).encode())
+    check_answer(response)
+    if field == "model" and response.status_code == 404:
+        assert openai_error(response)["code"] == "model_not_found"
+
+
+@FUZZ
+@given(messages=conversations(ANY_ROLE), stream=st.booleans())
+def test_unknown_roles_are_refused_by_name(bg: BackgroundProxy, client: httpx.Client,
+                                           messages: list[dict[str, Any]], stream: bool) -> None:
+    body = {"model": MODEL, "messages": messages, "stream": stream}
+    response = post(client, bg, json.dumps(body).encode())
+    check_answer(response)
+    bad = [m["role"] for m in messages if m["role"] not in
+           ("system", "user", "assistant", "tool", "developer", "function")]
+    if bad:
+        error = openai_error(response)
+        assert response.status_code == 400 and error["code"] == "invalid_role"
+        assert "role" in error["message"]
+    else:
+        assert response.status_code == 200
+
+
+@FUZZ
+@given(messages=conversations())
+def test_broken_tool_call_history_is_repaired_before_it_goes_upstream(
+        bg: BackgroundProxy, client: httpx.Client, messages: list[dict[str, Any]]) -> None:
+    before = bg.upstream_requests()
+    body = {"model": KIMI_MODEL, "messages": messages, "stream": True}
+    response = post(client, bg, json.dumps(body).encode())
+    check_answer(response)
+    assert response.status_code == 200
+    assert bg.fake is not None and bg.upstream_requests() == before + 1
+    sent = bg.fake.chat_requests[-1].body
+    for message in sent["messages"]:
+        for call in message.get("tool_calls") or ():
+            assert isinstance(json.loads(call["function"]["arguments"]), dict), call
+        if message["role"] == "tool":  # every result answers a call that precedes it
+            ids = {c["id"] for m in sent["messages"] if m["role"] == "assistant"
+                   for c in m.get("tool_calls") or ()}
+            assert message["tool_call_id"] in ids, sent["messages"]
+
+
+SURROGATES = st.sampled_from(["\\ud800", "\\udfff", "\\ud83d", "x\\udc00y", "\\ud83d\\ude00"])
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(escape=SURROGATES, where=st.sampled_from(["content", "system", "tool_args"]))
+def test_unpaired_surrogates_are_replaced_and_recorded(
+        bg: BackgroundProxy, client: httpx.Client, escape: str, where: str) -> None:
+    # JSON allows "\ud800"; UTF-8 (the journal, the event stream) does not.
+    if where == "content":
+        raw = ('{"model": "%s", "stream": true, "messages": [{"role": "user", "content": '
+               '"hi %s"}]}' % (KIMI_MODEL, escape))
+    elif where == "system":
+        raw = ('{"model": "%s", "stream": true, "messages": [{"role": "system", "content": "%s"},'
+               ' {"role": "user", "content": "go"}]}' % (MODEL, escape))
+    else:
+        raw = ('{"model": "%s", "stream": true, "messages": [{"role": "user", "content": "go"},'
+               ' {"role": "assistant", "content": null, "tool_calls": [{"id": "call_s",'
+               ' "type": "function", "function": {"name": "read", "arguments":'
+               ' "{\\"p\\": \\"%s\\"}"}}]}, {"role": "tool", "tool_call_id": "call_s",'
+               ' "content": "ok"}]}' % (KIMI_MODEL, escape))
+    response = post(client, bg, raw.encode())
+    check_answer(response)
+    assert response.status_code == 200
+    turn = bg.api_turns(client)[-1]
+    detail = client.get(f"{bg.base_url}/switchboard/api/turns/{turn['id']}")
+    assert detail.status_code == 200
+    detail.content.decode("utf-8")  # valid UTF-8 all the way through
+    assert bg.journal_states()[turn["id"]] == "finished"
+
+
+def test_bodies_over_the_limit_get_413_streamed_or_not(bg: BackgroundProxy,
+                                                       client: httpx.Client) -> None:
+    huge = json.dumps(chat_body("x" * (LIMIT_BYTES + 10))).encode()
+    response = post(client, bg, huge)
+    assert response.status_code == 413
+    error = openai_error(response)
+    assert error["code"] == "request_too_large" and "max_body_mb" in error["message"]
+
+    def pieces() -> Iterator[bytes]:  # chunked upload: no Content-Length to refuse early
+        for i in range(0, len(huge), 4096):
+            yield huge[i:i + 4096]
+
+    response = client.post(bg.base_url + CHAT_PATH, content=pieces(),
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert openai_error(response)["code"] == "request_too_large"
+    just_under = json.dumps(chat_body("y" * (LIMIT_BYTES - 2000))).encode()
+    assert post(client, bg, just_under).status_code == 200
+    bg.good_turn(client)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(read=st.integers(0, 12))
+def test_a_client_that_leaves_mid_stream_gets_its_upstream_closed(
+        bg: BackgroundProxy, client: httpx.Client, read: int) -> None:
+    assert bg.fake is not None
+    fake = bg.fake
+    steps: list[Any] = []
+    for i in range(15):
+        steps += [text_chunk(f"piece {i} "), Sleep(0.02)]
+    bg.script(sse(*steps, finish_chunk("stop")))
+    gone_before = bg.run(lambda: _disconnects(fake))
+    got = 0
+    with client.stream("POST", bg.base_url + CHAT_PATH, json=chat_body()) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                got += 1
+                if got > read:
+                    break
+    # Leaving the block closed the connection mid-answer: the proxy must close
+    # the upstream connection too, and record the turn as failed.
+    bg.run(lambda: _wait(lambda: fake.disconnects > gone_before, "upstream closed"))
+    turn = bg.run(lambda: _wait_turn(bg))
+    assert turn["state"] == "failed" and turn["status"] == 499, turn
+    bg.run(lambda: _wait(lambda: bg.journal_states().get(turn["id"]) == "failed",
+                         "the journal row"))
+
+
+async def _disconnects(fake: Any) -> int:
+    return int(fake.disconnects)
+
+
+async def _wait(predicate: Any, what: str, timeout: float = 5.0) -> None:
+    import asyncio
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def _wait_turn(bg: BackgroundProxy) -> dict[str, Any]:
+    assert bg.proxy is not None
+    store = bg.proxy.store
+    await _wait(lambda: store.recent(1) and store.recent(1)[-1].state != "live", "turn settled")
+    return store.recent(1)[-1].to_dict(include_request=False)
+
+
+def test_after_all_that_the_proxy_serves_and_the_journal_has_every_turn(
+        bg: BackgroundProxy, client: httpx.Client) -> None:
+    bg.good_turn(client)
+    turns = bg.api_turns(client)
+    assert turns, "the fuzz tests above made turns"
+    journal = bg.journal_states()
+    assert bg.proxy is not None
+    in_memory = {t.id: t.state for t in bg.proxy.store.recent(0)}
+    assert set(in_memory) <= set(journal)  # nothing accepted is missing from the journal
+    assert all(journal[i] == state for i, state in in_memory.items())
+    assert "live" not in journal.values()
+    assert bg.proxy.journal is not None and bg.proxy.journal.status()["ok"]
