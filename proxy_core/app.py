@@ -25,7 +25,7 @@ from .repairs.memory import ToolCallMemory
 from .secrets import Redactor
 from .server import OpenAIFront
 from .store import TurnStore
-from .upstreams import build_upstreams, make_http_client
+from .upstreams import build_upstreams
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,7 @@ class SwitchboardProxy:
         self.bus = EventBus()
         self.store = TurnStore()
         self.redactor = Redactor(config.secret_env_vars())
-        self.http = make_http_client()
-        self.upstreams = build_upstreams(config, self.http)
+        self.upstreams = build_upstreams(config)
         self.journal: Journal | None = None
         if journal:
             self.journal = Journal.open(config.proxy.journal, self.redactor, self.store)
@@ -102,7 +101,6 @@ class SwitchboardProxy:
         await self.pipeline.aclose()
         for upstream in self.upstreams.values():
             await upstream.aclose()
-        await self.http.aclose()
         if self.journal is not None:
             self.journal.close()
 

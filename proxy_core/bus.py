@@ -72,4 +72,4 @@ class EventBus:
             try:
                 handler(event)
             except Exception:  # an observer must never break a stream
-                log.exception("observer %r failed on %s", handler, event.name)
+                log.exception("observer %r failed on %s", handler, type(event).__name__)

@@ -88,14 +88,15 @@ class ControlAPI:
 
     async def health(self, request: web.Request) -> web.Response:
         proxy = self.proxy
-        live = sum(1 for t in proxy.store.recent(0) if t.state == "live")
+        journal = proxy.journal.status() if proxy.journal is not None else None
         return self._json({
-            "status": "ok",
+            # degraded: still proxying, but turns are not reaching the journal
+            "status": "ok" if journal is None or journal["ok"] else "degraded",
             "uptime": time.time() - self.started,
             "config": proxy.config.source,
-            "journal": str(proxy.config.proxy.journal),
+            "journal": journal,
             "turns": len(proxy.store),
-            "live_turns": live,
+            "live_turns": len(proxy.pipeline.live),
             "upstreams": {n: u.kind for n, u in proxy.config.upstreams.items()},
             "routes": [{"model": r.model, "targets": [str(t) for t in r.targets],
                         "repairs": r.repairs} for r in proxy.config.routes],
@@ -155,7 +156,7 @@ class ControlAPI:
                     await response.write(comment_line("dropped: reader too slow"))
                     break
                 text = self.proxy.redactor(json.dumps(event.to_dict(), ensure_ascii=False))
-                await response.write(f"event: {event.name}\ndata: {text}\n\n".encode())
+                await response.write(f"event: {type(event).__name__}\ndata: {text}\n\n".encode())
         except ConnectionError:
             pass
         finally:

@@ -25,13 +25,12 @@ class Event:
     turn_id: str
     at: float = field(default_factory=_now)
 
-    @property
-    def name(self) -> str:
-        return type(self).__name__
+    # No `name` property here: `ToolCallRelayed.name` (the tool) would shadow
+    # it. The event's type is `type(event).__name__`, as in `to_dict`.
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data["type"] = self.name
+        data["type"] = type(self).__name__
         return data
 
 

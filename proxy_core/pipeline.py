@@ -33,6 +33,7 @@ from .events import (
     AttemptFailed, AttemptStarted, Chunk, FirstByte, Heartbeat, RepairApplied, ToolCallRelayed,
     TurnFailed, TurnFinished, TurnStarted, UpstreamHealthChanged,
 )
+from .deadline import Deadline
 from .health import TargetHealth
 from .openai_wire import ChatRequest
 from .record import Attempt, RepairRecord, ToolCallRecord, Turn, new_turn_id
@@ -88,14 +89,14 @@ class LiveTurn:
         self.route = route
         self.committed = False
         self.action: ManualAction | None = None
-        self.timeout: asyncio.Timeout | None = None  # the wait in progress, if any
+        self.timeout: Deadline | None = None  # the attempt's watchdog deadline, while waiting
         self.next_keepalive = 0.0
 
     def interrupt(self, action: ManualAction) -> None:
         """Stop the current attempt at its next wait (or now, if it is waiting)."""
         self.action = action
         if self.timeout is not None and not self.timeout.expired():
-            self.timeout.reschedule(asyncio.get_running_loop().time())
+            self.timeout.expire()
 
 
 #: Finds a turn that is no longer in memory (the journal), for re-runs.
@@ -268,6 +269,7 @@ class Pipeline:
         # While keep-alives are due, the upstream read runs as its own task so a
         # keep-alive tick can interrupt the wait without cancelling the read.
         pending: asyncio.Future[StreamPart] | None = None
+        watch = Deadline(deadline)
         try:
             while True:
                 if live.action is not None:
@@ -275,7 +277,9 @@ class Pipeline:
                 keepalive = live.next_keepalive if live.next_keepalive and not live.committed else 0.0
                 wake = min(deadline, keepalive) if keepalive else deadline
                 try:
-                    async with asyncio.timeout_at(wake) as live.timeout:
+                    watch.when = wake
+                    live.timeout = watch
+                    with watch:
                         if keepalive or pending is not None:
                             if pending is None:
                                 pending = asyncio.ensure_future(parts.__anext__())
@@ -317,6 +321,7 @@ class Pipeline:
                     self._record(turn, repaired)
                     yield repaired
         finally:
+            watch.close()
             if pending is not None:
                 pending.cancel()
                 await asyncio.gather(pending, return_exceptions=True)
@@ -402,10 +407,12 @@ class Pipeline:
     def _record(self, turn: Turn, part: StreamPart) -> None:
         if isinstance(part, TextPart):
             turn.append_text(part.text)
-            self.bus.publish(Chunk(turn_id=turn.id, kind="text", text=part.text))
+            if self.bus.wants(Chunk):
+                self.bus.publish(Chunk(turn_id=turn.id, kind="text", text=part.text))
         elif isinstance(part, ReasoningPart):
             turn.append_reasoning(part.text)
-            self.bus.publish(Chunk(turn_id=turn.id, kind="reasoning", text=part.text))
+            if self.bus.wants(Chunk):
+                self.bus.publish(Chunk(turn_id=turn.id, kind="reasoning", text=part.text))
         elif isinstance(part, ToolCallPart):
             turn.tool_calls.append(ToolCallRecord(part.id, part.name, part.arguments,
                                                   part.upstream_id))

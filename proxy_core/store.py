@@ -20,11 +20,10 @@ class TurnStore:
     def add(self, turn: Turn) -> None:
         self._turns[turn.id] = turn
         if len(self._turns) > self.capacity:
-            for turn_id, old in list(self._turns.items()):
-                if len(self._turns) <= self.capacity:
-                    break
-                if old.state != "live":
-                    del self._turns[turn_id]
+            # One in, one out: the oldest turn that is no longer live.
+            oldest = next((i for i, t in self._turns.items() if t.state != "live"), None)
+            if oldest is not None:
+                del self._turns[oldest]
 
     def get(self, turn_id: str) -> Turn | None:
         return self._turns.get(turn_id)

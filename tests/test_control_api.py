@@ -9,9 +9,11 @@ from typing import Any
 import httpx
 
 from proxy_core.app import SwitchboardProxy
+from proxy_core.events import event_from_dict
 from support import (
     API, CHAT_PATH, FakeUpstream, api_turn, api_turns, assert_openai_error, chat_body,
-    content_of, openai_config, stream_chat, text_reply,
+    content_of, finish_chunk, openai_config, sse, stream_chat, text_chunk, text_reply,
+    tool_call_chunk, usage_chunk,
 )
 
 
@@ -30,10 +32,25 @@ async def test_health(proxy: SwitchboardProxy, client: httpx.AsyncClient) -> Non
     assert health["status"] == "ok"
     assert health["turns"] == 1 and health["live_turns"] == 0
     assert health["config"] == "test.toml"
-    assert health["journal"] == str(proxy.config.proxy.journal)
+    assert health["journal"]["path"] == str(proxy.config.proxy.journal)
+    assert health["journal"]["ok"] is True
     assert health["upstreams"] == {"primary": "openai"}
     assert health["routes"] == [{"model": "test-model", "targets": ["primary:up-model"],
                                  "repairs": "none"}]
+
+
+async def test_health_says_degraded_while_the_journal_cannot_write(
+        proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:
+    assert proxy.journal is not None
+    proxy.journal.conn.execute("PRAGMA query_only = ON")  # every write now fails
+    await chat(client, proxy)  # still proxied
+    health = (await client.get(proxy.base_url + API + "/health")).json()
+    assert health["status"] == "degraded"
+    assert health["journal"]["ok"] is False and health["journal"]["unsaved_turns"] >= 1
+    proxy.journal.conn.execute("PRAGMA query_only = OFF")
+    await chat(client, proxy)  # a write succeeds again, and the backlog with it
+    health = (await client.get(proxy.base_url + API + "/health")).json()
+    assert health["status"] == "ok" and health["journal"]["unsaved_turns"] == 0
 
 
 async def test_turns_lists_recent_turns_oldest_first_with_limit(
@@ -108,7 +125,9 @@ async def test_turns_survive_a_restart_through_the_journal(
 
 async def test_events_stream_delivers_a_turn_live(
         fake_upstream: FakeUpstream, proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:
-    fake_upstream.script(text_reply("live", " events"))
+    fake_upstream.script(sse(text_chunk("live"), text_chunk(" events"),
+                             tool_call_chunk(0, id="call_1", name="bash", arguments='{"command": "ls"}'),
+                             finish_chunk("tool_calls"), usage_chunk()))
     events: list[tuple[str, dict[str, Any]]] = []
     async with asyncio.timeout(10):
         async with client.stream("GET", proxy.base_url + API + "/events") as response:
@@ -136,8 +155,13 @@ async def test_events_stream_delivers_a_turn_live(
     assert names.index("FirstByte") < names.index("Chunk")
     assert len({d["turn_id"] for _, d in events}) == 1
     assert "".join(d["text"] for n, d in events if n == "Chunk") == "live events"
+    # A tool call's `name` field is the tool, never taken for the event type.
+    (call,) = [d for n, d in events if n == "ToolCallRelayed"]
+    assert call["name"] == "bash"
+    for _, data in events:  # every event rebuilds, as `switchboard attach` does
+        assert type(event_from_dict(data)).__name__ == data["type"]
     finished = events[-1][1]
-    assert finished["finish_reason"] == "stop" and finished["completion_tokens"] == 7
+    assert finished["finish_reason"] == "tool_calls" and finished["completion_tokens"] == 7
 
 
 async def test_x_session_id_groups_turns(proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from proxy_core.app import SwitchboardProxy
 from proxy_core.config import Config
 from proxy_core.secrets import RedactingFilter
+from proxy_core.serve import exposure_warning
 
 from .app import SwitchboardApp
 from .demo import DemoAgent, demo_config
@@ -57,6 +58,9 @@ async def run_local(config: Config, *, host: str | None, port: int | None, theme
         proxy = SwitchboardProxy(config, host=host, port=0)  # the demo takes any free port
         await proxy.start()
         banner += f" (port {port} was busy)"
+    warning = exposure_warning(proxy.host, proxy.port)
+    if warning is not None:  # on screen, where the user looks: the log is in a file
+        banner = f"⚠ {warning} {banner}".strip()
     source = LocalSource(proxy)
     agent = DemoAgent(proxy.base_url) if demo else None
     app = SwitchboardApp(source, theme=theme, banner=banner)

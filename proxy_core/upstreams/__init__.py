@@ -2,31 +2,28 @@
 
 from __future__ import annotations
 
-import httpx
-
 from ..config import Config, UpstreamSettings
 from .base import Upstream, UpstreamRequest
 from .bedrock import BedrockUpstream
-from .openai import OpenAIUpstream, make_http_client
+from .openai import OpenAIUpstream
 from .simulator import SimulatorUpstream
 
 __all__ = ["Upstream", "UpstreamRequest", "OpenAIUpstream", "BedrockUpstream", "SimulatorUpstream",
-           "build_upstreams", "make_http_client"]
+           "build_upstreams"]
 
 
-def build_upstream(settings: UpstreamSettings, client: httpx.AsyncClient,
-                   models: tuple[str, ...] = ()) -> Upstream:
+def build_upstream(settings: UpstreamSettings, models: tuple[str, ...] = ()) -> Upstream:
     if settings.kind == "openai":
-        return OpenAIUpstream(settings, client)
+        return OpenAIUpstream(settings)
     if settings.kind == "bedrock":
         return BedrockUpstream(settings)
     if settings.kind == "simulator":
-        return SimulatorUpstream(settings, client, models or ("kimi-k2.5",))
+        return SimulatorUpstream(settings, models or ("kimi-k2.5",))
     raise ValueError(f"unknown upstream kind {settings.kind!r}")
 
 
-def build_upstreams(config: Config, client: httpx.AsyncClient) -> dict[str, Upstream]:
-    return {name: build_upstream(s, client, _models_served_by(config, name))
+def build_upstreams(config: Config) -> dict[str, Upstream]:
+    return {name: build_upstream(s, _models_served_by(config, name))
             for name, s in config.upstreams.items()}
 
 

@@ -9,9 +9,6 @@ events that is most of the proxy's cost, and about 1 ms per request more
 variable named in the config and is sent as `Authorization: Bearer`; the
 client's own `Authorization` is never forwarded. aiohttp's exceptions are
 mapped to `UpstreamError`s here and nowhere else.
-
-`make_http_client` still builds the shared `httpx.AsyncClient` that other
-adapters use.
 """
 
 from __future__ import annotations
@@ -23,7 +20,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import httpx
 from yarl import URL
 
 from ..config import UpstreamSettings
@@ -48,15 +44,6 @@ _KEEPALIVE = KeepAlivePart()
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-def make_http_client() -> httpx.AsyncClient:
-    """The httpx client shared by adapters that use httpx. The watchdog owns read timeouts."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None),
-        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-        follow_redirects=False,
-    )
-
-
 def _body_bytes(body: dict[str, Any]) -> bytes:
     try:
         return _compact(body).encode()
@@ -67,14 +54,12 @@ def _body_bytes(body: dict[str, Any]) -> bytes:
 class OpenAIUpstream:
     """Streams `/chat/completions` from an OpenAI-compatible base URL.
 
-    `client` is accepted for compatibility with the other adapters' signature
-    and not used: this adapter owns an aiohttp session, closed by `aclose`.
+    The adapter owns an aiohttp session, opened by `start` and closed by `aclose`.
     """
 
     kind = "openai"
 
-    def __init__(self, settings: UpstreamSettings, client: httpx.AsyncClient | None = None,
-                 base_url: str | None = None) -> None:
+    def __init__(self, settings: UpstreamSettings, base_url: str | None = None) -> None:
         self.name = settings.name
         self.settings = settings
         url = URL((base_url or settings.base_url).rstrip("/"))

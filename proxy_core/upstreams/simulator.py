@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx
-
 from ..config import UpstreamSettings
 from ..simulator import SimulatorConfig, start_simulator
 from ..simulator.server import RunningSimulator
@@ -23,7 +21,7 @@ from .openai import OpenAIUpstream
 class SimulatorUpstream:
     kind = "simulator"
 
-    def __init__(self, settings: UpstreamSettings, client: httpx.AsyncClient,
+    def __init__(self, settings: UpstreamSettings,
                  models: tuple[str, ...] = ("kimi-k2.5",)) -> None:
         self.name = settings.name
         self.settings = settings
@@ -31,14 +29,13 @@ class SimulatorUpstream:
             faults=settings.faults, fault_rate=settings.fault_rate, seed=settings.seed,
             steps=settings.steps, chunk_delay=settings.chunk_delay, models=models,
             hang_repeats=settings.hang_repeats)
-        self._client = client
         self._running: RunningSimulator | None = None
         self._http: OpenAIUpstream | None = None
 
     async def start(self) -> None:
         if self._running is None:
             self._running = await start_simulator(self.sim_config)
-            self._http = OpenAIUpstream(self.settings, self._client, base_url=self._running.base_url)
+            self._http = OpenAIUpstream(self.settings, base_url=self._running.base_url)
 
     async def aclose(self) -> None:
         if self._http is not None:  # its connection pool
