@@ -48,7 +48,7 @@ from .faults import decide, fingerprint, request_rng
 from .script import next_reply
 from .server import (
     _DISCONNECT_POLL, CONFIG_KEY, STATE_KEY, STREAM_ERROR_MESSAGE, THROTTLE_MESSAGE, _client_gone,
-    _outgoing, _record,
+    _outgoing, _record, play,
 )
 from .stats import FaultRecord, SimulatorState
 from .wire import Outgoing, split_text
@@ -496,18 +496,9 @@ async def _play(request: web.Request, operation: str) -> web.StreamResponse:
         return web.json_response(whole_answer(out))
     frames = stream_frames(out, request_rng(config.seed, fp, seen, "chunks"),
                            fail=decision.stream_error)
-    response = web.StreamResponse(headers={"Content-Type": EVENTSTREAM,
-                                           "x-amzn-RequestId": f"sim-{int(time.time() * 1000)}"})
-    await response.prepare(request)
-    try:
-        for frame in frames:
-            await response.write(frame)
-            if config.chunk_delay:
-                await asyncio.sleep(config.chunk_delay)
-        await response.write_eof()
-    except ConnectionResetError:
-        pass
-    return response
+    return await play(request, config, list(frames),
+                      {"Content-Type": EVENTSTREAM,
+                       "x-amzn-RequestId": f"sim-{int(time.time() * 1000)}"})
 
 
 async def converse_stream(request: web.Request) -> web.StreamResponse:

@@ -113,12 +113,14 @@ async def _hang(request: web.Request, config: SimulatorConfig, state: SimulatorS
     return response
 
 
-async def _stream(request: web.Request, config: SimulatorConfig, out: Outgoing, events: list[bytes]) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+async def play(request: web.Request, config: SimulatorConfig, pieces: list[bytes],
+               headers: Mapping[str, str]) -> web.StreamResponse:
+    """Write `pieces` one by one, `chunk_delay` apart, as a real host streams."""
+    response = web.StreamResponse(headers=headers)
     await response.prepare(request)
     try:
-        for event in events:
-            await response.write(event)
+        for piece in pieces:
+            await response.write(piece)
             if config.chunk_delay:
                 await asyncio.sleep(config.chunk_delay)
         await response.write_eof()
@@ -181,7 +183,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     events = sse_events(out, request_rng(config.seed, fp, seen, "chunks"), include_usage=include_usage)
     if decision.stream_error:
         events = cut_with_error(events, STREAM_ERROR_MESSAGE)
-    return await _stream(request, config, out, events)
+    return await play(request, config, events,
+                      {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
 
 
 async def list_models(request: web.Request) -> web.Response:
