@@ -4,8 +4,8 @@
 `Pipeline.run` is an async generator of the parts the client should
 receive. Until the first model output is yielded (the commit boundary) a
 stalled or failed attempt is retried on the same target, then rerouted down
-the route's targets, up to the route's `max_attempts`; meanwhile the client
-gets `KeepAlivePart`s (SSE comments) so its own timeouts do not fire. After
+the route's targets, up to the route's `max_attempts` (meanwhile the server
+keeps a streaming client alive with SSE comments, see `server.KeepAlive`). After
 the boundary a failure ends the turn with `TurnAborted`, which the server
 turns into an in-stream error.
 
@@ -82,7 +82,7 @@ class ManualInterrupt(Exception):
 class LiveTurn:
     """The handle on a turn in flight: what manual actions and heartbeats need."""
 
-    __slots__ = ("turn", "route", "committed", "action", "timeout", "next_keepalive")
+    __slots__ = ("turn", "route", "committed", "action", "timeout")
 
     def __init__(self, turn: Turn, route: RouteSettings) -> None:
         self.turn = turn
@@ -90,7 +90,6 @@ class LiveTurn:
         self.committed = False
         self.action: ManualAction | None = None
         self.timeout: Deadline | None = None  # the attempt's watchdog deadline, while waiting
-        self.next_keepalive = 0.0
 
     def interrupt(self, action: ManualAction) -> None:
         """Stop the current attempt at its next wait (or now, if it is waiting)."""
@@ -180,8 +179,6 @@ class Pipeline:
         live = LiveTurn(turn, route)
         self.live[turn.id] = live
         watchdog = route.watchdog
-        if watchdog.keepalive_interval:
-            live.next_keepalive = asyncio.get_running_loop().time() + watchdog.keepalive_interval
         plan = self._plan(route, first)
         target, reason = next(plan), first_reason
         automatic = 0
@@ -194,8 +191,7 @@ class Pipeline:
                 try:
                     async with aclosing(self._attempt(live, attempt, target)) as parts:
                         async for part in parts:
-                            if not isinstance(part, KeepAlivePart):
-                                live.committed = True
+                            live.committed = True
                             yield part
                     attempt.outcome, attempt.ended_at = "ok", time.time()
                     self.health.succeeded(target)
@@ -265,29 +261,15 @@ class Pipeline:
         parts = upstream.stream(UpstreamRequest(model=model, body=body)).__aiter__()
         watchdog = live.route.watchdog
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + watchdog.first_token_timeout
-        # While keep-alives are due, the upstream read runs as its own task so a
-        # keep-alive tick can interrupt the wait without cancelling the read.
-        pending: asyncio.Future[StreamPart] | None = None
-        watch = Deadline(deadline)
+        watch = Deadline(loop.time() + watchdog.first_token_timeout)
         try:
             while True:
                 if live.action is not None:
                     raise ManualInterrupt(live.action)
-                keepalive = live.next_keepalive if live.next_keepalive and not live.committed else 0.0
-                wake = min(deadline, keepalive) if keepalive else deadline
                 try:
-                    watch.when = wake
                     live.timeout = watch
                     with watch:
-                        if keepalive or pending is not None:
-                            if pending is None:
-                                pending = asyncio.ensure_future(parts.__anext__())
-                            await asyncio.wait((pending,))
-                            done, pending = pending, None
-                            part = done.result()
-                        else:
-                            part = await parts.__anext__()
+                        part = await parts.__anext__()
                 except StopAsyncIteration:
                     for repaired in repairer.flush():
                         self._record(turn, repaired)
@@ -296,11 +278,7 @@ class Pipeline:
                 except TimeoutError:
                     if live.action is not None:
                         raise ManualInterrupt(live.action) from None
-                    if loop.time() >= deadline:
-                        raise self._stalled(attempt, target, watchdog) from None
-                    live.next_keepalive = loop.time() + watchdog.keepalive_interval
-                    yield KeepAlivePart()  # keep the waiting client's timeouts at bay
-                    continue
+                    raise self._stalled(attempt, target, watchdog) from None
                 finally:
                     live.timeout = None
                 if isinstance(part, KeepAlivePart):
@@ -316,15 +294,12 @@ class Pipeline:
                         turn.first_byte_at = turn.first_byte_at or now
                         self.bus.publish(FirstByte(turn_id=turn.id, attempt=attempt.number,
                                                    latency=now - attempt.started_at))
-                    deadline = loop.time() + watchdog.idle_timeout
+                    watch.when = loop.time() + watchdog.idle_timeout
                 for repaired in repairer.feed(part):
                     self._record(turn, repaired)
                     yield repaired
         finally:
             watch.close()
-            if pending is not None:
-                pending.cancel()
-                await asyncio.gather(pending, return_exceptions=True)
             await parts.aclose()
 
     @staticmethod

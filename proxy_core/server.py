@@ -8,6 +8,7 @@ maps every failure to an OpenAI-shaped error with the right status.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,6 @@ from .openai_wire import ChunkEncoder, CompletionBuilder, error_body, loads_clea
 from .pipeline import TurnAborted
 from .secrets import CLIENT_TOKEN_MIN
 from .sse import DONE, SSE_HEADERS, comment_line, data_line
-from .stream import KeepAlivePart
 
 KEEPALIVE = comment_line("keep-alive")
 
@@ -64,6 +64,51 @@ class SSEResponse(web.StreamResponse):
     """
 
     _send_headers_immediately = False
+
+
+class KeepAlive:
+    """SSE comments to a streaming client whose turn has produced nothing yet.
+
+    While attempts are retried and rerouted before the commit boundary, the
+    client would otherwise hear nothing and its own timeouts could fire.
+    A timer, not a task around the read: the first upstream read is awaited
+    directly (the cheapest path to the first byte), and each tick writes a
+    comment beside it — the first tick sends the response headers too.
+    Call `stop()` before writing anything else, `cancel()` on every exit.
+    """
+
+    def __init__(self, request: web.Request, interval: float) -> None:
+        self._request = request
+        self._interval = interval
+        self._loop = asyncio.get_running_loop()
+        self.response: SSEResponse | None = None
+        self._writing: asyncio.Task[None] | None = None
+        self._timer = self._loop.call_later(interval, self._tick) if interval > 0 else None
+
+    def _tick(self) -> None:
+        self._timer = self._loop.call_later(self._interval, self._tick)
+        if self._writing is None or self._writing.done():
+            self._writing = self._loop.create_task(self._write(), name="switchboard keep-alive")
+
+    async def _write(self) -> None:
+        if self.response is None:
+            response = SSEResponse(headers=SSE_HEADERS)
+            await response.prepare(self._request)
+            self.response = response
+        await self.response.write(KEEPALIVE)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    async def stop(self) -> SSEResponse | None:
+        """No more ticks; wait for a write in flight. The response, if one was started."""
+        self.cancel()
+        if self._writing is not None:
+            with contextlib.suppress(ConnectionError):
+                await self._writing
+        return self.response
 
 
 class EventWriter:
@@ -227,17 +272,26 @@ class OpenAIFront:
                     return self._aborted(exc)
                 return web.json_response(builder.build())
 
+            keepalive = KeepAlive(request, route.watchdog.keepalive_interval)
             try:
                 first = await parts.__anext__()
             except StopAsyncIteration:
                 first = None
             except TurnAborted as exc:
-                return self._aborted(exc)
-            response = SSEResponse(headers=SSE_HEADERS)
+                if await keepalive.stop() is None:
+                    return self._aborted(exc)
+                first = exc  # the status line went out with a keep-alive: report in-stream
+            finally:
+                keepalive.cancel()
+            response = await keepalive.stop()
+            if response is None:
+                response = SSEResponse(headers=SSE_HEADERS)
+                await response.prepare(request)
             encoder = ChunkEncoder(chat.model, include_usage=chat.include_usage)
-            await response.prepare(request)
             writer = EventWriter(response)
             try:
+                if isinstance(first, TurnAborted):
+                    raise first
                 if first is not None:
                     await _relay(writer, encoder, first, parts)
                 await writer.finish(DONE)
@@ -260,7 +314,7 @@ async def _relay(writer: EventWriter, encoder: ChunkEncoder, first: Any, parts: 
     event = encoder.event
     part = first
     while True:
-        data = KEEPALIVE if type(part) is KeepAlivePart else event(part)
+        data = event(part)
         if data is not None:
             if writer.queueing:  # the common case, without a coroutine per event
                 writer.put(data)
@@ -273,9 +327,11 @@ async def _relay(writer: EventWriter, encoder: ChunkEncoder, first: Any, parts: 
 
 
 async def _write_error(writer: EventWriter, exc: TurnAborted, message: str) -> None:
+    if exc.committed:
+        message += (" (after output had started; Switchboard could not retry"
+                    " transparently — retry the turn)")
     try:
-        await writer.finish(data_line(error_body(
-            f"{message} (after output had started; Switchboard could not retry"
-            " transparently — retry the turn)", type_="upstream_error", code=exc.code)) + DONE)
+        await writer.finish(data_line(error_body(message, type_="upstream_error",
+                                                 code=exc.code)) + DONE)
     except _DISCONNECTS:
         pass

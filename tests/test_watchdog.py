@@ -223,3 +223,26 @@ async def test_heartbeats_show_a_stream_stalling(make_fake_upstream, proxy_facto
     assert stalled.chunks == 2 and stalled.since_last >= 1.0 and stalled.target == PRIMARY
     await stream.done()
     assert stream_errors(stream.payloads()), "after output, a stall ends the stream with an error"
+
+
+async def test_failure_after_keepalives_arrives_in_stream(make_fake_upstream, proxy_factory, client) -> None:
+    """Once keep-alives have gone out the status is 200: a final failure is an in-stream error."""
+    fake = await make_fake_upstream(error_reply(400, "bad request, really"))
+    fake.script(hang_reply())
+    proxy = await proxy_factory(config(fake.base_url, first_token_timeout=0.8,
+                                       watchdog="keepalive_interval = 0.2"))
+    stream = Streaming(client, proxy.base_url)
+    await stream.done()
+    assert stream.status == 200
+    assert ": keep-alive" in stream.lines
+    errors = stream_errors(stream.payloads())
+    assert len(errors) == 1 and "bad request, really" in errors[0]["message"]
+    assert stream.lines[-1] == "data: [DONE]"
+    turn = (await client.get(f"{proxy.base_url}{API}/turns")).json()["turns"][-1]
+    assert turn["state"] == "failed" and [a["outcome"] for a in turn["attempts"]] == ["failed", "failed"]
+
+
+async def test_no_keepalives_when_the_answer_comes_quickly(fake_upstream, proxy, client) -> None:
+    stream = Streaming(client, proxy.base_url)
+    await stream.done()
+    assert ": keep-alive" not in stream.lines and content_of(stream.payloads()) == "Hello world"
