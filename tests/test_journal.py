@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import sqlite3
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,58 +19,12 @@ import httpx
 import pytest
 from aiohttp import web
 
+from fault_support import ServeProcess
 from support import (
     API, CHAT_PATH, UPSTREAM_KEY_ENV, FakeUpstream, Hang, api_turn, api_turns, chat_body,
     content_of, openai_config, sse, stream_chat, text_chunk, text_reply, wait_until,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-class ServeProcess:
-    """`python -m tui.cli serve --config PATH --port 0`, with its stderr collected."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, base_url: str) -> None:
-        self.proc = proc
-        self.base_url = base_url
-        self.stderr = bytearray()
-        self._drain = asyncio.create_task(self._collect())
-
-    async def _collect(self) -> None:
-        assert self.proc.stderr is not None
-        while chunk := await self.proc.stderr.read(65536):
-            self.stderr += chunk
-
-    @classmethod
-    async def start(cls, config: Path, env: dict[str, str]) -> ServeProcess:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tui.cli", "serve", "--config", str(config), "--port", "0",
-            cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        assert proc.stdout is not None
-        try:
-            async with asyncio.timeout(20):
-                line = (await proc.stdout.readline()).decode()
-        except TimeoutError:
-            proc.kill()
-            raise
-        match = re.search(r"ready on (http://\S+)", line)
-        if match is None:
-            proc.kill()
-            rest = (await proc.stderr.read()).decode() if proc.stderr else ""
-            raise AssertionError(f"serve did not start: {line!r} {rest}")
-        return cls(proc, match.group(1))
-
-    async def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
-        await self._drain
-
-    async def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(15):
-            code = await self.proc.wait()
-            await self._drain
-        return code
 
 
 @pytest.fixture
