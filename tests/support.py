@@ -450,3 +450,30 @@ async def settled_turn(client: httpx.AsyncClient, base_url: str, *,
         turn = await last_turn(client, base_url)
         return turn if turn["state"] != "live" else None
     return await wait_until(done, timeout=timeout, what="the last turn to settle")
+
+
+async def collect_answer(response: httpx.Response) -> dict[str, Any]:
+    """A streamed completion as an agent assembles it: text, reasoning, tool calls
+    (each checked to arrive whole, with a string id and a name), finish reason,
+    usage, and an in-stream error if one came."""
+    out: dict[str, Any] = {"text": "", "reasoning": "", "calls": [], "finish": None,
+                           "error": None, "usage": None}
+    async for line in response.aiter_lines():
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        chunk = json.loads(line[6:])
+        if "error" in chunk:
+            out["error"] = chunk["error"]
+            continue
+        if chunk.get("usage"):
+            out["usage"] = chunk["usage"]
+        for choice in chunk.get("choices", []):
+            delta = choice["delta"]
+            out["text"] += delta.get("content") or ""
+            out["reasoning"] += delta.get("reasoning_content") or ""
+            for call in delta.get("tool_calls") or []:
+                assert isinstance(call["id"], str) and call["function"]["name"]
+                json.loads(call["function"]["arguments"])  # whole, in one delta
+                out["calls"].append(call)
+            out["finish"] = choice.get("finish_reason") or out["finish"]
+    return out

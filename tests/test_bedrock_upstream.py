@@ -33,7 +33,7 @@ from proxy_core.simulator import RunningSimulator, SimulatorConfig, start_simula
 from proxy_core.simulator.converse_face import converse_log, event_frame, exception_frame
 from proxy_core.simulator.script import CALC_V1
 from proxy_core.upstreams.bedrock import BedrockUpstream
-from support import settled_turn, wait_until
+from support import collect_answer, settled_turn, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
@@ -157,24 +157,7 @@ async def chat(client: httpx.AsyncClient, proxy: SwitchboardProxy, messages: lis
         if response.status_code != 200:
             out["error"] = json.loads(await response.aread())["error"]
             return response.status_code, out
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if "error" in chunk:
-                out["error"] = chunk["error"]
-                continue
-            if chunk.get("usage"):
-                out["usage"] = chunk["usage"]
-            for choice in chunk.get("choices", []):
-                delta = choice["delta"]
-                out["text"] += delta.get("content") or ""
-                out["reasoning"] += delta.get("reasoning_content") or ""
-                for call in delta.get("tool_calls") or []:
-                    assert isinstance(call["id"], str) and call["function"]["name"]
-                    json.loads(call["function"]["arguments"])  # whole, in one delta
-                    out["calls"].append(call)
-                out["finish"] = choice.get("finish_reason") or out["finish"]
+        out.update(await collect_answer(response))
     return 200, out
 
 

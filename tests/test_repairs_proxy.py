@@ -18,6 +18,10 @@ import httpx
 from proxy_core.app import SwitchboardProxy
 from proxy_core.config import parse_config
 from proxy_core.simulator import SimulatorConfig, start_simulator
+from support import (
+    collect_answer, content_of, deltas, finish_chunk, openai_config, read_sse, sse, text_chunk,
+    tool_call_chunk,
+)
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "opencode_request.json").read_text())
 MARKERS = ("<|tool_call", "<|tool_calls_section", "<function=")
@@ -66,19 +70,7 @@ async def chat(client: httpx.AsyncClient, base: str, messages: list[dict[str, An
         if response.status_code != 200:
             out["error"] = json.loads(await response.aread())["error"]["message"]
             return response.status_code, out
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            for choice in chunk.get("choices", []):
-                delta = choice["delta"]
-                out["text"] += delta.get("content") or ""
-                out["reasoning"] += delta.get("reasoning_content") or ""
-                for call in delta.get("tool_calls") or []:
-                    assert isinstance(call["id"], str) and call["function"]["name"]
-                    json.loads(call["function"]["arguments"])  # whole, in one delta
-                    out["calls"].append(call)
-                out["finish"] = choice.get("finish_reason") or out["finish"]
+        out.update(await collect_answer(response))
     return 200, out
 
 
@@ -190,10 +182,6 @@ async def test_profile_none_relays_leaks_untouched(tmp_path: Path) -> None:
 
 
 # -- against the scriptable fake upstream (see support.py) -------------------------
-
-from support import (  # noqa: E402
-    content_of, deltas, finish_chunk, openai_config, read_sse, sse, text_chunk, tool_call_chunk,
-)
 
 
 def kimi_config(base_url: str) -> str:
