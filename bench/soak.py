@@ -36,6 +36,8 @@ from typing import Any
 
 import aiohttp
 
+from bench_relay import cpu_seconds, rss_bytes  # the same /proc readings
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "kimi-k2.5"
 #: The one tool the simulated task needs: it falls back to shell commands for every step.
@@ -86,25 +88,6 @@ model = "{MODEL}"
 targets = ["sim:{MODEL}"]
 repairs = "kimi"
 """
-
-
-def proc_status(pid: int, field_name: str) -> int | None:
-    """A memory figure (VmRSS, VmHWM) of a process, in bytes (Linux /proc)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def cpu_seconds(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 # ---------------------------------------------------------------------------
@@ -266,7 +249,7 @@ async def run_soak(sessions: int = 300, duration: float = 60.0, *, grace: float 
         started = time.perf_counter()
         try:
             await asyncio.sleep(0.2)
-            start_rss = proc_status(proxy.pid, "VmRSS")
+            start_rss = rss_bytes(proxy.pid)
             cpu0 = cpu_seconds(proxy.pid)
             deadline = started + duration
             counter = iter(range(10**9))
@@ -287,8 +270,8 @@ async def run_soak(sessions: int = 300, duration: float = 60.0, *, grace: float 
                 for task in done:
                     if task.exception() is not None:
                         raise task.exception()  # type: ignore[misc]
-            end_rss = proc_status(proxy.pid, "VmRSS")
-            peak_rss = proc_status(proxy.pid, "VmHWM")
+            end_rss = rss_bytes(proxy.pid)
+            peak_rss = rss_bytes(proxy.pid, "VmHWM")
             cpu1 = cpu_seconds(proxy.pid)
         finally:
             wall = time.perf_counter() - started
