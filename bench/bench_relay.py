@@ -1,12 +1,14 @@
 """What does Switchboard add to a streaming chat completion?
 
-Three processes: a fake OpenAI-compatible upstream, the proxy (journal on,
-as a user runs it) and this client. Every scenario runs directly against
-the fake and through the proxy — once with repairs off (`repairs = "none"`)
-and once with the Kimi repairs on (`repairs = "kimi"`: the leak parser reads
-every delta) — interleaved, in the same run, and is reported as a ratio or
-a difference to the direct connection. On a noisy machine the absolute
-numbers mean little; the same-run comparison does.
+Four processes: a fake OpenAI-compatible upstream, the proxy (journal on,
+as a user runs it), a bare TCP pipe to the fake (the "floor": what any proxy
+hop costs on this machine) and this client. Every scenario runs directly
+against the fake, through the pipe, and through the proxy — once with
+repairs off (`repairs = "none"`) and once with the Kimi repairs on
+(`repairs = "kimi"`: the leak parser reads every delta) — interleaved, in the
+same run, and is reported as a ratio or a difference to the direct
+connection. On a noisy machine the absolute numbers mean little; the
+same-run comparison does.
 
     .venv/bin/python bench/bench_relay.py            # full run, ~2 min
     .venv/bin/python bench/bench_relay.py --quick    # smoke run, ~30 s
@@ -187,6 +189,111 @@ def _proxy_main(ready: mp.Queue, stop: mp.Event, upstream_url: str, journal: str
             Path(profile_out).write_text(profiler.output_text(unicode=False, color=False))
 
 
+# ---------------------------------------------------------------------------
+# The floor: a bare TCP pipe to the fake upstream (runs in its own process)
+# ---------------------------------------------------------------------------
+
+class _PipeEnd(asyncio.Protocol):
+    """One end of a byte pipe: every chunk received is written straight to the peer.
+
+    The pipe exists to measure the floor. Any proxy, however fast, adds a
+    hop: two more sockets, another process to wake up, each chunk received
+    and sent again. A pipe that does only that — no HTTP parsing, no routing,
+    no journal, no buffering beyond the kernel's — shows what the hop alone
+    costs on this machine, so Switchboard's added first byte can be read
+    against it rather than against zero.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer: _PipeEnd | None = None
+        self.early: list[bytes] = []  # received before the other end was connected
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        peer = self.peer
+        if peer is not None:
+            peer.transport.write(data)  # type: ignore[union-attr]
+        else:
+            self.early.append(data)
+
+    def eof_received(self) -> None:
+        return None  # close this end; connection_lost closes the peer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.peer is not None:
+            self.peer.transport.close()  # type: ignore[union-attr]
+
+    # Flow control: while this end's send buffer is full, stop reading the peer.
+    def pause_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.transport.pause_reading()  # type: ignore[union-attr]
+
+    def resume_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.transport.resume_reading()  # type: ignore[union-attr]
+
+
+class _PipeClientEnd(_PipeEnd):
+    """An accepted client connection: opens its own connection to the upstream."""
+
+    def __init__(self, upstream_port: int, live: set[_PipeEnd]) -> None:
+        super().__init__()
+        self.upstream_port = upstream_port
+        self.live = live
+        self.connecting: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.live.add(self)
+        self.connecting = asyncio.get_running_loop().create_task(self.connect())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.live.discard(self)
+        super().connection_lost(exc)
+
+    async def connect(self) -> None:
+        try:
+            _, upstream = await asyncio.get_running_loop().create_connection(
+                _PipeEnd, "127.0.0.1", self.upstream_port)
+        except OSError:
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        if self.closed or upstream.closed:  # one side went away while connecting
+            upstream.transport.close()  # type: ignore[union-attr]
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        self.peer, upstream.peer = upstream, self
+        for end in (self, upstream):  # flush what arrived before the link
+            for chunk in end.early:
+                end.peer.transport.write(chunk)  # type: ignore[union-attr]
+            end.early.clear()
+
+
+def _pipe_main(ready: mp.Queue, stop: mp.Event, upstream_port: int) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        live: set[_PipeEnd] = set()
+        server = await loop.create_server(lambda: _PipeClientEnd(upstream_port, live),
+                                          "127.0.0.1", 0, backlog=1024)
+        ready.put(("ok", server.sockets[0].getsockname()[1]))
+        await loop.run_in_executor(None, stop.wait)
+        server.close()
+        for end in list(live):  # close both ends of every pipe still open
+            end.transport.close()  # type: ignore[union-attr]
+        await server.wait_closed()
+        await asyncio.sleep(0)  # let connection_lost run
+
+    try:
+        asyncio.run(main())
+    except Exception as exc:
+        ready.put(("error", repr(exc)))
+
+
 def start_child(ctx, target, *args):  # type: ignore[no-untyped-def]
     ready, stop = ctx.Queue(), ctx.Event()
     proc = ctx.Process(target=target, args=(ready, stop, *args), daemon=True)
@@ -293,10 +400,10 @@ async def concurrent_streams(session: aiohttp.ClientSession, base: str, model: s
 
 @dataclass(frozen=True)
 class Target:
-    name: str      # "direct" | "proxy" | "repairs"
+    name: str      # "direct" | "floor" | "proxy" | "repairs"
     base: str
     repairs: bool
-    pid: int | None  # the proxy's pid, for CPU accounting
+    pid: int | None  # the proxy's pid, for CPU and memory accounting; None if not a proxy
 
     def model(self, chunks: int, delay_ms: int = 0, hold_ms: int = 0) -> str:
         return bench_model(chunks, delay_ms, hold_ms, repairs=self.repairs)
@@ -453,11 +560,15 @@ THROUGHPUT_TARGET = 0.5
 
 def report(plan: Plan, delay_ms: int, targets: list[Target], r: Results, elapsed: float) -> None:
     names = [t.name for t in targets]
-    label = {"direct": "direct", "proxy": "proxy", "repairs": "proxy+repairs"}
+    label = {"direct": "direct", "floor": "tcp-pipe", "proxy": "proxy",
+             "repairs": "proxy+repairs"}
+    proxied = {t.name for t in targets if t.pid}
     print()
     print(f"Switchboard relay benchmark ({'quick' if plan is QUICK else 'full'} run, "
           f"{elapsed:.0f} s, {os.cpu_count()} CPUs; request: "
           f"{f'{len(json.dumps(_HISTORY)) // 1024} KB context' if _HISTORY else 'one-line prompt'})")
+    if "floor" in names:
+        print("tcp-pipe = a bare byte pipe to the upstream, no HTTP: what any extra hop costs.")
     print("proxy = repairs off (relay only); proxy+repairs = the Kimi repairs on every delta.")
     print("Differences and ratios are against the direct connection, measured in the same run.")
     print()
@@ -491,6 +602,11 @@ def report(plan: Plan, delay_ms: int, targets: list[Target], r: Results, elapsed
         if attr == "ttfb":
             for n in names[1:]:
                 extra = pct([x.ttfb for x in runs[n]], 0.5) - pct(direct, 0.5)
+                if n not in proxied:
+                    summary.append(f"added first byte p50 ({label[n]} floor): "
+                                   f"{extra * 1000:+.2f} ms — what any extra hop costs "
+                                   f"on this machine")
+                    continue
                 verdict = "met" if extra * 1000 < TTFB_TARGET_MS else "NOT met"
                 summary.append(f"added first byte p50 ({label[n]}): {extra * 1000:+.2f} ms "
                                f"(target < {TTFB_TARGET_MS:g} ms: {verdict})")
@@ -513,6 +629,10 @@ def report(plan: Plan, delay_ms: int, targets: list[Target], r: Results, elapsed
         d = statistics.median(rate(x) for x in runs["direct"])
         for n in names[1:]:
             share = statistics.median(rate(x) for x in runs[n]) / d
+            if n not in proxied:
+                summary.append(f"throughput, {streams} concurrent streams ({label[n]} floor): "
+                               f"{share:.0%} of direct")
+                continue
             verdict = "met" if share >= THROUGHPUT_TARGET else "NOT met"
             summary.append(f"throughput, {streams} concurrent streams ({label[n]}): {share:.0%} "
                            f"of direct (target >= {THROUGHPUT_TARGET:.0%}: {verdict})")
@@ -522,11 +642,11 @@ def report(plan: Plan, delay_ms: int, targets: list[Target], r: Results, elapsed
         cpu_cells = []
         for n in names:
             chunks = sum(x.chunks for x in relayed[n])
-            cpu_cells.append("" if n == "direct" or not chunks else
+            cpu_cells.append("" if n not in proxied or not chunks else
                              f"{sum(x.cpu for x in relayed[n]) / chunks * 1e6:.1f} us")
         row("proxy CPU per relayed chunk", cpu_cells)
     if r.short:
-        row("proxy CPU per short turn", ["" if n == "direct" else
+        row("proxy CPU per short turn", ["" if n not in proxied else
                                          f"{sum(x.cpu for x in r.short[n]) / len(r.short[n]) * 1000:.2f} ms"
                                          for n in names])
     if r.memory:
@@ -554,6 +674,9 @@ def main() -> None:
                              "contexts are 100-1000 KB); default: a one-line prompt")
     parser.add_argument("--no-repairs", action="store_true",
                         help="skip the proxy+repairs column")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the tcp-pipe column (a bare TCP pipe: what any extra "
+                             "hop costs)")
     parser.add_argument("--only", default=",".join(SCENARIOS),
                         help=f"comma-separated scenarios to run (default: all of {','.join(SCENARIOS)})")
     parser.add_argument("--profile", choices=("cprofile", "pyinstrument"),
@@ -572,14 +695,17 @@ def main() -> None:
         profile_out = str(Path(tmp) / "proxy.prof")
         up_proc, up_stop, up_port = start_child(ctx, _upstream_main)
         direct = f"http://127.0.0.1:{up_port}"
-        px_proc = px_stop = None
+        px_proc = px_stop = pipe_proc = pipe_stop = None
         try:
+            targets = [Target("direct", direct, False, None)]
+            if not args.no_floor:
+                pipe_proc, pipe_stop, pipe_port = start_child(ctx, _pipe_main, up_port)
+                targets.append(Target("floor", f"http://127.0.0.1:{pipe_port}", False, None))
             px_proc, px_stop, px_port = start_child(
                 ctx, _proxy_main, f"{direct}/v1", str(Path(tmp) / "journal.sqlite3"),
                 args.profile, profile_out)
             proxy = f"http://127.0.0.1:{px_port}"
-            targets = [Target("direct", direct, False, None),
-                       Target("proxy", proxy, False, px_proc.pid)]
+            targets.append(Target("proxy", proxy, False, px_proc.pid))
             if not args.no_repairs:
                 targets.append(Target("repairs", proxy, True, px_proc.pid))
             results = asyncio.run(run_bench(plan, args.first_delay_ms, targets, up_proc.pid,
@@ -587,6 +713,8 @@ def main() -> None:
         finally:
             if px_proc is not None:
                 stop_child(px_proc, px_stop)
+            if pipe_proc is not None:
+                stop_child(pipe_proc, pipe_stop)
             stop_child(up_proc, up_stop)
         report(plan, args.first_delay_ms, targets, results, time.perf_counter() - started)
         if args.profile == "cprofile" and Path(profile_out).exists():
