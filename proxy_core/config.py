@@ -255,7 +255,8 @@ def _parse_upstream(r: _Reader, name: str, raw: Any, check_env: bool) -> Upstrea
     if kind not in UPSTREAM_KINDS:
         raise r.fail(f"{key}.kind", f"unknown kind {kind!r} (one of: {', '.join(UPSTREAM_KINDS)})")
     if kind == "openai":
-        r.check_keys(t, key, {"kind", "base_url", "api_key_env", "headers", "connect_timeout"})
+        r.check_keys(t, key, {"kind", "base_url", "api_key_env", "headers", "connect_timeout",
+                              "ca_bundle"})
         base_url = r.get(t, key, "base_url", str, "")
         if not base_url.startswith(("http://", "https://")):
             raise r.fail(f"{key}.base_url", "is required and must start with http:// or https://")
@@ -268,10 +269,13 @@ def _parse_upstream(r: _Reader, name: str, raw: Any, check_env: bool) -> Upstrea
                 raise r.fail(f"{key}.headers.{h}", f"must be string, got {_type_name(v)}")
             if h.lower() == "authorization":
                 raise r.fail(f"{key}.headers.{h}", "put the key in an environment variable and name it in api_key_env")
+            if any(c in h + v for c in "\r\n") or not h.strip():
+                raise r.fail(f"{key}.headers.{h}", "header names and values cannot be empty or contain line breaks")
         return UpstreamSettings(
             name=name, kind=kind, base_url=base_url.rstrip("/"), api_key_env=api_key_env,
             headers=tuple(headers.items()),
             connect_timeout=r.number(t, key, "connect_timeout", 10.0),
+            ca_bundle=_ca_bundle(r, t, key, check_env),
         )
     if kind == "bedrock":
         return _parse_bedrock(r, name, key, t, check_env)
@@ -295,6 +299,16 @@ def _parse_upstream(r: _Reader, name: str, raw: Any, check_env: bool) -> Upstrea
                             hang_repeats=_at_least(r, t, key, "hang_repeats", 0, 1))
 
 
+def _ca_bundle(r: _Reader, t: dict[str, Any], key: str, check_env: bool) -> str | None:
+    """`ca_bundle`: a PEM file of CAs to trust for this upstream's TLS (corporate CAs, local hosts)."""
+    ca_bundle = r.get(t, key, "ca_bundle", str, None)
+    if ca_bundle is not None:
+        ca_bundle = str(Path(ca_bundle).expanduser())
+        if check_env and not Path(ca_bundle).is_file():
+            raise r.fail(f"{key}.ca_bundle", f"no such file: {ca_bundle}")
+    return ca_bundle
+
+
 def _parse_bedrock(r: _Reader, name: str, key: str, t: dict[str, Any],
                    check_env: bool) -> UpstreamSettings:
     """`kind = "bedrock"`: region (else $AWS_REGION / $AWS_DEFAULT_REGION), endpoint, profile."""
@@ -310,11 +324,7 @@ def _parse_bedrock(r: _Reader, name: str, key: str, t: dict[str, Any],
     profile = r.get(t, key, "profile", str, None)
     if profile is not None and not profile.strip():
         raise r.fail(f"{key}.profile", "must not be empty (leave it out for the default chain)")
-    ca_bundle = r.get(t, key, "ca_bundle", str, None)
-    if ca_bundle is not None:
-        ca_bundle = str(Path(ca_bundle).expanduser())
-        if check_env and not Path(ca_bundle).is_file():
-            raise r.fail(f"{key}.ca_bundle", f"no such file: {ca_bundle}")
+    ca_bundle = _ca_bundle(r, t, key, check_env)
     return UpstreamSettings(
         name=name, kind="bedrock", region=region,
         endpoint_url=endpoint_url.rstrip("/") if endpoint_url else None,
