@@ -65,7 +65,7 @@ class SwitchboardProxy:
     def make_app(self) -> web.Application:
         max_size = int(self.config.proxy.max_body_mb * 1024 * 1024)
         app = web.Application(client_max_size=max_size,
-                              middlewares=[self._guard, self._errors])
+                              middlewares=[self._front_door])
         OpenAIFront(self).add_routes(app)
         ControlAPI(self).add_routes(app)
         return app
@@ -109,28 +109,28 @@ class SwitchboardProxy:
     def _trusted(self, request: web.Request) -> str | None:
         """Why a request must be refused (a web page driving us), or None."""
         loopback_bind = self.host in LOOPBACK_NAMES
-        host = request.url.host or ""
+        host = _host_name(request.host)
         if loopback_bind and host not in LOOPBACK_NAMES:
             return f"Host {request.host!r} is not a loopback name"
         origin = request.headers.get("Origin")
         if origin is not None:
-            origin_host = urlsplit(origin).hostname or ""
+            origin_host = _host_name(origin, url=True)
             if origin_host not in LOOPBACK_NAMES:
                 return f"Origin {origin!r} is not allowed"
         return None
 
     @web.middleware
-    async def _guard(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
+    async def _front_door(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
+        """Refuse what a web page could send us; every error in OpenAI's JSON shape.
+
+        One middleware, not two: each is a coroutine layer on every request.
+        Errors include aiohttp's own 404/405/413.
+        """
         refusal = self._trusted(request)
         if refusal is not None:
             log.warning("refused %s %s: %s", request.method, request.path, refusal)
             return web.json_response(error_body(f"forbidden: {refusal}", type_="forbidden",
                                                 code="forbidden"), status=403)
-        return await handler(request)
-
-    @web.middleware
-    async def _errors(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
-        """Every error, including aiohttp's own 404/405/413, in OpenAI's JSON shape."""
         try:
             return await handler(request)
         except web.HTTPException as exc:
@@ -148,3 +148,11 @@ class SwitchboardProxy:
             return web.json_response(error_body("internal error in Switchboard; see its log",
                                                 type_="server_error", code="internal_error"),
                                      status=500)
+
+
+def _host_name(value: str, *, url: bool = False) -> str:
+    """The host name in a Host header (`name[:port]`) or an Origin URL; "" if malformed."""
+    try:
+        return urlsplit(value if url else "//" + value).hostname or ""
+    except ValueError:
+        return ""

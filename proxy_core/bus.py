@@ -3,11 +3,19 @@
 Observers are plain objects with methods named after the events they want
 (`on_TurnStarted(self, event)`), or callables registered for every event.
 An observer that raises is logged and skipped: it never breaks a stream.
+
+`publish_soon` is for events raised on the way to an upstream request (a
+turn and its attempt starting, the history repairs): the request leaves
+first and observers run once the task waits for the host to answer. Events
+reach observers in the order they were published either way: `publish`
+delivers anything deferred before its own event.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +33,7 @@ class EventBus:
         self._observers: list[object] = []
         self._listeners: list[Listener] = []
         self._handlers: dict[type[Event], list[Callable[[Event], Any]]] = {}
+        self._deferred: deque[Event] = deque()
 
     def add_observer(self, observer: object) -> None:
         """Register an object whose `on_<EventName>` methods receive events."""
@@ -68,6 +77,26 @@ class EventBus:
         return bool(handlers)
 
     def publish(self, event: Event) -> None:
+        if self._deferred:
+            self.flush()
+        self._deliver(event)
+
+    def publish_soon(self, event: Event) -> None:
+        """Deliver `event` when the running task next yields, or before the next `publish`."""
+        self._deferred.append(event)
+        if len(self._deferred) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop running: deliver now
+                self.flush()
+
+    def flush(self) -> None:
+        """Deliver deferred events now, in order."""
+        deferred = self._deferred
+        while deferred:
+            self._deliver(deferred.popleft())
+
+    def _deliver(self, event: Event) -> None:
         for handler in self._handlers_for(type(event)):
             try:
                 handler(event)

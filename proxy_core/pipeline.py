@@ -145,7 +145,7 @@ class Pipeline:
         turn = Turn(id=new_turn_id(), session_id=session_id, model=model, route=route.model,
                     stream=stream, request=body, client=client, rerun_of=rerun_of)
         self.store.add(turn)
-        self.bus.publish(TurnStarted(turn_id=turn.id, session_id=turn.session_id,
+        self.bus.publish_soon(TurnStarted(turn_id=turn.id, session_id=turn.session_id,
                                      model=turn.model, route=turn.route, stream=turn.stream,
                                      rerun_of=rerun_of))
         return turn
@@ -186,7 +186,7 @@ class Pipeline:
             while True:
                 attempt = Attempt(number=len(turn.attempts) + 1, target=str(target), reason=reason)
                 turn.attempts.append(attempt)
-                self.bus.publish(AttemptStarted(turn_id=turn.id, attempt=attempt.number,
+                self.bus.publish_soon(AttemptStarted(turn_id=turn.id, attempt=attempt.number,
                                                 target=attempt.target, reason=reason))
                 try:
                     async with aclosing(self._attempt(live, attempt, target)) as parts:
@@ -255,7 +255,7 @@ class Pipeline:
         if plan.any:
             body["messages"], notes = repair_history(body["messages"], plan, self.memory)
             for note in notes:
-                self._repair(turn, note)
+                self._repair(turn, note, soon=True)
         repairer = StreamRepairer(plan, schemas_from_openai_tools(body.get("tools")),
                                   lambda note: self._repair(turn, note))
         parts = upstream.stream(UpstreamRequest(model=model, body=body)).__aiter__()
@@ -292,8 +292,9 @@ class Pipeline:
                     if attempt.first_byte_at is None:
                         attempt.first_byte_at = now
                         turn.first_byte_at = turn.first_byte_at or now
-                        self.bus.publish(FirstByte(turn_id=turn.id, attempt=attempt.number,
-                                                   latency=now - attempt.started_at))
+                        # Observers hear of it once the part is on its way to the client.
+                        self.bus.publish_soon(FirstByte(turn_id=turn.id, attempt=attempt.number,
+                                                        latency=now - attempt.started_at))
                     watch.when = loop.time() + watchdog.idle_timeout
                 for repaired in repairer.feed(part):
                     self._record(turn, repaired)
@@ -403,13 +404,16 @@ class Pipeline:
             turn.usage.completion_tokens = part.completion_tokens
             turn.usage.total_tokens = part.total_tokens
 
-    def _repair(self, turn: Turn, note: Note) -> None:
+    def _repair(self, turn: Turn, note: Note, soon: bool = False) -> None:
         if any(r.kind == note.kind and r.before == note.before and r.after == note.after
                for r in turn.repairs):
             return  # the same history repair, made again for a retry
         turn.repairs.append(RepairRecord(note.kind, note.before, note.after))
-        self.bus.publish(RepairApplied(turn_id=turn.id, kind=note.kind, before=note.before,
-                                       after=note.after))
+        event = RepairApplied(turn_id=turn.id, kind=note.kind, before=note.before, after=note.after)
+        if soon:  # a history repair: the request goes out first
+            self.bus.publish_soon(event)
+        else:
+            self.bus.publish(event)
 
     def _health_changed(self, target: str, healthy: bool, until: float | None,
                         reason: str) -> None:
