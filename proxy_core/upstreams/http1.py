@@ -69,6 +69,10 @@ class ConnectionBroken(HTTPError):
     """The connection closed before the response was whole."""
 
 
+class _AfterResponse(Exception):
+    """Raised from the parser when bytes follow the whole response (stops the parse)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Origin:
     """Where requests go: scheme, host, port, and the path prefix of the base URL."""
@@ -261,6 +265,11 @@ class _Connection(asyncio.Protocol):
         self.active = False
         if self.complete and self._keep_alive and not self.closed:
             self._body = []
+            self._buffered = 0
+            if self._paused and self.transport is not None:
+                # Paused by an unread body: an idle connection must read (to see a close).
+                self._paused = False
+                self.transport.resume_reading()
             self.pool.put_back(self)
         else:
             self.close()
@@ -284,16 +293,19 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(BadResponse(f"not a valid HTTP response: {exc}"))
+            # After the whole response (a second answer, garbage): the response
+            # stands, but the connection is out of step and is dropped.
+            if not self.complete:
+                self._fail(BadResponse(f"not a valid HTTP response: {exc}"))
             self.close()
-            return
         except httptools.HttpParserUpgrade:
             self._fail(BadResponse("the host switched protocols"))
             self.close()
-            return
-        if self._buffered > _READ_HIGH_WATER and not self._paused and self.transport is not None:
-            self._paused = True
-            self.transport.pause_reading()
+        else:
+            if self._buffered > _READ_HIGH_WATER and not self._paused \
+                    and self.transport is not None:
+                self._paused = True
+                self.transport.pause_reading()
         self._wake()
 
     def eof_received(self) -> bool | None:
@@ -312,6 +324,10 @@ class _Connection(asyncio.Protocol):
             self._fail(ConnectionBroken(
                 "the server closed the connection" + (f" ({exc})" if exc else "")))
         self._wake()
+
+    def on_message_begin(self) -> None:
+        if self.complete:  # bytes after the whole response: not part of it
+            raise _AfterResponse
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
@@ -350,7 +366,8 @@ class _Connection(asyncio.Protocol):
 
     def _delimited_by_length(self) -> bool:
         headers = self._headers
-        return "content-length" in headers or "chunked" in headers.get("transfer-encoding", "")
+        return ("content-length" in headers
+                or "chunked" in headers.get("transfer-encoding", "").lower())
 
     def _fail(self, error: HTTPError) -> None:
         if self._error is None:
