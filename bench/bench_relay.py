@@ -176,8 +176,9 @@ def _proxy_main(ready: mp.Queue, stop: mp.Event, upstream_url: str, journal: str
         from pyinstrument import Profiler
         profiler = Profiler(async_mode="disabled")
         profiler.start()
+    from proxy_core.runner import run as run_loop
     try:
-        asyncio.run(main())
+        run_loop(main())  # the loop `switchboard serve` uses
     except Exception as exc:
         ready.put(("error", repr(exc)))
     finally:

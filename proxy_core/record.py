@@ -10,8 +10,8 @@ events that describe its changes.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,7 +19,7 @@ TurnState = Literal["live", "finished", "failed"]
 
 
 def new_turn_id() -> str:
-    return "turn_" + uuid.uuid4().hex[:16]
+    return "turn_" + os.urandom(8).hex()
 
 
 @dataclass(slots=True)

@@ -10,7 +10,6 @@ imported only when a dashboard is started.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from importlib import metadata
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from proxy_core.config import Config, load_config
 from proxy_core.errors import ConfigError, SwitchboardError
+from proxy_core.runner import run as run_loop
 
 EXIT_CONFIG = 2
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         return _dashboard(args.command or "local", args, config)
     from proxy_core.serve import serve
     try:
-        asyncio.run(serve(config, host=host, port=port))
+        run_loop(serve(config, host=host, port=port))
     except SwitchboardError as exc:
         print(f"switchboard: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -136,12 +136,12 @@ def _dashboard(mode: str, args: argparse.Namespace, config: Config | None) -> in
     port = args.port if args.port is not None else (config.proxy.port if config else None)
     try:
         if mode == "demo":
-            return asyncio.run(run_demo(host=host, port=port, theme=args.theme))
+            return run_loop(run_demo(host=host, port=port, theme=args.theme))
         if mode == "attach":
             shown = f"[{host}]" if host and ":" in host else host
-            return asyncio.run(run_attach(args.url or f"http://{shown}:{port}", theme=args.theme))
+            return run_loop(run_attach(args.url or f"http://{shown}:{port}", theme=args.theme))
         assert config is not None
-        return asyncio.run(run_local(config, host=host, port=port, theme=args.theme))
+        return run_loop(run_local(config, host=host, port=port, theme=args.theme))
     except SwitchboardError as exc:
         print(f"switchboard: {exc}", file=sys.stderr)
         return EXIT_CONFIG

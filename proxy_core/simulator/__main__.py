@@ -9,6 +9,7 @@ import signal
 import ssl
 import sys
 
+from ..runner import run as run_loop
 from .config import SimulatorConfig, SimulatorConfigError
 from .server import start_simulator
 
@@ -78,7 +79,7 @@ async def serve(config: SimulatorConfig, host: str, port: int,
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     config, host, port, context = parse_args(argv)
-    asyncio.run(serve(config, host, port, context))
+    run_loop(serve(config, host, port, context))
     return 0
 
 
