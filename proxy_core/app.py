@@ -2,7 +2,7 @@
 
 `SwitchboardProxy` is the one object a front end (headless `serve`, the
 dashboard, tests) creates and starts. It runs inside the caller's event
-loop (aiohttp `AppRunner` + `TCPSite`), so a Textual app can host it.
+loop (a `fastfront.FrontDoor` listener over an aiohttp `AppRunner`), so a Textual app can host it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from aiohttp import web
 from .bus import EventBus
 from .config import Config
 from .control import ControlAPI, PREFIX
+from .fastfront import FrontDoor
 from .heartbeat import HeartbeatTicker
 from .journal import Journal
 from .openai_wire import error_body
@@ -52,6 +53,9 @@ class SwitchboardProxy:
         self.heartbeat = HeartbeatTicker(self.pipeline, self.bus)
         self._ticker: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
+        self.front = OpenAIFront(self)
+        self._listener: asyncio.Server | None = None
+        self._doors: set[FrontDoor] = set()
 
     def _journaled_turn(self, turn_id: str) -> Turn | None:
         data = self.journal.turn(turn_id) if self.journal is not None else None
@@ -66,7 +70,7 @@ class SwitchboardProxy:
         max_size = int(self.config.proxy.max_body_mb * 1024 * 1024)
         app = web.Application(client_max_size=max_size,
                               middlewares=[self._front_door])
-        OpenAIFront(self).add_routes(app)
+        self.front.add_routes(app)
         ControlAPI(self).add_routes(app)
         return app
 
@@ -83,18 +87,26 @@ class SwitchboardProxy:
         await self._runner.setup()
         self._ticker = asyncio.get_running_loop().create_task(self.heartbeat.run(),
                                                               name="switchboard heartbeat")
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
+        # Connections start at the front door (chat completions on the fast path);
+        # everything else is handed to aiohttp's server (see fastfront).
+        aiohttp_protocol = self._runner.server
+        assert aiohttp_protocol is not None
+        self._listener = await asyncio.get_running_loop().create_server(
+            lambda: FrontDoor(self, self.front, aiohttp_protocol, self._doors),
+            self.host, self.port, backlog=1024)
         if self.port == 0:  # pick up the OS-assigned port
-            server = getattr(site, "_server", None)
-            if server is not None and server.sockets:
-                self.port = server.sockets[0].getsockname()[1]
+            self.port = self._listener.sockets[0].getsockname()[1]
         log.info("switchboard listening on %s", self.base_url)
 
     async def stop(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        for door in list(self._doors):
+            door.close()  # cancels a turn in flight on it, as aiohttp does for its own
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -106,13 +118,16 @@ class SwitchboardProxy:
 
     # -- middleware --------------------------------------------------------------
 
-    def _trusted(self, request: web.Request) -> str | None:
-        """Why a request must be refused (a web page driving us), or None."""
+    def refusal(self, host_header: str | None, origin: str | None) -> str | None:
+        """Why a request with these Host and Origin headers must be refused, or None.
+
+        Bound to loopback, only loopback names are accepted as Host (DNS
+        rebinding); an Origin header, which browsers send, must be loopback too.
+        """
         loopback_bind = self.host in LOOPBACK_NAMES
-        host = _host_name(request.host)
+        host = _host_name(host_header or "")
         if loopback_bind and host not in LOOPBACK_NAMES:
-            return f"Host {request.host!r} is not a loopback name"
-        origin = request.headers.get("Origin")
+            return f"Host {host_header!r} is not a loopback name"
         if origin is not None:
             origin_host = _host_name(origin, url=True)
             if origin_host not in LOOPBACK_NAMES:
@@ -126,7 +141,7 @@ class SwitchboardProxy:
         One middleware, not two: each is a coroutine layer on every request.
         Errors include aiohttp's own 404/405/413.
         """
-        refusal = self._trusted(request)
+        refusal = self.refusal(request.host, request.headers.get("Origin"))
         if refusal is not None:
             log.warning("refused %s %s: %s", request.method, request.path, refusal)
             return web.json_response(error_body(f"forbidden: {refusal}", type_="forbidden",

@@ -33,7 +33,8 @@ class EventBus:
         self._observers: list[object] = []
         self._listeners: list[Listener] = []
         self._handlers: dict[type[Event], list[Callable[[Event], Any]]] = {}
-        self._deferred: deque[Event] = deque()
+        self._deferred: deque[Callable[[], None]] = deque()
+        self._flushing = False
 
     def add_observer(self, observer: object) -> None:
         """Register an object whose `on_<EventName>` methods receive events."""
@@ -77,24 +78,42 @@ class EventBus:
         return bool(handlers)
 
     def publish(self, event: Event) -> None:
-        if self._deferred:
+        if self._deferred and not self._flushing:
             self.flush()
         self._deliver(event)
 
     def publish_soon(self, event: Event) -> None:
         """Deliver `event` when the running task next yields, or before the next `publish`."""
-        self._deferred.append(event)
+        self.defer(lambda: self._deliver(event))
+
+    def defer(self, work: Callable[[], None]) -> None:
+        """Run `work` (which may publish) at the same point as a `publish_soon` made now.
+
+        For bookkeeping that can wait until the upstream request is out:
+        building an event, grouping a turn into its session.
+        """
+        self._deferred.append(work)
         if len(self._deferred) == 1:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:  # no loop running: deliver now
+            except RuntimeError:  # no loop running: now
                 self.flush()
 
     def flush(self) -> None:
-        """Deliver deferred events now, in order."""
+        """Deliver deferred events (run deferred work) now, in order."""
+        if self._flushing:  # deferred work publishing: it is already its turn
+            return
+        self._flushing = True
         deferred = self._deferred
-        while deferred:
-            self._deliver(deferred.popleft())
+        try:
+            while deferred:
+                work = deferred.popleft()
+                try:
+                    work()
+                except Exception:  # like an observer's: logged, never breaks a stream
+                    log.exception("deferred bookkeeping %r failed", work)
+        finally:
+            self._flushing = False
 
     def _deliver(self, event: Event) -> None:
         for handler in self._handlers_for(type(event)):

@@ -3,6 +3,11 @@
 Thin: it parses the request, asks the pipeline for parts and writes them as
 they come (never buffering a stream beyond what one burst produced), and
 maps every failure to an OpenAI-shaped error with the right status.
+
+The chat handler talks to its client through an `Exchange`: the request's
+headers and body, a way to start the event stream, a way to answer with
+one JSON document. Two fronts provide one: aiohttp's (`AiohttpExchange`,
+every connection aiohttp serves) and the fast path in `fastfront`.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ import asyncio
 import contextlib
 import logging
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -33,25 +39,67 @@ _DISCONNECTS = (ConnectionResetError, ConnectionError)
 _CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization")
 
 
-def json_error(message: str, status: int, *, code: str | None = None,
-               type_: str = "invalid_request_error") -> web.Response:
-    return web.json_response(error_body(message, type_=type_, code=code), status=status)
-
-
-async def read_json(request: web.Request) -> Any:
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise ClientRequestError(
-            f"request body too large (limit {request.client_max_size} bytes;"
-            " raise [proxy] max_body_mb)",
-            status=413, code="request_too_large") from None
+def parse_json_body(raw: bytes) -> Any:
     if not raw:
         raise ClientRequestError("request body is empty; expected JSON")
     try:
         return loads_clean(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ClientRequestError(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+def body_too_large(limit: int) -> ClientRequestError:
+    return ClientRequestError(
+        f"request body too large (limit {limit} bytes; raise [proxy] max_body_mb)",
+        status=413, code="request_too_large")
+
+
+class StreamSink(Protocol):
+    """Where an event stream goes: the response headers leave with the first write."""
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def write_eof(self, data: bytes = b"") -> None: ...
+
+
+class Exchange(Protocol):
+    """One request as the chat handler sees it, whichever front received it."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    async def read_body(self) -> bytes:
+        """The whole body; raises `ClientRequestError` (413) above the size limit."""
+
+    async def open_stream(self) -> StreamSink:
+        """Start a 200 `text/event-stream` answer."""
+
+    def reply(self, status: int, payload: Any) -> Any:
+        """Answer with one JSON document; the handler returns what this returns."""
+
+
+class AiohttpExchange:
+    """A request that reached the chat handler through aiohttp's server."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.headers = request.headers
+        self.response: SSEResponse | None = None
+
+    async def read_body(self) -> bytes:
+        try:
+            return await self.request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise body_too_large(self.request.client_max_size) from None
+
+    async def open_stream(self) -> SSEResponse:
+        response = SSEResponse(headers=SSE_HEADERS)
+        await response.prepare(self.request)
+        self.response = response
+        return response
+
+    def reply(self, status: int, payload: Any) -> web.Response:
+        return web.json_response(payload, status=status)
 
 
 class SSEResponse(web.StreamResponse):
@@ -77,11 +125,11 @@ class KeepAlive:
     Call `stop()` before writing anything else, `cancel()` on every exit.
     """
 
-    def __init__(self, request: web.Request, interval: float) -> None:
-        self._request = request
+    def __init__(self, exchange: Exchange, interval: float) -> None:
+        self._exchange = exchange
         self._interval = interval
         self._loop = asyncio.get_running_loop()
-        self.response: SSEResponse | None = None
+        self.response: StreamSink | None = None
         self._writing: asyncio.Task[None] | None = None
         self._timer = self._loop.call_later(interval, self._tick) if interval > 0 else None
 
@@ -92,9 +140,7 @@ class KeepAlive:
 
     async def _write(self) -> None:
         if self.response is None:
-            response = SSEResponse(headers=SSE_HEADERS)
-            await response.prepare(self._request)
-            self.response = response
+            self.response = await self._exchange.open_stream()
         await self.response.write(KEEPALIVE)
 
     def cancel(self) -> None:
@@ -102,7 +148,7 @@ class KeepAlive:
             self._timer.cancel()
             self._timer = None
 
-    async def stop(self) -> SSEResponse | None:
+    async def stop(self) -> StreamSink | None:
         """No more ticks; wait for a write in flight. The response, if one was started."""
         self.cancel()
         if self._writing is not None:
@@ -128,7 +174,7 @@ class EventWriter:
 
     HIGH_WATER = 256 * 1024
 
-    def __init__(self, response: web.StreamResponse) -> None:
+    def __init__(self, response: StreamSink) -> None:
         self._response = response
         self._buffer: list[bytes] = []
         self.pending = 0
@@ -246,9 +292,8 @@ class OpenAIFront:
                 for m in self.proxy.pipeline.model_ids()]
         return web.json_response({"object": "list", "data": data})
 
-    def _learn_credentials(self, request: web.Request) -> None:
+    def _learn_credentials(self, headers: Mapping[str, str]) -> None:
         """Whatever credential the client presents is scrubbed from all we record."""
-        headers = request.headers
         for name in _CREDENTIAL_HEADERS:
             value = headers.get(name)
             if value:
@@ -256,12 +301,21 @@ class OpenAIFront:
                 self.proxy.redactor.add(token.strip() or value, min_length=CLIENT_TOKEN_MIN)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        exchange = AiohttpExchange(request)
+        reply = await self.chat(exchange)
+        if reply is None:  # streamed
+            assert exchange.response is not None
+            return exchange.response
+        return reply  # type: ignore[no-any-return]
+
+    async def chat(self, exchange: Exchange) -> Any:
+        """Serve one chat completion; returns `exchange.reply(...)`, or None when streamed."""
         try:
-            self._learn_credentials(request)
-            chat = parse_chat_request(await read_json(request))
-            turn, route = self.proxy.pipeline.open_turn(chat, request.headers)
+            self._learn_credentials(exchange.headers)
+            chat = parse_chat_request(parse_json_body(await exchange.read_body()))
+            turn, route = self.proxy.pipeline.open_turn(chat, exchange.headers)
         except ClientRequestError as exc:
-            return json_error(exc.message, exc.status, code=exc.code, type_=exc.type)
+            return exchange.reply(exc.status, error_body(exc.message, type_=exc.type, code=exc.code))
         async with aclosing(self.proxy.pipeline.run(turn, route)) as parts:
             if not chat.stream:
                 builder = CompletionBuilder(chat.model)
@@ -269,25 +323,25 @@ class OpenAIFront:
                     async for part in parts:
                         builder.add(part)
                 except TurnAborted as exc:
-                    return self._aborted(exc)
-                return web.json_response(builder.build())
+                    return self._aborted(exchange, exc)
+                return exchange.reply(200, builder.build())
 
-            keepalive = KeepAlive(request, route.watchdog.keepalive_interval)
+            keepalive = KeepAlive(exchange, route.watchdog.keepalive_interval)
+            # Made before the wait, not after: the first part goes out sooner.
+            encoder = ChunkEncoder(chat.model, include_usage=chat.include_usage)
             try:
                 first = await parts.__anext__()
             except StopAsyncIteration:
                 first = None
             except TurnAborted as exc:
                 if await keepalive.stop() is None:
-                    return self._aborted(exc)
+                    return self._aborted(exchange, exc)
                 first = exc  # the status line went out with a keep-alive: report in-stream
             finally:
                 keepalive.cancel()
             response = await keepalive.stop()
             if response is None:
-                response = SSEResponse(headers=SSE_HEADERS)
-                await response.prepare(request)
-            encoder = ChunkEncoder(chat.model, include_usage=chat.include_usage)
+                response = await exchange.open_stream()
             writer = EventWriter(response)
             try:
                 if isinstance(first, TurnAborted):
@@ -301,12 +355,12 @@ class OpenAIFront:
                 log.info("client went away during %s", turn.id)
             finally:
                 writer.abort()
-            return response
+            return None
 
-    def _aborted(self, exc: TurnAborted) -> web.Response:
+    def _aborted(self, exchange: Exchange, exc: TurnAborted) -> Any:
         # Upstream error text can quote our key back (careless hosts do): redact.
-        return json_error(self.proxy.redactor(exc.message), exc.status, code=exc.code,
-                          type_="upstream_error")
+        return exchange.reply(exc.status, error_body(self.proxy.redactor(exc.message),
+                                                     type_="upstream_error", code=exc.code))
 
 
 async def _relay(writer: EventWriter, encoder: ChunkEncoder, first: Any, parts: Any) -> None:
