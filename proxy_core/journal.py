@@ -1,13 +1,15 @@
 """The journal: every turn, durable, in SQLite.
 
 An observer on the event bus. A turn's row is written when it starts (state
-`live`, with the request) and updated when it finishes or fails, inside the
-event handler, before the client receives the end of its stream. The
+`live`, with the request), checkpointed about once a second while output
+arrives (on its `StreamHeartbeat`: the text so far, attempts, tool calls),
+and updated when it finishes or fails, inside the event handler, before
+the client receives the end of its stream. The
 request (the whole history, often the bulk of a turn) is written once, in
 its own table, so the update at the end rewrites a small row. The database
 runs in WAL mode, so after `kill -9` every finished turn is on disk and a
-turn that was in flight is there as `live`; the next start marks such turns
-failed as unfinished. Rows pass through the `Redactor` first: no secret
+turn that was in flight is there as `live`, with what it had produced up to
+its last checkpoint; the next start marks such turns failed as unfinished. Rows pass through the `Redactor` first: no secret
 reaches the file.
 
 The journal never stops the proxy. When the disk is full or the file turns
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .events import TurnFailed, TurnFinished, TurnStarted
+from .events import StreamHeartbeat, TurnFailed, TurnFinished, TurnStarted
 from .record import Turn
 from .repairs.memory import RememberedCall
 from .secrets import Redactor
@@ -102,6 +104,7 @@ class Journal:
         self._unsaved: dict[str, None] = {}  # turns whose latest state is not on disk
         self._lost = 0                        # of those, turns evicted from memory meanwhile
         self.recovered_unfinished = 0         # live turns of a previous run, marked at open
+        self._checkpoints: dict[str, tuple[int, int]] = {}  # live turn -> (attempt, chunks) on disk
 
     @classmethod
     def open(cls, path: Path, redactor: Redactor, store: TurnStore) -> Journal:
@@ -232,6 +235,16 @@ class Journal:
         if turn is not None and turn.state == "live":
             self._write_turn(turn, full=True)
 
+    def on_StreamHeartbeat(self, event: StreamHeartbeat) -> None:
+        """Checkpoint a live turn whose output grew since its last write."""
+        progress = (event.attempt, event.chunks)
+        if event.chunks == 0 or self._checkpoints.get(event.turn_id) == progress:
+            return
+        turn = self.store.get(event.turn_id)
+        if turn is not None and turn.state == "live":
+            self._checkpoints[event.turn_id] = progress
+            self._write_turn(turn, full=turn.id in self._unsaved)
+
     def on_TurnFinished(self, event: TurnFinished) -> None:
         self._end(event.turn_id)
 
@@ -239,6 +252,7 @@ class Journal:
         self._end(event.turn_id)
 
     def _end(self, turn_id: str) -> None:
+        self._checkpoints.pop(turn_id, None)
         turn = self.store.get(turn_id)
         if turn is not None:
             self._write_turn(turn, full=turn_id in self._unsaved)

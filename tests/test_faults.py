@@ -59,10 +59,14 @@ async def test_kill_9_mid_stream_then_restart_marks_the_turn_unfinished(
             fake_upstream.script(sse(text_chunk("half an ans"), Hang(), done=False))
             async with client.stream("POST", first.base_url + CHAT_PATH,
                                      json=chat_body("in flight")) as response:
+                lines = response.aiter_lines()  # kept: a dropped one closes the stream
                 async with asyncio.timeout(5):
-                    async for line in response.aiter_lines():
+                    async for line in lines:
                         if "half an ans" in line:
                             break
+                # The heartbeat checkpoints the partial answer within about a second.
+                await wait_until(lambda: journal_text(journal, "in flight") == "half an ans",
+                                 timeout=5, what="the partial answer checkpointed")
                 await first.kill()
     finally:
         await first.kill()
@@ -86,6 +90,7 @@ async def test_kill_9_mid_stream_then_restart_marks_the_turn_unfinished(
             assert lost["state"] == "failed" and lost["error"] == UNFINISHED_ERROR
             assert lost["status"] == UNFINISHED_STATUS
             assert lost["request"]["messages"][-1]["content"] == "in flight"
+            assert lost["text"] == "half an ans"  # what it had produced survives the kill
             assert all(a["outcome"] != "live" for a in lost["attempts"])
             assert lost["finished_at"] is not None and lost["finished_at"] >= lost["started_at"]
             response, payloads = await stream_chat(client, second.base_url, chat_body("after"))
@@ -96,6 +101,17 @@ async def test_kill_9_mid_stream_then_restart_marks_the_turn_unfinished(
     assert "still in flight when Switchboard last stopped" in second.log
     with sqlite3.connect(journal) as conn:
         assert conn.execute("SELECT count(*) FROM turns WHERE state = 'live'").fetchone()[0] == 0
+
+
+def journal_text(path: Path, prompt: str) -> str | None:
+    """The recorded text of the turn whose last message is `prompt`, read from the file."""
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT t.data, r.request FROM turns t JOIN requests r"
+                            " ON r.id = t.id").fetchall()
+    for data, request in rows:
+        if json.loads(request)["messages"][-1]["content"] == prompt:
+            return json.loads(data).get("text")
+    return None
 
 
 # -- the journal's disk --------------------------------------------------------------------
@@ -254,17 +270,18 @@ async def test_garbage_instead_of_http_is_an_upstream_protocol_error(
 
 async def test_garbage_after_output_ends_the_stream_with_an_error(
         raw_upstream: RawUpstream, proxy_factory: Any, client: httpx.AsyncClient) -> None:
-    # A chunk size that is not hex, after good events. aiohttp's parser drops
-    # the connection but leaves the body reader waiting (3.14), so the idle
-    # watchdog is what ends it: a stall, reported as one.
-    proxy = await raw_proxy(proxy_factory, raw_upstream, first_token_timeout=0.6,
-                            idle_timeout=0.6)
+    # A chunk size that is not hex, after good events, on a connection the host
+    # keeps open. The watchdog is too slow to be what ends it: the parser is.
+    proxy = await raw_proxy(proxy_factory, raw_upstream, first_token_timeout=20,
+                            idle_timeout=20)
     raw_upstream.scripts = [[SSE_HEAD, text_event("ok "), Pause(0.05),
-                             b"\xde\xad\xbe\xef garbage\r\n\r\n"]]
-    response, payloads = await stream_chat(client, proxy.base_url)
+                             b"\xde\xad\xbe\xef garbage\r\n\r\n", Pause(30)]]
+    async with asyncio.timeout(5):
+        response, payloads = await stream_chat(client, proxy.base_url)
     assert content_of(payloads) == "ok "
     (error,) = stream_errors(payloads)
-    assert error["code"] in ("upstream_protocol_error", "upstream_timeout"), error
+    assert error["code"] == "upstream_protocol_error", error
+    assert "not a valid HTTP response" in error["message"]
     assert payloads[-1] == "[DONE]"
     assert (await api_turns(client, proxy.base_url))[-1]["state"] == "failed"
 
