@@ -16,7 +16,7 @@ from aiohttp import web
 from .bus import EventBus
 from .config import Config
 from .control import ControlAPI, PREFIX
-from .fastfront import FrontDoor
+from .fastfront import FrontDoor, close_all, close_idle
 from .heartbeat import HeartbeatTicker
 from .journal import Journal
 from .openai_wire import error_body
@@ -52,10 +52,18 @@ class SwitchboardProxy:
                                  lookup=self._journaled_turn)
         self.heartbeat = HeartbeatTicker(self.pipeline, self.bus)
         self._ticker: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.front = OpenAIFront(self)
         self._listener: asyncio.Server | None = None
         self._doors: set[FrontDoor] = set()
+
+    async def _sweep_idle(self, every: float = 10.0) -> None:
+        """Close front-door connections idle past `fastfront.IDLE_TIMEOUT` (aiohttp does its own)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(every)
+            close_idle(self._doors, loop.time())
 
     def _journaled_turn(self, turn_id: str) -> Turn | None:
         data = self.journal.turn(turn_id) if self.journal is not None else None
@@ -87,6 +95,8 @@ class SwitchboardProxy:
         await self._runner.setup()
         self._ticker = asyncio.get_running_loop().create_task(self.heartbeat.run(),
                                                               name="switchboard heartbeat")
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_idle(),
+                                                               name="switchboard idle sweep")
         # Connections start at the front door (chat completions on the fast path);
         # everything else is handed to aiohttp's server (see fastfront).
         aiohttp_protocol = self._runner.server
@@ -99,14 +109,15 @@ class SwitchboardProxy:
         log.info("switchboard listening on %s", self.base_url)
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            self._ticker = None
+        for task in (self._ticker, self._sweeper):
+            if task is not None:
+                task.cancel()
+        self._ticker = self._sweeper = None
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-        for door in list(self._doors):
-            door.close()  # cancels a turn in flight on it, as aiohttp does for its own
+        # Cancels a turn in flight on each, and waits for it, as aiohttp does for its own.
+        await close_all(self._doors, timeout=2.0)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

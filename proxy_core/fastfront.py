@@ -19,7 +19,8 @@ over the transport.
 Requests are served one at a time, so a hand-over always starts at a
 request's first byte: a client that sends another request before the
 answer to a chat completion is complete (pipelining; clients don't
-pipeline POSTs) gets a 400 and the connection is closed. Reading goes on
+pipeline POSTs) gets a 400 — or, once that answer has begun, sees it cut
+short — and the connection is closed. Reading goes on
 while a request is served, so a client that goes away is noticed at once
 and cancels its handler, as aiohttp's `handler_cancellation` does.
 """
@@ -48,6 +49,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHAT_PATH = b"/v1/chat/completions"
+#: How long a refused client may go on sending (discarded) before its connection is
+#: closed: closing with its bytes unread resets the connection, and a client still
+#: sending a body would see the reset, not the answer (aiohttp's `lingering_time`).
+LINGER = 10.0
+#: A connection with no request being answered that has sent nothing for this long
+#: is closed by `close_idle` (idle keep-alive, or a request head/body that stalled).
+IDLE_TIMEOUT = 75.0
 
 _json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
@@ -78,6 +86,10 @@ class _HandOver(Exception):
     """Raised from a parser callback: this request is aiohttp's to serve."""
 
 
+class _Pipelined(Exception):
+    """Raised from a parser callback: a request began before the last one was answered."""
+
+
 class FrontDoor(asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
@@ -104,8 +116,11 @@ class FrontDoor(asyncio.Protocol):
         self._keep_alive = True
         self._closed = False
         self._handed_over = False
+        self._lingering = False  # refused: the answer is out, the client's bytes are discarded
+        self._linger_timer: asyncio.TimerHandle | None = None
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
+        self.last_activity = self._loop.time()
 
     # -- connection ------------------------------------------------------------
 
@@ -118,6 +133,9 @@ class FrontDoor(asyncio.Protocol):
         self._connections.discard(self)
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the client left: its turn fails now, nobody retries for it
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         self._wake_writer()
 
     def pause_writing(self) -> None:
@@ -128,16 +146,30 @@ class FrontDoor(asyncio.Protocol):
         self._wake_writer()
 
     def close(self) -> None:
+        """Close the connection; a request still being served is cancelled (its turn fails)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
         if self.transport is not None and not self._closed and not self._handed_over:
             self.transport.close()
+
+    @property
+    def idle(self) -> bool:
+        """No request is being answered on this connection."""
+        return self._task is None or self._task.done()
+
+    def abort(self) -> None:
+        """Close now, dropping what is still buffered for a client that does not read."""
+        if self.transport is not None and not self._closed and not self._handed_over:
+            self.transport.abort()
 
     # -- reading -----------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        self.last_activity = self._loop.time()
+        if self._lingering:
+            return
         if self._serving is not None and not self._serving.finished:  # pipelined
-            self._serving = None
-            self._refuse_and_close(400, "pipelined requests are not supported; wait for the"
-                                        " answer before sending the next request")
+            self._refuse_pipelined()
             return
         if not self._in_request:
             self._in_request = True
@@ -150,12 +182,16 @@ class FrontDoor(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _HandOver):
                 self._hand_over()
+            elif isinstance(exc.__context__, _Pipelined):
+                self._refuse_pipelined()
             elif not self._closed:
                 status = 413 if self._size > self._limit else 400
                 self._refuse_and_close(status, f"malformed HTTP request: {exc}"
                                        if status == 400 else body_too_large(self._limit).message)
 
     def on_message_begin(self) -> None:
+        if self._serving is not None and not self._serving.finished:
+            raise _Pipelined  # the next request in the same read as the last one
         self._url = b""
         self._headers = CIMultiDict()
         self._body = []
@@ -238,16 +274,41 @@ class FrontDoor(asyncio.Protocol):
         protocol.connection_made(transport)
         protocol.data_received(raw)
 
+    def _refuse_pipelined(self) -> None:
+        serving, self._serving = self._serving, None
+        if serving is not None and serving.sent:
+            # The answer has begun: a status line now would land inside its body.
+            # Cut it short instead (no last chunk: the client sees it incomplete).
+            self._keep_alive = False
+            self.close()
+            return
+        self._refuse_and_close(400, "pipelined requests are not supported; wait for the"
+                                    " answer before sending the next request")
+
     def _refuse_and_close(self, status: int, message: str) -> None:
         code = "request_too_large" if status == 413 else "bad_request"
         self._keep_alive = False
         self.write_whole(status, error_body(message, type_="invalid_request_error", code=code))
-        self.close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """End the answer, then close once the client stops sending (or after `LINGER`)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        transport = self.transport
+        if transport is None or self._closed or self._lingering or transport.is_closing():
+            return
+        self._lingering = True
+        if transport.can_write_eof():
+            transport.write_eof()  # the client reads the answer, then the end of it
+        # The client's end (eof_received's default) closes the connection; else this does.
+        self._linger_timer = self._loop.call_later(LINGER, self.close)
 
     # -- writing -----------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        if self._closed or self.transport is None or self.transport.is_closing():
+        if self._closed or self._lingering or self.transport is None \
+                or self.transport.is_closing():
             raise ConnectionResetError("the client closed the connection")
         self.transport.write(data)
 
@@ -290,6 +351,7 @@ class FastExchange:
         self.headers = headers
         self._body = body
         self.started = False   # the status line is on its way
+        self.sent = False      # some of the answer has been written to the client
         self.finished = False  # the whole answer is
 
     async def read_body(self) -> bytes:
@@ -300,7 +362,7 @@ class FastExchange:
         return _ChunkedStream(self)
 
     def reply(self, status: int, payload: Any) -> None:
-        self.started = True
+        self.started = self.sent = True
         self._door.write_whole(status, payload)
         self.finished = True
 
@@ -320,6 +382,7 @@ class _ChunkedStream:
             return
         frame = b"%x\r\n%s\r\n" % (len(data), data)
         head, self._head = self._head, None
+        self._exchange.sent = True
         door = self._door
         door.send(head + frame if head is not None else frame)
         if door._write_paused:
@@ -328,5 +391,37 @@ class _ChunkedStream:
     async def write_eof(self, data: bytes = b"") -> None:
         frame = (b"%x\r\n%s\r\n" % (len(data), data) if data else b"") + b"0\r\n\r\n"
         head, self._head = self._head, None
+        self._exchange.sent = True
         self._door.send(head + frame if head is not None else frame)
         self._exchange.finished = True
+
+
+async def close_all(doors: set[FrontDoor], timeout: float) -> None:
+    """Close every connection still at the front door; wait for their handlers to end.
+
+    For `SwitchboardProxy.stop`: a turn in flight on the fast path is
+    cancelled and recorded as failed before the journal closes, as
+    aiohttp's shutdown does for the requests it serves. After `timeout`,
+    or once the handlers are done, connections still open (a client that
+    does not read what is buffered for it) are aborted.
+    """
+    open_doors = list(doors)
+    tasks = [door._task for door in open_doors if door._task is not None and not door._task.done()]
+    for door in open_doors:
+        door.close()
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout)
+    for door in open_doors:
+        door.abort()
+
+
+def close_idle(doors: set[FrontDoor], now: float, limit: float = IDLE_TIMEOUT) -> int:
+    """Close connections that are not being answered and have sent nothing for `limit` s.
+
+    Run every few seconds by `SwitchboardProxy` (one sweep, no timer per
+    request). Returns how many were closed.
+    """
+    stale = [door for door in doors if door.idle and now - door.last_activity >= limit]
+    for door in stale:
+        door.close()
+    return len(stale)
