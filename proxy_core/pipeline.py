@@ -126,20 +126,23 @@ class Pipeline:
     # -- opening -----------------------------------------------------------------
 
     def open_turn(self, request: ChatRequest, headers: Mapping[str, str]) -> tuple[Turn, RouteSettings]:
-        """Route the request and create its turn.
+        """Route the request and create (and store) its turn.
 
-        Grouping it into a session, storing it and announcing it wait until
-        the upstream request is out (`EventBus.defer`): the host starts
-        thinking a little sooner. They are done before any later event.
+        Grouping it into a session and announcing it wait until the upstream
+        request is out (`EventBus.defer`): the host starts thinking a little
+        sooner. Both happen before any later event. Storing does not wait:
+        a store that makes room while another turn is ending could drop that
+        turn between its end and the journal hearing of it.
         """
         route = self._route(request.model)
         turn = self._new_turn(request.body, "", request.model, route, request.stream,
                               headers.get("user-agent", "")[:200])
+        self.store.add(turn)
 
-        def session() -> None:
+        def announce() -> None:
             turn.session_id = session_id_for(headers, request.messages)
-        self.bus.defer(session)
-        self.bus.defer(lambda: self._announce(turn))
+            self._announce(turn)
+        self.bus.defer(announce)
         return turn, route
 
     def _route(self, model: str) -> RouteSettings:
@@ -156,7 +159,6 @@ class Pipeline:
                     stream=stream, request=body, client=client, rerun_of=rerun_of)
 
     def _announce(self, turn: Turn) -> None:
-        self.store.add(turn)
         self.bus.publish(TurnStarted(turn_id=turn.id, session_id=turn.session_id,
                                      model=turn.model, route=turn.route, stream=turn.stream,
                                      rerun_of=turn.rerun_of))
@@ -377,6 +379,7 @@ class Pipeline:
             first = Target.parse(original.attempts[-1].target)
         turn = self._new_turn(original.request, original.session_id, original.model, route,
                               original.stream, "switchboard (re-run by hand)", original.id)
+        self.store.add(turn)
         self._announce(turn)
 
         async def drain() -> None:

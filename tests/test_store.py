@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from proxy_core.openai_wire import parse_chat_request
 from proxy_core.record import Turn
 from proxy_core.store import TurnStore
+from support import FakeUpstream, chat_body, openai_config
 
 
 def turn(i: int, state: str = "finished") -> Turn:
@@ -27,3 +34,20 @@ def test_all_live_grows_past_capacity_rather_than_drop_one() -> None:
     assert len(store) == 4
     store.add(turn(9))
     assert len(store) == 4 and store.get("t9") is None, "the newest finished one goes"
+
+
+async def test_a_turn_ending_while_a_newer_one_opens_is_still_journaled(
+        proxy_factory: Any, fake_upstream: FakeUpstream, tmp_path: Path) -> None:
+    # Regression (found by bench/soak.py): with the store full, a new turn's
+    # storing evicted an old turn in the moment between the old one ending and
+    # its end reaching the journal, whose row then stayed "live" forever.
+    proxy = await proxy_factory(openai_config(fake_upstream.base_url))
+    proxy.store.capacity = 1
+    chat = parse_chat_request(chat_body())
+    old, _ = proxy.pipeline.open_turn(chat, {})
+    await asyncio.sleep(0.05)  # the old turn's start is journaled
+    proxy.pipeline.open_turn(chat, {})
+    proxy.pipeline._finish(old)  # unit seam: a turn ending while another one opens
+    with sqlite3.connect(tmp_path / "journal.sqlite3") as db:
+        (state,) = db.execute("SELECT state FROM turns WHERE id = ?", (old.id,)).fetchone()
+    assert state == "finished"

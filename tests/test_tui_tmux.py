@@ -55,7 +55,9 @@ max_attempts = 4
 [upstreams.sim]
 kind = "simulator"
 faults = ["hang"]
-fault_rate = 0.4
+# Which requests hang depends on their content (tmp paths, dates), so it varies by
+# run: at 0.7 over ten requests after tool results, none hanging is a 1-in-170,000 run.
+fault_rate = 0.7
 seed = 4
 [[routes]]
 model = "kimi-k2.5"
@@ -85,7 +87,8 @@ targets = ["sim:kimi-k2.5"]
         assert sum("tool_calls" in r for r in table) == 10, screen
         assert sum(re.search(r"✓ done\s+stop\b", r) is not None for r in table) >= 2, screen
         retried = [r for r in table if re.search(r"#[2-4] retry\b", r)]
-        assert retried, f"the host hung and the watchdog retried:\n{screen}"
+        assert retried, (f"the host hung and the watchdog retried (attempts per turn:"
+                         f" {[len(t['attempts']) for t in api]}):\n{screen}")
         assert len(retried) == sum(len(t["attempts"]) > 1 for t in api)
         session = api[0]["session_id"]
         assert all(session[:10] in r for r in table)
