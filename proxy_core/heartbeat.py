@@ -27,9 +27,15 @@ class HeartbeatTicker:
         self._seen: dict[str, tuple[int, int, float]] = {}  # turn -> (attempt, chunks, at)
 
     async def run(self) -> None:
+        """Tick every `interval` on a fixed grid: the time a tick takes does not add up."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + self.interval
         while True:
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
             self.tick()
+            next_at += self.interval
+            if next_at <= loop.time():  # fell behind (a blocked loop): skip, don't burst
+                next_at = loop.time() + self.interval
 
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
