@@ -235,14 +235,14 @@ class FrontDoor(asyncio.Protocol):
         exchange = FastExchange(self, CIMultiDictProxy(self._headers), b"".join(self._body))
         self._body = []
         self._serving = exchange
-        self._task = self._loop.create_task(self._serve(exchange), name="switchboard chat")
+        self._task = self._loop.create_task(self._serve(exchange, self._refusal),
+                                            name="switchboard chat")
 
     # -- serving -----------------------------------------------------------------
 
-    async def _serve(self, exchange: FastExchange) -> None:
+    async def _serve(self, exchange: FastExchange, refusal: ClientRequestError | None) -> None:
         try:
-            if self._refusal is not None:
-                refusal = self._refusal
+            if refusal is not None:
                 exchange.reply(refusal.status, error_body(refusal.message, type_=refusal.type,
                                                           code=refusal.code))
             else:
