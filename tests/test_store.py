@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 from proxy_core.openai_wire import parse_chat_request
 from proxy_core.record import Turn
 from proxy_core.store import TurnStore
-from support import FakeUpstream, chat_body, openai_config
+from support import FakeUpstream, chat_body, openai_config, wait_until
 
 
 def turn(i: int, state: str = "finished") -> Turn:
@@ -45,9 +44,13 @@ async def test_a_turn_ending_while_a_newer_one_opens_is_still_journaled(
     proxy.store.capacity = 1
     chat = parse_chat_request(chat_body())
     old, _ = proxy.pipeline.open_turn(chat, {})
-    await asyncio.sleep(0.05)  # the old turn's start is journaled
+
+    def state() -> str | None:
+        with sqlite3.connect(tmp_path / "journal.sqlite3") as db:
+            row = db.execute("SELECT state FROM turns WHERE id = ?", (old.id,)).fetchone()
+        return row[0] if row else None
+
+    await wait_until(lambda: state() == "live", what="the old turn's start journaled")
     proxy.pipeline.open_turn(chat, {})
     proxy.pipeline._finish(old)  # unit seam: a turn ending while another one opens
-    with sqlite3.connect(tmp_path / "journal.sqlite3") as db:
-        (state,) = db.execute("SELECT state FROM turns WHERE id = ?", (old.id,)).fetchone()
-    assert state == "finished"
+    assert state() == "finished"
