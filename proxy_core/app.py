@@ -19,7 +19,7 @@ from .control import ControlAPI, PREFIX
 from .fastfront import FrontDoor, close_all, close_idle
 from .heartbeat import HeartbeatTicker
 from .journal import Journal
-from .openai_wire import error_body
+from .openai_wire import error_body, internal_error_body
 from .pipeline import Pipeline
 from .record import Turn
 from .repairs.memory import ToolCallMemory
@@ -171,9 +171,7 @@ class SwitchboardProxy:
                                                 code=str(exc.status)), status=exc.status)
         except Exception:
             log.exception("internal error handling %s %s", request.method, request.path)
-            return web.json_response(error_body("internal error in Switchboard; see its log",
-                                                type_="server_error", code="internal_error"),
-                                     status=500)
+            return web.json_response(internal_error_body(), status=500)
 
 
 def _host_name(value: str, *, url: bool = False) -> str:

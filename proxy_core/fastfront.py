@@ -39,7 +39,7 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .errors import ClientRequestError
-from .openai_wire import error_body
+from .openai_wire import error_body, internal_error_body
 from .server import body_too_large
 
 if TYPE_CHECKING:
@@ -252,8 +252,7 @@ class FrontDoor(asyncio.Protocol):
         except Exception:
             log.exception("internal error handling POST %s", CHAT_PATH.decode())
             if not exchange.started:
-                exchange.reply(500, error_body("internal error in Switchboard; see its log",
-                                               type_="server_error", code="internal_error"))
+                exchange.reply(500, internal_error_body())
             else:
                 self._keep_alive = False
         finally:

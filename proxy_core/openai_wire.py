@@ -152,6 +152,12 @@ def _scrub(value: Any) -> Any:
     return value
 
 
+def internal_error_body() -> dict[str, Any]:
+    """What a client gets when Switchboard itself failed (the details go to the log)."""
+    return error_body("internal error in Switchboard; see its log", type_="server_error",
+                      code="internal_error")
+
+
 def error_body(message: str, *, type_: str = "invalid_request_error",
                code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "code": code}}

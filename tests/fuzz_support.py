@@ -114,6 +114,18 @@ class BackgroundProxy:
 
 
 @contextmanager
+def running_proxy(make_toml: Callable[[str], str], journal: Path) -> Iterator[BackgroundProxy]:
+    """A started `BackgroundProxy` (upstream key set), stopped on exit: a module fixture's body."""
+    with upstream_key_env():
+        proxy = BackgroundProxy(make_toml, journal)
+        proxy.start()
+        try:
+            yield proxy
+        finally:
+            proxy.stop()
+
+
+@contextmanager
 def upstream_key_env() -> Iterator[str]:
     """Set the upstream key variable that `support.openai_config` names, for a module."""
     old = os.environ.get(UPSTREAM_KEY_ENV)

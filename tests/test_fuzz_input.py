@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fuzz_support import BackgroundProxy, openai_error, upstream_key_env
+from fuzz_support import BackgroundProxy, openai_error, running_proxy
 from support import (
     CHAT_PATH, MODEL, UPSTREAM_KEY_ENV, UPSTREAM_MODEL, Sleep, chat_body, sse, text_chunk,
     finish_chunk,
@@ -63,13 +63,8 @@ repairs = "kimi"
 
 @pytest.fixture(scope="module")
 def bg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundProxy]:
-    with upstream_key_env():
-        proxy = BackgroundProxy(two_routes, tmp_path_factory.mktemp("fuzz") / "journal.sqlite3")
-        proxy.start()
-        try:
-            yield proxy
-        finally:
-            proxy.stop()
+    with running_proxy(two_routes, tmp_path_factory.mktemp("fuzz") / "journal.sqlite3") as proxy:
+        yield proxy
 
 
 @pytest.fixture(scope="module")

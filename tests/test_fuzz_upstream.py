@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from fuzz_support import BackgroundProxy, openai_error, upstream_key_env
+from fuzz_support import BackgroundProxy, openai_error, running_proxy
 from proxy_core.sse import COMMENT, SSEDecoder, SSEProtocolError
 from support import CHAT_PATH, Drop, Sleep, chat_body, openai_config, sse
 
@@ -101,16 +101,11 @@ def test_an_endless_line_is_refused_not_buffered() -> None:
 
 @pytest.fixture(scope="module")
 def bg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundProxy]:
-    with upstream_key_env():
-        proxy = BackgroundProxy(
+    with running_proxy(
             lambda url: openai_config(url, first_token_timeout=2.0, idle_timeout=2.0,
                                       max_attempts=2),
-            tmp_path_factory.mktemp("fuzz-upstream") / "journal.sqlite3")
-        proxy.start()
-        try:
-            yield proxy
-        finally:
-            proxy.stop()
+            tmp_path_factory.mktemp("fuzz-upstream") / "journal.sqlite3") as proxy:
+        yield proxy
 
 
 @pytest.fixture(scope="module")

@@ -145,14 +145,18 @@ class Response:
         """The body bytes that have arrived (waiting for some if none has); b"" at its end."""
         conn = self._conn
         data = conn.take() or await conn.wait_body()
-        if self._decoder is not None:
-            if data:
-                try:
-                    return self._decoder.decompress(data) or await self.read_chunk()
-                except zlib.error as exc:
-                    raise BadResponse(f"cannot decompress the body: {exc}") from None
-            return self._decoder.flush()
-        return data
+        decoder = self._decoder
+        if decoder is None:
+            return data
+        while data:  # compressed bytes that decode to nothing yet: read on
+            try:
+                plain = decoder.decompress(data)
+            except zlib.error as exc:
+                raise BadResponse(f"cannot decompress the body: {exc}") from None
+            if plain:
+                return plain
+            data = conn.take() or await conn.wait_body()
+        return decoder.flush()
 
     async def read(self, limit: int) -> bytes:
         """The body, or its first `limit` bytes."""
