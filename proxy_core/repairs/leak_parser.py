@@ -1,64 +1,70 @@
-"""Streaming parser for Kimi K2 tool calls leaked into streamed text.
+"""Streaming recogniser for Kimi K2 tool calls leaked into streamed text.
 
 Kimi's native tool-call tokens sometimes reach the client inside ``content``
-(or ``reasoning_content``) instead of being parsed into ``tool_calls``.
-:class:`LeakParser` receives that text in arbitrary deltas and splits it into
-plain text, recovered calls and consumed marker text.  Use one parser per
-channel (content, reasoning).  Pure Python, stdlib only, no I/O.
+(or ``reasoning_content``) instead of being parsed into ``tool_calls``, and
+hosts drop, respell or mangle parts of the grammar on the way.
+:class:`LeakParser` receives text in arbitrary deltas and splits it into
+plain text, recovered calls and consumed marker text. Pure Python, stdlib
+only, no I/O. Which tool a call names is not decided here: the parser
+reports the id text as written, and :mod:`.tool_names` resolves it against
+the tools the request offered.
 
-Accepted forms (reference §2)::
+The grammar, as a host may emit it (reference §2 and §6)::
 
-    <|tool_calls_section_begin|>            (or singular <|tool_call_section_begin|>, or absent)
-    <|tool_call_begin|>functions.{name}:{idx}<|tool_call_argument_begin|>{json}<|tool_call_end|>
-    ...more calls...
-    <|tool_calls_section_end|>              (or singular, or absent)
+    leak    := SECTION_BEGIN? call (ws call)* SECTION_END?
+    call    := CALL_BEGIN? id? ARG_BEGIN? args CALL_END?
+    args    := a JSON object (possibly several lines), or text up to a marker
 
-with any whitespace between tokens, a missing ``<|tool_call_end|>`` when the
-next ``<|tool_call_begin|>`` or a section token arrives, and the XML form::
+Every part may be missing; what makes text a call is **evidence**: a call
+begin marker, an argument-begin marker, or a call-end marker right after a
+JSON object. Without any of the three, ``write:0{"a": 1}`` is text.
 
-    <tool_call>                             (optional wrapper)
-    <function=read_file>
-    <parameter=target_file>FILE1</parameter>
-    </function>
-    </tool_call>
+Markers are recognised by their structure, not from a list: ``<|`` (or the
+full-width ``<｜``), optional spaces, ``tool``, a separator (``_``, ``-``,
+space, ``▁`` or none), ``call`` or ``calls``, optionally ``section`` or
+``argument``/``args``, then ``begin``/``start``/``end``, optional spaces and
+``|>``; case-insensitive. ``section`` (or the plural ``calls`` without an
+argument part) makes a section marker. So ``<|tool_calls_section_begin|>``,
+``<|tool_call_section_begin|>``, ``<| tool call begin |>`` and
+``<|TOOL_CALLS_BEGIN|>`` are all markers; ``<|tool_call_beginning|>``,
+``<|im_end|>`` and ``<tool_call_begin|>`` are text. A marker immediately
+preceded by a backtick (inline code in prose) is text.
 
 Decisions:
 
-* **Markers.**  Exactly seven Kimi tokens are markers: the plural and
-  singular section begin/end, ``<|tool_call_begin|>``,
-  ``<|tool_call_argument_begin|>`` and ``<|tool_call_end|>``.  Anything else
-  that merely looks like one (``<|tool_call_beginning|>``, ``<|im_end|>``,
-  ``<|tool|>``, ``a <| b``) is text.  A marker immediately preceded by a
-  backtick (`` `<|tool_call_begin|>` `` in prose or inline code) is text too.
-* **Stray markers.**  A section begin/end, argument-begin or call-end token
-  outside a call, whitespace between tokens inside a section or between
-  consecutive calls, and the first token of a call whose name is invalid are
-  consumed and reported as :class:`StrayMarker` segments, never as text.
+* **Ids.** The id is the run of id characters (no whitespace, quotes,
+  brackets, ``<>``, ``,;|\\`` or backtick; at most 256) before the
+  argument-begin marker or the JSON object, after a call begin marker or in
+  front of either. It may be ``functions.NAME:IDX``, ``NAME:IDX``,
+  ``functionsNAMEIDX``, ``callNNNNN``, a UUID or anything else. To find an
+  id that precedes an argument-begin marker with no call begin, text keeps
+  its last word (and the whitespace after it) back until the next delta
+  shows it is not followed by one: one word of delay, never more.
+* **Arguments** that start with ``{`` end where that object closes (strings
+  and escapes respected); a second object right after it stays part of the
+  same call (``json_args`` keeps the first: a duplicated stream). Other
+  arguments run to the next marker. A marker always ends the arguments,
+  even inside an unclosed string. A JSON object in prose is held only until
+  it closes and the next non-blank character shows no marker follows.
+* **End of stream.** A call cut by the end of the stream is a call only if
+  its arguments are a complete JSON object; otherwise all its text is text.
+* **Stray markers.** Section markers, argument-begin or call-end markers
+  that belong to no call, whitespace between tokens inside a section or
+  between calls, and a call begin marker not followed by a valid id are
+  consumed as :class:`StrayMarker` segments, never shown as text.
   Whitespace between a marker and following prose stays text.
-* **Invariant.**  Concatenating ``TextSegment.text``, ``LeakedCall.raw`` and
-  ``StrayMarker.raw`` in order reproduces the input exactly.  The segment
-  sequence does not depend on how the input was chunked, once adjacent
-  ``TextSegment`` s are merged (stray markers are already merged: they are
-  emitted lazily, just before the next text/call or at ``finish``).
-* **Names.**  Whitespace is stripped, one leading ``functions.`` and one
-  trailing ``:N`` are removed, dots/hyphens/slashes are kept.  A name must be
-  1-256 characters with no whitespace, quotes, brackets or ``<>``.
-  ``raw_id`` is the stripped original when it ends in ``:N``, else ``None``.
-* **Kimi arguments** run to the first Kimi marker; they are normalised or
-  repaired by :func:`~proxy_core.repairs.json_args.repair_json_arguments`.
-  A call cut by end of stream is a call only if its arguments parse as a
-  JSON object; otherwise all its text is returned as text.
-* **XML form.**  Recognised only when complete (up to ``</function>``);
-  anything else (``<function=`` in prose, an unclosed parameter at end of
-  stream) is text.  One leading and one trailing newline of each parameter
-  value is dropped (Qwen3-Coder convention); the rest, multi-line, is kept.
-  Typing: with a schema for the tool (``tool_schemas``), a parameter whose
-  schema type includes ``string`` stays a string and other typed parameters
-  are JSON-decoded when possible.  Without a schema, values that are exactly
-  a JSON number or ``true``/``false`` are decoded; everything else (including
-  JSON-looking objects/arrays and ``null``) stays a string, because a
-  ``content``/``newString`` value that happens to look like JSON is far more
-  common than an object-typed parameter.
+* **Invariant.** Concatenating ``TextSegment.text``, ``LeakedCall.raw`` and
+  ``StrayMarker.raw`` in order reproduces the input exactly, and the
+  segments do not depend on how the input was chunked once adjacent
+  ``TextSegment`` s are merged (stray markers are merged already).
+* **XML form** ``<function=NAME><parameter=K>V</parameter></function>``
+  (optionally inside ``<tool_call>``) is recognised only when complete. One
+  leading and one trailing newline of each value is dropped (Qwen3-Coder
+  convention). With a schema for the tool, a parameter whose type includes
+  ``string`` stays a string and other typed parameters are JSON-decoded
+  when possible; without one, only exact JSON numbers and ``true``/``false``
+  are decoded, since a file's content that happens to look like JSON is far
+  more common than an object-typed parameter.
 * ``</think>`` and other tags are left alone.
 """
 
@@ -71,13 +77,14 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
 
-from .json_args import normalise_json_object, repair_json_arguments
+from .json_args import normalise_json_object, repair_json_arguments_detailed
 
 __all__ = [
     "ARG_BEGIN",
     "CALL_BEGIN",
     "CALL_END",
     "KIMI_MARKERS",
+    "MARKER_RE",
     "SECTION_BEGIN",
     "SECTION_BEGIN_SINGULAR",
     "SECTION_END",
@@ -91,8 +98,10 @@ __all__ = [
     "normalise_tool_name",
     "parse_leaks",
     "schemas_from_openai_tools",
+    "strip_markers",
 ]
 
+#: The canonical spellings (Moonshot's tokenizer); the recogniser accepts more.
 SECTION_BEGIN: Final = "<|tool_calls_section_begin|>"
 SECTION_BEGIN_SINGULAR: Final = "<|tool_call_section_begin|>"
 SECTION_END: Final = "<|tool_calls_section_end|>"
@@ -115,8 +124,6 @@ _XML_WRAP_CLOSE: Final = "</tool_call>"
 _XML_FUNC_CLOSE: Final = "</function>"
 _XML_PARAM: Final = "<parameter="
 _XML_PARAM_CLOSE: Final = "</parameter>"
-_OPENERS: Final = (*KIMI_MARKERS, _XML_FUNC, _XML_WRAP)
-
 
 # ----------------------------------------------------------------------------- segments
 
@@ -133,14 +140,18 @@ class LeakedCall:
     """A tool call recovered from leaked tokens.
 
     Attributes:
-        name: tool name, ``functions.`` prefix and trailing ``:N`` stripped.
-        arguments: JSON object text (normalised, or repaired).
-        raw_id: the original ``functions.name:N`` text when it carried an
-            index, else ``None``.
+        name: the tool name as the id spells it (``functions.`` prefix and a
+            trailing ``:N`` stripped); ``""`` when there was no id. Resolve it
+            against the offered tools with :mod:`.tool_names`.
+        arguments: JSON object text (normalised or repaired); when
+            ``args_ok`` is false, the ``{"_raw": ...}`` wrapping of text that
+            is no JSON object.
+        raw_id: the id text as written (stripped), or ``None`` if there was none.
         raw: the exact leaked text the call was parsed from.
         form: ``"kimi"`` (special tokens) or ``"xml"`` (``<function=...>``).
         args_repaired: whether the arguments needed a repair (not merely
             re-serialisation).
+        args_ok: whether the arguments are a JSON object, as sent or repaired.
     """
 
     name: str
@@ -149,12 +160,13 @@ class LeakedCall:
     raw: str
     form: str = "kimi"
     args_repaired: bool = False
+    args_ok: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class StrayMarker:
     """Marker text consumed outside any call (section tokens, whitespace
-    between tokens, orphan ``<|tool_call_end|>`` ...).  Never shown as text."""
+    between tokens, orphan ``<|tool_call_end|>`` ...). Never shown as text."""
 
     raw: str
 
@@ -162,7 +174,7 @@ class StrayMarker:
 Segment = TextSegment | LeakedCall | StrayMarker
 
 
-# ----------------------------------------------------------------------------- tables
+# ----------------------------------------------------------------------------- the marker grammar
 
 
 class _Tok(Enum):
@@ -175,50 +187,93 @@ class _Tok(Enum):
     CALL_END = "call_end"
     XML_FUNC = "xml_func"
     XML_WRAP = "xml_wrap"
+    BRACE = "brace"
 
 
-_KIND: Final[dict[str, _Tok]] = {
-    SECTION_BEGIN: _Tok.SECTION_BEGIN,
-    SECTION_BEGIN_SINGULAR: _Tok.SECTION_BEGIN,
-    SECTION_END: _Tok.SECTION_END,
-    SECTION_END_SINGULAR: _Tok.SECTION_END,
-    CALL_BEGIN: _Tok.CALL_BEGIN,
-    ARG_BEGIN: _Tok.ARG_BEGIN,
-    CALL_END: _Tok.CALL_END,
-    _XML_FUNC: _Tok.XML_FUNC,
-    _XML_WRAP: _Tok.XML_WRAP,
-}
-
-_KIMI_RE: Final = re.compile(
-    r"<\|tool_call(?:s_section_begin|_section_begin|s_section_end|_section_end|_begin|_argument_begin|_end)\|>"
+_BAR = "[|\uff5c]"
+_SEP = "[\\s_\\-\u2581]*"
+# After the "<"; the "<" stays outside the case-insensitive group so that
+# the regex engine can skip to it at C speed.
+_MARKER_REST: Final = (
+    "(?i:" + _BAR + r"\s*tool" + _SEP + "calls?" + _SEP
+    + "(?:section" + _SEP + "|arg(?:ument)?s?" + _SEP + ")?"
+    + r"(?:begin|start|end)\s*" + _BAR + ">)"
 )
-_OPENER_RE: Final = re.compile(
-    r"<(?:\|tool_call(?:s_section_begin|_section_begin|s_section_end|_section_end|_begin|_argument_begin|_end)\|>"
-    r"|function=|tool_call>)"
-)
+#: One Kimi marker, in any spelling the grammar allows.
+MARKER_RE: Final = re.compile("<" + _MARKER_REST)
+_OPENER_RE: Final = re.compile("<(?:" + _MARKER_REST + "|function=|tool_call>)|\\{")
+_PARTIAL_SHAPE_RE: Final = re.compile(
+    "<" + _BAR + "(?P<body>[\\w\\s\\-▁]{0,40}?)(?P<close>" + _BAR + ")?\\Z")
+_XML_PREFIXES: Final = frozenset(w[:i] for w in (_XML_FUNC, _XML_WRAP) for i in range(1, len(w)))
+#: Every marker with separators and spaces taken out, and their prefixes.
+_SKELETONS: Final = frozenset(
+    f"toolcall{plural}{middle}{edge}"
+    for plural in ("", "s")
+    for middle in ("", "section", "arg", "args", "argument", "arguments")
+    for edge in ("begin", "start", "end"))
+_SKELETON_PREFIXES: Final = frozenset(w[:i] for w in _SKELETONS for i in range(len(w) + 1))
+_PARTIAL_MAX: Final = 45
 _NONWS_RE: Final = re.compile(r"\S")
-
-
-def _proper_prefixes(words: Iterable[str]) -> frozenset[str]:
-    """All non-empty proper prefixes of ``words``."""
-    return frozenset(w[:i] for w in words for i in range(1, len(w)))
-
-
-_OPENER_PREFIXES: Final = _proper_prefixes(_OPENERS)
-_OPENER_MAX: Final = max(map(len, _OPENERS))
-_KIMI_PREFIXES: Final = _proper_prefixes(KIMI_MARKERS)
-_KIMI_MAX: Final = max(map(len, KIMI_MARKERS))
-
-_TAIL: Final = max(_KIMI_MAX, len(_XML_PARAM_CLOSE)) - 1
-_NAME_MAX: Final = 256
-# Name region between <|tool_call_begin|> and the next marker, as a prefix.
-_NAME_REGION_RE: Final = re.compile(r"\s*[^\s<>{}()\[\]\"'`,;|\\]{0,256}\s*")
+_IDCHARS = "[^\\s<>{}()\\[\\]\"'`,;|\\\\]"
+_ID_MAX: Final = 256
+_WS_MAX: Final = 16
+#: The end of a text read backwards: whitespace, then an id (what an
+#: argument-begin marker may follow).
+_TRAIL_REV_RE: Final = re.compile(r"\s{0,%d}%s{0,%d}" % (_WS_MAX, _IDCHARS, _ID_MAX))
+_TRAIL_REV_MAX: Final = _WS_MAX + _ID_MAX
+_NAME_RE: Final = re.compile(r"\s*(%s{1,%d})\s*\Z" % (_IDCHARS, _ID_MAX))
+_NAME_PREFIX_RE: Final = re.compile(r"\s*%s{0,%d}\s*\Z" % (_IDCHARS, _ID_MAX))
+_OBJECT_START_RE: Final = re.compile(r"\{\s*(?:\"|\})")
+_OBJECT_PREFIX_RE: Final = re.compile(r"\{\s*\Z")
+_STRUCT_RE: Final = re.compile(r'[{}"]')
+_STRING_RE: Final = re.compile(r'["\\]')
+_ID_SUFFIX_RE: Final = re.compile(r":\d+\Z")
 _XML_NAME_RE: Final = re.compile(r"([^\s<>]{1,256})>")
 _XML_NAME_PREFIX_RE: Final = re.compile(r"[^\s<>]{0,256}")
 _XML_PNAME_RE: Final = re.compile(r"([^<>\n]{1,256})>")
 _XML_PNAME_PREFIX_RE: Final = re.compile(r"[^<>\n]{0,256}")
-_ID_SUFFIX_RE: Final = re.compile(r":\d+\Z")
 _SCALAR_RE: Final = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?|true|false")
+_KINDS: dict[str, _Tok] = {_XML_FUNC: _Tok.XML_FUNC, _XML_WRAP: _Tok.XML_WRAP, "{": _Tok.BRACE}
+_DECODER: Final = json.JSONDecoder(strict=False)
+_SPACES: Final = frozenset(" \t\r\n\f\v")
+#: Largest JSON object held back on the chance that a call-end marker follows it.
+_CANDIDATE_MAX: Final = 1 << 20
+
+
+def _kind(token: str) -> _Tok:
+    """The kind of an opener token (markers classified by their words)."""
+    kind = _KINDS.get(token)
+    if kind is None:
+        words = re.sub(r"[^a-z]", "", token.lower())  # e.g. "toolcallssectionbegin"
+        begins = not words.endswith("end")
+        if "section" in words or (words.startswith("toolcalls") and "arg" not in words):
+            kind = _Tok.SECTION_BEGIN if begins else _Tok.SECTION_END
+        elif "arg" in words:
+            kind = _Tok.ARG_BEGIN if begins else _Tok.CALL_END
+        else:
+            kind = _Tok.CALL_BEGIN if begins else _Tok.CALL_END
+        if len(_KINDS) < 4096:
+            _KINDS[token] = kind
+    return kind
+
+
+def _partial(buf: str, q: int) -> bool:
+    """Whether ``buf[q:]`` (which starts with ``<``) may still grow into a marker or XML opener."""
+    tail = buf[q:]
+    if not tail.startswith("<"):
+        return False
+    if len(tail) == 1 or tail in _XML_PREFIXES:
+        return True
+    m = _PARTIAL_SHAPE_RE.match(tail)
+    if m is None:
+        return False
+    skeleton = re.sub("[\\s_\\-\u2581]", "", m.group("body")).lower()
+    return skeleton in (_SKELETONS if m.group("close") else _SKELETON_PREFIXES)
+
+
+def strip_markers(text: str) -> str:
+    """``text`` without any Kimi marker (what a call looks like as plain text)."""
+    return MARKER_RE.sub("", text)
 
 
 def normalise_tool_name(raw: str) -> tuple[str, str | None]:
@@ -290,6 +345,56 @@ def _xml_value(value: str, types: set[str] | None) -> Any:
         return value
 
 
+# ----------------------------------------------------------------------------- JSON object extent
+
+
+class _ObjectScan:
+    """Finds where a JSON object closes, fed in pieces (strings and escapes respected)."""
+
+    __slots__ = ("depth", "in_string", "escape")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.in_string = False
+        self.escape = False
+
+    def scan(self, text: str, i: int, end: int) -> int:
+        """Consume ``text[i:end]``; return the index after the closing brace, or -1."""
+        if self.escape:
+            if i >= end:
+                return -1
+            self.escape = False
+            i += 1
+        while i < end:
+            if self.in_string:
+                m = _STRING_RE.search(text, i, end)
+                if m is None:
+                    return -1
+                if m.group() == "\\":
+                    if m.end() >= end:
+                        self.escape = True
+                        return -1
+                    i = m.end() + 1
+                    continue
+                self.in_string = False
+                i = m.end()
+                continue
+            m = _STRUCT_RE.search(text, i, end)
+            if m is None:
+                return -1
+            ch = m.group()
+            i = m.end()
+            if ch == '"':
+                self.in_string = True
+            elif ch == "{":
+                self.depth += 1
+            else:
+                self.depth -= 1
+                if self.depth <= 0:
+                    return i
+        return -1
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -297,9 +402,11 @@ class _S(Enum):
     """Parser states."""
 
     TEXT = "text"
-    BETWEEN = "between"  # after a section begin / a call: whitespace is held
-    KIMI_NAME = "kimi_name"
-    KIMI_ARGS = "kimi_args"
+    BETWEEN = "between"  # after a section begin or a call: whitespace is held
+    NAME = "name"        # after a call begin: the id
+    ARGS = "args"        # arguments that run to the next marker
+    OBJECT = "object"    # arguments that are a JSON object, until it closes
+    AFTER = "after"      # the object closed: what follows decides
     XML = "xml"
 
 
@@ -318,36 +425,15 @@ class LeakParser:
     """Incremental splitter of text and leaked tool calls.
 
     ``feed`` returns only what is certain; it holds back a possible partial
-    marker and any unfinished call.  ``finish`` flushes at end of stream.
+    marker, the last word of text, a JSON object that a call-end marker may
+    follow, and any unfinished call. ``finish`` flushes at end of stream.
     """
 
     __slots__ = (
-        "_buf",
-        "_pos",
-        "_prev",
-        "_state",
-        "_in_section",
-        "_out",
-        "_stray",
-        "_saw",
-        "_calls",
-        "_cur",
-        "_scan",
-        "_name",
-        "_raw_id",
-        "_args_from",
-        "_args_pieces",
-        "_x_phase",
-        "_x_open",
-        "_x_open_end",
-        "_x_params",
-        "_x_pname",
-        "_x_vstart",
-        "_schemas",
-        "_finished",
-        "_parts",
-        "_parts_len",
-        "_tail",
+        "_buf", "_pos", "_prev", "_state", "_in_section", "_out", "_stray", "_saw", "_calls",
+        "_word", "_cur", "_scan", "_begin", "_argmark", "_id", "_args_from", "_args_pieces",
+        "_obj", "_obj_end", "_x_phase", "_x_open", "_x_open_end", "_x_params", "_x_pname",
+        "_x_vstart", "_x_name", "_schemas", "_finished", "_parts", "_parts_len", "_tail",
     )
 
     def __init__(self, tool_schemas: Mapping[str, Mapping[str, Any]] | None = None) -> None:
@@ -368,18 +454,27 @@ class LeakParser:
         self._stray: list[str] = []
         self._saw = False
         self._calls = 0
+        # In the text state with at most the last word of text held (no partial
+        # marker, no object), so a delta without "<" or "{" takes the fast path.
+        self._word = True
+        # The call being read: where its raw text starts (``_pos``), whether
+        # a call begin / argument-begin marker opened it, its id.
         self._cur = 0
         self._scan = 0
-        self._name = ""
-        self._raw_id: str | None = None
+        self._begin = False
+        self._argmark = False
+        self._id = ""
         self._args_from = 0
         self._args_pieces: list[str] = []
+        self._obj = _ObjectScan()
+        self._obj_end = 0
         self._x_phase = _X.NAME
         self._x_open = 0
         self._x_open_end = 0
         self._x_params: dict[str, Any] = {}
         self._x_pname = ""
         self._x_vstart = 0
+        self._x_name = ""
         self._finished = False
         # Deltas received while a long call body is held, not yet joined into
         # ``_buf`` (avoids quadratic re-concatenation), and the last few
@@ -407,34 +502,90 @@ class LeakParser:
 
     def feed(self, delta: str) -> list[Segment]:
         """Add a stream delta; return the segments that are now certain."""
+        if self._word and "<" not in delta and "{" not in delta:
+            # Fast path, plain text: all of it but the last word goes out. What
+            # is held may start earlier than the id the slow path would take
+            # (the word after the last space, not after any separator):
+            # holding more is harmless, and this is one C-level scan.
+            k = delta.rfind(" ") + 1
+            if k == len(delta):  # ends with a space: the word before it waits too
+                text = self._buf + delta
+                k = text.rstrip().rfind(" ") + 1
+                self._buf = text[k:]
+                if not k:
+                    return []
+                shown = text[:k]
+            elif k:
+                shown = self._buf + delta[:k]
+                self._buf = delta[k:]
+            else:
+                self._buf += delta
+                if len(self._buf) <= _TRAIL_REV_MAX:
+                    return []
+                k = len(self._buf) - _TRAIL_REV_MAX
+                shown = self._buf[:k]
+                self._buf = self._buf[k:]
+            self._prev = shown[-1]
+            if self._stray:
+                out: list[Segment] = [StrayMarker("".join(self._stray)), TextSegment(shown)]
+                self._stray.clear()
+                return out
+            return [TextSegment(shown)]
         if self._finished:
             raise RuntimeError("feed() after finish()")
         if not delta:
             return []
-        if self._state is _S.TEXT and not self._buf and "<" not in delta:
-            # Fast path: plain text, nothing held.
-            self._prev = delta[-1]
-            if self._stray:
-                out: list[Segment] = [StrayMarker("".join(self._stray)), TextSegment(delta)]
-                self._stray.clear()
-                return out
-            return [TextSegment(delta)]
-        if self._state is _S.KIMI_ARGS or (self._state is _S.XML and self._x_phase is _X.PVALUE):
+        state = self._state
+        if state is _S.ARGS or state is _S.OBJECT or (state is _S.XML and self._x_phase is _X.PVALUE):
             # Inside a (possibly huge) call body: only look closer when the
-            # delta could complete a terminator.
-            probe = self._tail + delta
-            if self._state is _S.KIMI_ARGS:
-                ends = _KIMI_RE.search(probe) is not None
-            else:
-                ends = _XML_PARAM_CLOSE in probe
-            if not ends:
-                self._parts.append(delta)
-                self._parts_len += len(delta)
-                self._tail = probe[-_TAIL:]
+            # delta could end it.
+            if self._park(delta):
                 return []
         self._buf = self._joined() + delta
+        self._word = False
         self._run(eof=False)
         return self._take()
+
+    def finish(self) -> list[Segment]:
+        """End of stream: resolve everything held and return the rest."""
+        if self._finished:
+            return []
+        self._buf = self._joined()
+        self._word = False
+        self._run(eof=True)
+        self._finished = True
+        self._flush_stray()
+        return self._take()
+
+    # ------------------------------------------------------------------ call bodies
+
+    def _park(self, delta: str) -> bool:
+        """Keep ``delta`` aside if it cannot end the call body being read."""
+        probe = self._tail + delta
+        if "<" in probe[-len(delta) - _PARTIAL_MAX :] and (
+            MARKER_RE.search(probe) is not None or _XML_PARAM_CLOSE in probe
+            or _partial(probe, probe.rfind("<", max(0, len(probe) - _PARTIAL_MAX)))
+        ):
+            return False
+        if self._state is _S.OBJECT:
+            if not self._evidence() and self.buffered > _CANDIDATE_MAX:
+                return False
+            if self._scan < len(self._buf) + self._parts_len:
+                return False  # held text not yet scanned
+            if self._obj.scan(delta, 0, len(delta)) != -1:
+                # Closes here: rescan in place (the scanner is stateful).
+                return self._unpark_scan(delta)
+            self._scan += len(delta)
+        self._parts.append(delta)
+        self._parts_len += len(delta)
+        self._tail = probe[-_PARTIAL_MAX:]
+        return True
+
+    def _unpark_scan(self, delta: str) -> bool:
+        """The object closes in ``delta``: let the slow path find where, from a fresh scan."""
+        self._obj = _ObjectScan()
+        self._scan = self._args_from
+        return False
 
     def _joined(self) -> str:
         """``_buf`` with the parked deltas appended (and the parking emptied)."""
@@ -444,16 +595,6 @@ class LeakParser:
         self._parts.clear()
         self._parts_len = 0
         return buf
-
-    def finish(self) -> list[Segment]:
-        """End of stream: resolve everything held and return the rest."""
-        if self._finished:
-            return []
-        self._buf = self._joined()
-        self._run(eof=True)
-        self._finished = True
-        self._flush_stray()
-        return self._take()
 
     # ------------------------------------------------------------------ output helpers
 
@@ -467,10 +608,11 @@ class LeakParser:
             self._cur -= shift
             self._scan -= shift
             self._args_from -= shift
+            self._obj_end -= shift
             self._x_open -= shift
             self._x_open_end -= shift
             self._x_vstart -= shift
-        self._tail = self._buf[-_TAIL:]
+        self._tail = self._buf[-_PARTIAL_MAX:]
         out = self._out
         self._out = []
         return out
@@ -492,16 +634,24 @@ class LeakParser:
         else:
             out.append(TextSegment(s))
 
-    def _stray_raw(self, s: str) -> None:
-        """Account consumed marker text that belongs to no call."""
-        if s:
-            self._stray.append(s)
+    def _text_to(self, end: int) -> None:
+        """Emit ``buf[_pos:end]`` as text and move on."""
+        self._text(self._buf[self._pos : end])
+        self._pos = end
 
-    def _call(self, name: str, args_text: str, raw_id: str | None, raw: str, form: str) -> None:
-        """Emit a recovered call; ``args_text`` is repaired here."""
-        args, changed = repair_json_arguments(args_text)
+    def _stray_to(self, end: int) -> None:
+        """Account ``buf[_pos:end]`` as consumed marker text that belongs to no call."""
+        if end > self._pos:
+            self._stray.append(self._buf[self._pos : end])
+            self._pos = end
+
+    def _call(self, name: str, args_text: str, raw_id: str | None, end: int, form: str) -> None:
+        """Emit the call whose raw text is ``buf[_pos:end]``; arguments are repaired here."""
+        repair = repair_json_arguments_detailed(args_text)
         self._flush_stray()
-        self._out.append(LeakedCall(name, args, raw_id, raw, form, changed))
+        self._out.append(LeakedCall(name, repair.text, raw_id, self._buf[self._pos : end], form,
+                                    repair.status != "valid", repair.status != "wrapped"))
+        self._pos = end
         self._calls += 1
         self._saw = True
 
@@ -517,44 +667,91 @@ class LeakParser:
             state = self._state
             if state is _S.TEXT:
                 progressed = self._step_text(eof)
+            elif state is _S.OBJECT:
+                progressed = self._step_object(eof)
+            elif state is _S.ARGS:
+                progressed = self._step_args(eof)
+            elif state is _S.AFTER:
+                progressed = self._step_after(eof)
             elif state is _S.BETWEEN:
                 progressed = self._step_between(eof)
-            elif state is _S.KIMI_ARGS:
-                progressed = self._step_kimi_args(eof)
-            elif state is _S.KIMI_NAME:
-                progressed = self._step_kimi_name(eof)
+            elif state is _S.NAME:
+                progressed = self._step_name(eof)
             else:
                 progressed = self._step_xml(eof)
             if not progressed:
                 break
         if eof and self._pos < len(self._buf):  # pragma: no cover - defensive
-            self._text(self._buf[self._pos :])
-            self._pos = len(self._buf)
+            self._text_to(len(self._buf))
 
     def _step_text(self, eof: bool) -> bool:
         buf, pos = self._buf, self._pos
         m = _OPENER_RE.search(buf, pos)
-        while m is not None and self._prev_char(m.start()) == "`":
+        while m is not None and self._prev_char(m.start()) == "`" and m.group() != "{":
             m = _OPENER_RE.search(buf, m.start() + 1)
+        while m is not None and m.group() == "{":
+            start = self._object_start(m.start(), eof)
+            if start is not None:
+                if start < 0:  # cannot tell yet
+                    self._text_to(self._word_start(m.start()))
+                    return False
+                break
+            m = _OPENER_RE.search(buf, m.start() + 1)
+            while m is not None and self._prev_char(m.start()) == "`" and m.group() != "{":
+                m = _OPENER_RE.search(buf, m.start() + 1)
         if m is None:
             hold = len(buf)
             if not eof:
-                lo = max(pos, len(buf) - _OPENER_MAX + 1)
-                q = buf.rfind("<", lo)
-                if q != -1 and buf[q:] in _OPENER_PREFIXES:
-                    hold = q
-            self._text(buf[pos:hold])
-            self._pos = hold
+                hold = self._hold_from(pos)
+            self._text_to(hold)
+            self._word = "<" not in buf[self._pos :]
             return False
         j = m.start()
-        self._text(buf[pos:j])
-        self._pos = j
-        self._open(m.group(), j, m.end())
+        kind = _kind(m.group())
+        if kind is _Tok.BRACE:
+            # A JSON object in text: a call if a call-end marker follows it.
+            k = self._word_start(j)
+            self._text_to(k)
+            self._open_call(begin=False, argmark=False, id_from=k, id_to=j)
+            self._open_object(j)
+            return True
+        if kind is _Tok.ARG_BEGIN:
+            k = self._word_start(j)
+            self._text_to(k)
+            self._open_call(begin=False, argmark=True, id_from=k, id_to=j)
+            self._open_args(m.end())
+            return True
+        self._text_to(j)
+        self._open(kind, j, m.end())
         return True
 
-    def _open(self, tok: str, j: int, end: int) -> None:
+    def _hold_from(self, pos: int) -> int:
+        """Where the held-back tail of text starts: a possible partial opener, or the last word."""
+        buf = self._buf
+        q = buf.rfind("<", max(pos, len(buf) - _PARTIAL_MAX))
+        if q != -1 and _partial(buf, q):
+            return self._word_start(q, pos)  # an argument-begin marker takes the word before it
+        return self._word_start(len(buf), pos)
+
+    def _word_start(self, j: int, lo: int | None = None) -> int:
+        """Start of the id (and the whitespace after it) that ends at ``buf[j]``."""
+        lo = self._pos if lo is None else lo
+        if j <= lo:
+            return j
+        start = max(lo, j - _TRAIL_REV_MAX)
+        back = self._buf[start:j][::-1]
+        return j - _TRAIL_REV_RE.match(back).end()  # type: ignore[union-attr]
+
+    def _object_start(self, j: int, eof: bool) -> int | None:
+        """Whether the ``{`` at ``j`` opens a JSON object: ``j``, ``None`` (no), or -1 (can't tell)."""
+        if _OBJECT_START_RE.match(self._buf, j):
+            return j
+        if not eof and _OBJECT_PREFIX_RE.match(self._buf, j):
+            return -1
+        return None
+
+    def _open(self, kind: _Tok, j: int, end: int) -> None:
         """Handle an opener token at ``buf[j:end]``; ``buf[_pos:j]`` is whitespace (or empty)."""
-        kind = _KIND[tok]
         if kind is _Tok.XML_FUNC or kind is _Tok.XML_WRAP:
             self._state = _S.XML
             self._x_open = j
@@ -565,131 +762,265 @@ class LeakParser:
             return
         self._saw = True
         if kind is _Tok.CALL_BEGIN:
-            self._stray_raw(self._buf[self._pos : j])
-            self._pos = j
-            self._state = _S.KIMI_NAME
+            self._stray_to(j)
+            self._open_call(begin=True, argmark=False, id_from=end, id_to=end)
+            self._state = _S.NAME
             self._cur = self._scan = end
             return
-        self._stray_raw(self._buf[self._pos : end])
-        self._pos = end
+        if kind is _Tok.ARG_BEGIN:  # after a section begin or a call: a call with no id
+            self._stray_to(j)
+            self._open_call(begin=False, argmark=True, id_from=end, id_to=end)
+            self._open_args(end)
+            return
+        self._stray_to(end)
         if kind is _Tok.SECTION_BEGIN:
             self._in_section = True
             self._state = _S.BETWEEN
         elif kind is _Tok.SECTION_END:
             self._in_section = False
             self._state = _S.TEXT
-        # ARG_BEGIN / CALL_END outside a call: stray, state unchanged.
+        # CALL_END outside a call: stray, state unchanged.
+
+    def _open_call(self, *, begin: bool, argmark: bool, id_from: int, id_to: int) -> None:
+        """Start reading a call whose raw text starts at ``_pos``."""
+        self._begin = begin
+        self._argmark = argmark
+        self._id = self._buf[id_from:id_to].strip()
+
+    def _open_args(self, start: int) -> None:
+        """Arguments start at ``start`` (after an argument-begin marker)."""
+        self._args_pieces = []
+        self._args_from = self._scan = start
+        self._state = _S.ARGS
+
+    def _open_object(self, start: int) -> None:
+        """Arguments are the JSON object that opens at ``start``."""
+        self._args_pieces = []
+        self._args_from = start
+        self._object_at(start)
+
+    def _object_at(self, start: int) -> None:
+        """Read the JSON object that opens at ``start``.
+
+        When the buffer already holds it whole and valid, the C decoder finds
+        its end at once (the same end the scanner would find, unless a
+        marker sits inside it: then the scanner decides).
+        """
+        self._obj = _ObjectScan()
+        self._scan = start
+        self._state = _S.OBJECT
+        try:
+            end = _DECODER.raw_decode(self._buf, start)[1]
+        except (ValueError, RecursionError):
+            return
+        if MARKER_RE.search(self._buf, start, end) is None:
+            self._obj_end = self._scan = end
+            self._state = _S.AFTER
+
+    def _evidence(self) -> bool:
+        return self._begin or self._argmark
+
+    def _emit_call(self, args: str, end: int) -> None:
+        """Emit the call read so far, ending at ``end``.
+
+        Without a call begin marker, an argument-begin marker with nothing
+        after it is no evidence of a call: it needs an object beside it.
+        """
+        if not self._begin and not args.strip():
+            self._not_a_call(end)
+            return
+        name = normalise_tool_name(self._id)[0] if self._id else ""
+        self._call(name, args, self._id or None, end, "kimi")
+        self._state = _S.BETWEEN
+
+    def _not_a_call(self, end: int) -> None:
+        """What looked like a call is text up to ``end`` (its markers stay stray)."""
+        for m in MARKER_RE.finditer(self._buf, self._pos, end):
+            if self._prev_char(m.start()) != "`":
+                self._text_to(m.start())
+                self._stray_to(m.end())
+                self._saw = True
+        self._text_to(end)
+        self._state = _S.TEXT
 
     def _step_between(self, eof: bool) -> bool:
         buf, pos = self._buf, self._pos
         m = _NONWS_RE.search(buf, pos)
         if m is None:
-            if eof:
-                if self._in_section:
-                    self._stray_raw(buf[pos:])
-                else:
-                    self._text(buf[pos:])
-                self._pos = len(buf)
+            if eof:  # whitespace after the last call is the gap between tokens
+                self._stray_to(len(buf))
             return False
         j = m.start()
         t = _OPENER_RE.match(buf, j)
-        if t is None:
-            rest = buf[j:]
-            if not eof and len(rest) < _OPENER_MAX and rest in _OPENER_PREFIXES:
+        if t is None or t.group() == "{":
+            if not eof and _partial(buf, j):
                 return False
-            self._text(buf[pos:j])
-            self._pos = j
-            self._state = _S.TEXT
+            self._state = _S.TEXT  # prose: the whitespace before it is text too
             return True
-        self._open(t.group(), j, t.end())
+        self._open(_kind(t.group()), j, t.end())
         return True
 
     def _abort_call(self) -> None:
-        """The call begin token is not followed by a valid name: it is stray."""
-        self._stray_raw(self._buf[self._pos : self._cur])
-        self._pos = self._cur
+        """A call begin marker not followed by a valid id: the marker is stray."""
+        self._stray_to(self._cur)
         self._state = _S.TEXT
 
-    def _step_kimi_name(self, eof: bool) -> bool:
+    def _step_name(self, eof: bool) -> bool:
         buf, cur = self._buf, self._cur
-        m = _KIMI_RE.search(buf, self._scan)
-        if m is None:
+        m = MARKER_RE.search(buf, self._scan)
+        brace = buf.find("{", cur, m.start() if m is not None else len(buf))
+        stop = brace if brace != -1 else (m.start() if m is not None else len(buf))
+        region = buf[cur:stop]
+        if brace == -1 and m is None:
             if eof:
-                self._text(buf[self._pos :])
-                self._pos = len(buf)
-                self._state = _S.TEXT
+                self._not_a_call(len(buf))
                 return False
-            lo = max(cur, len(buf) - _KIMI_MAX + 1)
-            q = buf.rfind("<", lo)
-            held = q if q != -1 and buf[q:] in _KIMI_PREFIXES else len(buf)
-            region = buf[cur:held]
-            if len(region) > 2 * _NAME_MAX or not _NAME_REGION_RE.fullmatch(region):
+            q = buf.rfind("<", max(cur, len(buf) - _PARTIAL_MAX))
+            held = q if q != -1 and _partial(buf, q) else len(buf)
+            if not _NAME_PREFIX_RE.match(buf[cur:held]):
                 self._abort_call()
                 return True
-            self._scan = max(cur, len(buf) - _KIMI_MAX + 1)
+            self._scan = max(cur, len(buf) - _PARTIAL_MAX)
             return False
-        region = buf[cur : m.start()]
-        name_text = region.strip()
-        if not name_text or len(region) > 2 * _NAME_MAX or not _NAME_REGION_RE.fullmatch(region):
+        name = _NAME_RE.match(region)
+        if brace != -1:
+            if region.strip() and name is None:
+                self._abort_call()
+                return True
+            if self._object_start(brace, eof) is None:
+                self._abort_call()
+                return True
+            if self._object_start(brace, eof) == -1:
+                return False
+            self._id = region.strip()
+            self._open_object(brace)
+            return True
+        assert m is not None
+        if name is None:
             self._abort_call()
             return True
-        self._name, self._raw_id = normalise_tool_name(name_text)
-        kind = _KIND[m.group()]
+        self._id = region.strip()
+        kind = _kind(m.group())
         if kind is _Tok.ARG_BEGIN:
-            self._state = _S.KIMI_ARGS
-            self._args_from = self._scan = m.end()
-            self._args_pieces = []
+            self._argmark = True
+            self._open_args(m.end())
             return True
-        end = m.end() if kind is _Tok.CALL_END else m.start()
-        self._call(self._name, "", self._raw_id, buf[self._pos : end], "kimi")
-        self._pos = end
-        self._state = _S.BETWEEN
+        self._emit_call("", m.end() if kind is _Tok.CALL_END else m.start())
         return True
 
-    def _step_kimi_args(self, eof: bool) -> bool:
+    def _step_args(self, eof: bool) -> bool:
+        """Arguments after an argument-begin marker: a JSON object, or text up to a marker."""
         buf = self._buf
-        m = _KIMI_RE.search(buf, self._scan)
-        while m is not None and m.group() == ARG_BEGIN:
+        j = _NONWS_RE.search(buf, self._args_from)
+        if j is not None and buf[j.start()] == "{" and not "".join(self._args_pieces).strip():
+            if self._object_start(j.start(), eof) is not None:
+                if self._object_start(j.start(), eof) == -1:
+                    return False
+                self._object_at(j.start())
+                return True
+        m = MARKER_RE.search(buf, self._scan)
+        while m is not None and _kind(m.group()) is _Tok.ARG_BEGIN:
             # A repeated argument-begin inside a call: part of raw, not of args.
             self._args_pieces.append(buf[self._args_from : m.start()])
             self._args_from = self._scan = m.end()
-            m = _KIMI_RE.search(buf, m.end())
+            return True
         if m is None:
+            if j is None and not eof:
+                return False
             if eof:
                 args = "".join(self._args_pieces) + buf[self._args_from :]
-                raw = buf[self._pos :]
                 if _parses_as_object(args):
-                    self._call(self._name, args, self._raw_id, raw, "kimi")
+                    self._emit_call(args, len(buf))
                 else:
-                    self._text(raw)
-                self._pos = len(buf)
-                self._state = _S.TEXT
+                    self._not_a_call(len(buf))
                 return False
-            self._scan = max(self._args_from, len(buf) - _KIMI_MAX + 1)
+            self._scan = max(self._args_from, len(buf) - _PARTIAL_MAX)
             return False
         args = "".join(self._args_pieces) + buf[self._args_from : m.start()]
-        end = m.end() if m.group() == CALL_END else m.start()
-        self._call(self._name, args, self._raw_id, buf[self._pos : end], "kimi")
-        self._pos = end
-        self._state = _S.BETWEEN
+        self._emit_call(args, m.end() if _kind(m.group()) is _Tok.CALL_END else m.start())
         return True
+
+    def _step_object(self, eof: bool) -> bool:
+        """Arguments that are a JSON object: read to where it closes (or a marker cuts it)."""
+        buf = self._buf
+        m = MARKER_RE.search(buf, max(self._args_from, self._scan - _PARTIAL_MAX))
+        limit = m.start() if m is not None else len(buf)
+        if self._scan < limit:
+            close = self._obj.scan(buf, self._scan, limit)
+            self._scan = limit if close == -1 else close
+            if close != -1:
+                self._obj_end = close
+                self._state = _S.AFTER
+                return True
+        if m is not None:
+            # A marker before the object closed: the arguments end there.
+            args = buf[self._args_from : m.start()]
+            kind = _kind(m.group())
+            if kind is _Tok.CALL_END or self._evidence():
+                self._emit_call(args, m.end() if kind is _Tok.CALL_END else m.start())
+            else:
+                self._not_a_call(m.start())
+            return True
+        if eof:
+            self._not_a_call(len(buf))
+            return False
+        if not self._evidence() and len(buf) - self._pos > _CANDIDATE_MAX:
+            self._not_a_call(self._args_from + 1)  # too big to hold on a chance: text
+            return True
+        return False
+
+    def _step_after(self, eof: bool) -> bool:
+        """The arguments' object closed at ``_obj_end``: a marker, another object or text follows."""
+        buf, end = self._buf, self._obj_end
+        n = _NONWS_RE.search(buf, end)
+        if n is None:
+            if eof:
+                self._finish_object(end)
+            return eof
+        j = n.start()
+        t = MARKER_RE.match(buf, j)
+        if t is not None:
+            kind = _kind(t.group())
+            if kind is _Tok.CALL_END:
+                self._args_end(end, t.end())
+            else:
+                self._finish_object(end)
+            return True
+        if buf[j] == "{" and self._evidence():
+            start = self._object_start(j, eof)
+            if start == -1:
+                return False
+            if start is not None:  # a second object: the same call's (json_args keeps the first)
+                self._object_at(j)
+                return True
+        if not eof and _partial(buf, j):
+            return False
+        self._finish_object(end)
+        return True
+
+    def _args_end(self, end: int, raw_end: int) -> None:
+        self._emit_call(self._buf[self._args_from : end], raw_end)
+
+    def _finish_object(self, end: int) -> None:
+        """The call ends with its object at ``end`` (no call-end marker)."""
+        if self._evidence():
+            self._args_end(end, end)
+        else:
+            self._not_a_call(end)
 
     # ------------------------------------------------------------------ XML form
 
     def _xml_fail(self) -> None:
         """Not an XML call after all: the opener (and whitespace before it) is text."""
-        self._text(self._buf[self._pos : self._x_open_end])
-        self._pos = self._x_open_end
+        self._text_to(self._x_open_end)
         self._state = _S.TEXT
 
     def _xml_done(self, end: int) -> None:
         """Emit the completed XML call ending at ``end``."""
-        buf = self._buf
-        self._stray_raw(buf[self._pos : self._x_open])
+        self._stray_to(self._x_open)
         self._saw = True
         args = normalise_json_object(self._x_params)
-        self._call(self._name, args, self._raw_id, buf[self._x_open : end], "xml")
-        self._pos = end
+        self._call(self._x_name, args, self._id or None, end, "xml")
         self._in_section = False
         self._state = _S.BETWEEN
 
@@ -732,7 +1063,8 @@ class LeakParser:
                     return False
                 self._xml_fail()
                 return True
-            self._name, self._raw_id = normalise_tool_name(m.group(1))
+            self._x_name, xml_id = normalise_tool_name(m.group(1))
+            self._id = xml_id or ""
             self._cur = m.end()
             self._x_phase = _X.BODY
             return True
@@ -769,7 +1101,7 @@ class LeakParser:
                     return True
                 self._scan = max(self._x_vstart, len(buf) - len(_XML_PARAM_CLOSE) + 1)
                 return False
-            types = _schema_types(self._schemas.get(self._name), self._x_pname)
+            types = _schema_types(self._schemas.get(self._x_name), self._x_pname)
             self._x_params[self._x_pname] = _xml_value(buf[self._x_vstart : k], types)
             self._cur = k + len(_XML_PARAM_CLOSE)
             self._x_phase = _X.BODY
