@@ -9,11 +9,10 @@ errors.
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +63,9 @@ class UpstreamSettings:
     api_key_env: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
     connect_timeout: float = 10.0
+    #: `reasoning_content` for a tool-call message whose reasoning Switchboard
+    #: does not remember (some gateways reject " " or ".")
+    reasoning_placeholder: str = " "
     # bedrock
     region: str = ""
     endpoint_url: str | None = None
@@ -228,7 +230,7 @@ def parse_config(text: str, source: str = "<built-in>", *, check_env: bool = Tru
     cooldown_after = r.get(w, "watchdog", "cooldown_after", int, 2)
     if cooldown_after < 1:
         raise r.fail("watchdog.cooldown_after", f"must be at least 1, got {cooldown_after}")
-    watchdog = dataclasses.replace(watchdog, keepalive_interval=keepalive, cooldown=cooldown,
+    watchdog = replace(watchdog, keepalive_interval=keepalive, cooldown=cooldown,
                                    cooldown_after=cooldown_after)
 
     upstreams: dict[str, UpstreamSettings] = {}
@@ -247,8 +249,20 @@ def parse_config(text: str, source: str = "<built-in>", *, check_env: bool = Tru
 
 
 def _parse_upstream(r: _Reader, name: str, raw: Any, check_env: bool) -> UpstreamSettings:
+    """One upstream table: the keys every kind has, then the kind's own."""
     key = f"upstreams.{name}"
-    t = r.table(raw, key)
+    t = dict(r.table(raw, key))
+    placeholder = r.get(t, key, "reasoning_placeholder", str, " ")
+    if placeholder == "":
+        raise r.fail(f"{key}.reasoning_placeholder",
+                     'must not be empty (Moonshot rejects ""; the default is " ")')
+    t.pop("reasoning_placeholder", None)
+    return replace(_parse_upstream_kind(r, name, key, t, check_env),
+                   reasoning_placeholder=placeholder)
+
+
+def _parse_upstream_kind(r: _Reader, name: str, key: str, t: dict[str, Any],
+                         check_env: bool) -> UpstreamSettings:
     kind = r.get(t, key, "kind", str, None)
     if kind is None:
         raise r.fail(f"{key}.kind", f"is required (one of: {', '.join(UPSTREAM_KINDS)})")
@@ -341,7 +355,7 @@ def _parse_timers(r: _Reader, t: dict[str, Any], key: str,
     attempts = r.get(t, key, "max_attempts", int, base.max_attempts)
     if attempts < 1:
         raise r.fail(f"{key}.max_attempts", f"must be at least 1, got {attempts}")
-    return dataclasses.replace(
+    return replace(
         base,
         first_token_timeout=r.number(t, key, "first_token_timeout", base.first_token_timeout),
         idle_timeout=r.number(t, key, "idle_timeout", base.idle_timeout),

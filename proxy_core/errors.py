@@ -39,6 +39,12 @@ class UpstreamError(SwitchboardError):
         self.message = message
 
 
+class EmptyReply(UpstreamError):
+    """The upstream ended its turn with no text and no tool call (Kimi K2.6 after thinking)."""
+
+    code = "empty_reply"
+
+
 class UpstreamStatusError(UpstreamError):
     """The upstream answered with a non-2xx HTTP status."""
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from .bus import EventBus
 from .config import Config, RouteSettings, Target
-from .errors import ClientRequestError, UpstreamError, UpstreamTimeout
+from .errors import ClientRequestError, EmptyReply, UpstreamError, UpstreamTimeout
 from .events import (
     AttemptFailed, AttemptStarted, Chunk, FirstByte, Heartbeat, RepairApplied, ToolCallRelayed,
     TurnFailed, TurnFinished, TurnStarted, UpstreamHealthChanged,
@@ -38,10 +38,10 @@ from .health import TargetHealth
 from .openai_wire import ChatRequest
 from .record import Attempt, RepairRecord, ToolCallRecord, Turn, new_turn_id
 from .repairs.history import Note, repair_history
-from .repairs.leak_parser import schemas_from_openai_tools
 from .repairs.memory import RememberedCall, ToolCallMemory
 from .repairs.profiles import plan_for
 from .repairs.stream_repair import StreamRepairer
+from .repairs.tool_names import ToolCatalog
 from .sessions import session_id_for
 from .store import TurnStore
 from .stream import (
@@ -203,7 +203,10 @@ class Pipeline:
                 try:
                     async with aclosing(self._attempt(live, attempt, target)) as parts:
                         async for part in parts:
-                            live.committed = True
+                            # Reasoning alone does not commit: an attempt that only
+                            # thought can still be retried on the same client stream.
+                            if not live.committed and isinstance(part, (TextPart, ToolCallPart)):
+                                live.committed = True
                             yield part
                     attempt.outcome, attempt.ended_at = "ok", time.time()
                     self.health.succeeded(target)
@@ -265,11 +268,15 @@ class Pipeline:
         body = _upstream_body(turn.request, model)
         plan = plan_for(live.route.repairs, model, upstream.kind)
         if plan.any:
-            body["messages"], notes = repair_history(body["messages"], plan, self.memory)
+            placeholder = self.config.upstreams[target.upstream].reasoning_placeholder
+            body["messages"], notes = repair_history(body["messages"], plan, self.memory,
+                                                     placeholder=placeholder)
             for note in notes:
                 self._repair(turn, note, soon=True)
-        repairer = StreamRepairer(plan, schemas_from_openai_tools(body.get("tools")),
+        repairer = StreamRepairer(plan, ToolCatalog.from_openai(body.get("tools")),
                                   lambda note: self._repair(turn, note))
+        answered = False  # text or a call reached the client (reasoning alone does not count)
+        finished = False
         parts = upstream.stream(UpstreamRequest(model=model, body=body)).__aiter__()
         watchdog = live.route.watchdog
         loop = asyncio.get_running_loop()
@@ -284,8 +291,11 @@ class Pipeline:
                         part = await parts.__anext__()
                 except StopAsyncIteration:
                     for repaired in repairer.flush():
+                        answered = answered or _answers(repaired)
                         self._record(turn, repaired)
                         yield repaired
+                    if plan.empty_reply and not answered and not finished:
+                        raise _empty_reply(target)
                     return
                 except TimeoutError:
                     if live.action is not None:
@@ -309,6 +319,11 @@ class Pipeline:
                                                         latency=now - attempt.started_at))
                     watch.when = loop.time() + watchdog.idle_timeout
                 for repaired in repairer.feed(part):
+                    if (plan.empty_reply and not answered and isinstance(repaired, FinishPart)
+                            and repaired.reason in EMPTY_REPLY_REASONS):
+                        raise _empty_reply(target)
+                    answered = answered or _answers(repaired)
+                    finished = finished or isinstance(repaired, FinishPart)
                     self._record(turn, repaired)
                     yield repaired
         finally:
@@ -457,6 +472,19 @@ class Pipeline:
         turn.status = status
         self.bus.publish(TurnFailed(turn_id=turn.id, error=message, status=status,
                                     duration=turn.duration))
+
+
+#: Finish reasons with which an empty reply counts as a failed attempt.
+EMPTY_REPLY_REASONS = frozenset({"stop", "end_turn", "eos", ""})
+
+
+def _answers(part: StreamPart) -> bool:
+    """Whether a part is an answer: a call, or text that is not blank."""
+    return isinstance(part, ToolCallPart) or (isinstance(part, TextPart) and not part.text.isspace())
+
+
+def _empty_reply(target: Target) -> EmptyReply:
+    return EmptyReply(f"empty reply from {target}: the turn ended with no text and no tool call")
 
 
 def _upstream_body(client_body: dict[str, Any], model: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from proxy_core.errors import UpstreamProtocolError, UpstreamStreamError
 from proxy_core.repairs.history import Note
 from proxy_core.repairs.profiles import KIMI
 from proxy_core.repairs.stream_repair import StreamRepairer
+from proxy_core.repairs.tool_names import ToolCatalog
 from proxy_core.stream import FinishPart, ReasoningPart, TextPart, ToolCallPart, UsagePart
 from proxy_core.upstreams.converse import (
     CONTINUED, NO_OUTPUT, ConverseStreamDecoder, ConverseTranslationError,
@@ -470,7 +471,7 @@ def test_leaked_kimi_tokens_in_converse_text_are_repaired_into_a_tool_call() -> 
                {"messageStop": {"stopReason": "end_turn"}},
                {"metadata": {"usage": {"inputTokens": 1, "outputTokens": 2, "totalTokens": 3}}}]
     notes: list[Note] = []
-    repairer = StreamRepairer(KIMI, {"read": TOOLS[0]["function"]["parameters"]}, notes.append)
+    repairer = StreamRepairer(KIMI, ToolCatalog.from_openai(TOOLS[:1]), notes.append)
     parts = [out for part in feed_all(events) for out in repairer.feed(part)]
     text = "".join(p.text for p in parts if isinstance(p, TextPart))
     calls = [p for p in parts if isinstance(p, ToolCallPart)]

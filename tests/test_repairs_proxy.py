@@ -203,7 +203,8 @@ async def test_tool_call_ids_are_native_upstream_and_the_clients_own_downstream(
         {"role": "tool", "tool_call_id": "call_aaa", "content": "1"},
         {"role": "tool", "tool_call_id": "call_bbb", "content": "2"},
     ]
-    body = {"model": "test-model", "messages": history, "stream": True}
+    body = {"model": "test-model", "messages": history, "stream": True,
+            "tools": FIXTURE["tools"]}
     async with client.stream("POST", f"{proxy.base_url}/v1/chat/completions", json=body) as r:
         payloads = await read_sse(r)
     sent = fake_upstream.chat_requests[-1].body["messages"]
@@ -235,7 +236,8 @@ async def test_every_repair_is_an_event_on_the_turn_in_journal_and_api(
     import asyncio
     listener = asyncio.create_task(listen())
     await asyncio.sleep(0.2)  # let the subscription register before the turn starts
-    body = {"model": "test-model", "messages": [{"role": "user", "content": "go"}], "stream": True}
+    body = {"model": "test-model", "messages": [{"role": "user", "content": "go"}], "stream": True,
+            "tools": FIXTURE["tools"]}
     async with client.stream("POST", f"{proxy.base_url}/v1/chat/completions", json=body) as r:
         payloads = await read_sse(r)
     await asyncio.wait_for(listener, 5)

@@ -5,12 +5,24 @@ from __future__ import annotations
 from proxy_core.repairs.history import Note
 from proxy_core.repairs.profiles import KIMI, STRUCTURAL
 from proxy_core.repairs.stream_repair import StreamRepairer
+from proxy_core.repairs.tool_names import ToolCatalog
 from proxy_core.stream import FinishPart, ReasoningPart, StreamPart, TextPart, ToolCallPart, UsagePart
 
 
-def run(parts: list[StreamPart], plan=KIMI) -> tuple[list[StreamPart], list[Note]]:
+def tool(name: str, *required: str, optional: tuple[str, ...] = ()) -> dict:
+    props = {k: {"type": "string"} for k in (*required, *optional)}
+    return {"type": "function", "function": {"name": name, "parameters": {
+        "type": "object", "properties": props, "required": list(required)}}}
+
+
+OFFERED = ToolCatalog.from_openai([tool("read", "filePath", optional=("offset", "limit")),
+                                   tool("bash", "command", optional=("description",)),
+                                   tool("write", "filePath", "content")])
+
+
+def run(parts: list[StreamPart], plan=KIMI, tools: ToolCatalog = OFFERED) -> tuple[list[StreamPart], list[Note]]:
     notes: list[Note] = []
-    repairer = StreamRepairer(plan, {}, notes.append)
+    repairer = StreamRepairer(plan, tools, notes.append)
     out: list[StreamPart] = []
     for part in parts:
         out += repairer.feed(part)
@@ -55,3 +67,54 @@ def test_structural_plan_leaves_text_alone() -> None:
     leak = '<|tool_call_begin|>functions.read:0<|tool_call_argument_begin|>{}<|tool_call_end|>'
     out, notes = run([TextPart(leak), FinishPart("stop")], STRUCTURAL)
     assert text(out) == leak and notes == [] and out[-1] == FinishPart("stop")
+
+
+def calls(parts: list[StreamPart]) -> list[tuple[str, str]]:
+    return [(p.name, p.arguments) for p in parts if isinstance(p, ToolCallPart)]
+
+
+def test_a_call_opened_in_reasoning_and_finished_in_content_is_one_call() -> None:
+    out, notes = run([ReasoningPart("Let me write it. <|tool_calls_section_begin|><|tool_call_begin|>functions.wri"),
+                      TextPart('te:7<|tool_call_argument_begin|>{"filePath": "a.py", "content": "x"}'),
+                      TextPart("<|tool_call_end|><|tool_calls_section_end|>"), FinishPart("stop")])
+    assert calls(out) == [("write", '{"filePath": "a.py", "content": "x"}')]
+    assert text(out, ReasoningPart) == "Let me write it. " and text(out) == ""
+    leaked = next(n for n in notes if n.kind == "leaked_tool_call")
+    assert leaked.after.endswith("from reasoning and text")
+    assert out[-1] == FinishPart("tool_calls")
+
+
+def test_names_resolved_from_mangled_ids_and_from_arguments() -> None:
+    leak = ("<|tool_call_begin|>functionsbash5<|tool_call_argument_begin|>{\"command\": \"ls\"}<|tool_call_end|>"
+            "<|tool_call_begin|>call00003<|tool_call_argument_begin|>{\"filePath\": \"a\"}<|tool_call_end|>")
+    out, notes = run([TextPart(leak), FinishPart("stop")])
+    assert [name for name, _ in calls(out)] == ["bash", "read"]
+    assert "tool from the arguments" in notes[1].after
+
+
+def test_a_call_to_a_tool_nobody_offered_goes_on_as_text() -> None:
+    leak = '<|tool_call_begin|>functions.deploy:0<|tool_call_argument_begin|>{"env": "prod"}<|tool_call_end|>'
+    out, notes = run([TextPart("Deploying. " + leak), FinishPart("stop")])
+    assert calls(out) == [] and text(out) == 'Deploying. functions.deploy:0{"env": "prod"}'
+    assert [n.kind for n in notes] == ["call_as_text"]
+    assert "names no tool the request offered" in notes[0].after
+    assert out[-1] == FinishPart("stop")
+
+
+def test_native_calls_resolved_or_sent_as_text_and_the_finish_reason_follows() -> None:
+    out, notes = run([ToolCallPart("functions.Read:3", "functions.Read:3", '{"filePath": "a"}'),
+                      FinishPart("tool_calls")])
+    assert calls(out) == [("read", '{"filePath": "a"}')] and out[-1] == FinishPart("tool_calls")
+    assert notes[0].kind == "tool_name"
+    out, notes = run([ToolCallPart("call_1", "deploy", '{"env": "prod"}'), FinishPart("tool_calls")])
+    assert calls(out) == [] and text(out) == 'deploy{"env": "prod"}'
+    assert [n.kind for n in notes] == ["call_as_text", "finish_reason"] and out[-1] == FinishPart("stop")
+    out, notes = run([ToolCallPart("call_2", "read", "not json at all"), FinishPart("tool_calls")])
+    assert calls(out) == [] and "not a JSON object" in notes[0].after
+
+
+def test_leaked_arguments_that_are_no_object_go_on_as_text() -> None:
+    leak = "<|tool_call_begin|>functions.read:0<|tool_call_argument_begin|>garbage<|tool_call_end|>"
+    out, notes = run([TextPart(leak), FinishPart("stop")])
+    assert calls(out) == [] and text(out) == "functions.read:0garbage"
+    assert notes[0].kind == "call_as_text"

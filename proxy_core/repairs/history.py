@@ -10,7 +10,8 @@ plan asks for it:
    result (the AI SDK and strict hosts both reject them); malformed
    argument JSON is mended.
 2. reasoning — assistant tool-call messages without `reasoning_content`
-   get the reasoning Switchboard streamed with those calls, else " " (F3).
+   get the reasoning Switchboard streamed with those calls, else the
+   upstream's placeholder (`reasoning_placeholder`, " " by default) (F3).
 3. empty — empty text blocks are dropped; an assistant message left empty
    is removed, or its content set to null when it carries tool calls (F5).
 4. native_ids — every tool-call id becomes Kimi's `functions.NAME:IDX`.
@@ -47,8 +48,15 @@ def excerpt(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+#: What an assistant tool-call message gets as `reasoning_content` when no
+#: reasoning is remembered for it (Moonshot accepts a space, rejects "").
+DEFAULT_REASONING_PLACEHOLDER = " "
+
+
 def repair_history(messages: list[Message], plan: RepairPlan,
-                   memory: ToolCallMemory | None = None) -> tuple[list[Message], list[Note]]:
+                   memory: ToolCallMemory | None = None, *,
+                   placeholder: str = DEFAULT_REASONING_PLACEHOLDER
+                   ) -> tuple[list[Message], list[Note]]:
     notes: list[Note] = []
     out = list(messages)
     if plan.structure:
@@ -56,7 +64,7 @@ def repair_history(messages: list[Message], plan: RepairPlan,
         out = _answer_unanswered(out, notes)
         _mend_arguments(out, notes)
     if plan.reasoning:
-        _fill_reasoning(out, memory, notes)
+        _fill_reasoning(out, memory, notes, placeholder)
     if plan.empty:
         out = _drop_empty(out, notes)
     if plan.native_ids:
@@ -175,7 +183,7 @@ def _same_json(a: str, b: str) -> bool:
 
 
 def _fill_reasoning(messages: list[Message], memory: ToolCallMemory | None,
-                    notes: list[Note]) -> None:
+                    notes: list[Note], placeholder: str) -> None:
     for index, message in enumerate(messages):
         if message.get("role") != "assistant" or not _calls(message):
             continue
@@ -189,9 +197,9 @@ def _fill_reasoning(messages: list[Message], memory: ToolCallMemory | None,
                 if remembered is not None and remembered.reasoning:
                     reasoning = remembered.reasoning
                     break
-        messages[index] = {**message, "reasoning_content": reasoning or " "}
+        messages[index] = {**message, "reasoning_content": reasoning or placeholder}
         notes.append(Note("reasoning_content", "assistant tool-call message without reasoning_content",
-                          excerpt(reasoning) if reasoning else "a single space"))
+                          excerpt(reasoning) if reasoning else f"placeholder {placeholder!r}"))
 
 
 def _is_empty_text_block(block: Any) -> bool:

@@ -223,8 +223,11 @@ _TRAIL_REV_RE: Final = re.compile(r"\s{0,%d}%s{0,%d}" % (_WS_MAX, _IDCHARS, _ID_
 _TRAIL_REV_MAX: Final = _WS_MAX + _ID_MAX
 _NAME_RE: Final = re.compile(r"\s*(%s{1,%d})\s*\Z" % (_IDCHARS, _ID_MAX))
 _NAME_PREFIX_RE: Final = re.compile(r"\s*%s{0,%d}\s*\Z" % (_IDCHARS, _ID_MAX))
-_OBJECT_START_RE: Final = re.compile(r"\{\s*(?:\"|\})")
-_OBJECT_PREFIX_RE: Final = re.compile(r"\{\s*\Z")
+# An object's start: "{" then "}" or a whole key and its colon (so "{" in
+# prose or code is not held back on the chance of a call).
+_OBJECT_START_RE: Final = re.compile(r'\{\s*(?:\}|"(?:[^"\\\n]|\\.){0,256}"\s*:)')
+_OBJECT_PREFIX_RE: Final = re.compile(r'\{\s*(?:"(?:[^"\\\n]|\\.){0,256}(?:\\|"\s*)?)?\Z')
+_XML_OPENER_RE: Final = re.compile(r"<(?:function=|tool_call>)")
 _STRUCT_RE: Final = re.compile(r'[{}"]')
 _STRING_RE: Final = re.compile(r'["\\]')
 _ID_SUFFIX_RE: Final = re.compile(r":\d+\Z")
@@ -237,7 +240,7 @@ _KINDS: dict[str, _Tok] = {_XML_FUNC: _Tok.XML_FUNC, _XML_WRAP: _Tok.XML_WRAP, "
 _DECODER: Final = json.JSONDecoder(strict=False)
 _SPACES: Final = frozenset(" \t\r\n\f\v")
 #: Largest JSON object held back on the chance that a call-end marker follows it.
-_CANDIDATE_MAX: Final = 1 << 20
+_CANDIDATE_MAX: Final = 1 << 18
 
 
 def _kind(token: str) -> _Tok:
@@ -945,6 +948,11 @@ class LeakParser:
         buf = self._buf
         m = MARKER_RE.search(buf, max(self._args_from, self._scan - _PARTIAL_MAX))
         limit = m.start() if m is not None else len(buf)
+        if not self._evidence():  # an object in text gives way to an XML-form call
+            x = _XML_OPENER_RE.search(buf, max(self._args_from, self._scan - _PARTIAL_MAX), limit)
+            if x is not None:
+                self._not_a_call(x.start())
+                return True
         if self._scan < limit:
             close = self._obj.scan(buf, self._scan, limit)
             self._scan = limit if close == -1 else close

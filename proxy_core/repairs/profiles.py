@@ -2,11 +2,13 @@
 
 - `none`: relay untouched.
 - `kimi`: everything — leaked-token parsing, native tool-call ids,
-  `reasoning_content` for strict hosts, plus the structural fixes.
+  `reasoning_content` for strict hosts, a retry of an empty reply, plus the
+  structural fixes.
 - `auto` (default): the structural fixes every strict host needs (restore
   stripped tool calls, answer unanswered calls, mend argument JSON, drop
-  empty content), plus the Kimi fixes when the target model looks like Kimi
-  or Moonshot, or the upstream is the built-in (Kimi-like) simulator.
+  empty content, relay only calls to offered tools), plus the Kimi fixes
+  when the target model looks like Kimi or Moonshot, or the upstream is the
+  built-in (Kimi-like) simulator.
 """
 
 from __future__ import annotations
@@ -23,15 +25,19 @@ class RepairPlan:
     reasoning: bool = False    # F3: fill `reasoning_content` on tool-call messages
     structure: bool = False    # F4 + missing results + malformed arguments
     empty: bool = False        # F5: no empty assistant content or text blocks
+    tool_names: bool = False   # calls resolved against the offered tools, never to others
+    empty_reply: bool = False  # an attempt that ends with no text and no call is retried
 
     @property
     def any(self) -> bool:
-        return self.leaks or self.native_ids or self.reasoning or self.structure or self.empty
+        return (self.leaks or self.native_ids or self.reasoning or self.structure or self.empty
+                or self.tool_names or self.empty_reply)
 
 
 NONE = RepairPlan()
-STRUCTURAL = RepairPlan(structure=True, empty=True)
-KIMI = RepairPlan(leaks=True, native_ids=True, reasoning=True, structure=True, empty=True)
+STRUCTURAL = RepairPlan(structure=True, empty=True, tool_names=True)
+KIMI = RepairPlan(leaks=True, native_ids=True, reasoning=True, structure=True, empty=True,
+                  tool_names=True, empty_reply=True)
 
 
 def looks_like_kimi(model: str, upstream_kind: str) -> bool:

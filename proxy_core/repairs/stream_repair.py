@@ -2,101 +2,204 @@
 
 `StreamRepairer` sits between an upstream's parts and the client:
 
-- leaked Kimi tool-call tokens in text or reasoning (F1) become proper
-  `ToolCallPart`s; stray markers are dropped; the finish reason becomes
-  `tool_calls` when calls were recovered;
-- Kimi-native call ids (`functions.NAME:IDX`) are replaced by fresh client
-  ids, the native id kept as `upstream_id`.
+- leaked Kimi tool-call tokens (F1) become proper `ToolCallPart`s. Text and
+  reasoning go through **one** leak parser, as one stream, so a call that
+  opens in the reasoning and ends in the content is one call; the parser's
+  output is handed back to the channel each character came from. Stray
+  markers are dropped.
+- every call, leaked or native, is resolved against the tools the request
+  offered (`tool_names`); a call that names no offered tool, or whose
+  arguments are no JSON object even after repair, goes to the client as
+  plain text (without markers) and is reported, never as a call;
+- the finish reason follows what was sent: `tool_calls` when calls were
+  relayed, `stop` when none was;
+- Kimi-native call ids (`functions.NAME:IDX`) and recovered calls get fresh
+  client ids, the upstream's id kept as `upstream_id`.
 
 One repairer per attempt; it holds back only what the leak parser must
-(a possible partial marker or an unfinished call).
+(the last word of text, a possible partial marker or an unfinished call).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections import deque
+from collections.abc import Callable
 
 from ..stream import FinishPart, ReasoningPart, StreamPart, TextPart, ToolCallPart
 from .history import Note, excerpt
 from .ids import is_kimi_id, new_client_id
-from .leak_parser import LeakedCall, LeakParser, StrayMarker, TextSegment
+from .json_args import repair_json_arguments_detailed
+from .leak_parser import LeakedCall, LeakParser, Segment, StrayMarker, TextSegment, strip_markers
 from .profiles import RepairPlan
+from .tool_names import ToolCatalog
 
 #: Finish reasons a host gives when it (wrongly) thinks the turn is over.
 _ENDED = {"stop", "end_turn", "eos", ""}
 
+TextKind = type[TextPart] | type[ReasoningPart]
+
 
 class StreamRepairer:
-    def __init__(self, plan: RepairPlan, tool_schemas: Mapping[str, Mapping[str, Any]],
+    def __init__(self, plan: RepairPlan, tools: ToolCatalog,
                  on_repair: Callable[[Note], None]) -> None:
         self.plan = plan
+        self.tools = tools
         self.on_repair = on_repair
-        self._text = LeakParser(tool_schemas) if plan.leaks else None
-        self._reasoning = LeakParser(tool_schemas) if plan.leaks else None
+        self._parser = LeakParser(tools.schemas) if plan.leaks else None
+        # What the parser was fed and has not given back yet: [channel, length] runs.
+        self._runs: deque[list[object]] = deque()
         self._recovered = 0
+        self._relayed = 0
+        self._demoted = 0
         self._stray: list[str] = []
         self._flushed = False
+
+    @property
+    def recovered_calls(self) -> int:
+        """Calls recovered from leaked tokens."""
+        return self._recovered
+
+    @property
+    def relayed_calls(self) -> int:
+        """Calls sent to the client as calls (native and recovered)."""
+        return self._relayed
 
     def feed(self, part: StreamPart) -> list[StreamPart]:
         if self._flushed:  # after the finish reason only usage should come; pass as is
             return [part]
-        if isinstance(part, TextPart) and self._text is not None:
-            return self._segments(self._text.feed(part.text), TextPart)
-        if isinstance(part, ReasoningPart) and self._reasoning is not None:
-            return self._segments(self._reasoning.feed(part.text), ReasoningPart)
+        if isinstance(part, (TextPart, ReasoningPart)) and self._parser is not None:
+            if not part.text:
+                return []
+            kind = type(part)
+            runs = self._runs
+            if runs and runs[-1][0] is kind:
+                runs[-1][1] += len(part.text)  # type: ignore[operator]
+            else:
+                runs.append([kind, len(part.text)])
+            return self._segments(self._parser.feed(part.text))
         if isinstance(part, ToolCallPart):
-            return [self._client_call(part)]
+            return [self._native(part)]
         if isinstance(part, FinishPart):
             parts = self.flush()
-            reason = part.reason
-            if self._recovered and reason in _ENDED:
-                self.on_repair(Note("finish_reason", f"finish_reason {reason!r}", "'tool_calls'"))
-                reason = "tool_calls"
-            parts.append(FinishPart(reason))
+            parts.append(FinishPart(self._finish_reason(part.reason)))
             return parts
         return [part]
 
     def flush(self) -> list[StreamPart]:
-        """End of stream: whatever the parsers still hold."""
-        parts: list[StreamPart] = []
+        """End of stream: whatever the parser still holds."""
         if self._flushed:
-            return parts
+            return []
         self._flushed = True
-        if self._reasoning is not None:
-            parts += self._segments(self._reasoning.finish(), ReasoningPart)
-        if self._text is not None:
-            parts += self._segments(self._text.finish(), TextPart)
+        parts = self._segments(self._parser.finish()) if self._parser is not None else []
         self._note_stray()
         return parts
 
-    @property
-    def recovered_calls(self) -> int:
-        return self._recovered
+    # -- finish reason -------------------------------------------------------------
 
-    def _client_call(self, part: ToolCallPart) -> ToolCallPart:
+    def _finish_reason(self, reason: str) -> str:
+        if self._relayed and reason in _ENDED and self._recovered:
+            self.on_repair(Note("finish_reason", f"finish_reason {reason!r}", "'tool_calls'"))
+            return "tool_calls"
+        if not self._relayed and reason == "tool_calls" and self._demoted:
+            self.on_repair(Note("finish_reason", "finish_reason 'tool_calls'",
+                                "'stop' (no call was relayed as a call)"))
+            return "stop"
+        return reason
+
+    # -- calls ---------------------------------------------------------------------
+
+    def _native(self, part: ToolCallPart) -> StreamPart:
+        """A call the upstream sent as a call: named as offered, arguments an object."""
+        if not self.plan.tool_names:
+            return self._client_id(part)
+        repair = repair_json_arguments_detailed(part.arguments)
+        if repair.status == "wrapped":
+            return self._demote(part.name + part.arguments, TextPart,
+                                f"arguments of {part.name!r} are not a JSON object")
+        resolved = self.tools.resolve((part.name, part.id), repair.text)
+        if resolved is None:
+            return self._demote(f"{part.name}{part.arguments}", TextPart,
+                                f"{part.name or part.id!r} names no tool the request offered")
+        if resolved.name != part.name:
+            self.on_repair(Note("tool_name", f"{part.name or part.id!r}",
+                                f"{resolved.name!r} (from the {resolved.how})"))
+        if repair.status == "repaired":
+            self.on_repair(Note("tool_arguments", excerpt(part.arguments), excerpt(repair.text)))
+        arguments = part.arguments if repair.status == "valid" else repair.text
+        self._relayed += 1
+        return self._client_id(ToolCallPart(part.id, resolved.name, arguments, part.upstream_id))
+
+    def _client_id(self, part: ToolCallPart) -> ToolCallPart:
         if self.plan.native_ids and is_kimi_id(part.id):
             return ToolCallPart(new_client_id(), part.name, part.arguments, upstream_id=part.id)
         return part
 
-    def _segments(self, segments: list[Any], text_type: type[TextPart] | type[ReasoningPart]
-                  ) -> list[StreamPart]:
+    def _leaked(self, call: LeakedCall, kind: TextKind, where: str) -> StreamPart:
+        """A call recovered from leaked text: a call if it names an offered tool, else text."""
+        text = strip_markers(call.raw)
+        if not call.args_ok:
+            return self._demote(text, kind, "its arguments are not a JSON object")
+        resolved = self.tools.resolve((call.name, call.raw_id), call.arguments)
+        if resolved is None:
+            named = call.raw_id or call.name
+            reason = f"{named!r} names no tool the request offered" if named else \
+                "no id, and its arguments fit no offered tool"
+            return self._demote(text, kind, reason)
+        self._recovered += 1
+        self._relayed += 1
+        how = "" if resolved.how == "name" else f"; tool from the {resolved.how}"
+        self.on_repair(Note("leaked_tool_call", excerpt(call.raw),
+                            f"{resolved.name}({excerpt(call.arguments, 80)}) from {where}{how}"))
+        return ToolCallPart(new_client_id(), resolved.name, call.arguments, upstream_id=call.raw_id)
+
+    def _demote(self, text: str, kind: TextKind, reason: str) -> StreamPart:
+        """A call that must not reach the client as one: it goes on as text."""
+        self._demoted += 1
+        self.on_repair(Note("call_as_text", excerpt(text), f"sent as text: {reason}"))
+        return kind(text)
+
+    # -- leaked text -----------------------------------------------------------------
+
+    def _segments(self, segments: list[Segment]) -> list[StreamPart]:
         parts: list[StreamPart] = []
         for segment in segments:
-            if isinstance(segment, TextSegment):
-                if segment.text:
-                    parts.append(text_type(segment.text))
-            elif isinstance(segment, LeakedCall):
+            if type(segment) is TextSegment:
+                for kind, piece in self._split(segment.text):
+                    parts.append(kind(piece))
+            elif type(segment) is LeakedCall:
                 self._stray.clear()  # section tokens around a call belong to that leak
-                self._recovered += 1
-                where = "reasoning" if text_type is ReasoningPart else "text"
-                self.on_repair(Note("leaked_tool_call", excerpt(segment.raw),
-                                    f"{segment.name}({excerpt(segment.arguments, 80)}) from {where}"))
-                parts.append(ToolCallPart(new_client_id(), segment.name, segment.arguments,
-                                          upstream_id=segment.raw_id))
-            elif isinstance(segment, StrayMarker):
+                kinds = [k for k, _ in self._split(segment.raw)]
+                where = " and ".join(sorted({"reasoning" if k is ReasoningPart else "text"
+                                             for k in kinds}))
+                parts.append(self._leaked(segment, kinds[0] if kinds else TextPart, where))
+            else:
+                assert isinstance(segment, StrayMarker)
+                self._split(segment.raw)
                 self._stray.append(segment.raw)
         return parts
+
+    def _split(self, text: str) -> list[tuple[TextKind, str]]:
+        """Take ``len(text)`` characters off the runs: which channel each piece came from."""
+        runs = self._runs
+        n = len(text)
+        first = runs[0]
+        if first[1] >= n:  # type: ignore[operator]
+            first[1] -= n  # type: ignore[operator]
+            if first[1] == 0 and len(runs) > 1:
+                runs.popleft()
+            return [(first[0], text)]  # type: ignore[list-item]
+        out: list[tuple[TextKind, str]] = []
+        i = 0
+        while i < n:
+            run = runs[0]
+            take = min(run[1], n - i)  # type: ignore[type-var]
+            if take:
+                out.append((run[0], text[i:i + take]))  # type: ignore[arg-type]
+            run[1] -= take  # type: ignore[operator]
+            i += take
+            if run[1] == 0 and len(runs) > 1:
+                runs.popleft()
+        return out
 
     def _note_stray(self) -> None:
         """Report markers that wrapped no call (a section end after calls does not count)."""
