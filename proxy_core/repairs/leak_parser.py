@@ -152,6 +152,10 @@ class LeakedCall:
         args_repaired: whether the arguments needed a repair (not merely
             re-serialisation).
         args_ok: whether the arguments are a JSON object, as sent or repaired.
+        lead: with no call begin marker, how many characters at the start of
+            ``raw`` are the word (and blanks) taken from the text before the
+            arguments as the id; 0 otherwise. A caller that finds the word
+            names no tool may give it back to the text.
     """
 
     name: str
@@ -161,6 +165,7 @@ class LeakedCall:
     form: str = "kimi"
     args_repaired: bool = False
     args_ok: bool = True
+    lead: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,7 +439,7 @@ class LeakParser:
 
     __slots__ = (
         "_buf", "_pos", "_prev", "_state", "_in_section", "_out", "_stray", "_saw", "_calls",
-        "_word", "_cur", "_scan", "_begin", "_argmark", "_id", "_args_from", "_args_pieces",
+        "_word", "_cur", "_scan", "_begin", "_argmark", "_id", "_lead", "_args_from", "_args_pieces",
         "_obj", "_obj_end", "_x_phase", "_x_open", "_x_open_end", "_x_params", "_x_pname",
         "_x_vstart", "_x_name", "_schemas", "_finished", "_parts", "_parts_len", "_tail",
     )
@@ -467,6 +472,7 @@ class LeakParser:
         self._begin = False
         self._argmark = False
         self._id = ""
+        self._lead = 0
         self._args_from = 0
         self._args_pieces: list[str] = []
         self._obj = _ObjectScan()
@@ -510,15 +516,16 @@ class LeakParser:
             # is held may start earlier than the id the slow path would take
             # (the word after the last space, not after any separator):
             # holding more is harmless, and this is one C-level scan.
-            k = delta.rfind(" ") + 1
-            if k == len(delta):  # ends with a space: the word before it waits too
+            if not delta:
+                return []
+            if delta[-1] in _SPACES:  # ends with blanks: the word before them waits too
                 text = self._buf + delta
                 k = text.rstrip().rfind(" ") + 1
                 self._buf = text[k:]
                 if not k:
                     return []
                 shown = text[:k]
-            elif k:
+            elif k := delta.rfind(" ") + 1:
                 shown = self._buf + delta[:k]
                 self._buf = delta[k:]
             else:
@@ -648,12 +655,13 @@ class LeakParser:
             self._stray.append(self._buf[self._pos : end])
             self._pos = end
 
-    def _call(self, name: str, args_text: str, raw_id: str | None, end: int, form: str) -> None:
+    def _call(self, name: str, args_text: str, raw_id: str | None, end: int, form: str,
+              lead: int = 0) -> None:
         """Emit the call whose raw text is ``buf[_pos:end]``; arguments are repaired here."""
         repair = repair_json_arguments_detailed(args_text)
         self._flush_stray()
         self._out.append(LeakedCall(name, repair.text, raw_id, self._buf[self._pos : end], form,
-                                    repair.status != "valid", repair.status != "wrapped"))
+                                    repair.status != "valid", repair.status != "wrapped", lead))
         self._pos = end
         self._calls += 1
         self._saw = True
@@ -789,6 +797,7 @@ class LeakParser:
         self._begin = begin
         self._argmark = argmark
         self._id = self._buf[id_from:id_to].strip()
+        self._lead = 0 if begin else id_to - self._pos
 
     def _open_args(self, start: int) -> None:
         """Arguments start at ``start`` (after an argument-begin marker)."""
@@ -833,7 +842,7 @@ class LeakParser:
             self._not_a_call(end)
             return
         name = normalise_tool_name(self._id)[0] if self._id else ""
-        self._call(name, args, self._id or None, end, "kimi")
+        self._call(name, args, self._id or None, end, "kimi", self._lead if self._id else 0)
         self._state = _S.BETWEEN
 
     def _not_a_call(self, end: int) -> None:

@@ -22,8 +22,11 @@ One repairer per attempt; it holds back only what the leak parser must
 
 from __future__ import annotations
 
+import re
+
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 
 from ..stream import FinishPart, ReasoningPart, StreamPart, TextPart, ToolCallPart
 from .history import Note, excerpt
@@ -37,6 +40,7 @@ from .tool_names import ToolCatalog
 _ENDED = {"stop", "end_turn", "eos", ""}
 
 TextKind = type[TextPart] | type[ReasoningPart]
+_ID_SHAPE = re.compile(r"(?=.*[\d.:_\-])[A-Za-z0-9]+(?:[.:_\-]+[A-Za-z0-9]+)*")
 
 
 class StreamRepairer:
@@ -134,23 +138,32 @@ class StreamRepairer:
             return ToolCallPart(new_client_id(), part.name, part.arguments, upstream_id=part.id)
         return part
 
-    def _leaked(self, call: LeakedCall, kind: TextKind, where: str) -> StreamPart:
+    def _leaked(self, call: LeakedCall, kind: TextKind, where: str) -> list[StreamPart]:
         """A call recovered from leaked text: a call if it names an offered tool, else text."""
         text = strip_markers(call.raw)
         if not call.args_ok:
-            return self._demote(text, kind, "its arguments are not a JSON object")
+            return [self._demote(text, kind, "its arguments are not a JSON object")]
         resolved = self.tools.resolve((call.name, call.raw_id), call.arguments)
         if resolved is None:
             named = call.raw_id or call.name
             reason = f"{named!r} names no tool the request offered" if named else \
                 "no id, and its arguments fit no offered tool"
-            return self._demote(text, kind, reason)
+            return [self._demote(text, kind, reason)]
+        parts: list[StreamPart] = []
+        if call.lead and resolved.how == "arguments" and not _ID_SHAPE.fullmatch(call.raw_id or ""):
+            # A word before the arguments that names no tool and has no id's
+            # shape (letters and digits joined by . : _ -, with a digit or a
+            # joint) was prose, not an id: it goes back to the text.
+            parts.append(kind(call.raw[:call.lead]))
+            call = replace(call, raw=call.raw[call.lead:], raw_id=None, lead=0)
         self._recovered += 1
         self._relayed += 1
         how = "" if resolved.how == "name" else f"; tool from the {resolved.how}"
         self.on_repair(Note("leaked_tool_call", excerpt(call.raw),
                             f"{resolved.name}({excerpt(call.arguments, 80)}) from {where}{how}"))
-        return ToolCallPart(new_client_id(), resolved.name, call.arguments, upstream_id=call.raw_id)
+        parts.append(ToolCallPart(new_client_id(), resolved.name, call.arguments,
+                                  upstream_id=call.raw_id))
+        return parts
 
     def _demote(self, text: str, kind: TextKind, reason: str) -> StreamPart:
         """A call that must not reach the client as one: it goes on as text."""
@@ -171,7 +184,7 @@ class StreamRepairer:
                 kinds = [k for k, _ in self._split(segment.raw)]
                 where = " and ".join(sorted({"reasoning" if k is ReasoningPart else "text"
                                              for k in kinds}))
-                parts.append(self._leaked(segment, kinds[0] if kinds else TextPart, where))
+                parts += self._leaked(segment, kinds[0] if kinds else TextPart, where)
             else:
                 assert isinstance(segment, StrayMarker)
                 self._split(segment.raw)
