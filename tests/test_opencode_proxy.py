@@ -69,6 +69,34 @@ def test_leaky_host_whole_task_in_one_run(serve, tmp_path: Path) -> None:
     assert not any("<|tool_call" in t["text"] or "<function=" in t["text"] for t in turns)
 
 
+def test_host_leaking_every_step_in_wild_shapes_whole_task_in_one_run(serve, tmp_path: Path) -> None:
+    """Issue 11: every tool call leaks in a shape drawn from the mutated grammar
+    (markers dropped or respelled, ids mangled or nameless, split between
+    reasoning and content). The same host stops opencode at step 0 on its own
+    (`test_opencode_simulator.py`)."""
+    served = serve('faults = ["leak_wild"]\nfault_rate = 1.0\nseed = 11')
+    workdir = tmp_path / "work"
+    result = run_opencode(f"{served.base_url}/v1", PROMPT, workdir, timeout=240)
+    turns = check_session(result, served, workdir)
+    repaired = [r for t in turns for r in t["repairs"] if r["kind"] == "leaked_tool_call"]
+    assert len(repaired) == 10, [t["repairs"] for t in turns]
+    assert any("tool from the arguments" in r["after"] for r in repaired), "some ids named no tool"
+    assert not any(r["kind"] == "call_as_text" for t in turns for r in t["repairs"])
+    assert not any("tool_call" in t["text"].lower() for t in turns)
+
+
+def test_host_that_goes_silent_after_thinking_whole_task_in_one_run(serve, tmp_path: Path) -> None:
+    """Kimi K2.6 ends some tool follow-ups right after its reasoning: no text,
+    no call. Each such attempt is retried before the client sees an answer."""
+    served = serve('faults = ["empty_reply"]\nfault_rate = 0.6\nseed = 2')
+    workdir = tmp_path / "work"
+    result = run_opencode(f"{served.base_url}/v1", PROMPT, workdir, timeout=240)
+    turns = check_session(result, served, workdir)
+    retried = [t for t in turns if len(t["attempts"]) > 1]
+    assert retried, "some follow-ups came back empty"
+    assert all("empty reply" in (t["attempts"][0]["error"] or "") for t in retried)
+
+
 def test_strict_reasoning_host_whole_task_in_one_run(serve, tmp_path: Path) -> None:
     """F3 (the same host fails opencode on its second call on its own)."""
     served = serve('faults = ["strict"]\nfault_rate = 1.0')

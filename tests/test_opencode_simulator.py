@@ -100,6 +100,16 @@ def test_leaks_stop_opencode_early_without_switchboard(simulator, tmp_path: Path
         assert "<|tool_call" in leaked or "<function=" in leaked, leaked
 
 
+def test_wild_leaks_stop_opencode_at_step_0_without_switchboard(simulator, tmp_path: Path) -> None:
+    """The host of the issue-11 acceptance run, with nothing between it and opencode."""
+    sim = simulator("--faults", "leak_wild", "--fault-rate", "1.0", "--seed", "11")
+    result = run_opencode(sim.base_url, PROMPT, tmp_path, timeout=240)
+    stats = sim.stats()
+    assert result.completed_tool_calls == 0, _report(result, sim)
+    assert stats["fault_counts"] == {"leak_wild": 1}, "the first leak ends the session"
+    assert not any(_files_done(tmp_path).values())
+
+
 def test_strict_host_fails_opencode_on_the_second_call_without_switchboard(simulator, tmp_path: Path) -> None:
     sim = simulator("--faults", "strict", "--fault-rate", "1.0")
     result = run_opencode(sim.base_url, PROMPT, tmp_path, timeout=240)

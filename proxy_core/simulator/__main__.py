@@ -20,7 +20,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimulatorConfig, str, int
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed at start)")
     parser.add_argument("--faults", default="",
-                        help="comma-separated: leak,hang,strict,orphan,empty,throttle,stream_error")
+                        help="comma-separated: leak,leak_wild,hang,empty_reply,strict,orphan,empty,"
+                             "throttle,stream_error")
     parser.add_argument("--fault-rate", type=float, default=0.7)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=10)

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 #: Every fault the simulator knows how to inject.
 FAULT_NAMES: frozenset[str] = frozenset(
-    {"leak", "hang", "strict", "orphan", "empty", "throttle", "stream_error"})
+    {"leak", "leak_wild", "hang", "strict", "orphan", "empty", "throttle", "stream_error",
+     "empty_reply"})
 
 
 class SimulatorConfigError(ValueError):
@@ -17,11 +18,14 @@ class SimulatorConfigError(ValueError):
 class SimulatorConfig:
     """How the simulated Kimi-like host behaves.
 
-    ``faults`` names the faults to inject. ``leak``, ``hang``,
-    ``throttle`` (an HTTP 429 instead of an answer) and ``stream_error`` (an
-    error in the middle of a 200 stream: an ``exception`` frame on the
-    Converse face, ``data: {"error": ...}`` on the OpenAI face) fire on a
-    request with probability ``fault_rate``; ``strict``, ``orphan`` and
+    ``faults`` names the faults to inject. ``leak`` (the forms of
+    reference §2, in turn), ``leak_wild`` (shapes drawn from the mutated
+    grammar, see `leak_grammar`), ``hang``, ``empty_reply`` (after a tool
+    result, reasoning and then nothing: no text, no call, ``stop``; Kimi
+    K2.6), ``throttle`` (an HTTP 429 instead of an answer) and
+    ``stream_error`` (an error in the middle of a 200 stream: an
+    ``exception`` frame on the Converse face, ``data: {"error": ...}`` on
+    the OpenAI face) fire on a request with probability ``fault_rate``; ``strict``, ``orphan`` and
     ``empty`` are validation rules, always enforced when listed (the
     Converse face always enforces Bedrock's own rules instead). Every random
     choice derives from ``seed`` and the request, so runs repeat.

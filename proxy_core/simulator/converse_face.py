@@ -44,7 +44,7 @@ from typing import Any
 from aiohttp import web
 
 from .config import SimulatorConfig
-from .faults import decide, fingerprint, request_rng
+from .faults import decide, fault_of, fingerprint, request_rng
 from .script import next_reply
 from .server import (
     _DISCONNECT_POLL, CONFIG_KEY, STATE_KEY, STREAM_ERROR_MESSAGE, THROTTLE_MESSAGE, _client_gone,
@@ -480,14 +480,9 @@ async def _play(request: web.Request, operation: str) -> web.StreamResponse:
         state.stats.faults.append(FaultRecord("throttle", "", reply.step))
         await state.notify()
         return BedrockError(429, "ThrottlingException", THROTTLE_MESSAGE).response()
-    if decision.stream_error:
-        state.stats.faults.append(FaultRecord("stream_error", "", reply.step))
-    elif decision.leak is not None:
-        state.stats.faults.append(FaultRecord("leak", decision.leak, reply.step))
-    elif reply.tool_call is not None:
-        state.stats.tool_calls_emitted += 1
-    elif reply.kind == "final":
-        state.stats.finals += 1
+    fault, detail = fault_of(decision)
+    state.stats.played(reply.step, fault=fault, detail=detail,
+                       tool_call=reply.tool_call is not None, final=reply.kind == "final")
     await state.notify()
     out = _outgoing(config, {"model": model, "messages": messages}, reply, decision, fp, seen)
     if operation == "converse":

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from .config import SimulatorConfig
+from .leak_grammar import WildLeak, wild_leak
 from .script import Reply, ToolCall, text_of
 
 LeakVariant = Literal[
@@ -60,9 +61,26 @@ class FaultDecision:
     #: Stream part of the reply, then an error inside the 200 stream (F6).
     stream_error: bool = False
     leak: LeakVariant | None = None
+    #: The tool call leaks in a shape drawn from the mutated grammar.
+    wild: bool = False
+    #: Reasoning, then the turn ends: no text, no call (Kimi K2.6 on a tool follow-up).
+    empty_reply: bool = False
     #: Under ``strict``: the step calls its tool without thinking first, so
     #: a client that replays history as-is sends no ``reasoning_content``.
     unthought: bool = False
+
+
+def fault_of(decision: FaultDecision) -> tuple[str | None, str]:
+    """The fault a decision plays instead of the reply (kind, detail), for the stats."""
+    if decision.stream_error:
+        return "stream_error", ""
+    if decision.leak is not None:
+        return "leak", decision.leak
+    if decision.wild:
+        return "leak_wild", ""
+    if decision.empty_reply:
+        return "empty_reply", ""
+    return None, ""
 
 
 @dataclass(frozen=True)
@@ -105,10 +123,16 @@ def decide(config: SimulatorConfig, reply: Reply, messages: Sequence[Mapping[str
     if config.has("hang") and after_tool and seen < config.hang_repeats:
         if request_rng(config.seed, fp, seen, "hang").random() < config.fault_rate:
             return FaultDecision(hang=True)
+    if config.has("empty_reply") and after_tool and seen < config.hang_repeats:
+        if request_rng(config.seed, fp, seen, "empty_reply").random() < config.fault_rate:
+            return FaultDecision(empty_reply=True)
     for fault in ("throttle", "stream_error"):
         if config.has(fault) and seen < config.hang_repeats:
             if request_rng(config.seed, fp, seen, fault).random() < config.fault_rate:
                 return FaultDecision(**{fault: True})
+    if config.has("leak_wild") and reply.tool_call is not None:
+        if request_rng(config.seed, fp, seen, "leak_wild").random() < config.fault_rate:
+            return FaultDecision(wild=True)
     if config.has("leak") and reply.tool_call is not None:
         if request_rng(config.seed, fp, seen, "leak").random() < config.fault_rate:
             index = (config.seed + call_index(reply.tool_call)) % len(LEAK_VARIANTS)
@@ -168,6 +192,22 @@ def render_leak(reply: Reply, variant: LeakVariant) -> LeakedText:
         return LeakedText(text, f"{reasoning}\n{_kimi_tokens(call, section=_PLURAL)}")
     # "think": the reasoning and the call inside an unclosed <think> in the text.
     return LeakedText(f"<think>{reasoning}\n{_kimi_tokens(call, sep=' ', section=_PLURAL)}", "")
+
+
+def render_wild_leak(reply: Reply, rng: random.Random) -> tuple[LeakedText, WildLeak]:
+    """Render the reply's tool call in a shape drawn from the mutated grammar.
+
+    A leak that starts in the reasoning ends the reasoning and opens the
+    content; otherwise it follows the reply's text. A newline always
+    separates it from the prose before it.
+    """
+    call = reply.tool_call
+    if call is None:
+        raise ValueError("only a tool-call reply can leak")
+    leak = wild_leak(call.name, call.arguments, call_index(call), rng)
+    if leak.reasoning:
+        return LeakedText(leak.content, f"{reply.reasoning}\n{leak.reasoning}"), leak
+    return LeakedText(f"{reply.text}\n{leak.content}", reply.reasoning), leak
 
 
 def _strict_error(messages: Sequence[Mapping[str, object]]) -> HostError | None:

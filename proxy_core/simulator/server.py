@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from .config import SimulatorConfig
-from .faults import FaultDecision, HostError, decide, fingerprint, render_leak, request_rng, validate
+from .faults import (
+    FaultDecision, HostError, decide, fault_of, fingerprint, render_leak, render_wild_leak, request_rng, validate,
+)
 from .script import Reply, next_reply
 from .stats import FaultRecord, SimulatorState, SimulatorStats
 from .wire import KEEPALIVE, Outgoing, completion, cut_with_error, sse_events
@@ -58,10 +60,18 @@ def _record(state: SimulatorState, messages: Sequence[Mapping[str, object]], rep
 def _outgoing(config: SimulatorConfig, body: Mapping[str, object], reply: Reply, decision: FaultDecision, fp: str, seen: int) -> Outgoing:
     content, reasoning, call = reply.text, reply.reasoning, reply.tool_call
     finish = reply.finish_reason
+    keep_reasoning = config.streams_reasoning
     if decision.leak is not None:
         leaked = render_leak(reply, decision.leak)
         content, reasoning, call, finish = leaked.content, leaked.reasoning, None, "stop"
-    if decision.unthought or (not config.streams_reasoning and decision.leak != "reasoning"):
+        keep_reasoning = keep_reasoning or decision.leak == "reasoning"
+    elif decision.wild:
+        leaked, leak = render_wild_leak(reply, request_rng(config.seed, fp, seen, "wild_shape"))
+        content, reasoning, call, finish = leaked.content, leaked.reasoning, None, "stop"
+        keep_reasoning = keep_reasoning or bool(leak.reasoning)
+    elif decision.empty_reply:  # it thinks, then says nothing (Kimi K2.6)
+        content, call, finish, keep_reasoning = "", None, "stop", True
+    if decision.unthought or not keep_reasoning:
         reasoning = ""
     created = config.fixed_created if config.fixed_created is not None else int(time.time())
     digest = request_rng(config.seed, fp, seen, "id").getrandbits(96)
@@ -162,16 +172,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         state.stats.faults.append(FaultRecord("throttle", "", reply.step))
         await state.notify()
         return _error(429, THROTTLE_MESSAGE, "rate_limit_exceeded", "rate_limit_error")
-    if decision.stream_error:
-        state.stats.faults.append(FaultRecord("stream_error", "", reply.step))
-    elif decision.leak is not None:
-        state.stats.faults.append(FaultRecord("leak", decision.leak, reply.step))
-    elif reply.tool_call is not None:
-        if decision.unthought:
-            state.stats.faults.append(FaultRecord("unthought", reply.tool_call.id, reply.step))
-        state.stats.tool_calls_emitted += 1
-    elif reply.kind == "final":
-        state.stats.finals += 1
+    fault, detail = fault_of(decision)
+    if fault is None and reply.tool_call is not None and decision.unthought:
+        state.stats.faults.append(FaultRecord("unthought", reply.tool_call.id, reply.step))
+    state.stats.played(reply.step, fault=fault, detail=detail,
+                       tool_call=reply.tool_call is not None, final=reply.kind == "final")
     await state.notify()
     out = _outgoing(config, body, reply, decision, fp, seen)
     if not stream:

@@ -31,6 +31,16 @@ class SimulatorStats:
     disconnects: int = 0
     faults: list[FaultRecord] = field(default_factory=list)
 
+    def played(self, step: int, *, fault: str | None = None, detail: str = "",
+               tool_call: bool = False, final: bool = False) -> None:
+        """Count one reply the host sent: its fault, or the call or final it delivered."""
+        if fault is not None:
+            self.faults.append(FaultRecord(fault, detail, step))
+        elif tool_call:
+            self.tool_calls_emitted += 1
+        elif final:
+            self.finals += 1
+
     def fault_counts(self) -> dict[str, int]:
         """How many times each fault kind fired."""
         return dict(Counter(record.kind for record in self.faults))
