@@ -145,6 +145,12 @@ BAD = [
     ("routes not an array", MINIMAL.replace("[[routes]]", "[routes]"), ["routes", "[[routes]]"]),
     ("no routes", MINIMAL.split("[[routes]]")[0], ["routes", "required"]),
     ("no upstreams", '[[routes]]\nmodel = "m"\ntargets = ["up"]\n', ["upstreams", "required"]),
+    ("empty reasoning placeholder",
+     MINIMAL.replace('kind = "openai"', 'kind = "openai"\nreasoning_placeholder = ""'),
+     ["upstreams.up.reasoning_placeholder", "must not be empty"]),
+    ("placeholder not a string",
+     MINIMAL.replace('kind = "openai"', 'kind = "openai"\nreasoning_placeholder = 1'),
+     ["upstreams.up.reasoning_placeholder", "must be str"]),
     ("unknown simulator fault", '[upstreams.s]\nkind = "simulator"\nfaults = ["gremlins"]\n'
      '[[routes]]\nmodel = "m"\ntargets = ["s"]\n', ["upstreams.s.faults", "gremlins"]),
 ]

@@ -19,8 +19,8 @@ from proxy_core.app import SwitchboardProxy
 from proxy_core.config import parse_config
 from proxy_core.simulator import SimulatorConfig, start_simulator
 from support import (
-    collect_answer, content_of, deltas, finish_chunk, openai_config, read_sse, sse, text_chunk,
-    tool_call_chunk,
+    collect_answer, content_of, deltas, finish_chunk, finish_reasons, openai_config, read_sse,
+    reasoning_chunk, settled_turn, sse, stream_errors, text_chunk, tool_call_chunk,
 )
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "opencode_request.json").read_text())
@@ -251,3 +251,65 @@ async def test_every_repair_is_an_event_on_the_turn_in_journal_and_api(
     assert turn["finish_reason"] == "tool_calls"
     stored = proxy.journal.turn(turn["id"])
     assert [r["kind"] for r in stored["repairs"]] == ["leaked_tool_call", "finish_reason"]
+
+
+# -- Kimi K2.6: an empty reply after thinking -------------------------------------
+
+
+async def test_an_empty_reply_after_thinking_is_retried_on_the_same_stream(
+        fake_upstream, proxy_factory, client) -> None:
+    proxy = await proxy_factory(kimi_config(fake_upstream.base_url))
+    fake_upstream.script(
+        sse(reasoning_chunk("The tests pass, "), reasoning_chunk("so I am done."), finish_chunk("stop")),
+        sse(reasoning_chunk("Summarise."), text_chunk("All done."), finish_chunk("stop")))
+    body = {"model": "test-model", "stream": True, "tools": FIXTURE["tools"],
+            "messages": [{"role": "user", "content": "go"}]}
+    async with client.stream("POST", f"{proxy.base_url}/v1/chat/completions", json=body) as r:
+        payloads = await read_sse(r)
+    assert content_of(payloads) == "All done."
+    assert [f for f in finish_reasons(payloads)] == ["stop"], "only the retry's finish reaches the client"
+    turn = await settled_turn(client, proxy.base_url)
+    assert [a["outcome"] for a in turn["attempts"]] == ["failed", "ok"]
+    assert "empty reply" in turn["attempts"][0]["error"]
+    assert turn["state"] == "finished" and len(fake_upstream.chat_requests) == 2
+
+
+async def test_empty_replies_until_the_attempts_run_out_fail_the_turn_clearly(
+        fake_upstream, proxy_factory, client) -> None:
+    proxy = await proxy_factory(kimi_config(fake_upstream.base_url))
+    empty = sse(reasoning_chunk("Hmm."), finish_chunk("stop"))
+    fake_upstream.script(empty, empty, empty)
+    body = {"model": "test-model", "stream": True, "messages": [{"role": "user", "content": "go"}]}
+    async with client.stream("POST", f"{proxy.base_url}/v1/chat/completions", json=body) as r:
+        payloads = await read_sse(r)
+    errors = stream_errors(payloads)
+    assert errors and errors[0]["code"] == "empty_reply", payloads
+    turn = await settled_turn(client, proxy.base_url)
+    assert turn["state"] == "failed" and len(turn["attempts"]) == 3
+
+
+async def test_a_reply_cut_for_length_is_not_an_empty_reply(
+        fake_upstream, proxy_factory, client) -> None:
+    proxy = await proxy_factory(kimi_config(fake_upstream.base_url))
+    fake_upstream.script(sse(reasoning_chunk("A very long thought"), finish_chunk("length")))
+    body = {"model": "test-model", "stream": True, "messages": [{"role": "user", "content": "go"}]}
+    async with client.stream("POST", f"{proxy.base_url}/v1/chat/completions", json=body) as r:
+        payloads = await read_sse(r)
+    assert finish_reasons(payloads) == ["length"] and len(fake_upstream.chat_requests) == 1
+
+
+async def test_the_reasoning_placeholder_is_set_per_upstream(fake_upstream, proxy_factory, client) -> None:
+    toml = kimi_config(fake_upstream.base_url).replace(
+        'kind = "openai"', 'kind = "openai"\nreasoning_placeholder = "(no reasoning kept)"')
+    proxy = await proxy_factory(toml)
+    history = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_x", "type": "function", "function": {"name": "read", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_x", "content": "1"},
+    ]
+    body = {"model": "test-model", "messages": history, "stream": True, "tools": FIXTURE["tools"]}
+    async with client.stream("POST", f"{proxy.base_url}/v1/chat/completions", json=body) as r:
+        await read_sse(r)
+    sent = fake_upstream.chat_requests[-1].body["messages"]
+    assert sent[1]["reasoning_content"] == "(no reasoning kept)"

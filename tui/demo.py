@@ -48,9 +48,9 @@ kind = "openai"
 base_url = "http://127.0.0.1:1/v1"
 connect_timeout = 1.0
 
-[upstreams.flaky]           # leaks tool calls, hangs after tool results, strict
+[upstreams.flaky]           # leaks tool calls (known and wild shapes), hangs or goes silent after tool results, strict
 kind = "simulator"
-faults = ["leak", "hang", "strict"]
+faults = ["leak", "leak_wild", "hang", "empty_reply", "strict"]
 fault_rate = 0.45
 seed = {seed}
 chunk_delay = 0.03
