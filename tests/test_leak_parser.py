@@ -448,26 +448,33 @@ def test_holds_back_only_a_possible_partial_marker() -> None:
     p = LeakParser()
     assert p.feed("Let me check <|tool_") == [TextSegment("Let me ")]
     assert p.buffered == len("check <|tool_")  # an argument-begin marker takes the word before it
-    assert p.feed("x") == [TextSegment("check <|")]  # no marker starts "<|tool_x"
-    assert p.buffered == len("tool_x")  # which may be an id a marker follows
+    # No marker starts "<|tool_x", but it is the last word now: it waits for what follows.
+    assert p.feed("x") == [TextSegment("check ")]
+    assert p.buffered == len("<|tool_x")
+    assert p.feed(" and more") == [TextSegment("<|tool_x and ")]
 
 
-def test_plain_text_is_held_back_by_at_most_its_last_word() -> None:
+def test_plain_text_is_held_back_by_at_most_one_delta_or_one_word() -> None:
     p = LeakParser()
-    out: list[Segment] = []
-    for delta, shown in [("Hello", ""), (" wor", "Hello "), ("ld, a < b", "world, a < "),
-                         (" and c > d", "b and c > "), ("\n", "")]:
-        out = p.feed(delta)
-        assert texts(out) == shown
-    assert p.finish() == [TextSegment("d\n")]
+    fed, shown, last = "", "", ""
+    for delta in ["Hello", " wor", "ld, a < b", " and c > d", " and", " more\n", "x", "y" * 300]:
+        fed += delta
+        shown += texts(p.feed(delta))
+        held = fed[len(shown):]
+        assert fed.startswith(shown)
+        # The last delta, or the last word with what continued it (never more than the longest id).
+        assert held in (delta, last + delta) or " " not in held.strip(), (shown, held)
+        assert len(held) <= 300
+        last = delta
+    assert shown + texts(p.finish()) == fed and p.buffered == 0
 
 
 def test_the_word_before_an_argument_begin_marker_is_the_id() -> None:
     p = LeakParser()
     out = p.feed("I'll reply. channel_reply:0")
-    assert texts(out) == "I'll reply. "
     out += p.feed('<|tool_call_argument_begin|>{"text": "hi"}<|tool_call_end|>')
     out += p.finish()
+    assert texts(out) == "I'll reply. "
     (call,) = [s for s in out if isinstance(s, LeakedCall)]
     assert (call.name, call.raw_id, json.loads(call.arguments)) == ("channel_reply", "channel_reply:0", {"text": "hi"})
 

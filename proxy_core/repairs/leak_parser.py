@@ -70,6 +70,7 @@ Decisions:
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -206,7 +207,7 @@ _MARKER_REST: Final = (
 )
 #: One Kimi marker, in any spelling the grammar allows.
 MARKER_RE: Final = re.compile("<" + _MARKER_REST)
-_OPENER_RE: Final = re.compile("<(?:" + _MARKER_REST + "|function=|tool_call>)|\\{")
+_OPENER_RE: Final = re.compile("<(?:" + _MARKER_REST + "|function=|tool_call>)")
 _PARTIAL_SHAPE_RE: Final = re.compile(
     "<" + _BAR + "(?P<body>[\\w\\s\\-▁]{0,40}?)(?P<close>" + _BAR + ")?\\Z")
 _XML_PREFIXES: Final = frozenset(w[:i] for w in (_XML_FUNC, _XML_WRAP) for i in range(1, len(w)))
@@ -267,7 +268,11 @@ def _kind(token: str) -> _Tok:
 
 def _partial(buf: str, q: int) -> bool:
     """Whether ``buf[q:]`` (which starts with ``<``) may still grow into a marker or XML opener."""
-    tail = buf[q:]
+    return q >= 0 and len(buf) - q <= _PARTIAL_MAX and _partial_tail(buf[q:])
+
+
+@functools.lru_cache(maxsize=4096)
+def _partial_tail(tail: str) -> bool:
     if not tail.startswith("<"):
         return False
     if len(tail) == 1 or tail in _XML_PREFIXES:
@@ -512,30 +517,27 @@ class LeakParser:
     def feed(self, delta: str) -> list[Segment]:
         """Add a stream delta; return the segments that are now certain."""
         if self._word and "<" not in delta and "{" not in delta:
-            # Fast path, plain text: all of it but the last word goes out. What
-            # is held may start earlier than the id the slow path would take
-            # (the word after the last space, not after any separator):
-            # holding more is harmless, and this is one C-level scan.
-            if not delta:
-                return []
-            if delta[-1] in _SPACES:  # ends with blanks: the word before them waits too
-                text = self._buf + delta
-                k = text.rstrip().rfind(" ") + 1
-                self._buf = text[k:]
-                if not k:
+            # Fast path, plain text. An argument-begin marker in a later delta
+            # would take the word before it as its id, so that word must still
+            # be here: hold this whole delta when a word starts in it (text
+            # goes out one delta late, and nothing is copied), or add it to
+            # what is held when it only continues one (up to the longest id).
+            # The held text never starts with "<": no marker can open it, so
+            # `_prev` needs no update here.
+            held = self._buf
+            if " " in delta.rstrip() and len(delta) <= _TRAIL_REV_MAX:
+                self._buf = delta
+                if not held:
+                    return []
+                shown = held
+            else:
+                text = held + delta
+                k = max(text.rstrip().rfind(" ") + 1, len(text) - _TRAIL_REV_MAX)
+                if k <= 0:
+                    self._buf = text
                     return []
                 shown = text[:k]
-            elif k := delta.rfind(" ") + 1:
-                shown = self._buf + delta[:k]
-                self._buf = delta[k:]
-            else:
-                self._buf += delta
-                if len(self._buf) <= _TRAIL_REV_MAX:
-                    return []
-                k = len(self._buf) - _TRAIL_REV_MAX
-                shown = self._buf[:k]
-                self._buf = self._buf[k:]
-            self._prev = shown[-1]
+                self._buf = text[k:]
             if self._stray:
                 out: list[Segment] = [StrayMarker("".join(self._stray)), TextSegment(shown)]
                 self._stray.clear()
@@ -695,30 +697,43 @@ class LeakParser:
         if eof and self._pos < len(self._buf):  # pragma: no cover - defensive
             self._text_to(len(self._buf))
 
+    def _next_opener(self, pos: int, eof: bool) -> tuple[int, str] | int | None:
+        """The next opener at or after ``pos``: ``(index, token)``, None, or the
+        index of a ``{`` that may yet open an object (more input will tell).
+
+        Markers and XML openers (which all start with ``<``) and objects are
+        searched apart: one regex with both first characters is four times
+        slower, the engine no longer skipping to ``<`` at C speed.
+        """
+        buf = self._buf
+        m = _OPENER_RE.search(buf, pos)
+        while m is not None and self._prev_char(m.start()) == "`":
+            m = _OPENER_RE.search(buf, m.start() + 1)
+        end = m.start() if m is not None else len(buf)
+        b = buf.find("{", pos, end)
+        while b != -1:
+            start = self._object_start(b, eof)
+            if start is not None:
+                return (b, "{") if start >= 0 else b
+            b = buf.find("{", b + 1, end)
+        return (m.start(), m.group()) if m is not None else None
+
     def _step_text(self, eof: bool) -> bool:
         buf, pos = self._buf, self._pos
-        m = _OPENER_RE.search(buf, pos)
-        while m is not None and self._prev_char(m.start()) == "`" and m.group() != "{":
-            m = _OPENER_RE.search(buf, m.start() + 1)
-        while m is not None and m.group() == "{":
-            start = self._object_start(m.start(), eof)
-            if start is not None:
-                if start < 0:  # cannot tell yet
-                    self._text_to(self._word_start(m.start()))
-                    return False
-                break
-            m = _OPENER_RE.search(buf, m.start() + 1)
-            while m is not None and self._prev_char(m.start()) == "`" and m.group() != "{":
-                m = _OPENER_RE.search(buf, m.start() + 1)
-        if m is None:
+        found = self._next_opener(pos, eof)
+        if type(found) is int:  # an object may start here: cannot tell yet
+            self._text_to(self._word_start(found))
+            return False
+        if found is None:
             hold = len(buf)
             if not eof:
                 hold = self._hold_from(pos)
             self._text_to(hold)
             self._word = "<" not in buf[self._pos :]
             return False
-        j = m.start()
-        kind = _kind(m.group())
+        j, token = found  # type: ignore[misc]
+        end = j + len(token)
+        kind = _kind(token)
         if kind is _Tok.BRACE:
             # A JSON object in text: a call if a call-end marker follows it.
             k = self._word_start(j)
@@ -730,19 +745,22 @@ class LeakParser:
             k = self._word_start(j)
             self._text_to(k)
             self._open_call(begin=False, argmark=True, id_from=k, id_to=j)
-            self._open_args(m.end())
+            self._open_args(end)
             return True
         self._text_to(j)
-        self._open(kind, j, m.end())
+        self._open(kind, j, end)
         return True
 
     def _hold_from(self, pos: int) -> int:
         """Where the held-back tail of text starts: a possible partial opener, or the last word."""
         buf = self._buf
         q = buf.rfind("<", max(pos, len(buf) - _PARTIAL_MAX))
-        if q != -1 and _partial(buf, q):
-            return self._word_start(q, pos)  # an argument-begin marker takes the word before it
-        return self._word_start(len(buf), pos)
+        end = q if q != -1 and _partial(buf, q) else len(buf)
+        # The word an argument-begin marker would take, or a little more: from
+        # the last space before it (at most the longest id and its blanks).
+        while end > pos and buf[end - 1] <= " ":
+            end -= 1
+        return max(buf.rfind(" ", pos, end) + 1, pos, end - _TRAIL_REV_MAX)
 
     def _word_start(self, j: int, lo: int | None = None) -> int:
         """Start of the id (and the whitespace after it) that ends at ``buf[j]``."""
@@ -864,7 +882,7 @@ class LeakParser:
             return False
         j = m.start()
         t = _OPENER_RE.match(buf, j)
-        if t is None or t.group() == "{":
+        if t is None:
             if not eof and _partial(buf, j):
                 return False
             self._state = _S.TEXT  # prose: the whitespace before it is text too
