@@ -244,6 +244,14 @@ _XML_PNAME_PREFIX_RE: Final = re.compile(r"[^<>\n]{0,256}")
 _SCALAR_RE: Final = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?|true|false")
 _KINDS: dict[str, _Tok] = {_XML_FUNC: _Tok.XML_FUNC, _XML_WRAP: _Tok.XML_WRAP, "{": _Tok.BRACE}
 _DECODER: Final = json.JSONDecoder(strict=False)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+#: What `json_args` calls valid: strict JSON without NaN or Infinity.
+_STRICT_DECODER: Final = json.JSONDecoder(parse_constant=_no_constants)
 _SPACES: Final = frozenset(" \t\r\n\f\v")
 #: Largest JSON object held back on the chance that a call-end marker follows it.
 _CANDIDATE_MAX: Final = 1 << 18
@@ -447,6 +455,7 @@ class LeakParser:
         "_word", "_cur", "_scan", "_begin", "_argmark", "_id", "_lead", "_args_from", "_args_pieces",
         "_obj", "_obj_end", "_x_phase", "_x_open", "_x_open_end", "_x_params", "_x_pname",
         "_x_vstart", "_x_name", "_schemas", "_finished", "_parts", "_parts_len", "_tail",
+        "_unscanned", "_parsed",
     )
 
     def __init__(self, tool_schemas: Mapping[str, Mapping[str, Any]] | None = None) -> None:
@@ -494,7 +503,9 @@ class LeakParser:
         # ``_buf`` (avoids quadratic re-concatenation), and the last few
         # characters of all held text (to detect a terminator cheaply).
         self._parts: list[str] = []
+        self._unscanned: list[str] = []  # parked deltas of an object, not yet scanned
         self._parts_len = 0
+        self._parsed: dict[str, Any] | None = None  # the arguments' object, when decoded whole
         self._tail = ""
 
     # ------------------------------------------------------------------ public API
@@ -582,12 +593,19 @@ class LeakParser:
         if self._state is _S.OBJECT:
             if not self._evidence() and self.buffered > _CANDIDATE_MAX:
                 return False
-            if self._scan < len(self._buf) + self._parts_len:
+            if self._scan < len(self._buf):
                 return False  # held text not yet scanned
-            if self._obj.scan(delta, 0, len(delta)) != -1:
-                # Closes here: rescan in place (the scanner is stateful).
-                return self._unpark_scan(delta)
-            self._scan += len(delta)
+            if "}" in delta:  # it may close here: bring the scan up to date
+                for piece in self._unscanned:
+                    self._obj.scan(piece, 0, len(piece))  # no "}" in it: cannot close
+                    self._scan += len(piece)
+                self._unscanned.clear()
+                if self._obj.scan(delta, 0, len(delta)) != -1:
+                    # Closes here: rescan in place (the scanner is stateful).
+                    return self._unpark_scan(delta)
+                self._scan += len(delta)
+            else:
+                self._unscanned.append(delta)
         self._parts.append(delta)
         self._parts_len += len(delta)
         self._tail = probe[-_PARTIAL_MAX:]
@@ -605,6 +623,7 @@ class LeakParser:
             return self._buf
         buf = self._buf + "".join(self._parts)
         self._parts.clear()
+        self._unscanned.clear()  # the slow path scans from `_scan`
         self._parts_len = 0
         return buf
 
@@ -617,6 +636,10 @@ class LeakParser:
             self._buf = self._buf[self._pos :]
             shift = self._pos
             self._pos = 0
+        else:
+            shift = 0
+        if shift and self._state is not _S.TEXT and self._state is not _S.BETWEEN:
+            # Positions inside a call; in text they are set afresh when one opens.
             self._cur -= shift
             self._scan -= shift
             self._args_from -= shift
@@ -624,7 +647,8 @@ class LeakParser:
             self._x_open -= shift
             self._x_open_end -= shift
             self._x_vstart -= shift
-        self._tail = self._buf[-_PARTIAL_MAX:]
+        if self._state is _S.ARGS or self._state is _S.OBJECT or self._state is _S.XML:
+            self._tail = self._buf[-_PARTIAL_MAX:]  # for `_park`
         out = self._out
         self._out = []
         return out
@@ -658,12 +682,17 @@ class LeakParser:
             self._pos = end
 
     def _call(self, name: str, args_text: str, raw_id: str | None, end: int, form: str,
-              lead: int = 0) -> None:
-        """Emit the call whose raw text is ``buf[_pos:end]``; arguments are repaired here."""
-        repair = repair_json_arguments_detailed(args_text)
+              lead: int = 0, parsed: dict[str, Any] | None = None) -> None:
+        """Emit the call whose raw text is ``buf[_pos:end]``; arguments are repaired here
+        (or, when ``parsed`` is given, were a valid JSON object and are only normalised)."""
+        if parsed is not None:
+            args, repaired, ok = normalise_json_object(parsed), False, True
+        else:
+            repair = repair_json_arguments_detailed(args_text)
+            args, repaired, ok = repair.text, repair.status != "valid", repair.status != "wrapped"
         self._flush_stray()
-        self._out.append(LeakedCall(name, repair.text, raw_id, self._buf[self._pos : end], form,
-                                    repair.status != "valid", repair.status != "wrapped", lead))
+        self._out.append(LeakedCall(name, args, raw_id, self._buf[self._pos : end], form,
+                                    repaired, ok, lead))
         self._pos = end
         self._calls += 1
         self._saw = True
@@ -773,9 +802,10 @@ class LeakParser:
 
     def _object_start(self, j: int, eof: bool) -> int | None:
         """Whether the ``{`` at ``j`` opens a JSON object: ``j``, ``None`` (no), or -1 (can't tell)."""
-        if _OBJECT_START_RE.match(self._buf, j):
+        buf = self._buf
+        if _OBJECT_START_RE.match(buf, j):
             return j
-        if not eof and _OBJECT_PREFIX_RE.match(self._buf, j):
+        if not eof and len(buf) - j < 300 and _OBJECT_PREFIX_RE.match(buf, j):
             return -1
         return None
 
@@ -839,28 +869,36 @@ class LeakParser:
         self._obj = _ObjectScan()
         self._scan = start
         self._state = _S.OBJECT
+        self._parsed = None
         try:
-            end = _DECODER.raw_decode(self._buf, start)[1]
+            parsed, end = _STRICT_DECODER.raw_decode(self._buf, start)
+            if start == self._args_from:
+                self._parsed = parsed  # strict JSON: `_call` need not decode it again
         except (ValueError, RecursionError):
-            return
+            try:
+                end = _DECODER.raw_decode(self._buf, start)[1]
+            except (ValueError, RecursionError):
+                return
         if MARKER_RE.search(self._buf, start, end) is None:
             self._obj_end = self._scan = end
             self._state = _S.AFTER
+        else:
+            self._parsed = None
 
     def _evidence(self) -> bool:
         return self._begin or self._argmark
 
-    def _emit_call(self, args: str, end: int) -> None:
+    def _emit_call(self, args: str, end: int, parsed: dict[str, Any] | None = None) -> None:
         """Emit the call read so far, ending at ``end``.
 
         Without a call begin marker, an argument-begin marker with nothing
         after it is no evidence of a call: it needs an object beside it.
         """
-        if not self._begin and not args.strip():
+        if parsed is None and not self._begin and not args.strip():
             self._not_a_call(end)
             return
         name = normalise_tool_name(self._id)[0] if self._id else ""
-        self._call(name, args, self._id or None, end, "kimi", self._lead if self._id else 0)
+        self._call(name, args, self._id or None, end, "kimi", self._lead if self._id else 0, parsed)
         self._state = _S.BETWEEN
 
     def _not_a_call(self, end: int) -> None:
@@ -1034,7 +1072,10 @@ class LeakParser:
         return True
 
     def _args_end(self, end: int, raw_end: int) -> None:
-        self._emit_call(self._buf[self._args_from : end], raw_end)
+        if self._parsed is not None and end == self._obj_end and self._scan == end:
+            self._emit_call("", raw_end, self._parsed)  # the one object, decoded already
+        else:
+            self._emit_call(self._buf[self._args_from : end], raw_end)
 
     def _finish_object(self, end: int) -> None:
         """The call ends with its object at ``end`` (no call-end marker)."""
