@@ -758,7 +758,7 @@ class LeakParser:
             if not eof:
                 hold = self._hold_from(pos)
             self._text_to(hold)
-            self._word = "<" not in buf[self._pos :]
+            self._word = buf.find("<", self._pos) < 0
             return False
         j, token = found  # type: ignore[misc]
         end = j + len(token)
