@@ -59,7 +59,7 @@ class Terminal:
         self._ended = False
         self._in_frame = False  # inside a synchronized update
         self._tail = b""  # the end of the last chunk, for sequences split across reads
-        self._changed = threading.Condition()
+        self._changed = threading.Condition(threading.RLock())  # predicates may read cells
         # `env` is the whole environment: nothing is inherited (COLUMNS/LINES from a
         # test runner would shrink the app).
         self._child = pexpect.spawn(command[0], command[1:], cwd=str(cwd), env=dict(env),
