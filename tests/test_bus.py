@@ -20,6 +20,14 @@ def texts(seen: list[tuple[str, Event]]) -> list[tuple[str, str]]:
     return [(who, e.text if isinstance(e, Chunk) else type(e).__name__) for who, e in seen]
 
 
+def text_recorder() -> tuple[EventBus, list[str]]:
+    """A bus and the texts of the chunks one listener received, in order."""
+    bus = EventBus()
+    seen: list[str] = []
+    bus.subscribe(lambda e: seen.append(e.text))  # type: ignore[attr-defined]
+    return bus, seen
+
+
 class Observer:
     def __init__(self, name: str, seen: list[tuple[str, Event]]) -> None:
         self.name, self.seen = name, seen
@@ -60,9 +68,7 @@ def test_registering_after_a_publish_is_seen_by_the_next_one() -> None:
 
 
 async def test_publish_soon_waits_for_the_task_to_yield() -> None:
-    bus = EventBus()
-    seen: list[str] = []
-    bus.subscribe(lambda e: seen.append(e.text))  # type: ignore[attr-defined]
+    bus, seen = text_recorder()
     bus.publish_soon(chunk("a"))
     bus.publish_soon(chunk("b"))
     assert seen == []  # not yet: the request goes out first
@@ -71,9 +77,7 @@ async def test_publish_soon_waits_for_the_task_to_yield() -> None:
 
 
 async def test_a_publish_delivers_what_was_deferred_before_it_first() -> None:
-    bus = EventBus()
-    seen: list[str] = []
-    bus.subscribe(lambda e: seen.append(e.text))  # type: ignore[attr-defined]
+    bus, seen = text_recorder()
     bus.publish_soon(chunk("a"))
     bus.publish_soon(chunk("b"))
     bus.publish(chunk("c"))
@@ -83,9 +87,7 @@ async def test_a_publish_delivers_what_was_deferred_before_it_first() -> None:
 
 
 async def test_deferred_work_that_publishes_keeps_its_place_in_line() -> None:
-    bus = EventBus()
-    seen: list[str] = []
-    bus.subscribe(lambda e: seen.append(e.text))  # type: ignore[attr-defined]
+    bus, seen = text_recorder()
     bus.publish_soon(chunk("a"))
     bus.defer(lambda: (bus.publish(chunk("b1")), bus.publish(chunk("b2"))))
     bus.publish_soon(chunk("c"))
@@ -111,9 +113,7 @@ async def test_an_observer_publishing_from_a_handler_is_delivered_after_the_curr
 
 
 def test_without_a_running_loop_publish_soon_delivers_now() -> None:
-    bus = EventBus()
-    seen: list[str] = []
-    bus.subscribe(lambda e: seen.append(e.text))  # type: ignore[attr-defined]
+    bus, seen = text_recorder()
     bus.publish_soon(chunk("a"))
     assert seen == ["a"]
 

@@ -4,7 +4,9 @@
   a bus subscription collects events, the store and journal give records,
   the pipeline retries and reroutes.
 - `RemoteSource` (`switchboard attach URL`) reads the control API: the SSE
-  event stream, `/turns`, `/turns/{id}`, and the retry/reroute endpoints.
+  event stream with the core's turn snapshots (so an attached dashboard holds
+  the same records as a local one, and runs the same model on the same
+  events), `/turns`, `/turns/{id}`, and the retry/reroute endpoints.
 - `StaticSource` shows a fixed set of records and events (exported turns,
   tests, snapshots).
 
@@ -29,12 +31,11 @@ import httpx
 
 from proxy_core.errors import ClientRequestError
 from proxy_core.events import EVENT_TYPES, Chunk, Event
-from proxy_core.record import Attempt, RepairRecord, ToolCallRecord, Turn
+from proxy_core.record import Turn
 
 from .messages import EventsReady, SourceStatus
 from .model import (
-    DEFAULT_STALL_RULE, Batch, ChunkTally, ForeignEvent, StallRule, event_field, event_name,
-    turn_from_dict,
+    DEFAULT_STALL_RULE, Batch, ChunkTally, ForeignEvent, StallRule,
 )
 
 if TYPE_CHECKING:
@@ -247,7 +248,7 @@ class LocalSource(TurnSource):
             return turn
         journal = self.proxy.journal
         data = journal.turn(turn_id) if journal is not None else None
-        return turn_from_dict(data) if data is not None else None
+        return Turn.from_dict(data) if data is not None else None
 
     async def older(self, known: set[str], limit: int, session: str | None = None) -> list[Turn]:
         found = {t.id: t for t in reversed(self.proxy.store.recent(0))
@@ -256,7 +257,7 @@ class LocalSource(TurnSource):
         if journal is not None and len(found) < limit:
             for data in reversed(journal.turns(limit + len(known), session)):
                 if data["id"] not in known and data["id"] not in found:
-                    found[data["id"]] = turn_from_dict(data)
+                    found[data["id"]] = Turn.from_dict(data)
         turns = sorted(found.values(), key=lambda t: t.started_at, reverse=True)
         return turns[:limit]
 
@@ -303,44 +304,6 @@ def parse_event(name: str, data: dict[str, Any]) -> Event | ForeignEvent:
                             float(data.get("at", 0.0)), rest)
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in names})
-
-
-def apply_to_replica(turn: Turn, event: Any) -> None:
-    """Keep a remote turn's replica up to date from its events."""
-    name = event_name(event)
-    if name == "AttemptStarted":
-        turn.attempts.append(Attempt(number=event.attempt, target=event.target,
-                                     reason=event.reason, started_at=event.at))
-    elif name == "FirstByte":
-        for attempt in turn.attempts:
-            if attempt.number == event.attempt:
-                attempt.first_byte_at = event.at
-        turn.first_byte_at = turn.first_byte_at or event.at
-    elif name == "Chunk":
-        (turn.append_text if event.kind == "text" else turn.append_reasoning)(event.text)
-    elif name == "ToolCallRelayed":
-        turn.tool_calls.append(ToolCallRecord(event.call_id, event.name, event.arguments))
-    elif name == "RepairApplied":
-        turn.repairs.append(RepairRecord(event.kind, event.before, event.after, event.at))
-    elif name == "AttemptFailed":
-        for attempt in turn.attempts:
-            if attempt.number == event.attempt:
-                attempt.outcome, attempt.error, attempt.ended_at = "failed", event.error, event.at
-    elif name == "TurnFinished":
-        turn.state, turn.finished_at = "finished", event.at
-        turn.finish_reason = event.finish_reason
-        turn.usage.prompt_tokens = event.prompt_tokens
-        turn.usage.completion_tokens = event.completion_tokens
-        turn.usage.total_tokens = event.prompt_tokens + event.completion_tokens
-        for attempt in turn.attempts:
-            if attempt.outcome == "live":
-                attempt.outcome, attempt.ended_at = "ok", event.at
-    elif name == "TurnFailed":
-        turn.state, turn.finished_at = "failed", event.at
-        turn.error, turn.status = event.error, event.status
-        for attempt in turn.attempts:
-            if attempt.outcome == "live":
-                attempt.outcome, attempt.ended_at = "abandoned", event.at
 
 
 class RemoteSource(TurnSource):
@@ -398,7 +361,7 @@ class RemoteSource(TurnSource):
         response = await self._client.get(f"{API}/turns", params={"limit": self.max_turns})
         response.raise_for_status()
         for data in response.json()["turns"]:
-            turn = turn_from_dict(data)
+            turn = Turn.from_dict(data)
             known = self._replicas.get(turn.id)
             if known is None or known.state == "live":
                 self._replicas[turn.id] = turn
@@ -409,7 +372,8 @@ class RemoteSource(TurnSource):
         while True:
             try:
                 await self._sync()
-                async with self._client.stream("GET", f"{API}/events") as response:
+                async with self._client.stream("GET", f"{API}/events",
+                                               params={"snapshots": "1"}) as response:
                     response.raise_for_status()
                     self._resync = True  # whatever happened while away: rebuild
                     self._status(True, self.url)
@@ -439,22 +403,29 @@ class RemoteSource(TurnSource):
 
     def _receive(self, name: str, text: str) -> None:
         try:
-            event = parse_event(name, json.loads(text))
+            data = json.loads(text)
+            if name == "TurnSnapshot":
+                self._keep(Turn.from_dict(data))
+                # Only to mark the row for a redraw: the record itself is in place.
+                self._push(ForeignEvent(name, str(data["id"]), float(data["started_at"]), {}))
+                return
+            event = parse_event(name, data)
         except (ValueError, TypeError, KeyError):
             log.warning("attach: unreadable %s event: %.200s", name, text)
             return
-        turn_id = event.turn_id
-        if event_name(event) == "TurnStarted":
-            self._replicas[turn_id] = Turn(
-                id=turn_id, session_id=event_field(event, "session_id", ""),
-                model=event_field(event, "model", ""), route=event_field(event, "route", ""),
-                stream=bool(event_field(event, "stream", True)), request={}, started_at=event.at)
-            self._trim()
-        else:
-            replica = self._replicas.get(turn_id)
-            if replica is not None:
-                apply_to_replica(replica, event)
         self._push(event)
+
+    def _keep(self, turn: Turn) -> None:
+        """The core's latest record of a turn, in place of the replica the dashboard holds."""
+        replica = self._replicas.get(turn.id)
+        if replica is None:
+            self._replicas[turn.id] = turn
+            self._trim()
+            return
+        request = replica.request
+        for f in dataclasses.fields(Turn):
+            setattr(replica, f.name, getattr(turn, f.name))
+        replica.request = replica.request or request  # snapshots come without the request
 
     def _trim(self) -> None:
         excess = len(self._replicas) - self.max_turns
@@ -493,14 +464,13 @@ class RemoteSource(TurnSource):
             data = await self._call("GET", f"/turns/{turn_id}")
         except SourceError:
             return replica
-        turn = turn_from_dict(data)
+        turn = Turn.from_dict(data)
         if replica is None:
             return turn
-        if replica.state == "live":  # keep streaming into the replica; give it its request
+        if replica.state == "live":  # snapshots keep it current; give it its request
             replica.request = turn.request
-        else:  # the exact record, in place (the dashboard holds this object)
-            for f in dataclasses.fields(Turn):
-                setattr(replica, f.name, getattr(turn, f.name))
+        else:
+            self._keep(turn)
         return replica
 
     async def older(self, known: set[str], limit: int, session: str | None = None) -> list[Turn]:
@@ -508,7 +478,7 @@ class RemoteSource(TurnSource):
         if session:
             params["session"] = session
         data = await self._call("GET", "/turns", params=params)
-        turns = [turn_from_dict(d) for d in data["turns"] if d["id"] not in known]
+        turns = [Turn.from_dict(d) for d in data["turns"] if d["id"] not in known]
         turns.sort(key=lambda t: t.started_at, reverse=True)
         return turns[:limit]
 
