@@ -39,12 +39,14 @@ class ToolCallRecord:
 
 @dataclass(slots=True)
 class RepairRecord:
-    """One repair applied to the request or the stream."""
+    """One repair applied to the request or the stream: short before/after excerpts for
+    people, and the id of the tool call it concerns (the client's id), if any."""
 
     kind: str
     before: str
     after: str
     at: float = field(default_factory=time.time)
+    call_id: str | None = None
 
 
 @dataclass(slots=True)

@@ -90,9 +90,11 @@ class StreamRepairer:
                 self._stray.clear()  # section tokens around a call belong to that leak
                 self._recovered += 1
                 where = "reasoning" if text_type is ReasoningPart else "text"
+                call_id = new_client_id()
                 self.on_repair(Note("leaked_tool_call", excerpt(segment.raw),
-                                    f"{segment.name}({excerpt(segment.arguments, 80)}) from {where}"))
-                parts.append(ToolCallPart(new_client_id(), segment.name, segment.arguments,
+                                    f"{segment.name}({excerpt(segment.arguments, 80)}) from {where}",
+                                    call_id))
+                parts.append(ToolCallPart(call_id, segment.name, segment.arguments,
                                           upstream_id=segment.raw_id))
             elif isinstance(segment, StrayMarker):
                 self._stray.append(segment.raw)
