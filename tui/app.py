@@ -1,6 +1,6 @@
 """The Switchboard dashboard: every turn live, with keys to retry and reroute.
 
-The app talks only to a `TurnSource` (`tui/source.py`). Sources post
+The app talks only to a `TurnSource` (`tui/source/`). Sources post
 `EventsReady` a few times a second; the handler drains the source into the
 `DashboardModel` and redraws only what changed, so a fast stream costs the
 proxy a counter increment per chunk and the screen a steady ~12 redraws a
