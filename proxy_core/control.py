@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .errors import ClientRequestError
-from .events import Event
+from .events import Chunk, Event
 from .sse import SSE_HEADERS, comment_line
 
 if TYPE_CHECKING:
@@ -27,6 +27,8 @@ PREFIX = "/switchboard/api"
 #: Events buffered per SSE subscriber before it is considered too slow.
 SUBSCRIBER_QUEUE = 10_000
 PING_INTERVAL = 15.0
+#: How often a turn's snapshot carries the text streamed since the last one (`?snapshots=1`).
+SNAPSHOT_INTERVAL = 0.1
 
 
 class ControlAPI:
@@ -131,6 +133,12 @@ class ControlAPI:
         return self._json(data)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
+        """The bus's events as SSE. With `?snapshots=1`, each turn's record comes too
+        (`event: TurnSnapshot`, `Turn.to_dict` without the request), as mitmweb sends
+        whole flows: before every event of the turn except chunks, whose text
+        arrives in a snapshot at most every `SNAPSHOT_INTERVAL` seconds. A reader
+        keeps the latest snapshot of each turn and never rebuilds one from events."""
+        snapshots = request.query.get("snapshots") in ("1", "true")
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
 
         def listener(event: Event) -> None:
@@ -143,20 +151,52 @@ class ControlAPI:
 
         unsubscribe = self.proxy.bus.subscribe(listener)
         response = web.StreamResponse(headers=SSE_HEADERS)
+        loop = asyncio.get_running_loop()
+        streaming: dict[str, None] = {}  # turns with chunks not yet in a snapshot
+        sent_at = loop.time()
+
+        async def send(name: str, data: dict[str, Any]) -> None:
+            text = self.proxy.redactor(json.dumps(data, ensure_ascii=False))
+            await response.write(f"event: {name}\ndata: {text}\n\n".encode())
+
+        async def send_snapshot(turn_id: str) -> None:
+            turn = self.proxy.store.get(turn_id)
+            if turn is not None:
+                await send("TurnSnapshot", turn.to_dict(include_request=False))
+
+        async def send_streaming() -> None:
+            nonlocal sent_at
+            for turn_id in list(streaming):
+                await send_snapshot(turn_id)
+            streaming.clear()
+            sent_at = loop.time()
+
         try:
             await response.prepare(request)
             await response.write(comment_line("switchboard events"))
             while True:
+                wait = (max(0.0, sent_at + SNAPSHOT_INTERVAL - loop.time()) if streaming
+                        else PING_INTERVAL)
                 try:
-                    event = await asyncio.wait_for(queue.get(), PING_INTERVAL)
+                    event = await asyncio.wait_for(queue.get(), wait)
                 except TimeoutError:
-                    await response.write(comment_line("ping"))
+                    if streaming:
+                        await send_streaming()
+                    else:
+                        await response.write(comment_line("ping"))
                     continue
                 if event is None:
                     await response.write(comment_line("dropped: reader too slow"))
                     break
-                text = self.proxy.redactor(json.dumps(event.to_dict(), ensure_ascii=False))
-                await response.write(f"event: {type(event).__name__}\ndata: {text}\n\n".encode())
+                if snapshots:
+                    if type(event) is Chunk:
+                        streaming[event.turn_id] = None
+                    else:
+                        streaming.pop(event.turn_id, None)
+                        await send_snapshot(event.turn_id)
+                await send(type(event).__name__, event.to_dict())
+                if streaming and loop.time() - sent_at >= SNAPSHOT_INTERVAL:
+                    await send_streaming()
         except ConnectionError:
             pass
         finally:

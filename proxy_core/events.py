@@ -121,11 +121,13 @@ class ToolCallRelayed(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RepairApplied(Event):
-    """A repair changed the request or the stream; before/after are short excerpts."""
+    """A repair changed the request or the stream; before/after are short excerpts;
+    `call_id` names the tool call it concerns, if any."""
 
     kind: str
     before: str
     after: str
+    call_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

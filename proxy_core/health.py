@@ -30,14 +30,15 @@ class TargetHealth:
         self.cooldown = cooldown
         self.cooldown_after = cooldown_after
         self._on_change = on_change
-        self._clock = clock
+        #: Where the time comes from (`time.time`); tests set a clock they move by hand.
+        self.clock = clock
         self._states: dict[str, _State] = {}
 
     def cooling(self, target: Target | str) -> bool:
         state = self._states.get(str(target))
         if state is None or not state.cooling_until:
             return False
-        if self._clock() < state.cooling_until:
+        if self.clock() < state.cooling_until:
             return True
         state.cooling_until = 0.0
         state.failures = 0
@@ -62,12 +63,12 @@ class TargetHealth:
         state = self._states.setdefault(str(target), _State())
         state.failures += 1
         if state.failures >= self.cooldown_after and not state.cooling_until:
-            state.cooling_until = self._clock() + self.cooldown
+            state.cooling_until = self.clock() + self.cooldown
             self._on_change(str(target), False, state.cooling_until, reason)
 
     def snapshot(self) -> dict[str, dict[str, float | int]]:
         """For the health endpoint: targets with failures or a cooldown."""
-        now = self._clock()
+        now = self.clock()
         return {name: {"failures": s.failures,
                        "cooling_for": max(0.0, s.cooling_until - now) if s.cooling_until else 0.0}
                 for name, s in self._states.items() if s.failures or s.cooling_until}

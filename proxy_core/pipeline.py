@@ -441,8 +441,9 @@ class Pipeline:
         if any(r.kind == note.kind and r.before == note.before and r.after == note.after
                for r in turn.repairs):
             return  # the same history repair, made again for a retry
-        turn.repairs.append(RepairRecord(note.kind, note.before, note.after))
-        event = RepairApplied(turn_id=turn.id, kind=note.kind, before=note.before, after=note.after)
+        turn.repairs.append(RepairRecord(note.kind, note.before, note.after, call_id=note.call_id))
+        event = RepairApplied(turn_id=turn.id, kind=note.kind, before=note.before, after=note.after,
+                              call_id=note.call_id)
         if soon:  # a history repair: the request goes out first
             self.bus.publish_soon(event)
         else:

@@ -13,9 +13,14 @@ import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 TurnState = Literal["live", "finished", "failed"]
+
+#: The version of `Turn.to_dict`'s layout, carried in its `format` key (as mitmproxy's
+#: flows carry FLOW_FORMAT_VERSION). Adding a field keeps it; renaming or removing
+#: one, or changing what a field means, raises it.
+TURN_FORMAT = 1
 
 
 def new_turn_id() -> str:
@@ -34,12 +39,14 @@ class ToolCallRecord:
 
 @dataclass(slots=True)
 class RepairRecord:
-    """One repair applied to the request or the stream."""
+    """One repair applied to the request or the stream: short before/after excerpts for
+    people, and the id of the tool call it concerns (the client's id), if any."""
 
     kind: str
     before: str
     after: str
     at: float = field(default_factory=time.time)
+    call_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -140,28 +147,40 @@ class Turn:
         data["reasoning"] = self.reasoning
         data["duration"] = self.duration
         data["ttfb"] = self.ttfb
+        data["format"] = TURN_FORMAT
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Turn:
-        data = dict(data)
-        data.pop("duration", None)
-        data.pop("ttfb", None)
-        data["text_parts"] = [data.pop("text", "")]
-        data["reasoning_parts"] = [data.pop("reasoning", "")]
-        data.setdefault("request", {})
-        turn = cls(**{k: v for k, v in data.items()
-                      if k not in ("attempts", "tool_calls", "usage", "repairs")})
-        turn.attempts = [Attempt(**a) for a in data.get("attempts", [])]
-        turn.tool_calls = [ToolCallRecord(**c) for c in data.get("tool_calls", [])]
-        turn.usage = Usage(**data.get("usage", {}))
-        turn.repairs = [RepairRecord(**r) for r in data.get("repairs", [])]
+        """The record `to_dict` made, from this build or another of the same format.
+
+        Keys this build does not know (fields a newer core added) are ignored;
+        records written before `format` existed are format 1. A newer format
+        raises `ValueError`: its fields may mean something else.
+        """
+        version = data.get("format", 1)
+        if not isinstance(version, int) or version > TURN_FORMAT:
+            raise ValueError(f"turn record format {version!r} is newer than this build's "
+                             f"({TURN_FORMAT}): upgrade Switchboard to read it")
+        text, reasoning = data.get("text") or "", data.get("reasoning") or ""
+        fields = {k: v for k, v in data.items()
+                  if k in _field_names(cls) and k not in _NOT_IN_DICT | _RECORD_LISTS
+                  and k != "usage"}
+        fields["request"] = data.get("request") or {}
+        turn = cls(**fields)
+        turn.text_parts = [text] if text else []
+        turn.reasoning_parts = [reasoning] if reasoning else []
+        turn.attempts = [_known(Attempt, a) for a in data.get("attempts") or []]
+        turn.tool_calls = [_known(ToolCallRecord, c) for c in data.get("tool_calls") or []]
+        turn.usage = _known(Usage, data.get("usage") or {})
+        turn.repairs = [_known(RepairRecord, r) for r in data.get("repairs") or []]
         return turn
 
 
 _NOT_IN_DICT = frozenset({"text_parts", "reasoning_parts"})
 _RECORD_LISTS = frozenset({"attempts", "tool_calls", "repairs"})
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_R = TypeVar("_R")
 
 
 def _field_names(cls: type) -> tuple[str, ...]:
@@ -169,6 +188,12 @@ def _field_names(cls: type) -> tuple[str, ...]:
     if names is None:
         names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
     return names
+
+
+def _known(cls: type[_R], data: dict[str, Any]) -> _R:
+    """`cls(**data)` without the keys `cls` lacks (a newer core's fields)."""
+    names = _field_names(cls)
+    return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def _flat(item: Any) -> dict[str, Any]:

@@ -11,13 +11,16 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
+
+from tools import require_tool, tool_path
 
 OPENCODE_DIR = Path(__file__).parent / "opencode"
 OPENCODE_BIN = OPENCODE_DIR / "node_modules" / ".bin" / "opencode"
@@ -100,12 +103,17 @@ def _state(part: dict[str, object]) -> dict[str, object]:
 
 
 def ensure_opencode() -> Path:
-    """The pinned opencode binary, installed with npm from tests/opencode if missing."""
+    """The pinned opencode binary, installed with npm from tests/opencode if missing.
+
+    Also checks the programs opencode itself runs: `node`, and `rg` for its
+    glob/grep tools (from the `ripgrep` wheel in the test extra)."""
+    require_tool("node", "the end-to-end tests run the real opencode client on Node 20")
+    require_tool("rg", "opencode's glob/grep tools run ripgrep; `pip install -e '.[test]'` "
+                       "puts it in the venv's bin")
     if OPENCODE_BIN.exists():
         return OPENCODE_BIN
-    npm = shutil.which("npm")
-    if npm is None:
-        raise RuntimeError("npm is needed to install opencode for the end-to-end tests")
+    npm = require_tool("npm", f"the end-to-end tests install opencode-ai@{OPENCODE_VERSION} "
+                              "with npm into tests/opencode")
     OPENCODE_CACHE.mkdir(parents=True, exist_ok=True)
     with open(OPENCODE_CACHE / "install.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -114,9 +122,13 @@ def ensure_opencode() -> Path:
             # package into the lock, and `ci` then refuses the lock elsewhere.
             # The version is pinned exactly in package.json either way.
             command = [npm, "install", "--no-audit", "--no-fund", "--no-save"]
-            subprocess.run(command, cwd=OPENCODE_DIR, check=True, timeout=600)
+            done = subprocess.run(command, cwd=OPENCODE_DIR, capture_output=True, text=True,
+                                  timeout=600, env={**os.environ, "PATH": tool_path()})
+            if done.returncode != 0:
+                pytest.fail(f"`npm install` of opencode-ai@{OPENCODE_VERSION} in {OPENCODE_DIR} "
+                            f"failed ({done.returncode}):\n{done.stderr[-2000:]}", pytrace=False)
     if not OPENCODE_BIN.exists():
-        raise RuntimeError(f"npm ran but {OPENCODE_BIN} is still missing")
+        pytest.fail(f"npm ran but {OPENCODE_BIN} is still missing", pytrace=False)
     return OPENCODE_BIN
 
 
@@ -192,6 +204,7 @@ def run_opencode(
         env.update(_QUIET_ENV)
         env.update(
             {
+                "PATH": tool_path(),  # `rg` from the venv (the ripgrep wheel)
                 "XDG_DATA_HOME": f"{home}/data",
                 "XDG_CONFIG_HOME": f"{home}/config",
                 "XDG_STATE_HOME": f"{home}/state",

@@ -21,6 +21,7 @@ import httpx
 
 from opencode_runner import OpencodeResult
 from proxy_core.simulator.script import EXPECTED_FILES
+from tools import tool_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,7 +53,7 @@ def start_serve(config_text: str, tmp_path: Path) -> Served:
     config = tmp_path / "switchboard.toml"
     config.write_text(config_text.replace("{journal}", str(journal)))
     log = tmp_path / "switchboard.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO), "PATH": tool_path()}
     process = subprocess.Popen(
         [sys.executable, "-m", "tui.cli", "serve", "--config", str(config), "--port", "0"],
         stdout=subprocess.PIPE, stderr=log.open("w"), text=True, cwd=REPO, env=env)

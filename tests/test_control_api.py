@@ -164,6 +164,40 @@ async def test_events_stream_delivers_a_turn_live(
     assert finished["finish_reason"] == "tool_calls" and finished["completion_tokens"] == 7
 
 
+async def test_events_stream_with_snapshots_carries_the_core_record(
+        fake_upstream: FakeUpstream, proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:
+    fake_upstream.script(sse(*(text_chunk(w) for w in ("one ", "two ", "three")),
+                             finish_chunk("stop"), usage_chunk()))
+    seen: list[tuple[str, dict[str, Any]]] = []
+    async with asyncio.timeout(10):
+        async with client.stream("GET", proxy.base_url + API + "/events",
+                                 params={"snapshots": "1"}) as response:
+            lines = response.aiter_lines()
+            assert (await anext(lines)).startswith(":")  # subscribed
+            assert (await client.post(proxy.base_url + CHAT_PATH, json=chat_body())).status_code == 200
+            name = ""
+            async for line in lines:
+                if line.startswith("event: "):
+                    name = line[7:]
+                elif line.startswith("data: "):
+                    seen.append((name, json.loads(line[6:])))
+                    if name == "TurnFinished":
+                        break
+    names = [n for n, _ in seen]
+    # Every event of the turn but a chunk comes after a snapshot of the turn.
+    for i, name in enumerate(names):
+        if name not in ("TurnSnapshot", "Chunk"):
+            assert names[i - 1] == "TurnSnapshot", names
+    snapshots = [d for n, d in seen if n == "TurnSnapshot"]
+    assert snapshots[0]["state"] == "live" and snapshots[0]["format"] == 1
+    assert all("request" not in d for d in snapshots)
+    last = snapshots[-1]
+    stored = await api_turn(client, proxy.base_url, last["id"])
+    assert last["text"] == "one two three" and last["state"] == "finished"
+    assert {k: v for k, v in last.items() if k != "duration"} == {
+        k: v for k, v in stored.items() if k not in ("request", "duration")}
+
+
 async def test_x_session_id_groups_turns(proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:
     await chat(client, proxy, "one", headers={"x-session-id": "ses_abc"})
     await chat(client, proxy, "something else entirely", headers={"x-session-id": "ses_abc"})

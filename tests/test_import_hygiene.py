@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,3 +57,61 @@ def test_headless_cli_imports_without_textual_or_rich() -> None:
 def test_the_check_would_see_textual() -> None:
     # Guard against a check that can never fail: importing textual is detected.
     assert any(n.startswith("textual") for n in run_check("textual")["ui"])
+
+
+# `switchboard serve` / `opencode-config` really run (not only import) without Textual:
+# the process writes the UI modules it holds to a file as it exits.
+RUN = r"""
+import atexit, json, sys
+report, preload, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+def dump():
+    with open(report, "w") as out:
+        json.dump(sorted(n for n in sys.modules if n.split(".")[0] in ("textual", "rich")), out)
+atexit.register(dump)
+for name in filter(None, preload.split(",")):
+    __import__(name)
+from tui.cli import main
+sys.exit(main(argv))
+"""
+
+
+def run_cli(tmp_path: Path, *argv: str, preload: str = "") -> tuple[str, list[str]]:
+    report = tmp_path / "ui-modules.json"
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config"),
+           "XDG_DATA_HOME": str(tmp_path / "data")}
+    done = subprocess.run([sys.executable, "-c", RUN, str(report), preload, *argv], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout, json.loads(report.read_text())
+
+
+def test_opencode_config_runs_without_textual_or_rich(tmp_path: Path) -> None:
+    out, ui = run_cli(tmp_path, "opencode-config")
+    assert json.loads(out)["model"] == "switchboard/kimi-k2.5" and ui == []
+
+
+def test_the_run_check_would_see_textual(tmp_path: Path) -> None:
+    assert "textual" in run_cli(tmp_path, "opencode-config", preload="textual")[1]
+
+
+def test_serve_runs_and_stops_without_textual_or_rich(tmp_path: Path) -> None:
+    report = tmp_path / "ui-modules.json"
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config"),
+           "XDG_DATA_HOME": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, "-c", RUN, str(report), "", "serve", "--port", "0"],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()  # "switchboard ready on http://..." (or EOF on failure)
+        match = re.search(r"(http://\S+)", line)
+        assert match, f"serve did not start: {line!r}"
+        health = httpx.get(f"{match.group(1)}/switchboard/api/health", timeout=10)
+        assert health.status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    assert json.loads(report.read_text()) == []

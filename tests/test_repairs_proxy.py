@@ -7,6 +7,7 @@ httpx client playing an agent loop.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -224,18 +225,19 @@ async def test_every_repair_is_an_event_on_the_turn_in_journal_and_api(
             '<|tool_call_argument_begin|>{"filePath": "a.py"}<|tool_call_end|><|tool_calls_section_end|>')
     fake_upstream.script(sse(text_chunk(leak[:30]), text_chunk(leak[30:]), finish_chunk("stop")))
     events: list[dict[str, Any]] = []
+    subscribed = asyncio.Event()
 
     async def listen() -> None:
         async with client.stream("GET", f"{proxy.base_url}/switchboard/api/events") as r:
+            subscribed.set()  # the stream subscribes to the bus before its headers go out
             async for line in r.aiter_lines():
                 if line.startswith("data: "):
                     events.append(json.loads(line[6:]))
                     if events[-1]["type"] == "TurnFinished":
                         return
 
-    import asyncio
     listener = asyncio.create_task(listen())
-    await asyncio.sleep(0.2)  # let the subscription register before the turn starts
+    await asyncio.wait_for(subscribed.wait(), 10)
     body = {"model": "test-model", "messages": [{"role": "user", "content": "go"}], "stream": True,
             "tools": FIXTURE["tools"]}
     async with client.stream("POST", f"{proxy.base_url}/v1/chat/completions", json=body) as r:

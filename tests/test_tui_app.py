@@ -375,3 +375,23 @@ async def test_quit_key(proxy: SwitchboardProxy, make_app: AppFactory) -> None:
         await pilot.press("q")
         await wait_for(pilot, lambda: not app.is_running, what="the app to exit")
     assert app.return_value == 0
+
+
+async def test_a_failing_worker_is_shown_as_a_notice_and_the_app_keeps_running(
+        tmp_path: Path) -> None:
+    """Workers let errors out; their one failure path names the action and the error."""
+    from tui.source import StaticSource
+    from tui_records import history
+
+    app = SwitchboardApp(StaticSource(history()), themes_dir=tmp_path / "themes",
+                         keymap_path=tmp_path / "keymap.toml", export_dir=tmp_path / "missing")
+    messages: list[Message] = []
+    async with running(app, messages) as pilot:
+        await wait_for(pilot, lambda: app.selected_id is not None, what="a selected turn")
+        await pilot.press("r")
+        await wait_for(pilot, lambda: "retry failed: recorded turns cannot be retried"
+                       in notices(messages), what="the retry's failure notice")
+        await pilot.press("e")  # the export folder does not exist
+        await wait_for(pilot, lambda: any(n.startswith("export failed: ")
+                                          for n in notices(messages)), what="the export failure")
+        assert app.is_running

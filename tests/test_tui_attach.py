@@ -14,7 +14,11 @@ import httpx
 from textual.message import Message
 
 from proxy_core.app import SwitchboardProxy
-from support import FakeUpstream, hang_reply, openai_config, stream_chat
+from proxy_core.record import Turn
+from support import (
+    FakeUpstream, finish_chunk, hang_reply, openai_config, sse, stream_chat, text_chunk,
+    tool_call_chunk, usage_chunk,
+)
 from tui.app import SwitchboardApp
 from tui.messages import SourceStatus, TurnActionDone
 from tui.source import RemoteSource
@@ -81,6 +85,35 @@ async def test_attach_retry_and_reroute_keys_go_through_the_control_api(
     assert rerouted.target == "backup:up-model"
     assert proxy.store.get(rerouted.turn_id).rerun_of == retried
     assert len(backup.requests) == 1
+
+
+async def test_an_attached_dashboard_holds_the_cores_own_records(
+        fake_upstream: FakeUpstream, proxy: SwitchboardProxy, client: httpx.AsyncClient,
+        tmp_path: Path) -> None:
+    """No turn is rebuilt from events on the dashboard's side: the records it shows are the
+    core's snapshots, field for field, as a local dashboard's are the core's objects."""
+    fake_upstream.script(sse(*(text_chunk(w) for w in ("Reading ", "the ", "file.")),
+                             tool_call_chunk(0, id="call_1", name="read",
+                                             arguments='{"filePath": "a.py"}'),
+                             finish_chunk("tool_calls"), usage_chunk()))
+    app = attached(proxy.base_url, tmp_path)
+
+    def record(turn: Turn) -> dict[str, object]:
+        data = turn.to_dict(include_request=False)
+        del data["duration"]
+        return data
+
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.source.connected, what="the event stream")
+        await stream_chat(client, proxy.base_url)
+        core = proxy.store.recent(1)[0]
+        await wait_for(pilot, lambda: (e := app.model.get(core.id)) is not None
+                       and e.turn.state == "finished", what="the finished turn")
+        shown = app.model.get(core.id).turn
+        assert shown is app.source.turn(core.id)
+        assert record(shown) == record(core)
+        assert shown.text == "Reading the file." and shown.tool_calls[0].id == "call_1"
+    await app.source.stop()
 
 
 async def test_attach_to_nothing_shows_disconnected_and_keeps_running(tmp_path: Path,

@@ -1,15 +1,18 @@
 """The dashboard commands on the command line: `switchboard`, `demo`, `attach`, `--theme`.
 
-(The terminal itself is driven in test_tui_demo.py and test_tui_tmux.py.)
+(The terminal itself is driven in test_tui_demo.py and test_tui_terminal.py.)
 """
 
 from __future__ import annotations
 
+import re
+import signal
 import socket
 from pathlib import Path
 
 import pytest
 
+from terminal_support import SWITCHBOARD, Terminal, app_env
 from tui.cli import build_parser, main
 
 
@@ -53,29 +56,14 @@ def test_plain_switchboard_with_a_bad_config_exits_2(tmp_path: Path,
 
 def test_sigterm_stops_the_dashboard_and_proxy_cleanly(tmp_path: Path) -> None:
     """`kill` (SIGTERM) quits like `q`: exit status 0, the proxy stopped, the port free."""
-    import os
-    import re
-    import signal
-    import subprocess
-    import sys
-
-    from tmux_support import Tmux
-
-    env = {"XDG_CONFIG_HOME": str(tmp_path / "config"), "XDG_DATA_HOME": str(tmp_path / "data"),
-           "HOME": str(tmp_path), "PATH": os.environ.get("PATH", ""),
-           "TERM": "xterm-256color", "LANG": "C.UTF-8"}
-    switchboard = Path(sys.executable).parent / "switchboard"
-    terminal = Tmux([str(switchboard), "--port", "0"], cwd=tmp_path, env=env, width=160, height=40)
+    terminal = Terminal([str(SWITCHBOARD), "--port", "0"], cwd=tmp_path, env=app_env(tmp_path),
+                        width=160, height=40)
     try:
         screen = terminal.wait_for(lambda s: re.search(r"http://127\.0\.0\.1:\d+/v1", s),
                                    timeout=15, what="the dashboard")
         port = re.search(r"http://127\.0\.0\.1:(\d+)/v1", screen).group(1)
-        pane = terminal._tmux("list-panes", "-t", terminal.session, "-F", "#{pane_pid}").strip()
-        children = subprocess.run(["pgrep", "-P", pane], capture_output=True, text=True).stdout.split()
-        assert children, "the switchboard process under the pane"
-        os.kill(int(children[0]), signal.SIGTERM)
-        terminal.wait_for(lambda s: "[exited 0]" in s, timeout=15, what="a clean exit")
-        import socket
+        terminal.kill(signal.SIGTERM)
+        assert terminal.wait_exit(timeout=15) == 0  # a clean exit
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", int(port)))  # free again: the proxy really stopped
     finally:

@@ -1,7 +1,7 @@
 """`switchboard demo`: live sessions within 10 s of start; leaks repaired, stalls retried
 and reroutes within a minute.
 
-One run drives the installed `switchboard demo` in a real terminal (tmux),
+One run drives the installed `switchboard demo` in a pseudo-terminal,
 with fresh config and data folders, as a new user would; the other runs the
 same demo (built-in config, scripted agent) under Pilot and reads what the
 dashboard holds and shows.
@@ -9,30 +9,23 @@ dashboard holds and shows.
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 import time
 from pathlib import Path
 
 from proxy_core.app import SwitchboardProxy
-from tmux_support import Tmux
+from terminal_support import SWITCHBOARD, Terminal, app_env
 from tui.app import SwitchboardApp
 from tui.demo import DemoAgent, demo_config
 from tui.source import LocalSource
 from tui_support import screen_text, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
-SWITCHBOARD = Path(sys.executable).parent / "switchboard"
 
 
 def test_demo_in_a_terminal_shows_live_sessions_within_10_seconds(tmp_path: Path) -> None:
-    env = {"XDG_CONFIG_HOME": str(tmp_path / "config"), "XDG_DATA_HOME": str(tmp_path / "data"),
-           "HOME": str(tmp_path), "PATH": os.environ.get("PATH", ""),
-           "TERM": "xterm-256color", "LANG": "C.UTF-8"}
     started = time.monotonic()
-    terminal = Tmux([str(SWITCHBOARD), "demo", "--port", "0"], cwd=tmp_path, env=env,
-                    width=180, height=50)
+    terminal = Terminal([str(SWITCHBOARD), "demo", "--port", "0"], cwd=tmp_path,
+                        env=app_env(tmp_path), width=180, height=50)
     try:
         screen = terminal.wait_for(
             lambda s: len(set(re.findall(r"ses_demo_\w+", s))) >= 3 and "● live" in s,
@@ -42,7 +35,7 @@ def test_demo_in_a_terminal_shows_live_sessions_within_10_seconds(tmp_path: Path
         assert re.search(r"switchboard\s+http://127\.0\.0\.1:\d+/v1", screen)
         assert "demo: a scripted agent" in screen and "Retry" in screen  # status line, footer
         terminal.send("q")
-        terminal.wait_for(lambda s: "[exited 0]" in s, timeout=15, what="a clean exit")
+        assert terminal.wait_exit(timeout=15) == 0  # a clean exit
     finally:
         terminal.close()
 

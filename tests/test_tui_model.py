@@ -15,7 +15,6 @@ from proxy_core.record import Turn
 from tui.keymap import load_keymap
 from tui.model import (
     Batch, ChunkTally, DashboardModel, ForeignEvent, Pulse, StallRule, TurnFilter, sparkline,
-    turn_from_dict,
 )
 from tui.pairing import conversation, counts
 from tui.source import StaticSource, parse_event
@@ -157,7 +156,7 @@ def test_records_and_events_from_json_tolerate_newer_fields() -> None:
     data = paired_and_orphaned().to_dict()
     data["from_the_future"] = 1
     data["attempts"][0]["also_new"] = True
-    turn = turn_from_dict(data)
+    turn = Turn.from_dict(data)
     assert turn.id == "turn_pairs000000001" and turn.text == "Running the tests next."
     assert turn.attempts[0].target == "sim:kimi-k2.5"
     event = parse_event("ShinyNewEvent", {"type": "ShinyNewEvent", "turn_id": "t", "at": 1.0,

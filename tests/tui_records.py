@@ -48,17 +48,18 @@ def paired_and_orphaned() -> Turn:
                                       "functions.bash:3")]
     turn.repairs = [
         RepairRecord("restored_tool_call", "tool result call_lost02 with no call",
-                     'write({"filePath": "test_calc.py"})', NOW - 40.0),
+                     'write({"filePath": "test_calc.py"})', NOW - 40.0, "call_lost02"),
         RepairRecord("orphan_tool_result",
                      '{"role": "tool", "tool_call_id": "call_ghost99", "content": "stale…"}',
-                     "tool result turned into context text", NOW - 40.0),
+                     "tool result turned into context text", NOW - 40.0, "call_ghost99"),
         RepairRecord("missing_tool_result", "call call_read03 has no result",
-                     "placeholder result added", NOW - 40.0),
+                     "placeholder result added", NOW - 40.0, "call_read03"),
         RepairRecord("leaked_tool_call",
                      '<|tool_calls_section_begin|><|tool_call_begin|>functions.bash:3'
                      '<|tool_call_argument_begin|>{"command": "python3 test_calc.py"}'
                      '<|tool_call_end|><|tool_calls_section_end|>',
-                     'bash({"command": "python3 test_calc.py"}) from text', NOW - 38.5),
+                     'bash({"command": "python3 test_calc.py"}) from text', NOW - 38.5,
+                     "call_bash04"),
     ]
     return turn
 

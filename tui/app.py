@@ -1,6 +1,6 @@
 """The Switchboard dashboard: every turn live, with keys to retry and reroute.
 
-The app talks only to a `TurnSource` (`tui/source.py`). Sources post
+The app talks only to a `TurnSource` (`tui/source/`). Sources post
 `EventsReady` a few times a second; the handler drains the source into the
 `DashboardModel` and redraws only what changed, so a fast stream costs the
 proxy a counter increment per chunk and the screen a steady ~12 redraws a
@@ -16,11 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from textual import on
+from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Input, OptionList, TabbedContent
+from textual.worker import Worker, WorkerState
 
 from .keymap import default_keymap_path, load_keymap
 from .messages import (
@@ -278,7 +279,7 @@ class SwitchboardApp(App[int]):
     def _load(self, turn_id: str) -> None:
         if turn_id not in self._loading:
             self._loading.add(turn_id)
-            self.run_worker(self._load_turn(turn_id), group="load", exit_on_error=False)
+            self._load_turn(turn_id)
 
     @on(TurnTable.RowHighlighted, "#turns")
     def _row_highlighted(self, message: TurnTable.RowHighlighted) -> None:
@@ -304,7 +305,7 @@ class SwitchboardApp(App[int]):
         session = None if message.option.id in (None, ALL) else message.option.id
         self._set_filter(TurnFilter(self.filter.state, session, self.filter.model, self.filter.search))
         if session is not None:
-            self.run_worker(self._load_older(session), group="load", exit_on_error=False)
+            self._load_older(session)
         self.table.focus()
 
     def _set_filter(self, flt: TurnFilter) -> None:
@@ -370,8 +371,7 @@ class SwitchboardApp(App[int]):
 
         def chosen(target: str | None) -> None:
             if target:
-                self.run_worker(self._reroute(turn_id, target), group="actions",
-                                exit_on_error=False)
+                self._reroute(turn_id, target)
 
         self.push_screen(PickerScreen(f"Reroute {turn_id} to:", choices, highlight=current,
                                       picker_id="reroute-picker"), chosen)
@@ -381,65 +381,59 @@ class SwitchboardApp(App[int]):
         self._notify(f"{message.what} written to {message.path}")
 
     # -- workers (post messages, never touch widgets) ---------------------------------------------------
+    # Each is a Textual `@work` worker that lets errors out: a failure takes one path, the
+    # worker's ERROR state, which `_worker_failed` turns into `ActionFailed` (Harlequin's way).
 
+    #: What the user is told failed, by worker name.
+    FAILED_ACTIONS: ClassVar[dict[str, str]] = {
+        "_load_turn": "load", "_load_older": "older", "_retry": "retry", "_targets": "reroute",
+        "_reroute": "reroute", "_export": "export"}
+
+    @on(Worker.StateChanged)
+    def _worker_failed(self, event: Worker.StateChanged) -> None:
+        if event.state is WorkerState.ERROR:
+            action = self.FAILED_ACTIONS.get(event.worker.name, event.worker.name)
+            self.post_message(ActionFailed(action, str(event.worker.error)))
+
+    @work(group="load", exit_on_error=False)
     async def _load_turn(self, turn_id: str) -> None:
-        try:
-            turn = await self.source.load_turn(turn_id)
-        except Exception as exc:  # noqa: BLE001 - shown, not fatal
-            self.post_message(ActionFailed("load", f"{turn_id}: {exc}"))
-            return
+        turn = await self.source.load_turn(turn_id)
         if turn is not None:
             self.post_message(TurnLoaded(turn))
 
+    @work(group="load", exit_on_error=False)
     async def _load_older(self, session: str | None) -> None:
-        try:
-            turns = await self.source.older(set(self.model.entries), OLDER_PAGE, session)
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(ActionFailed("older", str(exc)))
-            return
+        turns = await self.source.older(set(self.model.entries), OLDER_PAGE, session)
         self.post_message(OlderLoaded(turns))
 
+    @work(group="actions", exit_on_error=False)
     async def _retry(self, turn_id: str) -> None:
-        try:
-            new_id = await self.source.retry(turn_id)
-        except (SourceError, Exception) as exc:  # noqa: BLE001
-            self.post_message(ActionFailed("retry", str(exc)))
-            return
+        new_id = await self.source.retry(turn_id)
         self.post_message(TurnActionDone("retry", turn_id, new_id))
 
+    @work(group="actions", exit_on_error=False)
     async def _targets(self, turn_id: str) -> None:
-        try:
-            targets = await self.source.targets_for(turn_id)
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(ActionFailed("reroute", str(exc)))
-            return
-        self.post_message(TargetsLoaded(turn_id, targets))
+        self.post_message(TargetsLoaded(turn_id, await self.source.targets_for(turn_id)))
 
+    @work(group="actions", exit_on_error=False)
     async def _reroute(self, turn_id: str, target: str) -> None:
-        try:
-            new_id = await self.source.reroute(turn_id, target)
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(ActionFailed("reroute", str(exc)))
-            return
+        new_id = await self.source.reroute(turn_id, target)
         self.post_message(TurnActionDone("reroute", turn_id, new_id, target))
 
+    @work(group="actions", exit_on_error=False)
     async def _export(self, what: str, key: str) -> None:
-        try:
-            if what == "turn":
-                turn = await self.source.load_turn(key)
-                if turn is None:
-                    raise SourceError(f"no turn {key!r}")
-                data: dict[str, Any] = turn.to_dict()
-                name = f"switchboard-{key}.json"
-            else:
-                data = await self.source.session_export(key)
-                name = f"switchboard-session-{_safe(key)}.json"
-            path = self.export_dir / name
-            text = self.source.redact(json.dumps(data, indent=2, ensure_ascii=False, default=str))
-            path.write_text(text + "\n", encoding="utf-8")
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(ActionFailed("export", str(exc)))
-            return
+        if what == "turn":
+            turn = await self.source.load_turn(key)
+            if turn is None:
+                raise SourceError(f"no turn {key!r}")
+            data: dict[str, Any] = turn.to_dict()
+            name = f"switchboard-{key}.json"
+        else:
+            data = await self.source.session_export(key)
+            name = f"switchboard-session-{_safe(key)}.json"
+        path = self.export_dir / name
+        text = self.source.redact(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+        path.write_text(text + "\n", encoding="utf-8")
         self.post_message(Exported(what, str(path)))
 
     # -- actions ----------------------------------------------------------------------------------------
@@ -452,12 +446,12 @@ class SwitchboardApp(App[int]):
     def action_retry(self) -> None:
         turn_id = self._require_selection()
         if turn_id:
-            self.run_worker(self._retry(turn_id), group="actions", exit_on_error=False)
+            self._retry(turn_id)
 
     def action_reroute(self) -> None:
         turn_id = self._require_selection()
         if turn_id:
-            self.run_worker(self._targets(turn_id), group="actions", exit_on_error=False)
+            self._targets(turn_id)
 
     def action_follow(self) -> None:
         self.follow = not self.follow
@@ -515,14 +509,13 @@ class SwitchboardApp(App[int]):
     def action_export_turn(self) -> None:
         turn_id = self._require_selection()
         if turn_id:
-            self.run_worker(self._export("turn", turn_id), group="actions", exit_on_error=False)
+            self._export("turn", turn_id)
 
     def action_export_session(self) -> None:
         turn_id = self._require_selection()
         entry = self.model.get(turn_id) if turn_id else None
         if entry is not None:
-            self.run_worker(self._export("session", entry.turn.session_id), group="actions",
-                            exit_on_error=False)
+            self._export("session", entry.turn.session_id)
 
     def action_copy_url(self) -> None:
         url = f"{self.source.base_url}/v1"
@@ -536,7 +529,7 @@ class SwitchboardApp(App[int]):
         self._notify(f"theme: {self.theme}", timeout=2)
 
     def action_older(self) -> None:
-        self.run_worker(self._load_older(self.filter.session), group="load", exit_on_error=False)
+        self._load_older(self.filter.session)
 
     def action_help(self) -> None:
         assert self.palette is not None

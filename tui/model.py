@@ -12,13 +12,12 @@ finished ones are dropped first and come back from the journal on demand.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy_core.record import Attempt, RepairRecord, ToolCallRecord, Turn, Usage
+from proxy_core.record import Turn
 
 #: Seconds of chunk-rate history kept per turn for the sparkline.
 SPARK_SECONDS = 24
@@ -95,35 +94,6 @@ def event_field(event: Any, name: str, default: Any = None) -> Any:
     if isinstance(event, ForeignEvent):
         return event.data.get(name, default)
     return getattr(event, name, default)
-
-
-# -- records from JSON -------------------------------------------------------------
-
-def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in data.items() if k in names}
-
-
-def turn_from_dict(data: dict[str, Any]) -> Turn:
-    """`Turn.from_dict`, tolerant of fields a newer core adds (e.g. `rerun_of`)."""
-    data = dict(data)
-    text, reasoning = data.pop("text", "") or "", data.pop("reasoning", "") or ""
-    turn = Turn(**_known(Turn, {k: v for k, v in data.items()
-                                if k not in ("attempts", "tool_calls", "usage", "repairs",
-                                             "text_parts", "reasoning_parts")}
-                              | {"request": data.get("request") or {}}))
-    turn.text_parts = [text] if text else []
-    turn.reasoning_parts = [reasoning] if reasoning else []
-    turn.attempts = [Attempt(**_known(Attempt, a)) for a in data.get("attempts") or []]
-    turn.tool_calls = [ToolCallRecord(**_known(ToolCallRecord, c)) for c in data.get("tool_calls") or []]
-    turn.usage = Usage(**_known(Usage, data.get("usage") or {}))
-    turn.repairs = [RepairRecord(**_known(RepairRecord, r)) for r in data.get("repairs") or []]
-    return turn
-
-
-def rerun_of(turn: Turn) -> str | None:
-    """The turn this one re-runs (a manual retry/reroute of a finished turn), if the core says."""
-    return getattr(turn, "rerun_of", None)
 
 
 # -- the heartbeat of one turn -------------------------------------------------------
@@ -277,7 +247,7 @@ class TurnFilter:
             return False
         if state == "repaired" and not turn.repairs:
             return False
-        if state == "retried" and len(turn.attempts) < 2 and rerun_of(turn) is None:
+        if state == "retried" and len(turn.attempts) < 2 and turn.rerun_of is None:
             return False
         if state == "failed" and turn.state != "failed":
             return False

@@ -15,18 +15,12 @@ Each tool call and tool result gets a state:
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from proxy_core.record import Turn
 
 PairState = Literal["paired", "pending", "orphaned", "repaired"]
-
-_RESTORED = re.compile(r"tool result (\S+) with no call")
-_MISSING = re.compile(r"call (\S+) has no result")
-_ORPHAN_ID = re.compile(r'"tool_call_id":\s*"([^"]+)"')
-_CALL_NAME = re.compile(r"^([\w.\-]+)\(")
 
 
 @dataclass(slots=True)
@@ -97,19 +91,22 @@ def conversation(turn: Turn, next_request: dict[str, Any] | None = None) -> list
     the results of this turn's own tool calls.
     """
     messages = [m for m in (turn.request or {}).get("messages", []) if isinstance(m, dict)]
+    # The core names the call each repair concerns; the excerpts are only shown.
     restored: dict[str, str] = {}
     missing: set[str] = set()
     orphan_repaired: set[str] = set()
-    leaked_names: list[str] = []
+    leaked: set[str] = set()
     for repair in turn.repairs:
-        if repair.kind == "restored_tool_call" and (m := _RESTORED.search(repair.before)):
-            restored[m.group(1)] = repair.after
-        elif repair.kind == "missing_tool_result" and (m := _MISSING.search(repair.before)):
-            missing.add(m.group(1))
+        if repair.call_id is None:
+            continue
+        if repair.kind == "restored_tool_call":
+            restored[repair.call_id] = repair.after
+        elif repair.kind == "missing_tool_result":
+            missing.add(repair.call_id)
         elif repair.kind == "orphan_tool_result":
-            orphan_repaired.update(_ORPHAN_ID.findall(repair.before))
-        elif repair.kind == "leaked_tool_call" and (m := _CALL_NAME.match(repair.after)):
-            leaked_names.append(m.group(1))
+            orphan_repaired.add(repair.call_id)
+        elif repair.kind == "leaked_tool_call":
+            leaked.add(repair.call_id)
 
     call_ids = {_call_parts(c)[0] for m in messages if m.get("role") == "assistant"
                 for c in _calls_of(m)}
@@ -146,12 +143,10 @@ def conversation(turn: Turn, next_request: dict[str, Any] | None = None) -> list
 
     response = MessageView("assistant", turn.text, turn.reasoning, response=True)
     later = _results_by_id((next_request or {}).get("messages", []))
-    leaked = list(leaked_names)
     for call in turn.tool_calls:
         state: PairState = "pending"
         note = ""
-        if call.name in leaked:
-            leaked.remove(call.name)
+        if call.id in leaked:
             state, note = "repaired", "recovered from leaked tool-call tokens"
         result = later.get(call.id)
         if result is not None and state == "pending":

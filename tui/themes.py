@@ -1,7 +1,8 @@
 """Themes as TOML files, validated into `textual.theme.Theme`.
 
 Built-in themes live in the repository's `themes/` folder (`dark`, `light`,
-`high-contrast`); user themes in `$XDG_CONFIG_HOME/switchboard/themes/*.toml`
+`high-contrast`), which the wheel ships as `tui/builtin_themes/` (see
+`pyproject.toml`); user themes in `$XDG_CONFIG_HOME/switchboard/themes/*.toml`
 (a user theme with a built-in's name replaces it). A file that does not
 validate is skipped and reported: the dashboard shows a notice and falls
 back to the default theme; it never fails to start over a theme.
@@ -36,7 +37,17 @@ from textual.theme import Theme
 
 from proxy_core.config import default_config_path
 
-BUILTIN_THEMES_DIR = Path(__file__).resolve().parents[1] / "themes"
+
+
+def _builtin_themes_dir() -> Path:
+    """Installed from a wheel: `tui/builtin_themes/`; in a checkout (also `pip install -e`),
+    the `themes/` folder beside `tui/`."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "builtin_themes"
+    return packaged if packaged.is_dir() else here.parent / "themes"
+
+
+BUILTIN_THEMES_DIR = _builtin_themes_dir()
 DEFAULT_THEME = "dark"
 
 _COLOURS = ("primary", "secondary", "accent", "warning", "error", "success", "foreground",

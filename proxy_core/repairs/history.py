@@ -36,11 +36,13 @@ PLACEHOLDER_RESULT = ("[Switchboard: this tool call got no result before the con
 
 @dataclass(frozen=True, slots=True)
 class Note:
-    """One repair: its kind and short before/after excerpts."""
+    """One repair: its kind and short before/after excerpts (for people), and the id of the
+    tool call it is about, if any (for programs: nothing parses the excerpts)."""
 
     kind: str
     before: str
     after: str
+    call_id: str | None = None
 
 
 def excerpt(value: Any, limit: int = 120) -> str:
@@ -102,7 +104,8 @@ def _restore_orphans(messages: list[Message], memory: ToolCallMemory | None,
             content = message.get("content")
             out.append({"role": "user", "content": text + (content if isinstance(content, str)
                                                            else excerpt(content, 100_000))})
-            notes.append(Note("orphan_tool_result", excerpt(message), "tool result turned into context text"))
+            notes.append(Note("orphan_tool_result", excerpt(message), "tool result turned into context text",
+                              call_id if isinstance(call_id, str) else None))
             continue
         call = {"id": remembered.id, "type": "function",
                 "function": {"name": remembered.name, "arguments": remembered.arguments}}
@@ -113,7 +116,7 @@ def _restore_orphans(messages: list[Message], memory: ToolCallMemory | None,
             out[owner] = {**out[owner], "tool_calls": [*_calls(out[owner]), call]}
         known.add(remembered.id)
         notes.append(Note("restored_tool_call", f"tool result {call_id} with no call",
-                          f"{remembered.name}({excerpt(remembered.arguments, 80)})"))
+                          f"{remembered.name}({excerpt(remembered.arguments, 80)})", call_id))
         out.append(message)
     return out
 
@@ -145,7 +148,7 @@ def _answer_unanswered(messages: list[Message], notes: list[Note]) -> list[Messa
         for call_id in pending:
             out.append({"role": "tool", "tool_call_id": call_id, "content": PLACEHOLDER_RESULT})
             notes.append(Note("missing_tool_result", f"call {call_id} has no result",
-                              "placeholder result added"))
+                              "placeholder result added", call_id))
     return out
 
 

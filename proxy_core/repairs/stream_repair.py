@@ -124,14 +124,16 @@ class StreamRepairer:
         if resolved is None:
             return self._demote(f"{part.name}{part.arguments}", TextPart,
                                 f"{part.name or part.id!r} names no tool the request offered")
+        arguments = part.arguments if repair.status == "valid" else repair.text
+        sent = self._client_id(ToolCallPart(part.id, resolved.name, arguments, part.upstream_id))
         if resolved.name != part.name:
             self.on_repair(Note("tool_name", f"{part.name or part.id!r}",
-                                f"{resolved.name!r} (from the {resolved.how})"))
+                                f"{resolved.name!r} (from the {resolved.how})", sent.id))
         if repair.status == "repaired":
-            self.on_repair(Note("tool_arguments", excerpt(part.arguments), excerpt(repair.text)))
-        arguments = part.arguments if repair.status == "valid" else repair.text
+            self.on_repair(Note("tool_arguments", excerpt(part.arguments), excerpt(repair.text),
+                                sent.id))
         self._relayed += 1
-        return self._client_id(ToolCallPart(part.id, resolved.name, arguments, part.upstream_id))
+        return sent
 
     def _client_id(self, part: ToolCallPart) -> ToolCallPart:
         if self.plan.native_ids and is_kimi_id(part.id):
@@ -159,10 +161,11 @@ class StreamRepairer:
         self._recovered += 1
         self._relayed += 1
         how = "" if resolved.how == "name" else f"; tool from the {resolved.how}"
+        call_id = new_client_id()
         self.on_repair(Note("leaked_tool_call", excerpt(call.raw),
-                            f"{resolved.name}({excerpt(call.arguments, 80)}) from {where}{how}"))
-        parts.append(ToolCallPart(new_client_id(), resolved.name, call.arguments,
-                                  upstream_id=call.raw_id))
+                            f"{resolved.name}({excerpt(call.arguments, 80)}) from {where}{how}",
+                            call_id))
+        parts.append(ToolCallPart(call_id, resolved.name, call.arguments, upstream_id=call.raw_id))
         return parts
 
     def _demote(self, text: str, kind: TextKind, reason: str) -> StreamPart:

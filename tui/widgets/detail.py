@@ -14,7 +14,7 @@ from textual.widgets import Static, TabbedContent, TabPane
 
 from proxy_core.record import Turn
 
-from ..model import StallRule, TurnEntry, rerun_of, sparkline
+from ..model import StallRule, TurnEntry, sparkline
 from ..pairing import CallView, MessageView, conversation, counts
 from .palette import Palette
 from .turn_table import seconds, turn_state
@@ -151,7 +151,7 @@ def conversation_text(views: list[MessageView], p: Palette, *, loaded: bool,
 
 def attempts_text(turn: Turn, p: Palette, r: Redact = _same) -> Text:
     out = Text()
-    origin = rerun_of(turn)
+    origin = turn.rerun_of
     if origin:
         out.append(f" re-run of {origin}\n", style=p.accent)
     if not turn.attempts:

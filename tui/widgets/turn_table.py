@@ -15,7 +15,7 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from ..model import StallRule, TurnEntry, rerun_of, sparkline
+from ..model import StallRule, TurnEntry, sparkline
 from .palette import Palette
 
 #: (key, label, width)
@@ -76,7 +76,7 @@ def row_cells(entry: TurnEntry, now: float, stall_after: StallRule, p: Palette) 
         reason = {"initial": "", "manual-retry": "retry*", "manual-reroute": "reroute*"}.get(
             last.reason, last.reason)
         attempt = (f"#{last.number} {reason}".strip(), p.warn if last.number > 1 else p.muted)
-    if rerun_of(turn):  # a re-run by hand of an earlier turn
+    if turn.rerun_of:  # a re-run by hand of an earlier turn
         attempt = (attempt[0], p.accent)
     state_cell = {"live": ("● live", p.primary), "stalled": ("◌ STALLED", f"bold {p.error}"),
                   "finished": ("✓ done", p.ok), "failed": ("✗ failed", p.error)}[state]

@@ -1,20 +1,18 @@
 """`switchboard` (proxy + dashboard) in a real terminal while the real opencode client
 runs a task through it.
 
-tmux gives the dashboard a 220x60 terminal; opencode (pinned, see
+A pseudo-terminal gives the dashboard 220x60 cells; opencode (pinned, see
 `opencode_runner.py`) runs the simulator's ten-step task against the
 dashboard's proxy, on a host that hangs after some tool results (the
-watchdog retries them). Everything asserted is read off the screen with
-`tmux capture-pane`: the turns, their stop reasons, the automatic retries,
+watchdog retries them). Everything asserted is read off the screen (the
+terminal emulator of `terminal_support.py`): the turns, their stop reasons, the automatic retries,
 and a retry by hand with the `r` key.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import socket
-import sys
 from pathlib import Path
 
 import httpx
@@ -22,12 +20,11 @@ import pytest
 
 from opencode_runner import run_opencode
 from serve_runner import files_done
-from tmux_support import Tmux
+from terminal_support import SWITCHBOARD, Terminal, app_env
 
 pytestmark = pytest.mark.opencode
 
 PROMPT = "Create a small calculator module with tests, then extend it with multiplication."
-SWITCHBOARD = Path(sys.executable).parent / "switchboard"
 
 
 def free_port() -> int:
@@ -63,11 +60,8 @@ seed = 4
 model = "kimi-k2.5"
 targets = ["sim:kimi-k2.5"]
 """)
-    env = {"XDG_CONFIG_HOME": str(tmp_path / "config"), "XDG_DATA_HOME": str(tmp_path / "data"),
-           "HOME": str(tmp_path), "PATH": os.environ.get("PATH", ""),
-           "TERM": "xterm-256color", "LANG": "C.UTF-8"}
-    terminal = Tmux([str(SWITCHBOARD), "--config", str(config), "--port", str(port)],
-                    cwd=tmp_path, env=env, width=220, height=60)
+    terminal = Terminal([str(SWITCHBOARD), "--config", str(config), "--port", str(port)],
+                        cwd=tmp_path, env=app_env(tmp_path), width=220, height=60)
     try:
         terminal.wait_for(lambda s: f"http://127.0.0.1:{port}/v1" in s, timeout=15,
                           what="the dashboard's status line")
@@ -102,6 +96,6 @@ targets = ["sim:kimi-k2.5"]
         assert len(rows(screen)) == len(api) + 1
         assert "retried: as turn_" in screen  # the notification names the new turn
         terminal.send("q")
-        terminal.wait_for(lambda s: "[exited 0]" in s, timeout=15, what="a clean exit")
+        assert terminal.wait_exit(timeout=15) == 0  # a clean exit
     finally:
         terminal.close()
