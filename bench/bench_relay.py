@@ -153,10 +153,12 @@ repairs = "none"
 
 
 def _proxy_main(ready: mp.Queue, stop: mp.Event, upstream_url: str, journal: str,
-                profile: str | None, profile_out: str) -> None:
+                profile: str | None, profile_out: str, tree: str | None = None) -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
+    if tree is not None:  # `--before`: the proxy of another checkout
+        sys.path.insert(0, tree)
     from proxy_core.app import SwitchboardProxy
     from proxy_core.config import parse_config
 
@@ -751,7 +753,7 @@ AGENT_P50_PER_KB_US = 2.0
 def report_agent(plan: AgentPlan, delay_ms: int, targets: list[Target], sizes: list[AgentSize],
                  elapsed: float) -> None:
     label = {"direct": "direct", "floor": "tcp-pipe", "proxy": "proxy",
-             "repairs": "proxy+repairs"}
+             "repairs": "proxy+repairs", "before": "before+repairs"}
     names = [t.name for t in targets]
     proxied = {t.name for t in targets if t.pid}
     print()
@@ -760,6 +762,8 @@ def report_agent(plan: AgentPlan, delay_ms: int, targets: list[Target], sizes: l
           f"runs; throughput = {plan.clients} clients x {plan.per_client} requests "
           f"({AGENT_CHUNKS}-chunk replies), {plan.throughput_reps} batches.")
     print("Differences and ratios are against the direct connection, measured in the same run.")
+    if "before" in names:
+        print("before+repairs = the proxy of the --before checkout, repairs on, in the same run.")
     others = [n for n in names if n != "direct"]
     head = f"{'request':>10} {'metric':<30}" + "".join(f"{label[n]:>18}" for n in others)
     print()
@@ -829,6 +833,10 @@ def main() -> None:
                         help="agent sizes: send opencode-shaped requests of N KB (a comma list, "
                              "e.g. 0,100,500,1000) and measure first byte, throughput and CPU "
                              "per request at each size (~1-2 min per size)")
+    parser.add_argument("--before", metavar="CHECKOUT",
+                        help="with --context-kb: also run the proxy of another checkout (e.g. a "
+                             "worktree of main), with repairs, in the same run: a before/after "
+                             "comparison that the machine's noise cannot skew")
     parser.add_argument("--no-repairs", action="store_true",
                         help="skip the proxy+repairs column")
     parser.add_argument("--no-floor", action="store_true",
@@ -852,7 +860,7 @@ def main() -> None:
         profile_out = str(Path(tmp) / "proxy.prof")
         up_proc, up_stop, up_port = start_child(ctx, _upstream_main)
         direct = f"http://127.0.0.1:{up_port}"
-        px_proc = px_stop = pipe_proc = pipe_stop = None
+        px_proc = px_stop = pipe_proc = pipe_stop = before_proc = before_stop = None
         try:
             targets = [Target("direct", direct, False, None)]
             if not args.no_floor:
@@ -865,6 +873,12 @@ def main() -> None:
             targets.append(Target("proxy", proxy, False, px_proc.pid))
             if not args.no_repairs:
                 targets.append(Target("repairs", proxy, True, px_proc.pid))
+            if args.before and sizes is not None:
+                before_proc, before_stop, before_port = start_child(
+                    ctx, _proxy_main, f"{direct}/v1", str(Path(tmp) / "before.sqlite3"),
+                    None, "", str(Path(args.before).resolve()))
+                targets.append(Target("before", f"http://127.0.0.1:{before_port}", True,
+                                      before_proc.pid))
             if sizes is not None:
                 agent = asyncio.run(run_agent_sizes(AGENT_QUICK if args.quick else AGENT_FULL,
                                                     sizes, args.first_delay_ms, targets,
@@ -873,6 +887,8 @@ def main() -> None:
                 results = asyncio.run(run_bench(plan, args.first_delay_ms, targets, up_proc.pid,
                                                 px_proc.pid, scenarios))
         finally:
+            if before_proc is not None:
+                stop_child(before_proc, before_stop)
             if px_proc is not None:
                 stop_child(px_proc, px_stop)
             if pipe_proc is not None:
