@@ -162,7 +162,7 @@ class OpenAIUpstream:
         session = self._open_session()
         proxy = self._proxy
         if isinstance(proxy, ProxySettingError):
-            raise proxy
+            raise ProxySettingError(proxy.message)  # a new one each time: tracebacks pile up
         response: aiohttp.ClientResponse | None = None
         clean = False  # the body was read to its end: the connection can be reused
         try:
