@@ -448,18 +448,18 @@ async def held_streams_memory(session: aiohttp.ClientSession, targets: list[Targ
     per_stream: dict[str, float] = {}
     tasks: list[asyncio.Task[Run]] = []
     await asyncio.sleep(0.2)
-    before = rss_bytes(proxy_pid)
     for target in targets:
+        pid = target.pid or proxy_pid
+        before = rss_bytes(pid)
         firsts = [asyncio.Event() for _ in range(count)]
         tasks += [asyncio.create_task(one_stream(session, target.base,
                                                  target.model(20, 0, hold_ms), 20, first))
                   for first in firsts]
         await asyncio.wait_for(asyncio.gather(*(f.wait() for f in firsts)), hold_ms / 1000)
         await asyncio.sleep(0.2)
-        now = rss_bytes(proxy_pid)
+        now = rss_bytes(pid)
         if before is not None and now is not None:
             per_stream[target.name] = (now - before) / count
-        before = now
     await asyncio.gather(*tasks)
     return per_stream
 
@@ -573,7 +573,7 @@ THROUGHPUT_TARGET = 0.5
 def report(plan: Plan, delay_ms: int, targets: list[Target], r: Results, elapsed: float) -> None:
     names = [t.name for t in targets]
     label = {"direct": "direct", "floor": "tcp-pipe", "proxy": "proxy",
-             "repairs": "proxy+repairs"}
+             "repairs": "proxy+repairs", "before": "before+repairs"}
     proxied = {t.name for t in targets if t.pid}
     print()
     print(f"Switchboard relay benchmark ({'quick' if plan is QUICK else 'full'} run, "
@@ -834,9 +834,9 @@ def main() -> None:
                              "e.g. 0,100,500,1000) and measure first byte, throughput and CPU "
                              "per request at each size (~1-2 min per size)")
     parser.add_argument("--before", metavar="CHECKOUT",
-                        help="with --context-kb: also run the proxy of another checkout (e.g. a "
-                             "worktree of main), with repairs, in the same run: a before/after "
-                             "comparison that the machine's noise cannot skew")
+                        help="also run the proxy of another checkout (e.g. a worktree of main), "
+                             "with repairs, in the same run: a before/after comparison that the "
+                             "machine's noise cannot skew")
     parser.add_argument("--no-repairs", action="store_true",
                         help="skip the proxy+repairs column")
     parser.add_argument("--no-floor", action="store_true",
@@ -873,7 +873,7 @@ def main() -> None:
             targets.append(Target("proxy", proxy, False, px_proc.pid))
             if not args.no_repairs:
                 targets.append(Target("repairs", proxy, True, px_proc.pid))
-            if args.before and sizes is not None:
+            if args.before:
                 before_proc, before_stop, before_port = start_child(
                     ctx, _proxy_main, f"{direct}/v1", str(Path(tmp) / "before.sqlite3"),
                     None, "", str(Path(args.before).resolve()))
