@@ -42,6 +42,8 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 import aiohttp  # noqa: E402
 
+from agent_request import agent_request_bytes  # noqa: E402  (bench/, next to this script)
+
 # ---------------------------------------------------------------------------
 # The fake upstream (runs in its own process)
 # ---------------------------------------------------------------------------
@@ -108,7 +110,7 @@ def _upstream_main(ready: mp.Queue, stop: mp.Event) -> None:
         return response
 
     async def main() -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 1024 * 1024)  # agent-sized requests
         app.router.add_post("/v1/chat/completions", chat)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -151,10 +153,12 @@ repairs = "none"
 
 
 def _proxy_main(ready: mp.Queue, stop: mp.Event, upstream_url: str, journal: str,
-                profile: str | None, profile_out: str) -> None:
+                profile: str | None, profile_out: str, tree: str | None = None) -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
+    if tree is not None:  # `--before`: the proxy of another checkout
+        sys.path.insert(0, tree)
     from proxy_core.app import SwitchboardProxy
     from proxy_core.config import parse_config
 
@@ -349,22 +353,29 @@ class Run:
     cpu: float = 0.0  # proxy CPU seconds spent during this run (proxy targets only)
 
 
-#: Earlier conversation sent with every request (`--request-kb`); agents send large contexts.
-_HISTORY: list[dict] = []
+#: The size of every request's conversation (`--context-kb`): 0 is a one-line prompt.
+_CONTEXT_KB = 0
+_BODIES: dict[str, bytes] = {}
 
 
-def set_history(kb: int) -> None:
-    _HISTORY.clear()
-    for i in range(kb // 2):  # 2 KB messages, alternating roles
-        _HISTORY.append({"role": "assistant" if i % 2 else "user",
-                         "content": f"message {i}: " + "lorem ipsum " * 170})
+def set_context(kb: int) -> None:
+    global _CONTEXT_KB
+    _CONTEXT_KB = kb
+    _BODIES.clear()
+
+
+def request_body(model: str) -> bytes:
+    """The request sent for `model` at the current context size (made once per model)."""
+    body = _BODIES.get(model)
+    if body is None:
+        body = _BODIES[model] = agent_request_bytes(_CONTEXT_KB, model)
+    return body
 
 
 async def one_stream(session: aiohttp.ClientSession, base: str, model: str, chunks: int,
                      first: asyncio.Event | None = None) -> Run:
     """One streamed completion, checked: every content delta and `[DONE]` arrived."""
-    body = json.dumps({"model": model, "stream": True,
-                       "messages": [*_HISTORY, {"role": "user", "content": "write a long story"}]})
+    body = request_body(model)
     pieces: list[bytes] = []
     ttfb = None
     tail = b""
@@ -437,18 +448,18 @@ async def held_streams_memory(session: aiohttp.ClientSession, targets: list[Targ
     per_stream: dict[str, float] = {}
     tasks: list[asyncio.Task[Run]] = []
     await asyncio.sleep(0.2)
-    before = rss_bytes(proxy_pid)
     for target in targets:
+        pid = target.pid or proxy_pid
+        before = rss_bytes(pid)
         firsts = [asyncio.Event() for _ in range(count)]
         tasks += [asyncio.create_task(one_stream(session, target.base,
                                                  target.model(20, 0, hold_ms), 20, first))
                   for first in firsts]
         await asyncio.wait_for(asyncio.gather(*(f.wait() for f in firsts)), hold_ms / 1000)
         await asyncio.sleep(0.2)
-        now = rss_bytes(proxy_pid)
+        now = rss_bytes(pid)
         if before is not None and now is not None:
             per_stream[target.name] = (now - before) / count
-        before = now
     await asyncio.gather(*tasks)
     return per_stream
 
@@ -562,12 +573,12 @@ THROUGHPUT_TARGET = 0.5
 def report(plan: Plan, delay_ms: int, targets: list[Target], r: Results, elapsed: float) -> None:
     names = [t.name for t in targets]
     label = {"direct": "direct", "floor": "tcp-pipe", "proxy": "proxy",
-             "repairs": "proxy+repairs"}
+             "repairs": "proxy+repairs", "before": "before+repairs"}
     proxied = {t.name for t in targets if t.pid}
     print()
     print(f"Switchboard relay benchmark ({'quick' if plan is QUICK else 'full'} run, "
           f"{elapsed:.0f} s, {os.cpu_count()} CPUs; request: "
-          f"{f'{len(json.dumps(_HISTORY)) // 1024} KB context' if _HISTORY else 'one-line prompt'})")
+          f"{f'{_CONTEXT_KB} KB opencode-shaped' if _CONTEXT_KB else 'one-line prompt'})")
     if "floor" in names:
         print("tcp-pipe = a bare byte pipe to the upstream, no HTTP: what any extra hop costs.")
     print("proxy = repairs off (relay only); proxy+repairs = the Kimi repairs on every delta.")
@@ -662,6 +673,154 @@ def report(plan: Plan, delay_ms: int, targets: list[Target], r: Results, elapsed
 
 
 # ---------------------------------------------------------------------------
+# Agent sizes (--context-kb)
+# ---------------------------------------------------------------------------
+
+@dataclass
+class AgentPlan:
+    ttfb_reps: int
+    clients: int         # concurrent clients in the throughput runs
+    per_client: int      # requests each client sends in one throughput run
+    throughput_reps: int
+    warmup: int
+
+
+AGENT_FULL = AgentPlan(ttfb_reps=200, clients=8, per_client=6, throughput_reps=4, warmup=3)
+AGENT_QUICK = AgentPlan(ttfb_reps=40, clients=8, per_client=3, throughput_reps=2, warmup=1)
+AGENT_CHUNKS = 50  # chunks in each throughput request's reply
+
+
+@dataclass
+class AgentSize:
+    kb: int
+    actual_kb: float
+    ttfb: dict[str, list[Run]]
+    throughput: dict[str, list[Run]]  # one Run per batch: chunks = requests done, total = wall
+    upstream_cpu: dict[str, float]    # the fake upstream's CPU per request, per target
+
+
+async def client_batch(session: aiohttp.ClientSession, target: Target, clients: int,
+                       per_client: int) -> Run:
+    """`clients` concurrent clients, each sending `per_client` requests back to back."""
+    async def client() -> None:
+        for _ in range(per_client):
+            await one_stream(session, target.base, target.model(AGENT_CHUNKS), AGENT_CHUNKS)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return Run(0.0, time.perf_counter() - t0, clients * per_client, 0)
+
+
+async def run_agent_sizes(plan: AgentPlan, sizes: list[int], delay_ms: int,
+                          targets: list[Target], upstream_pid: int) -> list[AgentSize]:
+    out: list[AgentSize] = []
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=300)) as session:
+        for kb in sizes:
+            set_context(kb)
+            for _ in range(plan.warmup):
+                for target in targets:
+                    await one_stream(session, target.base, target.model(10, delay_ms), 10)
+            ttfb = await interleaved(
+                plan.ttfb_reps, targets,
+                lambda t: one_stream(session, t.base, t.model(10, delay_ms), 10))
+            upstream_cpu: dict[str, float] = {}
+
+            async def batch(t: Target) -> Run:
+                before = cpu_seconds(upstream_pid)
+                run = await client_batch(session, t, plan.clients, plan.per_client)
+                after = cpu_seconds(upstream_pid)
+                if before is not None and after is not None:
+                    upstream_cpu[t.name] = upstream_cpu.get(t.name, 0.0) + after - before
+                return run
+
+            await interleaved(1, targets, batch)  # warm-up at this size
+            upstream_cpu.clear()
+            throughput = await interleaved(plan.throughput_reps, targets, batch)
+            requests = plan.throughput_reps * plan.clients * plan.per_client
+            per_request = {name: cpu / requests for name, cpu in upstream_cpu.items()}
+            actual = len(request_body(targets[0].model(10, delay_ms))) / 1024
+            out.append(AgentSize(kb, actual, ttfb, throughput, per_request))
+            print(f"  {kb} KB done", file=sys.stderr, flush=True)
+    return out
+
+
+AGENT_P50_BASE_MS = 1.5
+AGENT_P50_PER_KB_US = 2.0
+
+
+def report_agent(plan: AgentPlan, delay_ms: int, targets: list[Target], sizes: list[AgentSize],
+                 elapsed: float) -> None:
+    label = {"direct": "direct", "floor": "tcp-pipe", "proxy": "proxy",
+             "repairs": "proxy+repairs", "before": "before+repairs"}
+    names = [t.name for t in targets]
+    proxied = {t.name for t in targets if t.pid}
+    print()
+    print(f"Switchboard relay benchmark at agent sizes ({elapsed:.0f} s, {os.cpu_count()} CPUs): "
+          f"opencode-shaped requests, {delay_ms} ms model delay, {plan.ttfb_reps} first-byte "
+          f"runs; throughput = {plan.clients} clients x {plan.per_client} requests "
+          f"({AGENT_CHUNKS}-chunk replies), {plan.throughput_reps} batches.")
+    print("Differences and ratios are against the direct connection, measured in the same run.")
+    if "before" in names:
+        print("before+repairs = the proxy of the --before checkout, repairs on, in the same run.")
+    others = [n for n in names if n != "direct"]
+    head = f"{'request':>10} {'metric':<30}" + "".join(f"{label[n]:>18}" for n in others)
+    print()
+    print(head)
+    print("-" * len(head))
+    summary: list[str] = []
+    for size in sizes:
+        d50 = pct([x.ttfb for x in size.ttfb["direct"]], 0.5)
+        d99 = pct([x.ttfb for x in size.ttfb["direct"]], 0.99)
+
+        def rps(name: str) -> float:
+            return statistics.median(x.chunks / x.total for x in size.throughput[name])
+
+        direct_rps = rps("direct")
+        first = f"{size.actual_kb:.0f} KB"
+
+        def line(metric: str, cells: list[str], lead: str = "") -> None:
+            print(f"{lead:>10} {metric:<30}" + "".join(f"{c:>18}" for c in cells))
+
+        def ttfb(name: str, q: float) -> float:
+            return pct([x.ttfb for x in size.ttfb[name]], q)
+
+        line("direct first byte p50 / p99", [f"{d50 * 1000:.2f}/{d99 * 1000:.2f} ms"] +
+             [""] * (len(others) - 1), first)
+        line("added first byte, p50", [f"{(ttfb(n, 0.5) - d50) * 1000:+.2f} ms" for n in others])
+        line("added first byte, p99", [f"{(ttfb(n, 0.99) - d99) * 1000:+.2f} ms" for n in others])
+        line("proxied p99 / its p50", [f"{ttfb(n, 0.99) / ttfb(n, 0.5):.2f}x"
+                                       if n in proxied else "" for n in others])
+        line("throughput, share of direct", [f"{rps(n) / direct_rps:.0%}" for n in others])
+        line(f"  (direct {direct_rps:.0f} req/s)", [f"{rps(n):.0f} req/s" for n in others])
+        cpu_cells = []
+        up = size.upstream_cpu.get("direct")
+        for n in others:
+            if n not in proxied:
+                cpu_cells.append("")
+                continue
+            runs = size.throughput[n]
+            per = sum(x.cpu for x in runs) / sum(x.chunks for x in runs)
+            cpu_cells.append(f"{per * 1000:.2f} ms" + (f" ({per / up:.1f}x)" if up else ""))
+        line("proxy CPU per request", cpu_cells)
+        if up:
+            line("  (upstream's, for scale)", [f"{up * 1000:.2f} ms"] + [""] * (len(others) - 1))
+        print()
+        if "repairs" in proxied:
+            p50, p99 = ttfb("repairs", 0.5), ttfb("repairs", 0.99)
+            added = p50 - d50
+            budget = AGENT_P50_BASE_MS + AGENT_P50_PER_KB_US * size.actual_kb / 1000
+            summary.append(
+                f"{size.kb:>5} KB: added first byte p50 {added * 1000:+.2f} ms (target <= "
+                f"{budget:.2f} ms: {'met' if added * 1000 <= budget else 'NOT met'}); p99/p50 "
+                f"{p99 / p50:.2f} (target <= 3: {'met' if p99 <= 3 * p50 else 'NOT met'}); "
+                f"throughput {rps('repairs') / direct_rps:.0%} of direct")
+    for text in summary:
+        print(text)
+
+
+# ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
 
@@ -670,9 +829,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short run (~30 s)")
     parser.add_argument("--first-delay-ms", type=int, default=20,
                         help="model 'thinking' time before the first chunk in the TTFB case")
-    parser.add_argument("--request-kb", type=int, default=0,
-                        help="pad every request with this much earlier conversation (agent-sized "
-                             "contexts are 100-1000 KB); default: a one-line prompt")
+    parser.add_argument("--context-kb", default=None,
+                        help="agent sizes: send opencode-shaped requests of N KB (a comma list, "
+                             "e.g. 0,100,500,1000) and measure first byte, throughput and CPU "
+                             "per request at each size (~1-2 min per size)")
+    parser.add_argument("--before", metavar="CHECKOUT",
+                        help="also run the proxy of another checkout (e.g. a worktree of main), "
+                             "with repairs, in the same run: a before/after comparison that the "
+                             "machine's noise cannot skew")
     parser.add_argument("--no-repairs", action="store_true",
                         help="skip the proxy+repairs column")
     parser.add_argument("--no-floor", action="store_true",
@@ -688,7 +852,7 @@ def main() -> None:
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; known: {', '.join(SCENARIOS)}")
-    set_history(args.request_kb)
+    sizes = [int(v) for v in args.context_kb.split(",")] if args.context_kb else None
 
     ctx = mp.get_context("spawn")
     started = time.perf_counter()
@@ -696,7 +860,7 @@ def main() -> None:
         profile_out = str(Path(tmp) / "proxy.prof")
         up_proc, up_stop, up_port = start_child(ctx, _upstream_main)
         direct = f"http://127.0.0.1:{up_port}"
-        px_proc = px_stop = pipe_proc = pipe_stop = None
+        px_proc = px_stop = pipe_proc = pipe_stop = before_proc = before_stop = None
         try:
             targets = [Target("direct", direct, False, None)]
             if not args.no_floor:
@@ -709,15 +873,32 @@ def main() -> None:
             targets.append(Target("proxy", proxy, False, px_proc.pid))
             if not args.no_repairs:
                 targets.append(Target("repairs", proxy, True, px_proc.pid))
-            results = asyncio.run(run_bench(plan, args.first_delay_ms, targets, up_proc.pid,
-                                            px_proc.pid, scenarios))
+            if args.before:
+                before_proc, before_stop, before_port = start_child(
+                    ctx, _proxy_main, f"{direct}/v1", str(Path(tmp) / "before.sqlite3"),
+                    None, "", str(Path(args.before).resolve()))
+                targets.append(Target("before", f"http://127.0.0.1:{before_port}", True,
+                                      before_proc.pid))
+            if sizes is not None:
+                agent = asyncio.run(run_agent_sizes(AGENT_QUICK if args.quick else AGENT_FULL,
+                                                    sizes, args.first_delay_ms, targets,
+                                                    up_proc.pid))
+            else:
+                results = asyncio.run(run_bench(plan, args.first_delay_ms, targets, up_proc.pid,
+                                                px_proc.pid, scenarios))
         finally:
+            if before_proc is not None:
+                stop_child(before_proc, before_stop)
             if px_proc is not None:
                 stop_child(px_proc, px_stop)
             if pipe_proc is not None:
                 stop_child(pipe_proc, pipe_stop)
             stop_child(up_proc, up_stop)
-        report(plan, args.first_delay_ms, targets, results, time.perf_counter() - started)
+        if sizes is not None:
+            report_agent(AGENT_QUICK if args.quick else AGENT_FULL, args.first_delay_ms,
+                         targets, agent, time.perf_counter() - started)
+        else:
+            report(plan, args.first_delay_ms, targets, results, time.perf_counter() - started)
         if args.profile == "cprofile" and Path(profile_out).exists():
             import pstats
             print("\nproxy process profile (cProfile, whole run incl. idle), top by own time:")

@@ -2,7 +2,7 @@
 
 `SwitchboardProxy` is the one object a front end (headless `serve`, the
 dashboard, tests) creates and starts. It runs inside the caller's event
-loop (a `fastfront.FrontDoor` listener over an aiohttp `AppRunner`), so a Textual app can host it.
+loop (aiohttp's server: an `AppRunner` and a `TCPSite`), so a Textual app can host it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from aiohttp import web
 from .bus import EventBus
 from .config import Config
 from .control import ControlAPI, PREFIX
-from .fastfront import FrontDoor, close_all, close_idle
 from .heartbeat import HeartbeatTicker
 from .journal import Journal
 from .openai_wire import error_body, internal_error_body
@@ -52,18 +51,8 @@ class SwitchboardProxy:
                                  lookup=self._journaled_turn)
         self.heartbeat = HeartbeatTicker(self.pipeline, self.bus)
         self._ticker: asyncio.Task[None] | None = None
-        self._sweeper: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.front = OpenAIFront(self)
-        self._listener: asyncio.Server | None = None
-        self._doors: set[FrontDoor] = set()
-
-    async def _sweep_idle(self, every: float = 10.0) -> None:
-        """Close front-door connections idle past `fastfront.IDLE_TIMEOUT` (aiohttp does its own)."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(every)
-            close_idle(self._doors, loop.time())
 
     def _journaled_turn(self, turn_id: str) -> Turn | None:
         data = self.journal.turn(turn_id) if self.journal is not None else None
@@ -93,32 +82,22 @@ class SwitchboardProxy:
         self._runner = web.AppRunner(self.make_app(), access_log=None,
                                      handler_cancellation=True, shutdown_timeout=2.0)
         await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
+        await site.start()
+        if self.port == 0:  # pick up the OS-assigned port
+            self.port = self._runner.addresses[0][1]
         self._ticker = asyncio.get_running_loop().create_task(self.heartbeat.run(),
                                                               name="switchboard heartbeat")
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_idle(),
-                                                               name="switchboard idle sweep")
-        # Connections start at the front door (chat completions on the fast path);
-        # everything else is handed to aiohttp's server (see fastfront).
-        aiohttp_protocol = self._runner.server
-        assert aiohttp_protocol is not None
-        self._listener = await asyncio.get_running_loop().create_server(
-            lambda: FrontDoor(self, self.front, aiohttp_protocol, self._doors),
-            self.host, self.port, backlog=1024)
-        if self.port == 0:  # pick up the OS-assigned port
-            self.port = self._listener.sockets[0].getsockname()[1]
         log.info("switchboard listening on %s", self.base_url)
 
     async def stop(self) -> None:
-        for task in (self._ticker, self._sweeper):
-            if task is not None:
-                task.cancel()
-        self._ticker = self._sweeper = None
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-        # Cancels a turn in flight on each, and waits for it, as aiohttp does for its own.
-        await close_all(self._doors, timeout=2.0)
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         if self._runner is not None:
+            # Turns in flight end now, recorded as failed; then aiohttp stops listening
+            # and closes the connections.
+            await self.front.cancel_all(timeout=2.0)
             await self._runner.cleanup()
             self._runner = None
         await self.pipeline.aclose()

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import Any
 
+import orjson
+
 from .errors import ClientRequestError, UpstreamProtocolError, UpstreamStreamError
 from .stream import (
     FinishPart, KeepAlivePart, ReasoningPart, StreamPart, TextPart, ToolCallPart, UsagePart,
@@ -121,10 +123,17 @@ def loads_clean(raw: bytes | str) -> Any:
     Everything Switchboard records or relays is UTF-8; a lone `\\ud800` in a
     client's history or an upstream's delta would otherwise fail deep inside
     the journal or an event stream. Valid pairs are already joined by `json`.
-    This runs once per upstream chunk, so it calls the C scanner directly
-    (half the cost of `json.loads`) and falls back to `json.loads` for its
+    This parses every request body and every upstream chunk, so it tries
+    orjson first (4-5x faster than `json` on agent-sized bodies, measured
+    against msgspec too: bench/README.md); what orjson refuses (lone
+    surrogates, a byte-order mark, NaN, huge integers, invalid JSON) takes
+    the `json` path, which accepts what `json.loads` accepts and raises its
     error messages.
     """
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
     text = raw.decode() if isinstance(raw, bytes) else raw  # bad UTF-8: a ValueError
     if text[:1] == "\ufeff":  # a byte-order mark, as json.loads(bytes) allows
         text = text[1:]

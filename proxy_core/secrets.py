@@ -19,23 +19,22 @@ REDACTED = "[redacted]"
 _AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
             "AWS_BEARER_TOKEN_BEDROCK")
 
-_PATTERNS = re.compile(
-    r"(?i:bearer)\s+[A-Za-z0-9._~+/=-]{8,}"          # Authorization values
-    r"|\bsk-[A-Za-z0-9_-]{16,}"                        # OpenAI / OpenRouter / Moonshot keys
-    r"|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"                  # AWS access key ids
-    r"|\bABSK[A-Za-z0-9+/=]{20,}"                      # Bedrock API keys
+#: Secret-shaped tokens, each with the cheap test that must pass before its
+#: pattern runs. Each pattern starts with a literal, so the regex engine
+#: skips to candidates at memchr speed (one pattern of alternatives starting
+#: with `\b` tried every position: ~60 ms on a 500 KB history, now ~2 ms).
+_SHAPES: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...] = (
+    (("earer", "EARER"), re.compile(r"(?i:bearer)\s+[A-Za-z0-9._~+/=-]{8,}")),  # Authorization
+    (("sk-",), re.compile(r"sk-(?<!\wsk-)[A-Za-z0-9_-]{16,}")),  # OpenAI / OpenRouter / Moonshot
+    (("AKIA", "ASIA"), re.compile(r"A(?<!\wA)(?:KIA|SIA)[0-9A-Z]{16}\b")),  # AWS access key ids
+    (("ABSK",), re.compile(r"ABSK(?<!\wABSK)[A-Za-z0-9+/=]{20,}")),  # Bedrock API keys
 )
-#: Credentials inside URLs: `scheme://user:password@host` and key-like query parameters.
-_URL_SECRETS = re.compile(
-    r"(://)[^/\s:@\"']+:[^/\s@\"']+(@)"
-    r"|([?&](?:api[_-]?key|key|token|access[_-]?token|secret|password)=)[^&\s\"'#]+",
-    re.IGNORECASE)
+#: Credentials inside URLs: `scheme://user:password@host`, and key-like query parameters.
+_URL_CREDENTIALS = re.compile(r"://[^/\s:@\"']+:[^/\s@\"']+@")
+_QUERY_NAMES = r"(?i:api[_-]?key|key|token|access[_-]?token|secret|password)="
+_QUERY_SECRETS = (re.compile(r"(\?" + _QUERY_NAMES + r")[^&\s\"'#]+"),
+                  re.compile(r"(&" + _QUERY_NAMES + r")[^&\s\"'#]+"))
 
-
-def _url_secret(match: re.Match[str]) -> str:
-    if match.group(1):
-        return f"://{REDACTED}@"
-    return match.group(3) + REDACTED
 
 #: Values shorter than this are not treated as secrets (too many false hits).
 _MIN_SECRET = 6
@@ -63,11 +62,14 @@ class Redactor:
     def __call__(self, text: str) -> str:
         for _ in range(3):  # a replacement can, rarely, complete another secret: go again
             before = text
-            if "earer" in text or "sk-" in text or "AKIA" in text or "ASIA" in text \
-                    or "ABSK" in text:
-                text = _PATTERNS.sub(REDACTED, text)
-            if "://" in text or "=" in text:
-                text = _URL_SECRETS.sub(_url_secret, text)
+            for needles, pattern in _SHAPES:
+                if any(needle in text for needle in needles):
+                    text = pattern.sub(REDACTED, text)
+            if "://" in text and "@" in text:
+                text = _URL_CREDENTIALS.sub(f"://{REDACTED}@", text)
+            if "=" in text:
+                for pattern in _QUERY_SECRETS:
+                    text = pattern.sub(rf"\g<1>{REDACTED}", text)
             for value in self._ordered:
                 if value in text:
                     text = text.replace(value, REDACTED)

@@ -4,10 +4,10 @@ Thin: it parses the request, asks the pipeline for parts and writes them as
 they come (never buffering a stream beyond what one burst produced), and
 maps every failure to an OpenAI-shaped error with the right status.
 
-The chat handler talks to its client through an `Exchange`: the request's
-headers and body, a way to start the event stream, a way to answer with
-one JSON document. Two fronts provide one: aiohttp's (`AiohttpExchange`,
-every connection aiohttp serves) and the fast path in `fastfront`.
+Everything is served by aiohttp's server. The chat handler talks to its
+client through an `Exchange` (`AiohttpExchange`): the request's headers
+and body, a way to start the event stream, a way to answer with one JSON
+document — a seam small enough to drive the handler without a socket.
 """
 
 from __future__ import annotations
@@ -282,6 +282,20 @@ class EventWriter:
 class OpenAIFront:
     def __init__(self, proxy: SwitchboardProxy) -> None:
         self.proxy = proxy
+        self._serving: set[asyncio.Task[Any]] = set()  # chat handlers in flight
+
+    async def cancel_all(self, timeout: float) -> None:
+        """Cancel the chat completions in flight and wait (up to `timeout`) for them to end.
+
+        For `SwitchboardProxy.stop`: each turn ends now and is recorded as
+        failed before the journal closes, instead of aiohttp's shutdown
+        letting it run on for its grace period.
+        """
+        tasks = [task for task in self._serving if not task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self.chat_completions)
@@ -302,7 +316,13 @@ class OpenAIFront:
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         exchange = AiohttpExchange(request)
-        reply = await self.chat(exchange)
+        task = asyncio.current_task()
+        assert task is not None
+        self._serving.add(task)
+        try:
+            reply = await self.chat(exchange)
+        finally:
+            self._serving.discard(task)
         if reply is None:  # streamed
             assert exchange.response is not None
             return exchange.response

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -258,10 +259,17 @@ class SeenRequest:
 
 
 class FakeUpstream:
-    """A real aiohttp server on 127.0.0.1 answering any path with scripted replies."""
+    """A real aiohttp server on 127.0.0.1 answering any path with scripted replies.
 
-    def __init__(self, default: Reply | None = None) -> None:
+    With `tls` (a server `SSLContext`) it speaks HTTPS, as `https://localhost:PORT`.
+    """
+
+    def __init__(self, default: Reply | None = None, *, tls: ssl.SSLContext | None = None) -> None:
         self.default: Reply = default or text_reply()
+        self.tls = tls
+        #: The client address of each connection requests came on (keep-alive reuse
+        #: shows as fewer of them than requests).
+        self.peers: set[tuple[str, int]] = set()
         self.requests: list[SeenRequest] = []
         #: Replies cut short because the peer (the proxy) closed the connection.
         self.disconnects = 0
@@ -272,6 +280,8 @@ class FakeUpstream:
     @property
     def base_url(self) -> str:
         """What to put in `base_url` of an `[upstreams.X]` table."""
+        if self.tls is not None:
+            return f"https://localhost:{self.port}/v1"
         return f"http://127.0.0.1:{self.port}/v1"
 
     def script(self, *replies: Reply) -> None:
@@ -290,7 +300,7 @@ class FakeUpstream:
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
                                      shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.tls)
         await site.start()
         self.port = self._runner.addresses[0][1]
 
@@ -301,6 +311,8 @@ class FakeUpstream:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
+        if request.transport is not None:
+            self.peers.add(request.transport.get_extra_info("peername")[:2])
         try:
             body: Any = json.loads(raw) if raw else None
         except ValueError:

@@ -1,12 +1,21 @@
 """Any OpenAI-compatible host: OpenRouter, Moonshot, bedrock-mantle, local servers.
 
-Requests go out through `http1` (one keep-alive pool per upstream, created
-on first use inside the running loop): the request is pre-built bytes in
-one write, and every network read's worth of body is parsed at once (the
-module's docstring says why it is not aiohttp's client). The key comes from
-the environment variable named in the config and is sent as
-`Authorization: Bearer`; the client's own `Authorization` is never
-forwarded. Transport failures are mapped to `UpstreamError`s here and
+Requests go out through aiohttp's client: one `ClientSession` (a keep-alive
+pool) per upstream, created by `start` inside the running loop. The body is
+encoded once, to bytes, and each network read's worth of the answer is
+parsed at once. The key comes from the environment variable named in the
+config and is sent as `Authorization: Bearer`; the client's own
+`Authorization` is never forwarded.
+
+Proxies come from the environment, as curl and most tools read them
+(`proxy_for`): `HTTPS_PROXY` for https:// upstreams, `HTTP_PROXY` for
+http://, `ALL_PROXY` for either when the specific one is unset, `NO_PROXY`
+to bypass; lower-case names too. A proxy URL may be `http://` or `https://`
+(TLS to the proxy), with credentials in it. SOCKS proxies (`socks5://`) are
+not supported by aiohttp's client: such a setting is refused with an error
+that says so, never silently spoken to as HTTP.
+
+Library errors become Switchboard's `UpstreamError`s here (`_mapped`) and
 nowhere else.
 """
 
@@ -17,8 +26,14 @@ import base64
 import json
 import ssl
 import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp.http_exceptions import HttpProcessingError
+from yarl import URL
 
 from ..config import UpstreamSettings
 from ..errors import (
@@ -29,7 +44,6 @@ from ..openai_wire import ChunkDecoder, decode_completion, error_message_from, l
 from ..sse import COMMENT, SSEDecoder, SSEProtocolError
 from ..stream import FinishPart, KeepAlivePart, StreamPart
 from .base import UpstreamRequest
-from .http1 import BadResponse, ConnectionPool, ConnectTimeout, HTTPError, Response
 
 #: How long to wait for the end of the body after `data: [DONE]`.
 _DRAIN_TIMEOUT = 0.25
@@ -37,22 +51,52 @@ _DRAIN_TIMEOUT = 0.25
 _ERROR_BODY_LIMIT = 64 * 1024
 #: Largest whole (non-streamed) JSON answer accepted.
 _WHOLE_BODY_LIMIT = 64 * 1024 * 1024
+#: Idle keep-alive connections are closed after this many seconds.
+_KEEPALIVE = 30.0
 _USER_AGENT = "switchboard"
-_KEEPALIVE = KeepAlivePart()
-_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_KEEPALIVE_PART = KeepAlivePart()
 
 
 def _body_bytes(body: dict[str, Any]) -> bytes:
+    """The request body, encoded once: orjson (30x faster than `json` at 500 KB)."""
     try:
-        return _compact(body).encode()
-    except UnicodeEncodeError:  # a lone surrogate somewhere: let json escape it
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:  # a lone surrogate, a huge integer: let json escape it
         return json.dumps(body, separators=(",", ":")).encode()
+
+
+class ProxySettingError(UpstreamConnectError):
+    """The environment names a proxy the client cannot speak to (retrying will not help)."""
+
+    retryable = False
+    code = "unsupported_proxy"
+
+
+def proxy_for(url: URL) -> URL | None:
+    """The proxy the environment names for `url`, or None (see the module docstring).
+
+    Raises `ProxySettingError` for a proxy of a kind the client cannot speak.
+    """
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    if not proxy or bypass(url.host or "", proxies):
+        return None
+    if "://" not in proxy:
+        proxy = "http://" + proxy
+    parsed = URL(proxy)
+    if parsed.scheme not in ("http", "https"):
+        raise ProxySettingError(
+            f"the proxy {parsed.with_user(None).with_password(None)} from the environment is "
+            f"{parsed.scheme}://, which Switchboard's HTTP client does not speak; use an "
+            f"http:// or https:// proxy, or add {url.host} to NO_PROXY")
+    return parsed
 
 
 class OpenAIUpstream:
     """Streams `/chat/completions` from an OpenAI-compatible base URL.
 
-    The adapter owns a connection pool, opened by `start` (or the first
+    The adapter owns a `ClientSession`, opened by `start` (or the first
     request) and closed by `aclose`.
     """
 
@@ -71,64 +115,81 @@ class OpenAIUpstream:
             self._basic = "Basic " + base64.b64encode(pair.encode()).decode()
             url = url._replace(netloc=url.netloc.rpartition("@")[2])
         self.base_url = urllib.parse.urlunsplit(url)
-        self._pool: ConnectionPool | None = None
+        self._url = URL(self.base_url + "/chat/completions", encoded=True)
+        self._session: aiohttp.ClientSession | None = None
+        self._proxy: URL | ProxySettingError | None = None
 
-    def _open_pool(self) -> ConnectionPool:
-        if self._pool is None:
-            context = None
+    def _open_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # The environment's proxy for this upstream, read once (reading it costs
+            # ~0.2 ms: too much for every request).
+            try:
+                self._proxy = proxy_for(self._url)
+            except ProxySettingError as exc:
+                self._proxy = exc
+            context: ssl.SSLContext | bool = True
             if self.settings.ca_bundle:
                 context = ssl.create_default_context(cafile=self.settings.ca_bundle)
-            self._pool = ConnectionPool(self.base_url,
-                                        connect_timeout=self.settings.connect_timeout,
-                                        ssl_context=context)
-        return self._pool
+            connector = aiohttp.TCPConnector(limit=0, ssl=context, keepalive_timeout=_KEEPALIVE)
+            timeout = aiohttp.ClientTimeout(total=None, connect=self.settings.connect_timeout)
+            # Proxies are chosen per request by `proxy_for` (aiohttp's own reading of
+            # the environment skips ALL_PROXY); no cookies are kept between turns.
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=timeout, cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=True, trust_env=False)
+        return self._session
 
     async def start(self) -> None:
-        self._open_pool()
+        self._open_session()
 
     async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.aclose()
-            self._pool = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
-    def _headers(self) -> list[tuple[str, str]]:
-        headers = [("Content-Type", "application/json"), ("Accept", "text/event-stream"),
-                   ("Accept-Encoding", "identity"), ("User-Agent", _USER_AGENT)]
-        headers.extend(self.settings.headers)
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
+                   "Accept-Encoding": "identity", "User-Agent": _USER_AGENT}
+        headers.update(self.settings.headers)
         key = self.settings.api_key()
         if key:
-            headers.append(("Authorization", f"Bearer {key}"))
+            headers["Authorization"] = f"Bearer {key}"
         elif self._basic is not None:
-            headers.append(("Authorization", self._basic))
+            headers["Authorization"] = self._basic
         return headers
 
     async def stream(self, request: UpstreamRequest) -> AsyncIterator[StreamPart]:
-        pool = self._open_pool()
-        response: Response | None = None
+        session = self._open_session()
+        proxy = self._proxy
+        if isinstance(proxy, ProxySettingError):
+            raise ProxySettingError(proxy.message)  # a new one each time: tracebacks pile up
+        response: aiohttp.ClientResponse | None = None
         clean = False  # the body was read to its end: the connection can be reused
         try:
             try:
                 body = _body_bytes(request.body)
-                head = pool.request_head("POST", "/chat/completions", self._headers(), len(body))
-                response = await pool.request(head, body)
+                response = await session.post(self._url, data=body, headers=self._headers(),
+                                              proxy=proxy)
                 if response.status >= 400:
                     raise await _status_error(response)
                 if "text/event-stream" not in response.headers.get("content-type", ""):
-                    raw = await response.read(_WHOLE_BODY_LIMIT)
-                    clean = response.complete
+                    raw, clean = await _read_upto(response, _WHOLE_BODY_LIMIT)
+                    if not clean:
+                        raise UpstreamProtocolError(
+                            f"the answer is larger than {_WHOLE_BODY_LIMIT} bytes")
                     for part in _whole_response(raw):
                         yield part
                     return
                 # The event stream, parsed here rather than in a generator of its own:
                 # one hop less for every part. Each network read is parsed whole.
                 events, decoder = SSEDecoder(), ChunkDecoder()
-                read = response.read_chunk
+                read = response.content.readany
                 finished = done = False
                 while not done:
                     data = await read()
                     for event in events.feed(data) if data else events.close():
                         if event is COMMENT:
-                            yield _KEEPALIVE
+                            yield _KEEPALIVE_PART
                         elif event[:1] == b"{" or event.strip() != b"[DONE]":
                             for part in decoder.feed(_json_event(event)):
                                 if type(part) is FinishPart:
@@ -147,7 +208,8 @@ class OpenAIUpstream:
                 clean = await _drain(response)
             except UpstreamError:
                 raise
-            except (HTTPError, SSEProtocolError) as exc:
+            except (aiohttp.ClientError, HttpProcessingError, SSEProtocolError,
+                    TimeoutError) as exc:
                 raise self._mapped(exc) from None
         finally:
             if response is not None:
@@ -157,20 +219,44 @@ class OpenAIUpstream:
                     response.close()
 
     def _mapped(self, exc: Exception) -> UpstreamError:
+        """The one place aiohttp's errors become Switchboard's."""
         where = f"{self.name} ({self.base_url})"
         if isinstance(exc, SSEProtocolError):
             return UpstreamProtocolError(f"{where}: {exc}")
-        if isinstance(exc, ConnectTimeout):
-            return UpstreamTimeout(f"{where}: {exc}")
-        if isinstance(exc, BadResponse):
-            return UpstreamProtocolError(f"{where}: {exc}")
-        return UpstreamConnectError(f"{where}: {exc}")  # ConnectFailed, ConnectionBroken
+        if isinstance(exc, (TimeoutError, aiohttp.ConnectionTimeoutError)):
+            return UpstreamTimeout(f"{where}: no connection within "
+                                   f"{self.settings.connect_timeout:g}s")
+        if isinstance(exc, aiohttp.ClientResponseError) and not isinstance(
+                exc, aiohttp.ClientHttpProxyError):
+            return UpstreamProtocolError(f"{where}: not a valid HTTP answer: {exc.message}")
+        if isinstance(exc, aiohttp.ClientHttpProxyError):
+            return UpstreamConnectError(f"{where}: the proxy refused: {exc.status} {exc.message}")
+        if isinstance(exc, HttpProcessingError):  # from aiohttp's pure-Python parser
+            return UpstreamProtocolError(f"{where}: not a valid HTTP answer: {exc.message}")
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            return UpstreamConnectError(f"{where}: the connection broke mid-answer: {exc}")
+        if isinstance(exc, aiohttp.ServerDisconnectedError):
+            return UpstreamConnectError(f"{where}: the host closed the connection before answering")
+        return UpstreamConnectError(f"{where}: {exc}")  # refused, unreachable, TLS, proxy
 
 
-async def _status_error(response: Response) -> UpstreamStatusError:
+async def _read_upto(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """The body, or its first `limit` bytes; and whether it was read to its end."""
+    pieces: list[bytes] = []
+    size = 0
+    while size <= limit:
+        piece = await response.content.readany()
+        if not piece:
+            return b"".join(pieces), True
+        pieces.append(piece)
+        size += len(piece)
+    return b"".join(pieces)[:limit], False
+
+
+async def _status_error(response: aiohttp.ClientResponse) -> UpstreamStatusError:
     try:
-        raw = await response.read(_ERROR_BODY_LIMIT)
-    except HTTPError:
+        raw, _ = await _read_upto(response, _ERROR_BODY_LIMIT)
+    except aiohttp.ClientError:
         raw = b""
     text = raw.decode("utf-8", "replace")
     try:
@@ -189,18 +275,20 @@ def _whole_response(raw: bytes) -> list[StreamPart]:
     return decode_completion(payload)
 
 
-async def _drain(response: Response) -> bool:
+async def _drain(response: aiohttp.ClientResponse) -> bool:
     """Read to the end of the body after `[DONE]` so the connection can be reused.
 
     A host that keeps the body open after `[DONE]` costs at most
     `_DRAIN_TIMEOUT`; the connection is then dropped instead (returns False).
     """
-    if response.complete:
+    content = response.content
+    if content.at_eof():
         return True
     try:
         async with asyncio.timeout(_DRAIN_TIMEOUT):
-            await response.wait_complete()
-    except (TimeoutError, HTTPError):
+            while await content.readany():
+                pass
+    except (TimeoutError, aiohttp.ClientError):
         return False
     return True
 
