@@ -455,7 +455,7 @@ class LeakParser:
         "_word", "_cur", "_scan", "_begin", "_argmark", "_id", "_lead", "_args_from", "_args_pieces",
         "_obj", "_obj_end", "_x_phase", "_x_open", "_x_open_end", "_x_params", "_x_pname",
         "_x_vstart", "_x_name", "_schemas", "_finished", "_parts", "_parts_len", "_tail",
-        "_unscanned", "_parsed",
+        "_unscanned", "_parsed", "_obj_start",
     )
 
     def __init__(self, tool_schemas: Mapping[str, Mapping[str, Any]] | None = None) -> None:
@@ -491,6 +491,7 @@ class LeakParser:
         self._args_pieces: list[str] = []
         self._obj = _ObjectScan()
         self._obj_end = 0
+        self._obj_start = 0
         self._x_phase = _X.NAME
         self._x_open = 0
         self._x_open_end = 0
@@ -612,9 +613,8 @@ class LeakParser:
         return True
 
     def _unpark_scan(self, delta: str) -> bool:
-        """The object closes in ``delta``: let the slow path find where, from a fresh scan."""
-        self._obj = _ObjectScan()
-        self._scan = self._args_from
+        """The object closes in ``delta``: let the slow path read it afresh (decoded whole)."""
+        self._scan = -1
         return False
 
     def _joined(self) -> str:
@@ -644,6 +644,7 @@ class LeakParser:
             self._scan -= shift
             self._args_from -= shift
             self._obj_end -= shift
+            self._obj_start -= shift
             self._x_open -= shift
             self._x_open_end -= shift
             self._x_vstart -= shift
@@ -867,9 +868,11 @@ class LeakParser:
         marker sits inside it: then the scanner decides).
         """
         self._obj = _ObjectScan()
-        self._scan = start
+        self._scan = self._obj_start = start
         self._state = _S.OBJECT
         self._parsed = None
+        if self._buf.find("}", start) < 0:
+            return  # not all here yet
         try:
             parsed, end = _STRICT_DECODER.raw_decode(self._buf, start)
             if start == self._args_from:
@@ -1010,6 +1013,9 @@ class LeakParser:
 
     def _step_object(self, eof: bool) -> bool:
         """Arguments that are a JSON object: read to where it closes (or a marker cuts it)."""
+        if self._scan < 0:  # it closed in a parked delta: read it again, whole
+            self._object_at(self._obj_start)
+            return True
         buf = self._buf
         m = MARKER_RE.search(buf, max(self._args_from, self._scan - _PARTIAL_MAX))
         limit = m.start() if m is not None else len(buf)
