@@ -292,6 +292,24 @@ def _partial_tail(tail: str) -> bool:
     return skeleton in (_SKELETONS if m.group("close") else _SKELETON_PREFIXES)
 
 
+def _inert(delta: str) -> bool:
+    """Whether a ``<`` or ``{`` in ``delta`` can open nothing, now or with more text
+    (code and markup are full of both: they take the fast path too)."""
+    if "<" in delta:
+        if _OPENER_RE.search(delta) is not None:
+            return False
+        q = delta.rfind("<", max(0, len(delta) - _PARTIAL_MAX))
+        if q >= 0 and _partial(delta, q):
+            return False
+    b = delta.find("{")
+    while b >= 0:
+        if _OBJECT_START_RE.match(delta, b) or (
+                len(delta) - b < 300 and _OBJECT_PREFIX_RE.match(delta, b)):
+            return False
+        b = delta.find("{", b + 1)
+    return True
+
+
 def strip_markers(text: str) -> str:
     """``text`` without any Kimi marker (what a call looks like as plain text)."""
     return MARKER_RE.sub("", text)
@@ -528,14 +546,14 @@ class LeakParser:
 
     def feed(self, delta: str) -> list[Segment]:
         """Add a stream delta; return the segments that are now certain."""
-        if self._word and "<" not in delta and "{" not in delta:
+        if self._word and (("<" not in delta and "{" not in delta) or _inert(delta)):
             # Fast path, plain text. An argument-begin marker in a later delta
             # would take the word before it as its id, so that word must still
             # be here: hold this whole delta when a word starts in it (text
             # goes out one delta late, and nothing is copied), or add it to
             # what is held when it only continues one (up to the longest id).
-            # The held text never starts with "<": no marker can open it, so
-            # `_prev` needs no update here.
+            # No marker can open the held text (any "<" or "{" in it is inert),
+            # so `_prev` needs no update here.
             held = self._buf
             if " " in delta.rstrip() and len(delta) <= _TRAIL_REV_MAX:
                 self._buf = delta
