@@ -40,6 +40,16 @@ from .tool_names import ToolCatalog
 _ENDED = {"stop", "end_turn", "eos", ""}
 
 TextKind = type[TextPart] | type[ReasoningPart]
+
+
+class _Run:
+    """Characters fed to the parser from one channel and not yet given back."""
+
+    __slots__ = ("kind", "left")
+
+    def __init__(self, kind: TextKind, left: int) -> None:
+        self.kind = kind
+        self.left = left
 _ID_SHAPE = re.compile(r"(?=.*[\d.:_\-])[A-Za-z0-9]+(?:[.:_\-]+[A-Za-z0-9]+)*")
 
 
@@ -51,7 +61,7 @@ class StreamRepairer:
         self.on_repair = on_repair
         self._parser = LeakParser(tools.schemas) if plan.leaks else None
         # What the parser was fed and has not given back yet: [channel, length] runs.
-        self._runs: deque[list[object]] = deque()
+        self._runs: deque[_Run] = deque()
         self._recovered = 0
         self._relayed = 0
         self._demoted = 0
@@ -76,10 +86,10 @@ class StreamRepairer:
                 return []
             kind = type(part)
             runs = self._runs
-            if runs and runs[-1][0] is kind:
-                runs[-1][1] += len(part.text)  # type: ignore[operator]
+            if runs and runs[-1].kind is kind:
+                runs[-1].left += len(part.text)
             else:
-                runs.append([kind, len(part.text)])
+                runs.append(_Run(kind, len(part.text)))
             return self._segments(self._parser.feed(part.text))
         if isinstance(part, ToolCallPart):
             return [self._native(part)]
@@ -199,21 +209,21 @@ class StreamRepairer:
         runs = self._runs
         n = len(text)
         first = runs[0]
-        if first[1] >= n:  # type: ignore[operator]
-            first[1] -= n  # type: ignore[operator]
-            if first[1] == 0 and len(runs) > 1:
+        if first.left >= n:
+            first.left -= n
+            if first.left == 0 and len(runs) > 1:
                 runs.popleft()
-            return [(first[0], text)]  # type: ignore[list-item]
+            return [(first.kind, text)]
         out: list[tuple[TextKind, str]] = []
         i = 0
         while i < n:
             run = runs[0]
-            take = min(run[1], n - i)  # type: ignore[type-var]
+            take = min(run.left, n - i)
             if take:
-                out.append((run[0], text[i:i + take]))  # type: ignore[arg-type]
-            run[1] -= take  # type: ignore[operator]
+                out.append((run.kind, text[i:i + take]))
+            run.left -= take
             i += take
-            if run[1] == 0 and len(runs) > 1:
+            if run.left == 0 and len(runs) > 1:
                 runs.popleft()
         return out
 

@@ -146,7 +146,7 @@ class ToolCatalog:
             return None
         slack = [len(t.properties - keys) for t in fitting]
         best = min(slack)
-        winners = [t for t, s in zip(fitting, slack) if s == best]
+        winners = [t for t, s in zip(fitting, slack, strict=True) if s == best]
         return winners[0].name if len(winners) == 1 else None
 
 
