@@ -782,18 +782,17 @@ class LeakParser:
         j, token = found  # type: ignore[misc]
         end = j + len(token)
         kind = _kind(token)
-        if kind is _Tok.BRACE:
-            # A JSON object in text: a call if a call-end marker follows it.
+        if kind is _Tok.BRACE or kind is _Tok.ARG_BEGIN:
+            # An object in text (a call if a call-end marker follows it), or an
+            # argument-begin marker: either way, the word before is the id.
             k = self._word_start(j)
             self._text_to(k)
-            self._open_call(begin=False, argmark=False, id_from=k, id_to=j)
-            self._open_object(j)
-            return True
-        if kind is _Tok.ARG_BEGIN:
-            k = self._word_start(j)
-            self._text_to(k)
-            self._open_call(begin=False, argmark=True, id_from=k, id_to=j)
-            self._open_args(end)
+            argmark = kind is _Tok.ARG_BEGIN
+            self._open_call(begin=False, argmark=argmark, id_from=k, id_to=j)
+            if argmark:
+                self._open_args(end)
+            else:
+                self._open_object(j)
             return True
         self._text_to(j)
         self._open(kind, j, end)
