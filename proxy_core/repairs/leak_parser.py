@@ -619,10 +619,15 @@ class LeakParser:
                     self._obj.scan(piece, 0, len(piece))  # no "}" in it: cannot close
                     self._scan += len(piece)
                 self._unscanned.clear()
-                if self._obj.scan(delta, 0, len(delta)) != -1:
-                    # Closes here: rescan in place (the scanner is stateful).
-                    return self._unpark_scan(delta)
-                self._scan += len(delta)
+                close = self._obj.scan(delta, 0, len(delta))
+                if close != -1:
+                    if delta[close:].strip():
+                        return self._unpark_scan(delta)  # something follows: decide now
+                    # Only blanks after it: what follows decides, in a later delta.
+                    self._obj_end = self._scan = self._scan + close
+                    self._state = _S.AFTER
+                else:
+                    self._scan += len(delta)
             else:
                 self._unscanned.append(delta)
         self._parts.append(delta)
@@ -868,6 +873,7 @@ class LeakParser:
     def _open_args(self, start: int) -> None:
         """Arguments start at ``start`` (after an argument-begin marker)."""
         self._args_pieces = []
+        self._parsed = None
         self._args_from = self._scan = start
         self._state = _S.ARGS
 
@@ -997,36 +1003,75 @@ class LeakParser:
         return True
 
     def _step_args(self, eof: bool) -> bool:
-        """Arguments after an argument-begin marker: a JSON object, or text up to a marker."""
+        """Arguments after an argument-begin marker: up to the next marker (or the end).
+
+        Parked cheaply until a marker arrives, as most leaked calls end with
+        a call-end marker. Then, if they are an object followed by more than
+        blanks or another object (a call-end marker lost before prose or the
+        next call's id), the call ends where the object closes and what
+        follows is read again.
+        """
         buf = self._buf
-        j = _NONWS_RE.search(buf, self._args_from)
-        if j is not None and buf[j.start()] == "{" and not "".join(self._args_pieces).strip():
-            if self._object_start(j.start(), eof) is not None:
-                if self._object_start(j.start(), eof) == -1:
-                    return False
-                self._object_at(j.start())
-                return True
         m = MARKER_RE.search(buf, self._scan)
-        while m is not None and _kind(m.group()) is _Tok.ARG_BEGIN:
-            # A repeated argument-begin inside a call: part of raw, not of args.
-            self._args_pieces.append(buf[self._args_from : m.start()])
-            self._args_from = self._scan = m.end()
-            return True
-        if m is None:
-            if j is None and not eof:
-                return False
-            if eof:
-                args = "".join(self._args_pieces) + buf[self._args_from :]
-                if _parses_as_object(args):
-                    self._emit_call(args, len(buf))
-                else:
-                    self._not_a_call(len(buf))
-                return False
+        if m is None and not eof:
             self._scan = max(self._args_from, len(buf) - _PARTIAL_MAX)
             return False
-        args = "".join(self._args_pieces) + buf[self._args_from : m.start()]
-        self._emit_call(args, m.end() if _kind(m.group()) is _Tok.CALL_END else m.start())
+        stop = m.start() if m is not None else len(buf)
+        kind = _kind(m.group()) if m is not None else None
+        if kind is _Tok.ARG_BEGIN and not buf[self._args_from : stop].strip():
+            # A repeated argument-begin inside a call: part of raw, not of args.
+            self._args_pieces.append(buf[self._args_from : stop])
+            self._args_from = self._scan = m.end()  # type: ignore[union-attr]
+            return True
+        if not "".join(self._args_pieces).strip():
+            cut = self._object_cut(self._args_from, stop)
+            if cut is not None and (kind is not _Tok.CALL_END or buf[cut:stop].strip()):
+                # The call ends with its object; blanks before the next marker are the gap.
+                self._emit_call(buf[self._args_from : cut], cut, self._parsed)
+                return True
+        args = "".join(self._args_pieces) + buf[self._args_from : stop]
+        if m is None:  # end of stream: a call only if its arguments are a whole object
+            if self._parsed is not None or _parses_as_object(args):
+                self._emit_call(args, len(buf), self._parsed)
+            else:
+                self._not_a_call(len(buf))
+            return False
+        if kind is _Tok.ARG_BEGIN:  # text, then another argument-begin: still this call's
+            self._args_pieces.append(buf[self._args_from : stop])
+            self._args_from = self._scan = m.end()
+            return True
+        self._emit_call(args, m.end() if kind is _Tok.CALL_END else stop, self._parsed)
         return True
+
+    def _object_cut(self, start: int, stop: int) -> int | None:
+        """Where the object that ``buf[start:stop]`` starts with closes; None when
+        it does not start with one, does not close before ``stop``, or another
+        object follows it (then the arguments run to ``stop``).
+
+        Sets ``_parsed`` when the arguments are one strict JSON object and blanks.
+        """
+        buf = self._buf
+        self._parsed = None
+        j = _NONWS_RE.search(buf, start, stop)
+        if j is None or buf[j.start()] != "{":
+            return None
+        j = j.start()
+        parsed: dict[str, Any] | None = None
+        try:
+            parsed, end = _STRICT_DECODER.raw_decode(buf, j)
+        except (ValueError, RecursionError):
+            try:
+                end = _DECODER.raw_decode(buf, j)[1]
+            except (ValueError, RecursionError):
+                end = _ObjectScan().scan(buf, j, stop)
+        if end == -1 or end > stop:
+            return None  # not closed before the marker
+        rest = buf[end:stop].lstrip()
+        if rest.startswith("{"):
+            return None  # two objects: one call's (json_args keeps the first)
+        if not rest:
+            self._parsed = parsed if j == start else None
+        return end
 
     def _step_object(self, eof: bool) -> bool:
         """Arguments that are a JSON object: read to where it closes (or a marker cuts it)."""
