@@ -604,10 +604,9 @@ class LeakParser:
     def _park(self, delta: str) -> bool:
         """Keep ``delta`` aside if it cannot end the call body being read."""
         probe = self._tail + delta
-        if "<" in probe[-len(delta) - _PARTIAL_MAX :] and (
-            MARKER_RE.search(probe) is not None or _XML_PARAM_CLOSE in probe
-            or _partial(probe, probe.rfind("<", max(0, len(probe) - _PARTIAL_MAX)))
-        ):
+        # A marker split across deltas shows whole in the probe once its last
+        # piece arrives (a partial one waits, parked, in `_tail`).
+        if "<" in probe and (MARKER_RE.search(probe) is not None or _XML_PARAM_CLOSE in probe):
             return False
         if self._state is _S.OBJECT:
             if not self._evidence() and self.buffered > _CANDIDATE_MAX:
