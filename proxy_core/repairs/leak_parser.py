@@ -1069,7 +1069,7 @@ class LeakParser:
         if rest.startswith("{"):
             return None  # two objects: one call's (json_args keeps the first)
         if not rest:
-            self._parsed = parsed if j == start else None
+            self._parsed = parsed  # blanks around one strict object: decoded already
         return end
 
     def _step_object(self, eof: bool) -> bool:
