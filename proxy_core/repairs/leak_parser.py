@@ -258,7 +258,7 @@ _CANDIDATE_MAX: Final = 1 << 18
 
 
 def _kind(token: str) -> _Tok:
-    """The kind of an opener token (markers classified by their words)."""
+    """The kind of an opener token (markers classified by their words, once each)."""
     kind = _KINDS.get(token)
     if kind is None:
         words = re.sub(r"[^a-z]", "", token.lower())  # e.g. "toolcallssectionbegin"
@@ -732,16 +732,16 @@ class LeakParser:
             state = self._state
             if state is _S.TEXT:
                 progressed = self._step_text(eof)
-            elif state is _S.OBJECT:
-                progressed = self._step_object(eof)
             elif state is _S.ARGS:
                 progressed = self._step_args(eof)
-            elif state is _S.AFTER:
-                progressed = self._step_after(eof)
-            elif state is _S.BETWEEN:
-                progressed = self._step_between(eof)
             elif state is _S.NAME:
                 progressed = self._step_name(eof)
+            elif state is _S.BETWEEN:
+                progressed = self._step_between(eof)
+            elif state is _S.OBJECT:
+                progressed = self._step_object(eof)
+            elif state is _S.AFTER:
+                progressed = self._step_after(eof)
             else:
                 progressed = self._step_xml(eof)
             if not progressed:
