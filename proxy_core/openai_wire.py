@@ -138,8 +138,8 @@ def loads_clean(raw: bytes | str) -> Any:
     if text[:1] == "\ufeff":  # a byte-order mark, as json.loads(bytes) allows
         text = text[1:]
     try:
-        value, end = _scan(text, 0)
-    except StopIteration:
+        value, end = _DECODER.raw_decode(text)
+    except ValueError:
         value, end = json.loads(text), len(text)  # raises, with the position
     if end != len(text) and text[end:].strip():
         json.loads(text)  # raises "Extra data"
@@ -148,7 +148,7 @@ def loads_clean(raw: bytes | str) -> Any:
     return value
 
 
-_scan = json.JSONDecoder().scan_once
+_DECODER = json.JSONDecoder()
 
 
 def _scrub(value: Any) -> Any:

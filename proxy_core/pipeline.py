@@ -21,7 +21,7 @@ import copy
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -187,7 +187,7 @@ class Pipeline:
 
     async def run(self, turn: Turn, route: RouteSettings, *,
                   first: Target | None = None, first_reason: str = "initial"
-                  ) -> AsyncIterator[StreamPart]:
+                  ) -> AsyncGenerator[StreamPart, None]:
         """Yield the client's parts; raise `TurnAborted` when the turn cannot complete."""
         live = LiveTurn(turn, route)
         self.live[turn.id] = live
@@ -261,7 +261,7 @@ class Pipeline:
                 self._fail(turn, "client disconnected before the turn finished", 499)
 
     async def _attempt(self, live: LiveTurn, attempt: Attempt, target: Target
-                       ) -> AsyncIterator[StreamPart]:
+                       ) -> AsyncGenerator[StreamPart, None]:
         turn = live.turn
         upstream = self.upstreams[target.upstream]
         model = target.model_for(turn.model)
@@ -277,7 +277,7 @@ class Pipeline:
                                   lambda note: self._repair(turn, note))
         answered = False  # text or a call reached the client (reasoning alone does not count)
         finished = False
-        parts = upstream.stream(UpstreamRequest(model=model, body=body)).__aiter__()
+        parts = upstream.stream(UpstreamRequest(model=model, body=body))
         watchdog = live.route.watchdog
         loop = asyncio.get_running_loop()
         watch = Deadline(loop.time() + watchdog.first_token_timeout)

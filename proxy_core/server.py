@@ -26,6 +26,7 @@ from .openai_wire import ChunkEncoder, CompletionBuilder, error_body, loads_clea
 from .pipeline import TurnAborted
 from .secrets import CLIENT_TOKEN_MIN
 from .sse import DONE, SSE_HEADERS, comment_line, data_line
+from .stream import StreamPart
 
 KEEPALIVE = comment_line("keep-alive")
 
@@ -349,6 +350,7 @@ class OpenAIFront:
             keepalive = KeepAlive(exchange, route.watchdog.keepalive_interval)
             # Made before the wait, not after: the first part goes out sooner.
             encoder = ChunkEncoder(chat.model, include_usage=chat.include_usage)
+            first: StreamPart | TurnAborted | None
             try:
                 first = await parts.__anext__()
             except StopAsyncIteration:

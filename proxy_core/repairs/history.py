@@ -180,7 +180,7 @@ def _mend_arguments(messages: list[Message], notes: list[Note]) -> None:
 
 def _same_json(a: str, b: str) -> bool:
     try:
-        return json.loads(a) == json.loads(b)
+        return bool(json.loads(a) == json.loads(b))
     except ValueError:
         return False
 

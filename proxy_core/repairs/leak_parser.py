@@ -76,7 +76,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from .json_args import normalise_json_object, repair_json_arguments_detailed
 
@@ -689,7 +689,7 @@ class LeakParser:
         self._flush_stray()
         out = self._out
         if out and type(out[-1]) is TextSegment:
-            out[-1] = TextSegment(out[-1].text + s)  # type: ignore[union-attr]
+            out[-1] = TextSegment(out[-1].text + s)
         else:
             out.append(TextSegment(s))
 
@@ -783,7 +783,8 @@ class LeakParser:
             self._text_to(hold)
             self._word = buf.find("<", self._pos) < 0
             return False
-        j, token = found  # type: ignore[misc]
+        assert isinstance(found, tuple)
+        j, token = found
         end = j + len(token)
         kind = _kind(token)
         if kind is _Tok.BRACE or kind is _Tok.ARG_BEGIN:
@@ -820,7 +821,9 @@ class LeakParser:
             return j
         start = max(lo, j - _TRAIL_REV_MAX)
         back = self._buf[start:j][::-1]
-        return j - _TRAIL_REV_RE.match(back).end()  # type: ignore[union-attr]
+        run = _TRAIL_REV_RE.match(back)
+        assert run is not None  # every part of the pattern is optional
+        return j - run.end()
 
     def _object_start(self, j: int, eof: bool) -> int | None:
         """Whether the ``{`` at ``j`` opens a JSON object: ``j``, ``None`` (no), or -1 (can't tell)."""
@@ -1017,10 +1020,10 @@ class LeakParser:
             return False
         stop = m.start() if m is not None else len(buf)
         kind = _kind(m.group()) if m is not None else None
-        if kind is _Tok.ARG_BEGIN and not buf[self._args_from : stop].strip():
+        if m is not None and kind is _Tok.ARG_BEGIN and not buf[self._args_from : stop].strip():
             # A repeated argument-begin inside a call: part of raw, not of args.
             self._args_pieces.append(buf[self._args_from : stop])
-            self._args_from = self._scan = m.end()  # type: ignore[union-attr]
+            self._args_from = self._scan = m.end()
             return True
         if not "".join(self._args_pieces).strip():
             cut = self._object_cut(self._args_from, stop)
@@ -1051,10 +1054,10 @@ class LeakParser:
         """
         buf = self._buf
         self._parsed = None
-        j = _NONWS_RE.search(buf, start, stop)
-        if j is None or buf[j.start()] != "{":
+        first = _NONWS_RE.search(buf, start, stop)
+        if first is None or buf[first.start()] != "{":
             return None
-        j = j.start()
+        j = first.start()
         parsed: dict[str, Any] | None = None
         try:
             parsed, end = _STRICT_DECODER.raw_decode(buf, j)
@@ -1167,7 +1170,7 @@ class LeakParser:
         self._in_section = False
         self._state = _S.BETWEEN
 
-    def _expect(self, eof: bool, options: tuple[str, ...]) -> tuple[int, str] | None | bool:
+    def _expect(self, eof: bool, options: tuple[str, ...]) -> tuple[int, str] | Literal[False] | None:
         """Skip whitespace from ``_cur`` and look for one of ``options``.
 
         Returns ``(index, option)`` when found, ``None`` when more input is
@@ -1196,7 +1199,7 @@ class LeakParser:
             if r is False:
                 self._xml_fail()
                 return True
-            self._cur = r[0] + len(_XML_FUNC)  # type: ignore[index]
+            self._cur = r[0] + len(_XML_FUNC)
             self._x_phase = _X.NAME
             return True
         if phase is _X.NAME:
@@ -1218,7 +1221,7 @@ class LeakParser:
             if r is False:
                 self._xml_fail()
                 return True
-            j, opt = r  # type: ignore[misc]
+            j, opt = r
             self._cur = j + len(opt)
             self._x_phase = _X.PNAME if opt == _XML_PARAM else _X.AFTER
             return True
@@ -1256,7 +1259,7 @@ class LeakParser:
         if r is False:
             self._xml_done(self._cur)
         else:
-            self._xml_done(r[0] + len(_XML_WRAP_CLOSE))  # type: ignore[index]
+            self._xml_done(r[0] + len(_XML_WRAP_CLOSE))
         return True
 
 
@@ -1280,10 +1283,10 @@ def merge_text(segments: Iterable[Segment]) -> list[Segment]:
     for seg in segments:
         if out and type(seg) is type(out[-1]) and not isinstance(seg, LeakedCall):
             prev = out[-1]
-            if isinstance(seg, TextSegment):
-                out[-1] = TextSegment(prev.text + seg.text)  # type: ignore[union-attr]
-            else:
-                out[-1] = StrayMarker(prev.raw + seg.raw)  # type: ignore[union-attr]
+            if isinstance(seg, TextSegment) and isinstance(prev, TextSegment):
+                out[-1] = TextSegment(prev.text + seg.text)
+            elif isinstance(seg, StrayMarker) and isinstance(prev, StrayMarker):
+                out[-1] = StrayMarker(prev.raw + seg.raw)
         else:
             out.append(seg)
     return out

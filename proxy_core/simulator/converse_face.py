@@ -312,6 +312,7 @@ def _tools(config: Any) -> list[dict[str, Any]]:
         if not isinstance(name, str) or not _TOOL_NAME.match(name):
             raise _invalid(f"Value at 'toolConfig.tools.{n}.toolSpec.name' failed to satisfy "
                            "constraint: Member must satisfy regular expression pattern: [a-zA-Z0-9_-]+")
+        assert isinstance(spec, dict)  # a name was found in it
         schema = (spec.get("inputSchema") or {}).get("json")
         if not isinstance(schema, dict):
             raise _invalid(f"toolConfig.tools.{n}.toolSpec.inputSchema.json is required.")

@@ -129,7 +129,8 @@ def decide(config: SimulatorConfig, reply: Reply, messages: Sequence[Mapping[str
     for fault in ("throttle", "stream_error"):
         if config.has(fault) and seen < config.hang_repeats:
             if request_rng(config.seed, fp, seen, fault).random() < config.fault_rate:
-                return FaultDecision(**{fault: True})
+                return FaultDecision(throttle=True) if fault == "throttle" else \
+                    FaultDecision(stream_error=True)
     if config.has("leak_wild") and reply.tool_call is not None:
         if request_rng(config.seed, fp, seen, "leak_wild").random() < config.fault_rate:
             return FaultDecision(wild=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,6 +25,6 @@ class Upstream(Protocol):
 
     async def start(self) -> None: ...
 
-    def stream(self, request: UpstreamRequest) -> AsyncIterator[StreamPart]: ...
+    def stream(self, request: UpstreamRequest) -> AsyncGenerator[StreamPart, None]: ...
 
     async def aclose(self) -> None: ...

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -133,7 +133,7 @@ class BedrockUpstream:
                               endpoint_url=settings.endpoint_url,
                               verify=settings.ca_bundle, config=config)
 
-    async def stream(self, request: UpstreamRequest) -> AsyncIterator[StreamPart]:
+    async def stream(self, request: UpstreamRequest) -> AsyncGenerator[StreamPart, None]:
         if self._client is None:
             await self.start()
         try:
@@ -236,7 +236,7 @@ class _Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
 
-    async def events(self) -> AsyncIterator[Any]:
+    async def events(self) -> AsyncGenerator[Any, None]:
         self._loop = asyncio.get_running_loop()
         self.thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self.thread.start()

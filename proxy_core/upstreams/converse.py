@@ -298,7 +298,7 @@ def _texts(content: Any, where: str) -> list[str]:
         if isinstance(part, str):
             text = part
         elif isinstance(part, dict) and part.get("type") in ("text", "refusal"):
-            text = part.get("text") if part.get("type") == "text" else part.get("refusal")
+            text = str(part.get("text") if part.get("type") == "text" else part.get("refusal"))
         else:
             raise ConverseTranslationError(f"{where}: only text parts are allowed here, got {_kind(part)}")
         if isinstance(text, str) and text.strip():

@@ -27,7 +27,7 @@ import json
 import ssl
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -158,7 +158,7 @@ class OpenAIUpstream:
             headers["Authorization"] = self._basic
         return headers
 
-    async def stream(self, request: UpstreamRequest) -> AsyncIterator[StreamPart]:
+    async def stream(self, request: UpstreamRequest) -> AsyncGenerator[StreamPart, None]:
         session = self._open_session()
         proxy = self._proxy
         if isinstance(proxy, ProxySettingError):

@@ -8,7 +8,7 @@ path a real OpenAI-compatible host does, hangs and all.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from ..config import UpstreamSettings
 from ..simulator import SimulatorConfig, start_simulator
@@ -44,7 +44,7 @@ class SimulatorUpstream:
             await self._running.close()
             self._running = None
 
-    async def stream(self, request: UpstreamRequest) -> AsyncIterator[StreamPart]:
+    async def stream(self, request: UpstreamRequest) -> AsyncGenerator[StreamPart, None]:
         if self._http is None:
             await self.start()
         assert self._http is not None
