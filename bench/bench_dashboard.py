@@ -172,7 +172,7 @@ def report(plan: Plan, results: dict[str, dict[str, list[Run]]], stats: dict[str
           f"{cpu['dashboard']:>13.1f} us{cpu['dashboard'] / max(cpu['headless'], 1e-9):>9.2f}x")
     print()
     print("throughput with the dashboard attached, as a ratio to headless: "
-          + ", ".join(f"{label} {r:.0%}" for label, r in zip(labels.values(), ratios)))
+          + ", ".join(f"{label} {r:.0%}" for label, r in zip(labels.values(), ratios, strict=False)))
     if stats:
         seconds = max(stats["seconds"], 1e-9)
         print(f"dashboard: {stats['events']:,} events in {stats['drains']:,} redraw batches "

@@ -149,9 +149,9 @@ def main() -> None:
         got = parse(deltas)
         assert got == want, (label, got, want)
         mb = sum(map(len, deltas)) / 1e6
-        t_parse = best_time(lambda: parse(deltas))
-        t_join = best_time(lambda: "".join(deltas))
-        t_loop = best_time(lambda: loop_baseline(deltas))
+        t_parse = best_time(lambda d=deltas: parse(d))
+        t_join = best_time(lambda d=deltas: "".join(d))
+        t_loop = best_time(lambda d=deltas: loop_baseline(d))
         print(
             f"{label:40} {mb:6.2f} {mb / t_parse:12.1f} {mb / t_join:10.1f} {mb / t_loop:10.1f}"
             f" {t_join / t_parse:8.3f} {t_loop / t_parse:8.3f}"

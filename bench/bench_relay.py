@@ -727,7 +727,7 @@ async def run_agent_sizes(plan: AgentPlan, sizes: list[int], delay_ms: int,
                 lambda t: one_stream(session, t.base, t.model(10, delay_ms), 10))
             upstream_cpu: dict[str, float] = {}
 
-            async def batch(t: Target) -> Run:
+            async def batch(t: Target, upstream_cpu: dict[str, float] = upstream_cpu) -> Run:
                 before = cpu_seconds(upstream_pid)
                 run = await client_batch(session, t, plan.clients, plan.per_client)
                 after = cpu_seconds(upstream_pid)
@@ -774,7 +774,7 @@ def report_agent(plan: AgentPlan, delay_ms: int, targets: list[Target], sizes: l
         d50 = pct([x.ttfb for x in size.ttfb["direct"]], 0.5)
         d99 = pct([x.ttfb for x in size.ttfb["direct"]], 0.99)
 
-        def rps(name: str) -> float:
+        def rps(name: str, size: AgentSize = size) -> float:
             return statistics.median(x.chunks / x.total for x in size.throughput[name])
 
         direct_rps = rps("direct")
@@ -783,7 +783,7 @@ def report_agent(plan: AgentPlan, delay_ms: int, targets: list[Target], sizes: l
         def line(metric: str, cells: list[str], lead: str = "") -> None:
             print(f"{lead:>10} {metric:<30}" + "".join(f"{c:>18}" for c in cells))
 
-        def ttfb(name: str, q: float) -> float:
+        def ttfb(name: str, q: float, size: AgentSize = size) -> float:
             return pct([x.ttfb for x in size.ttfb[name]], q)
 
         line("direct first byte p50 / p99", [f"{d50 * 1000:.2f}/{d99 * 1000:.2f} ms"] +

@@ -142,7 +142,7 @@ async def agent(number: int, session: aiohttp.ClientSession, base: str, tally: T
         {"role": "system", "content": "You are a coding agent. Use the bash tool."},
         {"role": "user", "content": f"Session {number}: add a mul function with a test."}]
     for _ in range(max_turns):
-        for attempt in range(3):
+        for _attempt in range(3):
             started = time.perf_counter()
             status, got = await turn(session, base, messages, session_id)
             if status == 200 and got["error"] is None:

@@ -295,7 +295,7 @@ class Pipeline:
                         self._record(turn, repaired)
                         yield repaired
                     if plan.empty_reply and not answered and not finished:
-                        raise _empty_reply(target)
+                        raise _empty_reply(target) from None
                     return
                 except TimeoutError:
                     if live.action is not None:

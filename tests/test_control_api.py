@@ -12,8 +12,7 @@ from proxy_core.app import SwitchboardProxy
 from proxy_core.events import event_from_dict
 from support import (
     API, CHAT_PATH, FakeUpstream, api_turn, api_turns, assert_openai_error, chat_body,
-    content_of, finish_chunk, openai_config, sse, stream_chat, text_chunk, text_reply,
-    tool_call_chunk, usage_chunk,
+    content_of, finish_chunk, openai_config, sse, stream_chat, text_chunk, tool_call_chunk, usage_chunk,
 )
 
 

@@ -57,7 +57,7 @@ def assert_converse_valid(kwargs: dict[str, Any]) -> None:
     """What Bedrock insists on: alternation from the user, no empty content or blank text."""
     roles = [m["role"] for m in kwargs["messages"]]
     assert roles[0] == "user"
-    assert all(a != b for a, b in zip(roles, roles[1:])), roles
+    assert all(a != b for a, b in zip(roles, roles[1:], strict=False)), roles
     assert all(m["content"] for m in kwargs["messages"])
     for block in all_blocks(kwargs):
         if "text" in block:

@@ -52,8 +52,7 @@ async def test_kill_9_mid_stream_then_restart_marks_the_turn_unfinished(
     try:
         async with httpx.AsyncClient(timeout=10) as client:
             for i in range(2):
-                response, payloads = await stream_chat(client, first.base_url,
-                                                       chat_body(f"turn {i}"))
+                _, payloads = await stream_chat(client, first.base_url, chat_body(f"turn {i}"))
                 assert content_of(payloads) == "Hello world"
             done = [t["id"] for t in await api_turns(client, first.base_url)]
             fake_upstream.script(sse(text_chunk("half an ans"), Hang(), done=False))

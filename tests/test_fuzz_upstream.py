@@ -60,7 +60,7 @@ def serialise(events: list[tuple[str, Any]], newline: str) -> tuple[bytes, list[
 
 def split(raw: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(raw) + 1) for c in cuts} | {0, len(raw)})
-    return [raw[a:b] for a, b in zip(points, points[1:])]
+    return [raw[a:b] for a, b in zip(points, points[1:], strict=False)]
 
 
 @settings(max_examples=400, deadline=None)

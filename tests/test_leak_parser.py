@@ -47,7 +47,7 @@ def run(chunks: list[str], **kw: Any) -> list[Segment]:
 def split_at(text: str, cuts: list[int]) -> list[str]:
     """Split ``text`` at the sorted positions ``cuts``."""
     bounds = [0, *sorted(set(cuts)), len(text)]
-    return [text[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 def reassemble(segs: list[Segment]) -> str:

@@ -126,7 +126,7 @@ async def test_stripped_history_gets_200_from_strict_host(tmp_path: Path) -> Non
     try:
         async with running_proxy(toml) as proxy, httpx.AsyncClient(timeout=30) as client:
             base = f"{proxy.base_url}/v1"
-            for step in range(4):
+            for _step in range(4):
                 status, got = await chat(client, base, messages)
                 assert status == 200, got["error"]
                 assert got["finish"] == "tool_calls" and len(got["calls"]) == 1

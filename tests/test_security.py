@@ -24,12 +24,11 @@ from hypothesis import strategies as st
 
 from fault_support import ServeProcess
 from fuzz_support import BackgroundProxy, openai_error, upstream_key_env
-from proxy_core.app import SwitchboardProxy
 from proxy_core.config import BUILTIN_CONFIG, ProxySettings, parse_config
 from proxy_core.secrets import REDACTED, Redactor
 from proxy_core.serve import exposure_warning, is_loopback
 from support import (
-    API, CHAT_PATH, MODEL, UPSTREAM_KEY_ENV, FakeUpstream, api_turns, chat_body, content_of,
+    API, CHAT_PATH, UPSTREAM_KEY_ENV, FakeUpstream, api_turns, chat_body, content_of,
     finish_chunk, openai_config, reasoning_chunk, sse, stream_chat, text_chunk, tool_call_chunk,
     wait_until,
 )

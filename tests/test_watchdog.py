@@ -14,7 +14,7 @@ import httpx
 from proxy_core.events import Event, StreamHeartbeat, UpstreamHealthChanged
 from support import (
     API, CHAT_PATH, UPSTREAM_MODEL, Hang, api_turn, chat_body, content_of, error_reply,
-    hang_reply, openai_config, sse, sse_payloads, stream_errors, text_chunk, text_reply,
+    hang_reply, openai_config, sse, stream_errors, text_chunk, text_reply,
     wait_until,
 )
 
@@ -46,8 +46,8 @@ class Streaming:
 
     def payloads(self) -> list[Any]:
         import json
-        return [json.loads(l[6:]) for l in self.lines
-                if l.startswith("data: ") and l != "data: [DONE]"]
+        return [json.loads(line[6:]) for line in self.lines
+                if line.startswith("data: ") and line != "data: [DONE]"]
 
     async def done(self, timeout: float = 10.0) -> None:
         await asyncio.wait_for(self.task, timeout)
@@ -72,7 +72,7 @@ async def test_waiting_client_gets_keepalives_while_a_hang_is_retried(
     stream = Streaming(client, proxy.base_url)
     await stream.done()
     assert stream.status == 200
-    first_data = next(i for i, l in enumerate(stream.lines) if l.startswith("data: "))
+    first_data = next(i for i, line in enumerate(stream.lines) if line.startswith("data: "))
     assert stream.lines[:first_data].count(": keep-alive") >= 3, stream.lines[:first_data]
     assert content_of(stream.payloads()) == "after retry"
     turn = (await client.get(f"{proxy.base_url}{API}/turns")).json()["turns"][-1]

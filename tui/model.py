@@ -162,7 +162,7 @@ class Pulse:
         """Chunks per second over the last `seconds` seconds, oldest first."""
         end = int(now)
         out = [0] * seconds
-        for second, count in zip(self._seconds, self._counts):
+        for second, count in zip(self._seconds, self._counts, strict=False):
             index = seconds - 1 - (end - second)
             if 0 <= index < seconds:
                 out[index] += count

@@ -71,7 +71,7 @@ class TurnSource(ABC):
         if self._events or self._chunks or self._resync:
             self._schedule()
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - an optional hook: most sources need none
         """Begin collecting events (the proxy itself is started by its owner)."""
 
     async def stop(self) -> None:
@@ -162,7 +162,7 @@ def config_targets(routes: Iterable[tuple[str, list[str]]], route: str | None) -
     """Fallback for reroute targets: the turn's route first, then every other route's."""
     ordered: list[str] = []
     routes = list(routes)
-    for model, targets in sorted(routes, key=lambda r: r[0] != route):
+    for _model, targets in sorted(routes, key=lambda r: r[0] != route):
         for target in targets:
             if target not in ordered:
                 ordered.append(target)

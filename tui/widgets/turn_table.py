@@ -277,7 +277,7 @@ class TurnTable(ScrollView, can_focus=True):
         if strip is None:
             cells = self._cells[turn_id]
             segments = [Segment(f" {fit(text, width)} ", self._style(style))
-                        for (text, style), (_, _, width) in zip(cells, COLUMNS)]
+                        for (text, style), (_, _, width) in zip(cells, COLUMNS, strict=False)]
             strip = self._strips[turn_id] = Strip(segments, ROW_WIDTH)
         return strip
 
