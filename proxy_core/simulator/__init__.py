@@ -9,7 +9,7 @@ Converse (``/model/{modelId}/converse-stream`` and ``/converse``, see
 
 from .config import FAULT_NAMES, SimulatorConfig, SimulatorConfigError
 from .faults import LEAK_VARIANTS
-from .server import RunningSimulator, make_simulator_app, start_simulator
+from .host import RunningSimulator, make_simulator_app, start_simulator
 from .stats import FaultRecord, SimulatorStats
 
 __all__ = [

@@ -11,7 +11,7 @@ import sys
 
 from ..runner import run as run_loop
 from .config import SimulatorConfig, SimulatorConfigError
-from .server import start_simulator
+from .host import start_simulator
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[SimulatorConfig, str, int, ssl.SSLContext | None]:

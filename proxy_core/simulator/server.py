@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 
 from aiohttp import web
 
@@ -16,13 +14,12 @@ from .faults import (
     FaultDecision, HostError, decide, fault_of, fingerprint, render_leak, render_wild_leak, request_rng, validate,
 )
 from .script import Reply, next_reply
-from .stats import FaultRecord, SimulatorState, SimulatorStats
+from .stats import FaultRecord, SimulatorState
 from .wire import KEEPALIVE, Outgoing, completion, cut_with_error, sse_events
 
 CONFIG_KEY = web.AppKey("simulator_config", SimulatorConfig)
 STATE_KEY = web.AppKey("simulator_state", SimulatorState)
 
-StatsPredicate = Callable[[SimulatorStats], bool]
 
 #: How often a silent hang checks whether its client went away.
 _DISCONNECT_POLL = 0.05
@@ -197,79 +194,3 @@ async def list_models(request: web.Request) -> web.Response:
     config = request.app[CONFIG_KEY]
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "switchboard-simulator"} for name in config.models]
     return web.json_response({"object": "list", "data": data})
-
-
-async def stats(request: web.Request) -> web.Response:
-    """``GET /simulator/stats``: the counters, for tests and scripts."""
-    return web.json_response(request.app[STATE_KEY].stats.to_json())
-
-
-async def _on_shutdown(app: web.Application) -> None:
-    app[STATE_KEY].shutdown.set()
-
-
-def make_simulator_app(config: SimulatorConfig) -> web.Application:
-    """Build the simulated host's aiohttp application."""
-    app = web.Application()
-    app[CONFIG_KEY] = config
-    app[STATE_KEY] = SimulatorState()
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_get("/v1/models", list_models)
-    app.router.add_get("/simulator/stats", stats)
-    app.on_shutdown.append(_on_shutdown)
-    from .converse_face import add_converse_routes  # it builds on this module
-
-    add_converse_routes(app)
-    return app
-
-
-@dataclass
-class RunningSimulator:
-    """A simulator serving inside the current event loop."""
-
-    config: SimulatorConfig
-    app: web.Application
-    runner: web.AppRunner
-    host: str
-    port: int
-    scheme: str = "http"
-
-    @property
-    def origin(self) -> str:
-        """``http://127.0.0.1:PORT`` (``https`` when serving TLS): the Bedrock ``endpoint_url``."""
-        return f"{self.scheme}://{self.host}:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        """The OpenAI base URL, e.g. ``http://127.0.0.1:PORT/v1``."""
-        return f"{self.origin}/v1"
-
-    @property
-    def stats(self) -> SimulatorStats:
-        """Live counters."""
-        return self.app[STATE_KEY].stats
-
-    async def wait_for(self, predicate: StatsPredicate, timeout: float = 30.0) -> None:
-        """Wait until ``predicate(stats)`` holds."""
-        await self.app[STATE_KEY].wait_for(predicate, timeout)
-
-    async def close(self) -> None:
-        """Stop serving; hanging streams end at once."""
-        self.app[STATE_KEY].shutdown.set()
-        await self.runner.cleanup()
-
-
-async def start_simulator(config: SimulatorConfig, host: str = "127.0.0.1", port: int = 0,
-                          ssl_context: ssl.SSLContext | None = None) -> RunningSimulator:
-    """Start the simulator on ``host:port`` (0 picks a free port) in this loop.
-
-    With ``ssl_context`` it serves HTTPS (botocore sends a Bedrock bearer
-    token only over TLS).
-    """
-    app = make_simulator_app(config)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
-    await site.start()
-    bound = runner.addresses[0][1] if runner.addresses else port
-    return RunningSimulator(config, app, runner, host, bound, "https" if ssl_context else "http")

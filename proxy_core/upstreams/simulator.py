@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 
 from ..config import UpstreamSettings
-from ..simulator import SimulatorConfig, start_simulator
-from ..simulator.server import RunningSimulator
+from ..simulator import RunningSimulator, SimulatorConfig, start_simulator
 from ..stream import StreamPart
 from .base import UpstreamRequest
 from .openai import OpenAIUpstream
