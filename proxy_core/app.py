@@ -52,7 +52,7 @@ class SwitchboardProxy:
         self.heartbeat = HeartbeatTicker(self.pipeline, self.bus)
         self._ticker: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
-        self.front = OpenAIFront(self)
+        self.front = OpenAIFront(self.pipeline, self.redactor)
 
     def _journaled_turn(self, turn_id: str) -> Turn | None:
         data = self.journal.turn(turn_id) if self.journal is not None else None

@@ -17,21 +17,18 @@ import contextlib
 import logging
 from contextlib import aclosing
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from .errors import ClientRequestError
 from .openai_wire import ChunkEncoder, CompletionBuilder, error_body, loads_clean, parse_chat_request
-from .pipeline import TurnAborted
-from .secrets import CLIENT_TOKEN_MIN
+from .pipeline import Pipeline, TurnAborted
+from .secrets import CLIENT_TOKEN_MIN, Redactor
 from .sse import DONE, SSE_HEADERS, comment_line, data_line
 from .stream import StreamPart
 
 KEEPALIVE = comment_line("keep-alive")
-
-if TYPE_CHECKING:
-    from .app import SwitchboardProxy
 
 log = logging.getLogger(__name__)
 
@@ -281,8 +278,11 @@ class EventWriter:
 
 
 class OpenAIFront:
-    def __init__(self, proxy: SwitchboardProxy) -> None:
-        self.proxy = proxy
+    """The OpenAI-compatible endpoints: turns go to the pipeline, secrets to the redactor."""
+
+    def __init__(self, pipeline: Pipeline, redactor: Redactor) -> None:
+        self.pipeline = pipeline
+        self.redactor = redactor
         self._serving: set[asyncio.Task[Any]] = set()  # chat handlers in flight
 
     async def cancel_all(self, timeout: float) -> None:
@@ -304,7 +304,7 @@ class OpenAIFront:
 
     async def models(self, request: web.Request) -> web.Response:
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "switchboard"}
-                for m in self.proxy.pipeline.model_ids()]
+                for m in self.pipeline.model_ids()]
         return web.json_response({"object": "list", "data": data})
 
     def _learn_credentials(self, headers: Mapping[str, str]) -> None:
@@ -313,7 +313,7 @@ class OpenAIFront:
             value = headers.get(name)
             if value:
                 token = value.partition(" ")[2] if " " in value else value
-                self.proxy.redactor.add(token.strip() or value, min_length=CLIENT_TOKEN_MIN)
+                self.redactor.add(token.strip() or value, min_length=CLIENT_TOKEN_MIN)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         exchange = AiohttpExchange(request)
@@ -334,10 +334,10 @@ class OpenAIFront:
         try:
             self._learn_credentials(exchange.headers)
             chat = parse_chat_request(parse_json_body(await exchange.read_body()))
-            turn, route = self.proxy.pipeline.open_turn(chat, exchange.headers)
+            turn, route = self.pipeline.open_turn(chat, exchange.headers)
         except ClientRequestError as exc:
             return exchange.reply(exc.status, error_body(exc.message, type_=exc.type, code=exc.code))
-        async with aclosing(self.proxy.pipeline.run(turn, route)) as parts:
+        async with aclosing(self.pipeline.run(turn, route)) as parts:
             if not chat.stream:
                 builder = CompletionBuilder(chat.model)
                 try:
@@ -372,7 +372,7 @@ class OpenAIFront:
                     await _relay(writer, encoder, first, parts)
                 await writer.finish(DONE)
             except TurnAborted as exc:
-                await _write_error(writer, exc, self.proxy.redactor(exc.message))
+                await _write_error(writer, exc, self.redactor(exc.message))
             except _DISCONNECTS:
                 log.info("client went away during %s", turn.id)
             finally:
@@ -381,7 +381,7 @@ class OpenAIFront:
 
     def _aborted(self, exchange: Exchange, exc: TurnAborted) -> Any:
         # Upstream error text can quote our key back (careless hosts do): redact.
-        return exchange.reply(exc.status, error_body(self.proxy.redactor(exc.message),
+        return exchange.reply(exc.status, error_body(self.redactor(exc.message),
                                                      type_="upstream_error", code=exc.code))
 
 
