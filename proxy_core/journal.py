@@ -7,14 +7,16 @@ it finishes or fails, inside the event handler, before the client receives
 the end of its stream. These rows are small: the request (the whole
 history, often the bulk of a turn) is kept apart, once per turn, with each
 message and tool schema stored once however many turns send it
-(`journal_db.py`, `contents.py`). Encoding, redacting and naming a request's
-parts happens on the journal's own worker thread, off the event loop; the
-loop writes the result, in the order turns started, and then lets the turn
-in memory share its messages with the turns before it (`contents.Interner`).
-The database runs in WAL mode, so after `kill -9` every finished turn is on
-disk and a turn that was in flight is there as `live`, with what it had
-produced up to its last checkpoint; the next start marks such turns failed
-as unfinished. Rows pass through the `Redactor` first: no secret reaches
+(`journal_db.py`, `contents.py`). A small request (up to `INLINE_BYTES`)
+is written with the row, before any output reaches the client. A larger
+one is encoded, redacted and named on the journal's own worker thread, off
+the event loop, and the loop writes the result (the new parts only) a few
+milliseconds later, in the order turns started. Either way the turn in
+memory then shares its messages with the turns before it
+(`contents.Interner`). The database runs in WAL mode, so after `kill -9`
+every finished turn is on disk and a turn that was in flight is there as
+`live`, with what it had produced up to its last checkpoint; the next start
+marks such turns failed as unfinished. Rows pass through the `Redactor` first: no secret reaches
 the file. With `[proxy] journal_max_mb` or `journal_max_days` set, whole
 old sessions are pruned (`retention.py`).
 
@@ -39,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from . import journal_db
-from .contents import Interner, Namer, PreparedRequest
+from .contents import Interner, Namer, PreparedRequest, approx_size
 from .errors import ConfigError
 from .events import StreamHeartbeat, TurnFailed, TurnFinished, TurnStarted
 from .record import Turn
@@ -56,6 +58,9 @@ UNFINISHED_ERROR = ("unfinished: Switchboard stopped (killed, crashed or lost po
 UNFINISHED_STATUS = 503
 #: While writes keep failing, a reminder is logged at most this often (seconds).
 REMINDER_INTERVAL = 300.0
+#: Requests up to about this size are prepared on the event loop as the turn starts
+#: (so they are on disk before its output reaches the client); larger ones on the worker.
+INLINE_BYTES = 64 * 1024
 #: Retention is checked at most this often (seconds), when a turn ends.
 PRUNE_INTERVAL = 60.0
 #: SQLite result codes that mean "cannot write here now", not "this is not a journal".
@@ -82,7 +87,8 @@ class Journal:
         self.pruned_sessions = 0
         self._last_prune = 0.0
         # Requests: named on the worker (`_pending`, in start order), then written here.
-        self.namer = Namer(redactor)
+        self.namer = Namer(redactor)         # the worker's
+        self._inline_namer = Namer(redactor)  # the event loop's, for small requests
         self.interner = Interner()
         self._writer = journal_db.RequestWriter()
         self._worker: ThreadPoolExecutor | None = None
@@ -119,7 +125,9 @@ class Journal:
             raise ConfigError(f"journal {path}: cannot open: {exc}") from None
         journal = cls(conn, path, redactor, store, retention)
         try:
-            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new file only
+            # Both take effect on a new file only (see journal_db).
+            conn.execute("PRAGMA page_size=1024")
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             journal_db.create(conn, redactor)
@@ -224,19 +232,15 @@ class Journal:
     # -- observer ----------------------------------------------------------------
 
     def on_TurnStarted(self, event: TurnStarted) -> None:
-        # The first write carries the whole history; let the upstream request
-        # go out first (a timer runs after the callbacks already queued, which
-        # include the upstream client's write). A finish that comes sooner
-        # writes the row itself.
-        try:
-            asyncio.get_running_loop().call_later(0.0, self._save_started, event.turn_id)
-        except RuntimeError:  # no loop: write now
-            self._save_started(event.turn_id)
+        # The bus delivers this once the upstream request is out. The row is
+        # small and written now, so a turn is on disk before any of its output
+        # can reach the client; so is its request if small, else the worker
+        # prepares it (`save`).
+        self._save_started(event.turn_id)
 
     def _save_started(self, turn_id: str) -> None:
         turn = self.store.get(turn_id)
         if turn is not None and turn.state == "live":
-            self._submit(turn)
             self._write_turn(turn, full=True)
 
     def on_StreamHeartbeat(self, event: StreamHeartbeat) -> None:
@@ -273,10 +277,15 @@ class Journal:
     # -- reading and writing ---------------------------------------------------
 
     def _json(self, value: Any, ascii: bool = False) -> str:
-        return self.redactor(json.dumps(value, ensure_ascii=ascii, default=str))
+        return self.redactor(json.dumps(value, ensure_ascii=ascii, default=str,
+                                        separators=(",", ":")))
 
     def save(self, turn: Turn) -> None:
-        """Write the turn's row, and its request unless that is on its way."""
+        """Write the turn's row, and its request unless that is on its way.
+
+        A request of up to `INLINE_BYTES` is prepared and written now; a
+        larger one is handed to the worker (with an event loop running).
+        """
         sql = ("INSERT OR REPLACE INTO turns (id, session_id, model, state, started_at,"
                " finished_at, finish_reason, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
         data = turn.to_dict(include_request=False)
@@ -287,8 +296,14 @@ class Journal:
         if turn.id in self._pending:
             return
         request, prepared = self._unwritten.pop(turn.id, (turn.request, None))
-        if request:
-            self._write_request(turn.id, request, prepared or self.namer.prepare(request))
+        if not request:
+            return
+        if prepared is None:
+            if approx_size(request) > INLINE_BYTES and self._submit(turn):
+                return
+            prepared = self._inline_namer.prepare(request)
+            self._share(turn.id, request, prepared)
+        self._write_request(turn.id, request, prepared)
 
     @staticmethod
     def _row(turn: Turn, data: str) -> tuple[Any, ...]:
@@ -297,14 +312,15 @@ class Journal:
 
     # -- requests ------------------------------------------------------------------
 
-    def _submit(self, turn: Turn) -> None:
-        """Have the worker name and redact the turn's request; `_drain` writes it."""
-        if not turn.request or turn.id in self._pending:
-            return
+    def _submit(self, turn: Turn) -> bool:
+        """Have the worker name and redact the turn's request; `_drain` writes it.
+
+        False when there is no event loop to hear back on: prepare it in line.
+        """
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop: `save` prepares it in line
-            return
+        except RuntimeError:
+            return False
         if self._worker is None:
             self._worker = ThreadPoolExecutor(1, thread_name_prefix="switchboard-journal")
         future = self._worker.submit(self.namer.prepare, turn.request)
@@ -317,6 +333,7 @@ class Journal:
                 pass
 
         future.add_done_callback(ready)
+        return True
 
     def _drain(self) -> None:
         """Write the prepared requests, in the order their turns started."""
@@ -341,7 +358,7 @@ class Journal:
         conn.execute("BEGIN")
         try:
             self._writer.write(conn, turn_id, prepared,
-                               lambda part: self.namer.body_of(request, part))
+                               lambda part: self._inline_namer.body_of(request, part))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -382,6 +399,7 @@ class Journal:
             self.pruned_sessions += pruned
             self._writer.forget()
             self.namer.forget()
+            self._inline_namer.forget()
             log.info("journal: pruned %d old session(s) to stay within its limits", pruned)
         return pruned
 

@@ -1,10 +1,16 @@
 """The journal's SQLite schema: turns, and requests stored as content-addressed parts.
 
 A turn's row (`turns`) holds its record without the request. The request
-is a skeleton (`turn_requests`) plus, for each message and tool schema, a
-row in `parts` pointing at `contents`, where each distinct part is stored
-once (see `contents.py`). A session of N turns thus stores its history
-about once, plus a small row per part per turn.
+is a skeleton (`turn_requests.skeleton`) and, for each of its part lists,
+the ids of its parts in `contents` (`turn_requests.parts`, JSON such as
+`{"messages": [1, 2, 5], "tools": [3, 4]}`), where each distinct part is
+stored once (see `contents.py`). A session of N turns thus stores its
+history about once, plus a few bytes per part per turn. `content_refs`
+counts the places that refer to each part, so pruning a session can drop
+the parts no other turn uses without reading every turn.
+
+New journals use 1 KB pages: most rows are small, and a large row's last
+overflow page is on average half empty, so smaller pages waste less.
 
 `requests` is a view giving each turn's request as one JSON text, as the
 table of that name did before (schema version 1): whoever reads the file
@@ -19,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 from .contents import PART_FIELDS, Namer, Part, PreparedRequest
@@ -46,21 +52,18 @@ CREATE INDEX IF NOT EXISTS turns_started ON turns(started_at);
 CREATE TABLE IF NOT EXISTS turn_requests (
     rid INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,          -- the turn's id
-    skeleton TEXT NOT NULL            -- the request, its part lists left empty
+    skeleton TEXT NOT NULL,           -- the request, its part lists left empty
+    parts TEXT NOT NULL               -- {"messages": [contents.id, ...], ...}
 );
 CREATE TABLE IF NOT EXISTS contents (
     id INTEGER PRIMARY KEY,
-    hash TEXT NOT NULL UNIQUE,        -- BLAKE2b-128 of body
+    hash BLOB NOT NULL UNIQUE,        -- BLAKE2b-128 of body
     body TEXT NOT NULL                -- one message or tool schema, as JSON
 );
-CREATE TABLE IF NOT EXISTS parts (
-    turn INTEGER NOT NULL,            -- turn_requests.rid
-    field INTEGER NOT NULL,           -- index in contents.PART_FIELDS
-    position INTEGER NOT NULL,
-    content INTEGER NOT NULL,         -- contents.id
-    PRIMARY KEY (turn, field, position)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS parts_content ON parts(content);
+CREATE TABLE IF NOT EXISTS content_refs (
+    id INTEGER PRIMARY KEY,           -- contents.id
+    n INTEGER NOT NULL                -- places in turn_requests.parts that name it
+);
 CREATE TABLE IF NOT EXISTS tool_calls (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -74,19 +77,18 @@ CREATE TABLE IF NOT EXISTS tool_calls (
 """
 
 
-def _field_json(index: int) -> str:
-    return ("json((SELECT json_group_array(json(b)) FROM (SELECT c.body AS b FROM parts p"
-            " JOIN contents c ON c.id = p.content"
-            f" WHERE p.turn = q.rid AND p.field = {index} ORDER BY p.position)))")
+def _field_json(name: str) -> str:
+    return ("json((SELECT json_group_array(json(b)) FROM (SELECT c.body AS b"
+            f" FROM json_each(q.parts, '$.{name}') e JOIN contents c ON c.id = e.value"
+            " ORDER BY e.key)))")
 
 
 #: `json_replace` only fills fields the skeleton has (as empty lists).
 REQUESTS_VIEW = (
     "CREATE VIEW IF NOT EXISTS requests (id, request) AS SELECT q.id, json_replace(q.skeleton, "
-    + ", ".join(f"'$.{name}', {_field_json(i)}" for i, name in enumerate(PART_FIELDS))
+    + ", ".join(f"'$.{name}', {_field_json(name)}" for name in PART_FIELDS)
     + ") FROM turn_requests q")
 
-FIELD_INDEX = {name: i for i, name in enumerate(PART_FIELDS)}
 
 
 def create(conn: sqlite3.Connection, redactor: Redactor) -> None:
@@ -136,6 +138,21 @@ def _migrate(conn: sqlite3.Connection, tables: set[str], redactor: Redactor) -> 
     return count
 
 
+def release(conn: sqlite3.Connection, rids: list[int]) -> None:
+    """Delete these turn requests, and the parts no other turn refers to (in a transaction)."""
+    counts: Counter[int] = Counter()
+    for rid in rids:
+        row = conn.execute("SELECT parts FROM turn_requests WHERE rid = ?", (rid,)).fetchone()
+        if row is not None:
+            counts.update(c for ids in json.loads(row[0]).values() for c in ids)
+    conn.executemany("DELETE FROM turn_requests WHERE rid = ?", [(rid,) for rid in rids])
+    conn.executemany("UPDATE content_refs SET n = n - ? WHERE id = ?",
+                     [(n, c) for c, n in counts.items()])
+    orphans = [(c,) for (c,) in conn.execute("SELECT id FROM content_refs WHERE n <= 0")]
+    conn.executemany("DELETE FROM contents WHERE id = ?", orphans)
+    conn.executemany("DELETE FROM content_refs WHERE id = ?", orphans)
+
+
 class RequestWriter:
     """Writes prepared requests, remembering which parts are on disk (by name → row id).
 
@@ -151,28 +168,29 @@ class RequestWriter:
     def write(self, conn: sqlite3.Connection, turn_id: str, prepared: PreparedRequest,
               body_of: Callable[[Part], str]) -> bool:
         """Insert the request of `turn_id` unless it is there; False if it was."""
-        cursor = conn.execute("INSERT OR IGNORE INTO turn_requests (id, skeleton) VALUES (?, ?)",
-                              (turn_id, prepared.skeleton))
-        if cursor.rowcount == 0:
+        if conn.execute("SELECT 1 FROM turn_requests WHERE id = ?", (turn_id,)).fetchone():
             return False
-        rid = cursor.lastrowid
-        rows = []
+        fields: dict[str, list[int]] = {}
         for part in prepared.parts:
             content = self._ids.get(part.name) or self._new.get(part.name)
             if content is None:
-                found = conn.execute("SELECT id FROM contents WHERE hash = ?",
-                                     (part.name,)).fetchone()
+                digest = bytes.fromhex(part.name)
+                found = conn.execute("SELECT id FROM contents WHERE hash = ?", (digest,)).fetchone()
                 if found is not None:
-                    content = found[0]
+                    content = int(found[0])
                 else:
                     body = part.body if part.body is not None else body_of(part)
-                    content = conn.execute(
+                    content = int(conn.execute(
                         "INSERT INTO contents (hash, body) VALUES (?, ?) RETURNING id",
-                        (part.name, body)).fetchone()[0]
+                        (digest, body)).fetchone()[0])
+                    conn.execute("INSERT INTO content_refs (id, n) VALUES (?, 0)", (content,))
                 self._new[part.name] = content
-            rows.append((rid, FIELD_INDEX[part.field], part.position, content))
-        conn.executemany("INSERT INTO parts (turn, field, position, content) VALUES (?, ?, ?, ?)",
-                         rows)
+            fields.setdefault(part.field, []).append(content)
+        conn.execute("INSERT INTO turn_requests (id, skeleton, parts) VALUES (?, ?, ?)",
+                     (turn_id, prepared.skeleton, json.dumps(fields, separators=(",", ":"))))
+        counts = Counter(c for ids in fields.values() for c in ids)
+        conn.executemany("UPDATE content_refs SET n = n + ? WHERE id = ?",
+                         [(n, c) for c, n in counts.items()])
         return True
 
     def commit(self) -> None:

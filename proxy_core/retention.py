@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from .config import ProxySettings
+from .journal_db import release
 
 #: Pruning for size goes down to this fraction of the limit, so it runs in batches.
 LOW_WATER = 0.9
@@ -84,20 +85,12 @@ def delete_session(conn: sqlite3.Connection, session_id: str) -> None:
     """One session's turns, requests, tool calls and the parts no other turn uses."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.execute("CREATE TEMP TABLE IF NOT EXISTS doomed (rid INTEGER PRIMARY KEY)")
-        conn.execute("DELETE FROM doomed")
-        conn.execute("INSERT INTO doomed SELECT q.rid FROM turn_requests q"
-                     " JOIN turns t ON t.id = q.id WHERE t.session_id = ?", (session_id,))
-        candidates = [c for (c,) in conn.execute(
-            "SELECT DISTINCT content FROM parts WHERE turn IN (SELECT rid FROM doomed)")]
-        conn.execute("DELETE FROM parts WHERE turn IN (SELECT rid FROM doomed)")
-        conn.execute("DELETE FROM turn_requests WHERE rid IN (SELECT rid FROM doomed)")
-        conn.executemany("DELETE FROM contents WHERE id = ?"
-                         " AND NOT EXISTS (SELECT 1 FROM parts WHERE content = ?)",
-                         [(c, c) for c in candidates])
+        rids = [rid for (rid,) in conn.execute(
+            "SELECT q.rid FROM turn_requests q JOIN turns t ON t.id = q.id"
+            " WHERE t.session_id = ?", (session_id,))]
+        release(conn, rids)
         conn.execute("DELETE FROM turns WHERE session_id = ?", (session_id,))
         conn.execute("DELETE FROM tool_calls WHERE session_id = ?", (session_id,))
-        conn.execute("DELETE FROM doomed")
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

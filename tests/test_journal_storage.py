@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 
-from proxy_core.contents import encode, split
-from proxy_core.journal import Journal
+from proxy_core.contents import approx_size, encode, split
+from proxy_core.journal import INLINE_BYTES, Journal
 from proxy_core.record import Turn
 from proxy_core.retention import Retention, used_bytes
 from proxy_core.secrets import Redactor
@@ -105,12 +105,15 @@ async def test_turns_in_memory_share_their_history(
         fake_upstream: FakeUpstream, proxy_factory: Any) -> None:
     proxy = await proxy_factory(openai_config(fake_upstream.base_url))
     async with httpx.AsyncClient(timeout=10) as client:
-        for step in range(6):
+        # Small requests are prepared as the turn starts, large ones (over
+        # `INLINE_BYTES`, from about the 14th turn) on the journal's worker: both share.
+        for step in range(20):
             response = await client.post(proxy.base_url + CHAT_PATH, json=session_request(step),
                                          headers={"x-session-id": "ses_share"})
             assert response.status_code == 200
     turns = proxy.store.recent(0)
-    assert len(turns) == 6
+    assert len(turns) == 20
+    assert approx_size(turns[0].request) < INLINE_BYTES < approx_size(turns[-1].request)
 
     def shared() -> bool:
         last = turns[-1].request
@@ -120,7 +123,7 @@ async def test_turns_in_memory_share_their_history(
     await wait_until(shared, what="the turns to share their messages")
     # Each distinct message is held once: 2 + 2 per step, however many turns sent it.
     held = {id(m) for t in turns for m in t.request["messages"]}
-    assert len(held) == 2 + 2 * 5
+    assert len(held) == 2 + 2 * 19
     assert turns[3].request == session_request(3)  # sharing changes nothing a view shows
 
 
@@ -145,7 +148,7 @@ async def test_a_journal_of_the_previous_schema_migrates_on_open(
     # Three turns of one session sent 2, 4 and 6 messages: 6 distinct, plus
     # the lone other turn's one; 3 tool schemas sent three times are stored once.
     assert query(journal, "SELECT count(*) FROM contents") == [(7 + 3,)]
-    assert query(journal, "SELECT count(*) FROM parts") == [((2 + 4 + 6 + 1) + 9,)]
+    assert query(journal, "SELECT sum(n) FROM content_refs") == [((2 + 4 + 6 + 1) + 9,)]
 
 
 # -- retention -----------------------------------------------------------------------
@@ -190,8 +193,9 @@ def test_size_retention_prunes_the_oldest_whole_sessions(tmp_path: Path) -> None
     remaining = sessions_in(path)
     assert remaining == [f"ses_{s}" for s in range(6 - len(remaining), 6)]  # the newest, whole
     assert used_bytes(journal.conn) <= limit
-    assert query(path, "SELECT count(*) FROM contents WHERE id NOT IN"
-                       " (SELECT content FROM parts)") == [(0,)]
+    referenced = {c for (parts,) in query(path, "SELECT parts FROM turn_requests")
+                  for ids in json.loads(parts).values() for c in ids}
+    assert {c for (c,) in query(path, "SELECT id FROM contents")} == referenced
     assert query(path, "SELECT count(*) FROM turns") == [(4 * len(remaining),)]
     for turn_id, request in sent.items():  # what stays is whole; the system prompt too
         record = journal.turn(turn_id)
