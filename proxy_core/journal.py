@@ -16,7 +16,9 @@ memory then shares its messages with the turns before it
 (`contents.Interner`). The database runs in WAL mode, so after `kill -9`
 every finished turn is on disk and a turn that was in flight is there as
 `live`, with what it had produced up to its last checkpoint; the next start
-marks such turns failed as unfinished. Rows pass through the `Redactor` first: no secret reaches
+marks such turns failed as unfinished. Checkpoints (copying the WAL into
+the database file) run on the worker too, never inside a commit on the
+loop. Rows pass through the `Redactor` first: no secret reaches
 the file. With `[proxy] journal_max_mb` or `journal_max_days` set, whole
 old sessions are pruned (`retention.py`).
 
@@ -35,7 +37,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -60,7 +62,11 @@ UNFINISHED_STATUS = 503
 REMINDER_INTERVAL = 300.0
 #: Requests up to about this size are prepared on the event loop as the turn starts
 #: (so they are on disk before its output reaches the client); larger ones on the worker.
-INLINE_BYTES = 64 * 1024
+INLINE_BYTES = 16 * 1024
+#: The WAL is checkpointed (on the worker) at most this often, as turns end (seconds).
+CHECKPOINT_INTERVAL = 1.0
+#: Bytes the WAL file is cut back to after a checkpoint lets it start over.
+WAL_LIMIT = 4 * 1024 * 1024
 #: Retention is checked at most this often (seconds), when a turn ends.
 PRUNE_INTERVAL = 60.0
 #: SQLite result codes that mean "cannot write here now", not "this is not a journal".
@@ -92,6 +98,8 @@ class Journal:
         self.interner = Interner()
         self._writer = journal_db.RequestWriter()
         self._worker: ThreadPoolExecutor | None = None
+        self._checkpointer: sqlite3.Connection | None = None  # the worker's own connection
+        self._last_checkpoint = 0.0
         self._pending: dict[str, tuple[dict[str, Any], Future[PreparedRequest]]] = {}
         self._unwritten: dict[str, tuple[dict[str, Any], PreparedRequest]] = {}
         # Health: see `status()`.
@@ -130,6 +138,9 @@ class Journal:
             conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            # The worker checkpoints (`_checkpoint`): never a commit on the event loop.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
             journal_db.create(conn, redactor)
             journal.recovered_unfinished = journal._mark_unfinished()
             journal.prune()
@@ -145,11 +156,12 @@ class Journal:
 
     def close(self) -> None:
         """Write the requests still being prepared, then close."""
-        for turn_id in list(self._pending):
-            self._pending[turn_id][1].result()
+        wait([future for _, future in self._pending.values()])
         self._drain()
         if self._worker is not None:
             self._worker.shutdown(wait=True)
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self.conn.close()
 
     # -- health ----------------------------------------------------------------
@@ -266,6 +278,7 @@ class Journal:
             self._write_turn(turn, full=turn_id in self._unsaved)
         if self.retention.any and time.monotonic() - self._last_prune >= PRUNE_INTERVAL:
             self.prune()
+        self._maybe_checkpoint()
 
     def _write_turn(self, turn: Turn, *, full: bool) -> None:
         if self._guarded("record a turn",
@@ -321,9 +334,7 @@ class Journal:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return False
-        if self._worker is None:
-            self._worker = ThreadPoolExecutor(1, thread_name_prefix="switchboard-journal")
-        future = self._worker.submit(self.namer.prepare, turn.request)
+        future = self._executor().submit(self.namer.prepare, turn.request)
         self._pending[turn.id] = (turn.request, future)
 
         def ready(_: Future[PreparedRequest]) -> None:
@@ -334,6 +345,34 @@ class Journal:
 
         future.add_done_callback(ready)
         return True
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="switchboard-journal")
+        return self._worker
+
+    def _maybe_checkpoint(self) -> None:
+        """Have the worker copy the WAL into the database, at most every `CHECKPOINT_INTERVAL`."""
+        now = time.monotonic()
+        if now - self._last_checkpoint < CHECKPOINT_INTERVAL:
+            return
+        self._last_checkpoint = now
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop: nothing to keep free, checkpoint here
+            self._checkpoint()
+            return
+        self._executor().submit(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        """A passive checkpoint on the worker's connection: it never makes a writer wait."""
+        try:
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(self.path, isolation_level=None,
+                                                     check_same_thread=False)
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:  # the next write will say so if the journal is broken
+            log.debug("journal: checkpoint failed: %s", exc)
 
     def _drain(self) -> None:
         """Write the prepared requests, in the order their turns started."""

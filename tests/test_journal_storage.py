@@ -12,14 +12,17 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import threading
 import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from proxy_core.contents import approx_size, encode, split
+from proxy_core import journal as journal_module
 from proxy_core.journal import INLINE_BYTES, Journal
 from proxy_core.record import Turn
 from proxy_core.retention import Retention, used_bytes
@@ -106,7 +109,7 @@ async def test_turns_in_memory_share_their_history(
     proxy = await proxy_factory(openai_config(fake_upstream.base_url))
     async with httpx.AsyncClient(timeout=10) as client:
         # Small requests are prepared as the turn starts, large ones (over
-        # `INLINE_BYTES`, from about the 14th turn) on the journal's worker: both share.
+        # `INLINE_BYTES`: from the second turn) on the journal's worker: both share.
         for step in range(20):
             response = await client.post(proxy.base_url + CHAT_PATH, json=session_request(step),
                                          headers={"x-session-id": "ses_share"})
@@ -246,3 +249,30 @@ async def test_journal_max_mb_in_the_config_prunes(
         health = (await client.get(proxy.base_url + API + "/health")).json()
     assert "ses_3" in shown and "ses_0" not in shown
     assert health["journal"]["ok"]
+
+
+async def test_the_wal_is_checkpointed_on_the_worker_not_the_event_loop(
+        fake_upstream: FakeUpstream, proxy_factory: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(journal_module, "CHECKPOINT_INTERVAL", 0.0)  # at every turn's end
+    proxy = await proxy_factory(openai_config(fake_upstream.base_url))
+    assert proxy.journal is not None
+    threads: list[str] = []
+    checkpoint = proxy.journal._checkpoint
+
+    def watched() -> None:  # unit seam: see which thread checkpoints
+        threads.append(threading.current_thread().name)
+        checkpoint()
+
+    proxy.journal._checkpoint = watched  # type: ignore[method-assign]
+    async with httpx.AsyncClient(timeout=10) as client:
+        for i in range(12):  # 12 sessions of ~500 KB: 6 MB of new parts
+            body = session_request(120, tag=f"session {i}")
+            response = await client.post(proxy.base_url + CHAT_PATH, json=body)
+            assert response.status_code == 200
+            await wait_until(lambda: not proxy.journal._pending, what="the request written")
+        await wait_until(lambda: len(threads) >= 12, what="the checkpoints")
+    assert set(threads) == {t for t in threads if t.startswith("switchboard-journal")}
+    # The checkpoints moved the parts from the WAL into the database file
+    # while the proxy ran (without them it all waits in the WAL).
+    assert (tmp_path / "journal.sqlite3").stat().st_size > 4 * 1024 * 1024
