@@ -209,13 +209,15 @@ class Journal:
     def _succeeded(self) -> None:
         if self._failing_since is None:
             return
+        # The streak ends when the kept turns are on disk too: a small write that
+        # fits while larger ones still fail (a file size limit) does not end it.
+        if not self._flush_unsaved():
+            return
         streak, self._streak_failures = self._streak_failures, 0
         self._failing_since = None
-        self._flush_unsaved()
-        if self._failing_since is None:
-            log.warning("journal: writing again to %s after %d failed writes%s", self.path, streak,
-                        f"; {self._lost} turn(s) were lost from memory meanwhile"
-                        if self._lost else "")
+        log.warning("journal: writing again to %s after %d failed writes%s", self.path, streak,
+                    f"; {self._lost} turn(s) were lost from memory meanwhile"
+                    if self._lost else "")
 
     def _guarded(self, what: str, write: Callable[[], object]) -> bool:
         try:
@@ -226,7 +228,8 @@ class Journal:
         self._succeeded()
         return True
 
-    def _flush_unsaved(self) -> None:
+    def _flush_unsaved(self) -> bool:
+        """Write the kept turns; False if a write failed (the rest stay kept)."""
         for turn_id in list(self._unsaved):
             turn = self.store.get(turn_id)
             if turn is None:
@@ -238,8 +241,9 @@ class Journal:
                 self.save(turn)
             except sqlite3.Error as exc:
                 self._failed("write a kept turn", exc)
-                return
+                return False
             del self._unsaved[turn_id]
+        return True
 
     # -- observer ----------------------------------------------------------------
 
