@@ -18,6 +18,7 @@ from .config import Config
 from .control import ControlAPI, PREFIX
 from .heartbeat import HeartbeatTicker
 from .journal import Journal
+from .retention import retention_of
 from .openai_wire import error_body, internal_error_body
 from .pipeline import Pipeline
 from .record import Turn
@@ -44,7 +45,8 @@ class SwitchboardProxy:
         self.upstreams = build_upstreams(config)
         self.journal: Journal | None = None
         if journal:
-            self.journal = Journal.open(config.proxy.journal, self.redactor, self.store)
+            self.journal = Journal.open(config.proxy.journal, self.redactor, self.store,
+                                        retention_of(config.proxy))
             self.bus.add_observer(self.journal)
         self.memory = ToolCallMemory(self.journal)
         self.pipeline = Pipeline(config, self.upstreams, self.bus, self.store, self.memory,

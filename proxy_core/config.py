@@ -14,7 +14,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from .errors import ConfigError
 from .simulator.config import FAULT_NAMES
@@ -39,6 +39,8 @@ class ProxySettings:
     port: int = 4141
     journal: Path = field(default_factory=lambda: default_data_dir() / "journal.sqlite3")
     max_body_mb: float = 64.0
+    journal_max_mb: float | None = None    # prune oldest whole sessions above this size
+    journal_max_days: float | None = None  # prune sessions idle for longer than this
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,8 +184,19 @@ class _Reader:
             raise self.fail(f"{key}.{name}", f"must be {expected}, got {_type_name(value)} {value!r}")
         return value
 
+    @overload
     def number(self, data: dict[str, Any], key: str, name: str, default: float,
-               minimum: float = 0.0) -> float:
+               minimum: float = 0.0) -> float: ...
+
+    @overload
+    def number(self, data: dict[str, Any], key: str, name: str, default: None,
+               minimum: float = 0.0) -> float | None: ...
+
+    def number(self, data: dict[str, Any], key: str, name: str, default: float | None,
+               minimum: float = 0.0) -> float | None:
+        """A number above `minimum`; `default` when absent (None: an optional setting)."""
+        if name not in data and default is None:
+            return None
         value = float(self.get(data, key, name, (int, float), default))
         if value <= minimum:
             raise self.fail(f"{key}.{name}", f"must be greater than {minimum:g}, got {value:g}")
@@ -205,7 +218,8 @@ def parse_config(text: str, source: str = "<built-in>", *, check_env: bool = Tru
     r.check_keys(data, "", {"proxy", "watchdog", "upstreams", "routes"})
 
     p = r.table(data.get("proxy", {}), "proxy")
-    r.check_keys(p, "proxy", {"host", "port", "journal", "max_body_mb"})
+    r.check_keys(p, "proxy", {"host", "port", "journal", "max_body_mb", "journal_max_mb",
+                              "journal_max_days"})
     port = r.get(p, "proxy", "port", int, 4141)
     if not 0 <= port <= 65535:
         raise r.fail("proxy.port", f"must be between 0 and 65535, got {port}")
@@ -215,6 +229,8 @@ def parse_config(text: str, source: str = "<built-in>", *, check_env: bool = Tru
         port=port,
         journal=Path(journal).expanduser() if journal else default_data_dir() / "journal.sqlite3",
         max_body_mb=r.number(p, "proxy", "max_body_mb", 64.0),
+        journal_max_mb=r.number(p, "proxy", "journal_max_mb", None),
+        journal_max_days=r.number(p, "proxy", "journal_max_days", None),
     )
 
     w = r.table(data.get("watchdog", {}), "watchdog")

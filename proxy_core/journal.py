@@ -1,16 +1,26 @@
 """The journal: every turn, durable, in SQLite.
 
 An observer on the event bus. A turn's row is written when it starts (state
-`live`, with the request), checkpointed about once a second while output
-arrives (on its `StreamHeartbeat`: the text so far, attempts, tool calls),
-and updated when it finishes or fails, inside the event handler, before
-the client receives the end of its stream. The
-request (the whole history, often the bulk of a turn) is written once, in
-its own table, so the update at the end rewrites a small row. The database
-runs in WAL mode, so after `kill -9` every finished turn is on disk and a
-turn that was in flight is there as `live`, with what it had produced up to
-its last checkpoint; the next start marks such turns failed as unfinished. Rows pass through the `Redactor` first: no secret
-reaches the file.
+`live`), checkpointed about once a second while output arrives (on its
+`StreamHeartbeat`: the text so far, attempts, tool calls), and updated when
+it finishes or fails, inside the event handler, before the client receives
+the end of its stream. These rows are small: the request (the whole
+history, often the bulk of a turn) is kept apart, once per turn, with each
+message and tool schema stored once however many turns send it
+(`journal_db.py`, `contents.py`). A small request (up to `INLINE_BYTES`)
+is written with the row, before any output reaches the client. A larger
+one is encoded, redacted and named on the journal's own worker thread, off
+the event loop, and the loop writes the result (the new parts only) a few
+milliseconds later, in the order turns started. Either way the turn in
+memory then shares its messages with the turns before it
+(`contents.Interner`). The database runs in WAL mode, so after `kill -9`
+every finished turn is on disk and a turn that was in flight is there as
+`live`, with what it had produced up to its last checkpoint; the next start
+marks such turns failed as unfinished. Checkpoints (copying the WAL into
+the database file) run on the worker too, never inside a commit on the
+loop. Rows pass through the `Redactor` first: no secret reaches
+the file. With `[proxy] journal_max_mb` or `journal_max_days` set, whole
+old sessions are pruned (`retention.py`).
 
 The journal never stops the proxy. When the disk is full or the file turns
 read-only, writes fail: the first failure of a streak is logged loudly, the
@@ -27,47 +37,22 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from . import journal_db
+from .contents import Interner, Namer, PreparedRequest, approx_size
 from .errors import ConfigError
 from .events import StreamHeartbeat, TurnFailed, TurnFinished, TurnStarted
 from .record import Turn
 from .repairs.memory import RememberedCall
+from .retention import Retention, prune
 from .secrets import Redactor
 from .store import TurnStore
 
 log = logging.getLogger(__name__)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS turns (
-    id TEXT PRIMARY KEY,
-    session_id TEXT NOT NULL,
-    model TEXT NOT NULL,
-    state TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    finished_at REAL,
-    finish_reason TEXT,
-    data TEXT NOT NULL,
-    request TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS turns_session ON turns(session_id, started_at);
-CREATE INDEX IF NOT EXISTS turns_started ON turns(started_at);
-CREATE TABLE IF NOT EXISTS requests (
-    id TEXT PRIMARY KEY,
-    request TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS tool_calls (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    arguments TEXT NOT NULL,
-    reasoning TEXT NOT NULL,
-    session_id TEXT NOT NULL,
-    turn_id TEXT NOT NULL,
-    upstream_id TEXT,
-    at REAL NOT NULL
-);
-"""
 
 #: What a turn that was in flight when Switchboard died is marked with at the next start.
 UNFINISHED_ERROR = ("unfinished: Switchboard stopped (killed, crashed or lost power) before "
@@ -75,6 +60,15 @@ UNFINISHED_ERROR = ("unfinished: Switchboard stopped (killed, crashed or lost po
 UNFINISHED_STATUS = 503
 #: While writes keep failing, a reminder is logged at most this often (seconds).
 REMINDER_INTERVAL = 300.0
+#: Requests up to about this size are prepared on the event loop as the turn starts
+#: (so they are on disk before its output reaches the client); larger ones on the worker.
+INLINE_BYTES = 16 * 1024
+#: The WAL is checkpointed (on the worker) at most this often, as turns end (seconds).
+CHECKPOINT_INTERVAL = 1.0
+#: Bytes the WAL file is cut back to after a checkpoint lets it start over.
+WAL_LIMIT = 4 * 1024 * 1024
+#: Retention is checked at most this often (seconds), when a turn ends.
+PRUNE_INTERVAL = 60.0
 #: SQLite result codes that mean "cannot write here now", not "this is not a journal".
 _CANNOT_WRITE = {"SQLITE_READONLY", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_BUSY",
                  "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_PERM"}
@@ -90,11 +84,24 @@ class Journal:
     """SQLite-backed record of turns. Use `Journal.open(path, ...)`."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, redactor: Redactor,
-                 store: TurnStore) -> None:
+                 store: TurnStore, retention: Retention | None = None) -> None:
         self.conn = conn
         self.path = path
         self.redactor = redactor
         self.store = store
+        self.retention = retention or Retention()
+        self.pruned_sessions = 0
+        self._last_prune = 0.0
+        # Requests: named on the worker (`_pending`, in start order), then written here.
+        self.namer = Namer(redactor)         # the worker's
+        self._inline_namer = Namer(redactor)  # the event loop's, for small requests
+        self.interner = Interner()
+        self._writer = journal_db.RequestWriter()
+        self._worker: ThreadPoolExecutor | None = None
+        self._checkpointer: sqlite3.Connection | None = None  # the worker's own connection
+        self._last_checkpoint = 0.0
+        self._pending: dict[str, tuple[dict[str, Any], Future[PreparedRequest]]] = {}
+        self._unwritten: dict[str, tuple[dict[str, Any], PreparedRequest]] = {}
         # Health: see `status()`.
         self._failing_since: float | None = None
         self._last_error: str | None = None
@@ -107,7 +114,8 @@ class Journal:
         self._checkpoints: dict[str, tuple[int, int]] = {}  # live turn -> (attempt, chunks) on disk
 
     @classmethod
-    def open(cls, path: Path, redactor: Redactor, store: TurnStore) -> Journal:
+    def open(cls, path: Path, redactor: Redactor, store: TurnStore,
+             retention: Retention | None = None) -> Journal:
         """Open (or create) the journal at `path`.
 
         A path that cannot be a journal at all (a directory, not a database)
@@ -123,12 +131,19 @@ class Journal:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise ConfigError(f"journal {path}: cannot open: {exc}") from None
-        journal = cls(conn, path, redactor, store)
+        journal = cls(conn, path, redactor, store, retention)
         try:
+            # Both take effect on a new file only (see journal_db).
+            conn.execute("PRAGMA page_size=1024")
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(SCHEMA)
+            # The worker checkpoints (`_checkpoint`): never a commit on the event loop.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+            journal_db.create(conn, redactor)
             journal.recovered_unfinished = journal._mark_unfinished()
+            journal.prune()
         except sqlite3.Error as exc:
             if not _cannot_write(exc):
                 conn.close()
@@ -140,6 +155,13 @@ class Journal:
         return journal
 
     def close(self) -> None:
+        """Write the requests still being prepared, then close."""
+        wait([future for _, future in self._pending.values()])
+        self._drain()
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self.conn.close()
 
     # -- health ----------------------------------------------------------------
@@ -187,15 +209,17 @@ class Journal:
     def _succeeded(self) -> None:
         if self._failing_since is None:
             return
+        # The streak ends when the kept turns are on disk too: a small write that
+        # fits while larger ones still fail (a file size limit) does not end it.
+        if not self._flush_unsaved():
+            return
         streak, self._streak_failures = self._streak_failures, 0
         self._failing_since = None
-        self._flush_unsaved()
-        if self._failing_since is None:
-            log.warning("journal: writing again to %s after %d failed writes%s", self.path, streak,
-                        f"; {self._lost} turn(s) were lost from memory meanwhile"
-                        if self._lost else "")
+        log.warning("journal: writing again to %s after %d failed writes%s", self.path, streak,
+                    f"; {self._lost} turn(s) were lost from memory meanwhile"
+                    if self._lost else "")
 
-    def _guarded(self, what: str, write: Callable[[], None]) -> bool:
+    def _guarded(self, what: str, write: Callable[[], object]) -> bool:
         try:
             write()
         except sqlite3.Error as exc:
@@ -204,31 +228,31 @@ class Journal:
         self._succeeded()
         return True
 
-    def _flush_unsaved(self) -> None:
+    def _flush_unsaved(self) -> bool:
+        """Write the kept turns; False if a write failed (the rest stay kept)."""
         for turn_id in list(self._unsaved):
             turn = self.store.get(turn_id)
             if turn is None:
                 self._lost += 1
                 del self._unsaved[turn_id]
+                self._unwritten.pop(turn_id, None)
                 continue
             try:
                 self.save(turn)
             except sqlite3.Error as exc:
                 self._failed("write a kept turn", exc)
-                return
+                return False
             del self._unsaved[turn_id]
+        return True
 
     # -- observer ----------------------------------------------------------------
 
     def on_TurnStarted(self, event: TurnStarted) -> None:
-        # The first write carries the whole history; let the upstream request
-        # go out first (a timer runs after the callbacks already queued, which
-        # include the upstream client's write). A finish that comes sooner
-        # writes the row itself.
-        try:
-            asyncio.get_running_loop().call_later(0.0, self._save_started, event.turn_id)
-        except RuntimeError:  # no loop: write now
-            self._save_started(event.turn_id)
+        # The bus delivers this once the upstream request is out. The row is
+        # small and written now, so a turn is on disk before any of its output
+        # can reach the client; so is its request if small, else the worker
+        # prepares it (`save`).
+        self._save_started(event.turn_id)
 
     def _save_started(self, turn_id: str) -> None:
         turn = self.store.get(turn_id)
@@ -256,6 +280,9 @@ class Journal:
         turn = self.store.get(turn_id)
         if turn is not None:
             self._write_turn(turn, full=turn_id in self._unsaved)
+        if self.retention.any and time.monotonic() - self._last_prune >= PRUNE_INTERVAL:
+            self.prune()
+        self._maybe_checkpoint()
 
     def _write_turn(self, turn: Turn, *, full: bool) -> None:
         if self._guarded("record a turn",
@@ -267,33 +294,157 @@ class Journal:
     # -- reading and writing ---------------------------------------------------
 
     def _json(self, value: Any, ascii: bool = False) -> str:
-        return self.redactor(json.dumps(value, ensure_ascii=ascii, default=str))
+        return self.redactor(json.dumps(value, ensure_ascii=ascii, default=str,
+                                        separators=(",", ":")))
 
     def save(self, turn: Turn) -> None:
-        """Write the whole turn, request included (one transaction)."""
-        try:
-            self._save(turn, ascii=False)
-        except UnicodeEncodeError:  # a lone surrogate: SQLite stores UTF-8, so escape it
-            self._save(turn, ascii=True)
+        """Write the turn's row, and its request unless that is on its way.
 
-    def _save(self, turn: Turn, *, ascii: bool) -> None:
-        data = self._json(turn.to_dict(include_request=False), ascii)
-        request = self._json(turn.request, ascii)
+        A request of up to `INLINE_BYTES` is prepared and written now; a
+        larger one is handed to the worker (with an event loop running).
+        """
+        sql = ("INSERT OR REPLACE INTO turns (id, session_id, model, state, started_at,"
+               " finished_at, finish_reason, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        data = turn.to_dict(include_request=False)
+        try:
+            self.conn.execute(sql, self._row(turn, self._json(data)))
+        except UnicodeEncodeError:  # a lone surrogate: SQLite stores UTF-8, so escape it
+            self.conn.execute(sql, self._row(turn, self._json(data, True)))
+        if turn.id in self._pending:
+            return
+        request, prepared = self._unwritten.pop(turn.id, (turn.request, None))
+        if not request:
+            return
+        if prepared is None:
+            if approx_size(request) > INLINE_BYTES and self._submit(turn):
+                return
+            prepared = self._inline_namer.prepare(request)
+            self._share(turn.id, request, prepared)
+        self._write_request(turn.id, request, prepared)
+
+    @staticmethod
+    def _row(turn: Turn, data: str) -> tuple[Any, ...]:
+        return (turn.id, turn.session_id, turn.model, turn.state, turn.started_at,
+                turn.finished_at, turn.finish_reason, data)
+
+    # -- requests ------------------------------------------------------------------
+
+    def _submit(self, turn: Turn) -> bool:
+        """Have the worker name and redact the turn's request; `_drain` writes it.
+
+        False when there is no event loop to hear back on: prepare it in line.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        future = self._executor().submit(self.namer.prepare, turn.request)
+        self._pending[turn.id] = (turn.request, future)
+
+        def ready(_: Future[PreparedRequest]) -> None:
+            try:
+                loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop closed: `close` drains
+                pass
+
+        future.add_done_callback(ready)
+        return True
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="switchboard-journal")
+        return self._worker
+
+    def _maybe_checkpoint(self) -> None:
+        """Have the worker copy the WAL into the database, at most every `CHECKPOINT_INTERVAL`."""
+        now = time.monotonic()
+        if now - self._last_checkpoint < CHECKPOINT_INTERVAL:
+            return
+        self._last_checkpoint = now
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop: nothing to keep free, checkpoint here
+            self._checkpoint()
+            return
+        self._executor().submit(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        """A passive checkpoint on the worker's connection: it never makes a writer wait."""
+        try:
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(self.path, isolation_level=None,
+                                                     check_same_thread=False)
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:  # the next write will say so if the journal is broken
+            log.debug("journal: checkpoint failed: %s", exc)
+
+    def _drain(self) -> None:
+        """Write the prepared requests, in the order their turns started."""
+        while self._pending:
+            turn_id, (request, future) = next(iter(self._pending.items()))
+            if not future.done():
+                return
+            del self._pending[turn_id]
+            try:
+                prepared = future.result()
+            except Exception:  # a bug of ours: the turn's row stays, without its request
+                log.exception("journal: could not prepare the request of %s", turn_id)
+                continue
+            self._share(turn_id, request, prepared)
+            if not self._guarded("record a request",
+                                 partial(self._write_request, turn_id, request, prepared)):
+                self._unsaved[turn_id] = None
+
+    def _write_request(self, turn_id: str, request: dict[str, Any],
+                       prepared: PreparedRequest) -> None:
         conn = self.conn
         conn.execute("BEGIN")
         try:
-            conn.execute(
-                "INSERT OR REPLACE INTO turns (id, session_id, model, state, started_at,"
-                " finished_at, finish_reason, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (turn.id, turn.session_id, turn.model, turn.state, turn.started_at,
-                 turn.finished_at, turn.finish_reason, data))
-            conn.execute("INSERT OR REPLACE INTO requests (id, request) VALUES (?, ?)",
-                         (turn.id, request))
+            self._writer.write(conn, turn_id, prepared,
+                               lambda part: self._inline_namer.body_of(request, part))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            self._writer.forget()
+            self._unwritten[turn_id] = (request, prepared)
             raise
+        self._writer.commit()
+
+    def _share(self, turn_id: str, request: dict[str, Any], prepared: PreparedRequest) -> None:
+        """Let the turn in memory hold the same message objects as earlier turns."""
+        turn = self.store.get(turn_id)
+        if turn is None or turn.request is not request:
+            return
+        fields: dict[str, list[Any]] = {}
+        for part in prepared.parts:
+            items = fields.get(part.field)
+            if items is None:
+                items = fields[part.field] = list(request[part.field])
+            items[part.position] = self.interner.intern(part.key, items[part.position], part.size)
+        if fields:
+            turn.request = {**request, **fields}
+
+    # -- retention -------------------------------------------------------------------
+
+    def prune(self) -> int:
+        """Drop the sessions `[proxy] journal_max_mb`/`journal_max_days` rule out."""
+        self._last_prune = time.monotonic()
+        if not self.retention.any:
+            return 0
+        pruned = 0
+
+        def run() -> None:
+            nonlocal pruned
+            pruned = prune(self.conn, self.retention)
+
+        if self._guarded("prune old sessions", run) and pruned:
+            self.pruned_sessions += pruned
+            self._writer.forget()
+            self.namer.forget()
+            self._inline_namer.forget()
+            log.info("journal: pruned %d old session(s) to stay within its limits", pruned)
+        return pruned
 
     def _update(self, turn: Turn) -> None:
         """Rewrite everything but the request, which does not change."""

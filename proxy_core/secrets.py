@@ -49,6 +49,8 @@ class Redactor:
     def __init__(self, env_vars: Iterable[str] = ()) -> None:
         self._values: set[str] = set()
         self._ordered: list[str] = []
+        #: Counts the secrets learnt: text redacted at an older generation may need it again.
+        self.generation = 0
         for name in (*env_vars, *_AWS_ENV):
             self.add(os.environ.get(name))
 
@@ -58,6 +60,7 @@ class Redactor:
             self._values.add(value)
             # Longest first, so a secret that contains another goes whole.
             self._ordered = sorted(self._values, key=len, reverse=True)
+            self.generation += 1
 
     def __call__(self, text: str) -> str:
         for _ in range(3):  # a replacement can, rarely, complete another secret: go again

@@ -151,6 +151,12 @@ BAD = [
     ("placeholder not a string",
      MINIMAL.replace('kind = "openai"', 'kind = "openai"\nreasoning_placeholder = 1'),
      ["upstreams.up.reasoning_placeholder", "must be str"]),
+    ("zero journal_max_mb", "[proxy]\njournal_max_mb = 0\n" + MINIMAL,
+     ["proxy.journal_max_mb", "greater than 0"]),
+    ("negative journal_max_days", "[proxy]\njournal_max_days = -2\n" + MINIMAL,
+     ["proxy.journal_max_days", "greater than 0", "-2"]),
+    ("journal_max_mb as text", '[proxy]\njournal_max_mb = "50MB"\n' + MINIMAL,
+     ["proxy.journal_max_mb", "must be int or float", "'50MB'"]),
     ("unknown simulator fault", '[upstreams.s]\nkind = "simulator"\nfaults = ["gremlins"]\n'
      '[[routes]]\nmodel = "m"\ntargets = ["s"]\n', ["upstreams.s.faults", "gremlins"]),
 ]
@@ -170,6 +176,13 @@ def test_bad_config_names_file_and_key(tmp_path: Path, monkeypatch: pytest.Monke
     for fragment in fragments:
         assert fragment in message, (fragment, message)
     assert "\n" not in message  # one line
+
+
+def test_journal_limits_are_optional_numbers() -> None:
+    assert parse_config(MINIMAL, check_env=False).proxy.journal_max_mb is None
+    config = parse_config("[proxy]\njournal_max_mb = 500\njournal_max_days = 0.5\n" + MINIMAL,
+                          check_env=False)
+    assert (config.proxy.journal_max_mb, config.proxy.journal_max_days) == (500.0, 0.5)
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:

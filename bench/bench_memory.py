@@ -1,0 +1,236 @@
+"""How much memory does the proxy hold for big agent requests?
+
+Two measurements of a real `SwitchboardProxy` (journal on, as a user runs
+it) in its own process, read from Linux's /proc (VmRSS, and VmHWM for the
+peak), with a fake upstream in this process:
+
+1. **16 concurrent 1 MB requests** (16 different opencode-shaped sessions,
+   nothing in common but the system prompt and tools): the fake upstream
+   answers none until all 16 are in flight, so the proxy holds them all at
+   once. Reports the proxy's peak resident memory, and what it added to
+   the idle proxy. The README states the bound.
+2. **The turns kept in memory** (the dashboard's and the control API's
+   `TurnStore`) after 60 turns of one 500 KB session, in a proxy in this
+   process: the bytes their requests hold (every object counted once, by
+   `sys.getsizeof`), against what the same turns would hold if each kept a
+   private copy of its history (each turn's request counted on its own).
+
+    .venv/bin/python bench/bench_memory.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import multiprocessing as mp
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+for extra in (ROOT, ROOT / "bench"):
+    if str(extra) not in sys.path:  # run from a checkout without installing
+        sys.path.insert(0, str(extra))
+
+import aiohttp  # noqa: E402
+from aiohttp import web  # noqa: E402
+
+from agent_session import session  # noqa: E402
+
+MB = 1024 * 1024
+#: The bound the README states for part 1 (peak resident memory of the proxy).
+BOUND_MB = 256
+
+_REPLY = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in [
+    {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "up",
+     "choices": [{"index": 0, "delta": {"content": "Reading the next file."},
+                  "finish_reason": None}]},
+    {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "up",
+     "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+]) + b"data: [DONE]\n\n"
+
+
+def rss(pid: int, field_name: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field_name} for {pid}")
+
+
+def _proxy_main(ready: Any, stop: Any, upstream_url: str, journal: str) -> None:
+    from proxy_core.app import SwitchboardProxy
+    from proxy_core.config import parse_config
+    from proxy_core.runner import run as run_loop
+
+    config = parse_config(f"""
+[proxy]
+port = 0
+[upstreams.fake]
+kind = "openai"
+base_url = {json.dumps(upstream_url)}
+[[routes]]
+model = "*"
+targets = ["fake:up"]
+""", "bench_memory")
+    config = dataclasses.replace(config, proxy=dataclasses.replace(config.proxy,
+                                                                   journal=Path(journal)))
+
+    async def main() -> None:
+        proxy = SwitchboardProxy(config, host="127.0.0.1", port=0)
+        await proxy.start()
+        ready.put(proxy.base_url)
+        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
+        await proxy.stop()
+
+    run_loop(main())
+
+
+class Upstream:
+    """Answers a short stream; with `hold`, only once that many requests are waiting."""
+
+    def __init__(self) -> None:
+        self.hold = 0
+        self.waiting = 0
+        self.release = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        if self.hold:
+            self.waiting += 1
+            if self.waiting >= self.hold:
+                self.release.set()
+            await self.release.wait()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(_REPLY)
+        return response
+
+
+async def post(client: aiohttp.ClientSession, url: str, body: dict[str, Any], session_id: str) -> None:
+    async with client.post(url + "/v1/chat/completions", json=body,
+                           headers={"x-session-id": session_id}) as response:
+        assert response.status == 200, await response.text()
+        await response.read()
+
+
+async def with_proxy(upstream_url: str, work: Any) -> Any:
+    """`await work(client, base_url, pid)` against a proxy in its own process."""
+    ctx = mp.get_context("spawn")
+    ready, stop = ctx.Queue(), ctx.Event()
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = ctx.Process(target=_proxy_main, daemon=True,
+                           args=(ready, stop, upstream_url, str(Path(tmp) / "j.sqlite3")))
+        proc.start()
+        base = await asyncio.get_running_loop().run_in_executor(None, ready.get, True, 60)
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as client:
+                return await work(client, base, proc.pid)
+        finally:
+            stop.set()
+            await asyncio.get_running_loop().run_in_executor(None, proc.join, 30)
+
+
+def deep_size(root: Any, seen: set[int]) -> int:
+    """Bytes of `root` and everything it holds (JSON values), skipping objects in `seen`."""
+    total = 0
+    stack = [root]
+    while stack:
+        value = stack.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        total += sys.getsizeof(value)
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return total
+
+
+async def store_sizes(upstream_url: str, requests: list[dict[str, Any]]) -> tuple[int, int]:
+    """(held, would hold with private copies) by the requests of a proxy's stored turns."""
+    from proxy_core.app import SwitchboardProxy
+    from proxy_core.config import parse_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = parse_config(f"""
+[proxy]
+journal = {json.dumps(str(Path(tmp) / "j.sqlite3"))}
+[upstreams.fake]
+kind = "openai"
+base_url = {json.dumps(upstream_url)}
+[[routes]]
+model = "*"
+targets = ["fake:up"]
+""", "bench_memory")
+        proxy = SwitchboardProxy(config, host="127.0.0.1", port=0)
+        await proxy.start()
+        async with aiohttp.ClientSession() as client:
+            for body in requests:
+                await post(client, proxy.base_url, body, "ses_long")
+        await proxy.stop()  # the journal writes what is left (and its turns share) first
+        turns = proxy.store.recent(0)
+        assert len(turns) == len(requests)
+        seen: set[int] = set()
+        held = sum(deep_size(t.request, seen) for t in turns)
+        private = sum(deep_size(t.request, set()) for t in turns)
+    return held, private
+
+
+async def run(concurrent: int, request_kb: int, turns: int, session_kb: int) -> int:
+    upstream = Upstream()
+    app = web.Application(client_max_size=256 * MB)
+    app.router.add_post("/v1/chat/completions", upstream.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    upstream_url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+
+    bodies = [next(session(1, request_kb, 1, f"model-{i}")) for i in range(concurrent)]
+    for i, body in enumerate(bodies):  # 16 sessions: nothing shared but prompt and tools
+        body["messages"][1] = {"role": "user", "content": f"task {i}: make the tests pass"}
+
+    async def concurrent_requests(client: aiohttp.ClientSession, base: str, pid: int) -> tuple[int, int]:
+        await post(client, base, session(1, 1, 1, "warm").__next__(), "ses_warm")
+        idle = rss(pid)
+        upstream.hold, upstream.waiting = concurrent, 0
+        upstream.release.clear()
+        await asyncio.gather(*(post(client, base, b, f"ses_{i}") for i, b in enumerate(bodies)))
+        upstream.hold = 0
+        return idle, rss(pid, "VmHWM")
+
+    idle, peak = await with_proxy(upstream_url, concurrent_requests)
+    size_kb = len(json.dumps(bodies[0])) // 1024
+    print(f"{concurrent} concurrent requests of {size_kb} KB (all in flight at once):")
+    print(f"  proxy idle      {idle / MB:7.1f} MB")
+    print(f"  proxy peak      {peak / MB:7.1f} MB   (+{(peak - idle) / MB:.1f} MB,"
+          f" {(peak - idle) / concurrent / MB:.1f} MB per request)")
+    met = peak < BOUND_MB * MB
+    print(f"  bound: peak under {BOUND_MB} MB: {'met' if met else 'MISSED'}")
+
+    requests = list(session(turns, session_kb, 1.1, "kimi-k2.5"))
+    shared, private = await store_sizes(upstream_url, requests)
+    print(f"{turns} turns of one {session_kb}-{len(json.dumps(requests[-1])) // 1024} KB session,"
+          " kept in memory (TurnStore):")
+    print(f"  requests hold   {shared / MB:7.1f} MB   (messages shared between turns)")
+    print(f"  private copies  {private / MB:7.1f} MB   would hold ({private / shared:.0f}x)")
+    await runner.cleanup()
+    return 0 if met else 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrent", type=int, default=16)
+    parser.add_argument("--request-kb", type=int, default=1024)
+    parser.add_argument("--turns", type=int, default=60)
+    parser.add_argument("--session-kb", type=int, default=500)
+    args = parser.parse_args()
+    sys.exit(asyncio.run(run(args.concurrent, args.request_kb, args.turns, args.session_kb)))
+
+
+if __name__ == "__main__":
+    main()

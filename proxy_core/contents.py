@@ -1,0 +1,180 @@
+"""Requests split into content-addressed parts, so a session's history is kept once.
+
+An agent sends its whole conversation on every turn: the system prompt, the
+tool schemas and every message so far, each turn one or two messages longer
+than the last. `split` cuts a request into a *skeleton* (everything but the
+lists in `PART_FIELDS`, which keep their place as empty lists) and its
+*parts* (each message, each tool schema), and names every part by a digest
+of its encoding. The journal stores a part once however many turns send it,
+and `Interner` lets the turns in memory share one object per part.
+
+The encoding is compact JSON with the keys in the order the client sent
+them (so a record reads exactly as it arrived): agents resend their history
+byte for byte, so the same message gets the same name every time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from .secrets import Redactor
+
+#: The request fields whose list items are stored as parts, in this order.
+PART_FIELDS = ("messages", "tools", "system")
+
+
+def encode(value: Any) -> tuple[str, bytes]:
+    """JSON text and its UTF-8 bytes (a lone surrogate is escaped: UTF-8 cannot hold it)."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    try:
+        return text, text.encode()
+    except UnicodeEncodeError:
+        text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=str)
+        return text, text.encode()
+
+
+def digest(data: bytes) -> str:
+    """The name of a part: 128 bits of BLAKE2b, in hex."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def approx_size(value: Any) -> int:
+    """About how many bytes `value` takes as JSON (string lengths, 8 per other value).
+
+    Cheaper than encoding it: to choose where to encode it.
+    """
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item) + 2
+        elif isinstance(item, dict):
+            total += 8 * len(item) + sum(len(k) for k in item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        else:
+            total += 8
+    return total
+
+
+def split(request: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """The skeleton (part lists emptied, in place) and the parts by field."""
+    skeleton = dict(request)
+    parts: dict[str, list[Any]] = {}
+    for name in PART_FIELDS:
+        value = request.get(name)
+        if isinstance(value, list):
+            parts[name] = value
+            skeleton[name] = []
+    return skeleton, parts
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One part, ready for the journal.
+
+    `key` names the part as the client sent it (for sharing in memory);
+    `name` names what is stored, after redaction. `body` is the stored,
+    redacted text, or None when an earlier request already had this part
+    (the journal then knows it by `name`). `size` is its encoded size.
+    """
+
+    field: str
+    position: int
+    key: str
+    name: str
+    body: str | None
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRequest:
+    """A request as the journal writes it: the redacted skeleton and its parts."""
+
+    skeleton: str
+    parts: tuple[Part, ...]
+
+
+class Namer:
+    """Names and redacts parts, remembering what it has done.
+
+    A part seen before (by its unredacted digest) is neither redacted nor
+    kept as text again: that work is done once per part, not once per turn.
+    It starts afresh when the redactor learns a secret (text redacted before
+    may hold it) and after `forget()` (the journal dropped parts). Runs on
+    one thread at a time (the journal's worker); `forget` may come from any.
+    """
+
+    def __init__(self, redactor: Redactor, capacity: int = 50_000) -> None:
+        self.redactor = redactor
+        self.capacity = capacity
+        self._names: OrderedDict[str, str] = OrderedDict()  # key -> stored name
+        self._generation = redactor.generation
+        self._forget = False
+
+    def forget(self) -> None:
+        self._forget = True
+
+    def prepare(self, request: dict[str, Any]) -> PreparedRequest:
+        if self._forget or self._generation != self.redactor.generation:
+            self._forget = False
+            self._generation = self.redactor.generation
+            self._names.clear()
+        skeleton, fields = split(request)
+        parts: list[Part] = []
+        names = self._names
+        for field_name, items in fields.items():
+            for position, item in enumerate(items):
+                text, data = encode(item)
+                key = digest(data)
+                name = names.get(key)
+                body: str | None = None
+                if name is None:
+                    body = self.redactor(text)
+                    name = key if body == text else digest(body.encode())
+                    names[key] = name
+                    if len(names) > self.capacity:
+                        names.popitem(last=False)
+                else:
+                    names.move_to_end(key)
+                parts.append(Part(field_name, position, key, name, body, len(data)))
+        return PreparedRequest(self.redactor(encode(skeleton)[0]), tuple(parts))
+
+    def body_of(self, request: dict[str, Any], part: Part) -> str:
+        """The stored text of one part, made again (the journal lost the one it had)."""
+        return self.redactor(encode(request[part.field][part.position])[0])
+
+
+class Interner:
+    """One shared object per distinct part, so turns in memory share their history.
+
+    Holds up to `max_bytes` of parts (by encoded size), least recently used
+    dropped first: a dropped part stays alive in the turns that hold it,
+    later turns just get their own copy.
+    """
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._parts: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+
+    def intern(self, key: str, value: Any, size: int) -> Any:
+        held = self._parts.get(key)
+        if held is not None:
+            self._parts.move_to_end(key)
+            return held[0]
+        self._parts[key] = (value, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes and len(self._parts) > 1:
+            _, (_, dropped) = self._parts.popitem(last=False)
+            self.bytes -= dropped
+        return value
+
+    def __len__(self) -> int:
+        return len(self._parts)

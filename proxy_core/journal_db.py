@@ -1,0 +1,207 @@
+"""The journal's SQLite schema: turns, and requests stored as content-addressed parts.
+
+A turn's row (`turns`) holds its record without the request. The request
+is a skeleton (`turn_requests.skeleton`) and, for each of its part lists,
+the ids of its parts in `contents` (`turn_requests.parts`, JSON such as
+`{"messages": [1, 2, 5], "tools": [3, 4]}`), where each distinct part is
+stored once (see `contents.py`). A session of N turns thus stores its
+history about once, plus a few bytes per part per turn. `content_refs`
+counts the places that refer to each part, so pruning a session can drop
+the parts no other turn uses without reading every turn.
+
+New journals use 1 KB pages: most rows are small, and a large row's last
+overflow page is on average half empty, so smaller pages waste less.
+
+`requests` is a view giving each turn's request as one JSON text, as the
+table of that name did before (schema version 1): whoever reads the file
+with SQLite alone still finds `SELECT request FROM requests WHERE id = ?`.
+
+`migrate` brings a journal of version 1 (or the older one with the request
+in `turns.request`) to this schema when it is opened.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+
+from .contents import PART_FIELDS, Namer, Part, PreparedRequest
+from .secrets import Redactor
+
+log = logging.getLogger(__name__)
+
+VERSION = 2
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS turns (
+    id TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    state TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    finish_reason TEXT,
+    data TEXT NOT NULL,
+    request TEXT NOT NULL DEFAULT '{}'  -- the oldest journals kept the request here
+);
+CREATE INDEX IF NOT EXISTS turns_session ON turns(session_id, started_at);
+CREATE INDEX IF NOT EXISTS turns_started ON turns(started_at);
+CREATE TABLE IF NOT EXISTS turn_requests (
+    rid INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,          -- the turn's id
+    skeleton TEXT NOT NULL,           -- the request, its part lists left empty
+    parts TEXT NOT NULL               -- {"messages": [contents.id, ...], ...}
+);
+CREATE TABLE IF NOT EXISTS contents (
+    id INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL UNIQUE,        -- BLAKE2b-128 of body
+    body TEXT NOT NULL                -- one message or tool schema, as JSON
+);
+CREATE TABLE IF NOT EXISTS content_refs (
+    id INTEGER PRIMARY KEY,           -- contents.id
+    n INTEGER NOT NULL                -- places in turn_requests.parts that name it
+);
+CREATE TABLE IF NOT EXISTS tool_calls (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    arguments TEXT NOT NULL,
+    reasoning TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    turn_id TEXT NOT NULL,
+    upstream_id TEXT,
+    at REAL NOT NULL
+);
+"""
+
+
+def _field_json(name: str) -> str:
+    return ("json((SELECT json_group_array(json(b)) FROM (SELECT c.body AS b"
+            f" FROM json_each(q.parts, '$.{name}') e JOIN contents c ON c.id = e.value"
+            " ORDER BY e.key)))")
+
+
+#: `json_replace` only fills fields the skeleton has (as empty lists).
+REQUESTS_VIEW = (
+    "CREATE VIEW IF NOT EXISTS requests (id, request) AS SELECT q.id, json_replace(q.skeleton, "
+    + ", ".join(f"'$.{name}', {_field_json(name)}" for name in PART_FIELDS)
+    + ") FROM turn_requests q")
+
+
+
+def create(conn: sqlite3.Connection, redactor: Redactor) -> None:
+    """Create or migrate the schema (call outside a transaction)."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version >= VERSION:
+        return
+    tables = {name for (name,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in TABLES.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        migrated = _migrate(conn, tables, redactor) if "turns" in tables else 0
+        conn.execute(REQUESTS_VIEW)
+        conn.execute(f"PRAGMA user_version = {VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    if migrated:
+        log.warning("journal: migrated %d request(s) to content-addressed storage; compacting",
+                    migrated)
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("VACUUM")
+
+
+def _migrate(conn: sqlite3.Connection, tables: set[str], redactor: Redactor) -> int:
+    """Move version-1 requests (table `requests`, or `turns.request`) into parts."""
+    source = ("SELECT t.id, coalesce(r.request, t.request) FROM turns t"
+              " LEFT JOIN requests r ON r.id = t.id" if "requests" in tables
+              else "SELECT id, request FROM turns")
+    namer = Namer(redactor)  # redacted when written; again, for secrets learnt since
+    writer = RequestWriter()
+    count = 0
+    for turn_id, raw in conn.execute(source).fetchall():
+        request = json.loads(raw)
+        if not request:
+            continue
+        writer.write(conn, turn_id, namer.prepare(request), lambda part: "")
+        count += 1
+    if "requests" in tables:
+        conn.execute("DROP TABLE requests")
+    conn.execute("UPDATE turns SET request = '{}' WHERE request != '{}'")
+    return count
+
+
+def release(conn: sqlite3.Connection, rids: list[int]) -> None:
+    """Delete these turn requests, and the parts no other turn refers to (in a transaction)."""
+    counts: Counter[int] = Counter()
+    for rid in rids:
+        row = conn.execute("SELECT parts FROM turn_requests WHERE rid = ?", (rid,)).fetchone()
+        if row is not None:
+            counts.update(c for ids in json.loads(row[0]).values() for c in ids)
+    conn.executemany("DELETE FROM turn_requests WHERE rid = ?", [(rid,) for rid in rids])
+    conn.executemany("UPDATE content_refs SET n = n - ? WHERE id = ?",
+                     [(n, c) for c, n in counts.items()])
+    orphans = [(c,) for (c,) in conn.execute("SELECT id FROM content_refs WHERE n <= 0")]
+    conn.executemany("DELETE FROM contents WHERE id = ?", orphans)
+    conn.executemany("DELETE FROM content_refs WHERE id = ?", orphans)
+
+
+class RequestWriter:
+    """Writes prepared requests, remembering which parts are on disk (by name → row id).
+
+    Call `commit()` after the transaction commits and `forget()` after a
+    rollback or after parts were deleted: the memory is only of committed rows.
+    """
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[str, int] = OrderedDict()
+        self._new: dict[str, int] = {}
+
+    def write(self, conn: sqlite3.Connection, turn_id: str, prepared: PreparedRequest,
+              body_of: Callable[[Part], str]) -> bool:
+        """Insert the request of `turn_id` unless it is there; False if it was."""
+        if conn.execute("SELECT 1 FROM turn_requests WHERE id = ?", (turn_id,)).fetchone():
+            return False
+        fields: dict[str, list[int]] = {}
+        for part in prepared.parts:
+            content = self._ids.get(part.name) or self._new.get(part.name)
+            if content is None:
+                digest = bytes.fromhex(part.name)
+                found = conn.execute("SELECT id FROM contents WHERE hash = ?", (digest,)).fetchone()
+                if found is not None:
+                    content = int(found[0])
+                else:
+                    body = part.body if part.body is not None else body_of(part)
+                    content = int(conn.execute(
+                        "INSERT INTO contents (hash, body) VALUES (?, ?) RETURNING id",
+                        (digest, body)).fetchone()[0])
+                    conn.execute("INSERT INTO content_refs (id, n) VALUES (?, 0)", (content,))
+                self._new[part.name] = content
+            fields.setdefault(part.field, []).append(content)
+        conn.execute("INSERT INTO turn_requests (id, skeleton, parts) VALUES (?, ?, ?)",
+                     (turn_id, prepared.skeleton, json.dumps(fields, separators=(",", ":"))))
+        counts = Counter(c for ids in fields.values() for c in ids)
+        conn.executemany("UPDATE content_refs SET n = n + ? WHERE id = ?",
+                         [(n, c) for c, n in counts.items()])
+        return True
+
+    def commit(self) -> None:
+        ids = self._ids
+        ids.update(self._new)
+        for name in self._new:
+            ids.move_to_end(name)
+        self._new.clear()
+        while len(ids) > self.capacity:
+            ids.popitem(last=False)
+
+    def forget(self) -> None:
+        self._ids.clear()
+        self._new.clear()

@@ -1,0 +1,86 @@
+"""A long real opencode session through `switchboard serve`: the journal grows with what is new.
+
+opencode resends the whole conversation on every model call. A 30-step
+session against the simulator (`steps = 30`: the scripted task, then
+harmless reads, globs and test runs) goes through `switchboard serve`;
+then the journal file must be within 3x of the unique bytes the session
+sent — each distinct message and tool schema once, plus each request's
+other fields — while storing every request whole would take many times more.
+
+The project folder holds a package of 80 modules besides the task's two
+files, as a real one would, so the globs list something: with nothing in
+it every tool result is a few dozen bytes and each turn's own record (its
+attempts, timings, tool calls: about 1.3 KB) would outweigh what is new in
+its request.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from opencode_runner import run_opencode
+from serve_runner import files_done, start_serve
+
+pytestmark = pytest.mark.opencode
+
+PROMPT = "Create a small calculator module with tests, then extend it with multiplication."
+STEPS = 30
+
+
+def compact(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def unique_and_sent(requests: list[dict[str, Any]]) -> tuple[int, int]:
+    parts: set[bytes] = set()
+    unique = sent = 0
+    for request in requests:
+        sent += len(compact(request))
+        rest = {k: v for k, v in request.items() if k not in ("messages", "tools")}
+        unique += len(compact(rest))
+        for name in ("messages", "tools"):
+            parts.update(compact(item) for item in request.get(name) or [])
+    return unique + sum(len(p) for p in parts), sent
+
+
+def test_a_30_step_session_journal_stays_near_its_unique_bytes(tmp_path: Path) -> None:
+    served = start_serve(f"""
+[proxy]
+journal = "{{journal}}"
+[upstreams.sim]
+kind = "simulator"
+seed = 1
+steps = {STEPS}
+[[routes]]
+model = "kimi-k2.5"
+targets = ["sim:kimi-k2.5"]
+repairs = "auto"
+""", tmp_path)
+    try:
+        workdir = tmp_path / "work"
+        for i in range(80):
+            module = workdir / "pkg" / f"module_{i:02d}.py"
+            module.parent.mkdir(parents=True, exist_ok=True)
+            module.write_text(f"def handle_{i}(request):\n    return request\n")
+        result = run_opencode(f"{served.base_url}/v1", PROMPT, workdir, timeout=400)
+        report = f"{result.describe()}\n--- switchboard log ---\n{served.log.read_text()[-3000:]}"
+        assert result.returncode == 0 and not result.errors, report
+        assert result.completed_tool_calls == STEPS and files_done(workdir), report
+        turns = served.turns()
+        assert all(t["state"] == "finished" for t in turns), report
+        requests = [httpx.get(f"{served.base_url}/switchboard/api/turns/{t['id']}",
+                              timeout=10).json()["request"] for t in turns]
+    finally:
+        assert served.stop() == 0
+    assert len(requests) >= STEPS + 1  # the agent's calls (and opencode's title request)
+
+    unique, sent = unique_and_sent(requests)
+    size = sum(p.stat().st_size for p in tmp_path.glob("journal.sqlite3*"))
+    assert sent > 8 * unique, "the session resent its history many times"
+    assert size <= 3 * unique, f"journal {size} B; unique {unique} B; sent {sent} B"
+    print(f"30-step opencode session: sent {sent} B, unique {unique} B, journal {size} B")
