@@ -331,7 +331,7 @@ def _parse_upstream_kind(r: _Reader, name: str, key: str, t: dict[str, Any],
 
 def _ca_bundle(r: _Reader, t: dict[str, Any], key: str, check_env: bool) -> str | None:
     """`ca_bundle`: a PEM file of CAs to trust for this upstream's TLS (corporate CAs, local hosts)."""
-    ca_bundle = r.get(t, key, "ca_bundle", str, None)
+    ca_bundle: str | None = r.get(t, key, "ca_bundle", str, None)
     if ca_bundle is not None:
         ca_bundle = str(Path(ca_bundle).expanduser())
         if check_env and not Path(ca_bundle).is_file():
@@ -381,7 +381,7 @@ def _parse_timers(r: _Reader, t: dict[str, Any], key: str,
 
 def _at_least(r: _Reader, t: dict[str, Any], key: str, name: str, minimum: int,
               default: int) -> int:
-    value = r.get(t, key, name, int, default)
+    value: int = r.get(t, key, name, int, default)
     if value < minimum:
         raise r.fail(f"{key}.{name}", f"must be at least {minimum}, got {value}")
     return value

@@ -505,7 +505,7 @@ class Journal:
             return None
         if row is None:
             return None
-        data = json.loads(row[0])
+        data: dict[str, Any] = json.loads(row[0])
         data["request"] = json.loads(row[1])
         return data
 
