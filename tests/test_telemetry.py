@@ -279,3 +279,49 @@ async def test_a_collector_that_answers_late_holds_nothing_and_counts_the_loss(
     finally:
         receiver.release()
         await sim.close()
+
+
+# -- configuration (unit seams) -------------------------------------------------
+
+BASE = '[upstreams.sim]\nkind = "simulator"\n[[routes]]\nmodel = "*"\ntargets = ["sim:m"]\n'
+
+
+def test_telemetry_is_off_without_an_endpoint() -> None:
+    from proxy_core.config import parse_config
+    from proxy_core.telemetry import plan
+    assert plan(parse_config(BASE).telemetry, {}) is None
+
+
+def test_the_standard_variables_turn_it_on() -> None:
+    from proxy_core.config import parse_config
+    from proxy_core.telemetry import plan
+    export = plan(parse_config(BASE).telemetry, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/",
+                                                 "OTEL_SERVICE_NAME": "team-agents"})
+    assert export is not None
+    assert (export.endpoint, export.service_name, export.headers) == ("http://c:4318", "team-agents", None)
+
+
+def test_the_config_wins_over_the_variables() -> None:
+    from proxy_core.config import parse_config
+    from proxy_core.telemetry import plan
+    toml = BASE + ('[telemetry]\notlp_endpoint = "https://cloud.langfuse.com/api/public/otel"\n'
+                   'headers = { Authorization = "Basic abc" }\nservice_name = "mine"\n')
+    export = plan(parse_config(toml).telemetry, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"})
+    assert export is not None
+    assert export.endpoint == "https://cloud.langfuse.com/api/public/otel"
+    assert export.headers == {"Authorization": "Basic abc"} and export.service_name == "mine"
+
+
+@pytest.mark.parametrize("table, problem", [
+    ('otlp_endpoint = "localhost:4318"', "must start with http"),
+    ("capture_content = 1", "must be bool"),
+    ("max_queue_size = 0", "at least 1"),
+    ("export_timeout = 0", "greater than 0"),
+    ("headers = { a = 1 }", "must be string"),
+    ("endpoint = 'x'", "unknown key"),
+])
+def test_bad_telemetry_settings_are_named(table: str, problem: str) -> None:
+    from proxy_core.config import parse_config
+    from proxy_core.errors import ConfigError
+    with pytest.raises(ConfigError, match=problem):
+        parse_config(BASE + "[telemetry]\n" + table + "\n")
