@@ -325,3 +325,12 @@ def test_bad_telemetry_settings_are_named(table: str, problem: str) -> None:
     from proxy_core.errors import ConfigError
     with pytest.raises(ConfigError, match=problem):
         parse_config(BASE + "[telemetry]\n" + table + "\n")
+
+
+def test_the_status_line_shows_spans_not_exported_only_when_some_were_lost() -> None:
+    from tui.widgets.palette import Palette
+    from tui.widgets.status import StatusInfo, status_text
+    p = Palette(*(["#ffffff"] * 8))
+    assert "not exported" not in status_text(StatusInfo("http://127.0.0.1:4141"), p).plain
+    lost = status_text(StatusInfo("http://127.0.0.1:4141", spans_dropped=12), p).plain
+    assert "12 spans not exported" in lost

@@ -150,7 +150,7 @@ class OtelExporter:
                                    max_export_batch_size=min(512, s.max_queue_size),
                                    schedule_delay_millis=s.schedule_delay * 1000,
                                    export_timeout_millis=s.export_timeout * 1000)
-        self.tracer_provider = TracerProvider(resource=resource)
+        self.tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         self.tracer_provider.add_span_processor(_DropCountingProcessor(batch, s.max_queue_size,
                                                                        self.counts))
         metric_exporter = _CountingMetricExporter(endpoint=f"{plan.endpoint}/v1/metrics",
@@ -159,7 +159,8 @@ class OtelExporter:
         reader = PeriodicExportingMetricReader(metric_exporter,
                                                export_interval_millis=s.metric_interval * 1000,
                                                export_timeout_millis=s.export_timeout * 1000)
-        self.meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
+        self.meter_provider = MeterProvider(resource=resource, metric_readers=[reader],
+                                           shutdown_on_exit=False)
         self.tracer = self.tracer_provider.get_tracer("switchboard")
         meter = self.meter_provider.get_meter("switchboard")
         self.duration = meter.create_histogram(
