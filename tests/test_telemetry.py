@@ -10,7 +10,6 @@ not hold turns up; what is lost shows on the health endpoint.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,11 +17,19 @@ from typing import Any
 
 import httpx
 import pytest
-from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan, Status as PbStatus
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
+from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
+from otlp_support import OtlpReceiver, SpanView
+from support import (
+    UPSTREAM_KEY,
+    UPSTREAM_KEY_ENV,
+    collect_answer,
+    hang_reply,
+    text_reply,
+    wait_until,
+)
 
 from proxy_core.simulator import SimulatorConfig, start_simulator
-from otlp_support import OtlpReceiver, SpanView
-from support import UPSTREAM_KEY, UPSTREAM_KEY_ENV, collect_answer, hang_reply, text_reply, wait_until
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "opencode_request.json").read_text())
 CLIENT_TOKEN = "client-bearer-token-5f3a9c0e7d21"

@@ -16,9 +16,9 @@ from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..bus import EventBus
+    from ..config import Config
     from ..secrets import Redactor
     from ..store import TurnStore
-    from ..config import Config
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,14 +22,29 @@ from urllib.parse import urlsplit
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricExportResult, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import (
+    MetricExportResult,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
 
-from ..events import (AttemptFailed, AttemptStarted, FirstByte, RepairApplied, StreamHeartbeat,
-                      TurnFailed, TurnFinished, TurnStarted)
+from ..events import (
+    AttemptFailed,
+    AttemptStarted,
+    FirstByte,
+    RepairApplied,
+    StreamHeartbeat,
+    TurnFailed,
+    TurnFinished,
+    TurnStarted,
+)
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -89,7 +104,7 @@ class _CountingSpanExporter(SpanExporter):
 class _CountingMetricExporter(OTLPMetricExporter):
     counts: _Counts
 
-    def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+    def export(self, metrics_data: Any, timeout_millis: float | None = 10_000, **kwargs: Any) -> MetricExportResult:
         try:
             result = super().export(metrics_data, timeout_millis=timeout_millis, **kwargs)
         except Exception:
@@ -299,8 +314,8 @@ class OtelExporter:
         if live is None or live.stalled or live.attempt_no != e.attempt:
             return
         live.stalled = True  # one event per stalled attempt
-        attrs = {"switchboard.attempt": e.attempt, "switchboard.target": e.target,
-                 "switchboard.since_last": e.since_last, "switchboard.keepalives": e.keepalives}
+        attrs: dict[str, Any] = {"switchboard.attempt": e.attempt, "switchboard.target": e.target,
+                                 "switchboard.since_last": e.since_last, "switchboard.keepalives": e.keepalives}
         live.span.add_event("switchboard.stall", attrs, _ns(e.at))
         if live.attempt is not None:
             live.attempt.add_event("switchboard.stall", attrs, _ns(e.at))
