@@ -26,6 +26,7 @@ from .repairs.memory import ToolCallMemory
 from .secrets import Redactor
 from .server import OpenAIFront
 from .store import TurnStore
+from . import telemetry
 from .upstreams import build_upstreams
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class SwitchboardProxy:
             self.journal = Journal.open(config.proxy.journal, self.redactor, self.store,
                                         retention_of(config.proxy))
             self.bus.add_observer(self.journal)
+        # OpenTelemetry export (off unless configured); imports the SDK only when on.
+        self.telemetry = telemetry.start(config, self.bus, self.store, self.redactor)
         self.memory = ToolCallMemory(self.journal)
         self.pipeline = Pipeline(config, self.upstreams, self.bus, self.store, self.memory,
                                  lookup=self._journaled_turn)
@@ -107,6 +110,8 @@ class SwitchboardProxy:
             await upstream.aclose()
         if self.journal is not None:
             self.journal.close()
+        if self.telemetry is not None:
+            await self.telemetry.aclose()
 
     # -- middleware --------------------------------------------------------------
 

@@ -129,6 +129,7 @@ class Config:
     upstreams: dict[str, UpstreamSettings]
     routes: tuple[RouteSettings, ...]
     source: str = "<built-in>"
+    telemetry: TelemetrySettings = field(default_factory=lambda: TelemetrySettings())
 
     def route_for(self, model: str) -> RouteSettings | None:
         return next((r for r in self.routes if r.matches(model)), None)
@@ -147,6 +148,48 @@ model = "*"
 targets = ["sim:kimi-k2.5"]
 repairs = "kimi"
 """
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetrySettings:
+    """`[telemetry]`: OpenTelemetry export, off unless an endpoint is set here or in
+    `OTEL_EXPORTER_OTLP_ENDPOINT` (see `proxy_core.telemetry`)."""
+
+    otlp_endpoint: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    service_name: str | None = None
+    capture_content: bool = False
+    max_queue_size: int = 2048
+    export_timeout: float = 10.0
+    schedule_delay: float = 1.0
+    metric_interval: float = 30.0
+
+
+def _parse_telemetry(r: _Reader, raw: Any) -> TelemetrySettings:
+    t = r.table(raw, "telemetry")
+    key = "telemetry"
+    r.check_keys(t, key, {"otlp_endpoint", "headers", "service_name", "capture_content",
+                          "max_queue_size", "export_timeout", "schedule_delay", "metric_interval"})
+    endpoint = r.get(t, key, "otlp_endpoint", str, None)
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise r.fail(f"{key}.otlp_endpoint", f"must start with http:// or https://, got {endpoint!r}")
+    headers = r.table(t.get("headers", {}), f"{key}.headers")
+    for name, value in headers.items():
+        if not isinstance(value, str):
+            raise r.fail(f"{key}.headers.{name}", f"must be string, got {_type_name(value)}")
+    queue = r.get(t, key, "max_queue_size", int, 2048)
+    if queue < 1:
+        raise r.fail(f"{key}.max_queue_size", f"must be at least 1, got {queue}")
+    return TelemetrySettings(
+        otlp_endpoint=endpoint.rstrip("/") if endpoint else None,
+        headers=tuple(headers.items()),
+        service_name=r.get(t, key, "service_name", str, None),
+        capture_content=r.get(t, key, "capture_content", bool, False),
+        max_queue_size=queue,
+        export_timeout=r.number(t, key, "export_timeout", 10.0),
+        schedule_delay=r.number(t, key, "schedule_delay", 1.0),
+        metric_interval=r.number(t, key, "metric_interval", 30.0),
+    )
 
 
 class _Reader:
@@ -215,7 +258,7 @@ def parse_config(text: str, source: str = "<built-in>", *, check_env: bool = Tru
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     r = _Reader(source)
-    r.check_keys(data, "", {"proxy", "watchdog", "upstreams", "routes"})
+    r.check_keys(data, "", {"proxy", "watchdog", "upstreams", "routes", "telemetry"})
 
     p = r.table(data.get("proxy", {}), "proxy")
     r.check_keys(p, "proxy", {"host", "port", "journal", "max_body_mb", "journal_max_mb",
@@ -261,7 +304,8 @@ def parse_config(text: str, source: str = "<built-in>", *, check_env: bool = Tru
     routes = tuple(_parse_route(r, i, raw, upstreams, watchdog) for i, raw in enumerate(raw_routes))
     if not routes:
         raise r.fail("routes", "at least one [[routes]] entry is required")
-    return Config(proxy, watchdog, upstreams, routes, source)
+    return Config(proxy, watchdog, upstreams, routes, source,
+                  telemetry=_parse_telemetry(r, data.get("telemetry", {})))
 
 
 def _parse_upstream(r: _Reader, name: str, raw: Any, check_env: bool) -> UpstreamSettings:

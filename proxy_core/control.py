@@ -103,6 +103,8 @@ class ControlAPI:
             "routes": [{"model": r.model, "targets": [str(t) for t in r.targets],
                         "repairs": r.repairs} for r in proxy.config.routes],
             "upstream_health": proxy.pipeline.health.snapshot(),
+            "telemetry": (proxy.telemetry.status() if proxy.telemetry is not None
+                          else {"enabled": False}),
         })
 
     async def turns(self, request: web.Request) -> web.Response:

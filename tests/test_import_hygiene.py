@@ -6,6 +6,8 @@ import json
 import os
 import re
 import signal
+
+
 import subprocess
 import sys
 from pathlib import Path
@@ -22,13 +24,16 @@ imported = ["proxy_core"]
 for info in pkgutil.walk_packages(proxy_core.__path__, "proxy_core."):
     if info.name.rsplit(".", 1)[-1] == "__main__":
         continue  # importing a __main__ would run it
+    if info.name == "proxy_core.telemetry.otel":
+        continue  # the SDK side of telemetry: imported only when export is on
     importlib.import_module(info.name)
     imported.append(info.name)
 for name in extra:
     importlib.import_module(name)
     imported.append(name)
 ui = sorted(n for n in sys.modules if n.split(".")[0] in ("textual", "rich"))
-print(json.dumps({"imported": imported, "ui": ui}))
+otel = sorted(n for n in sys.modules if n.split(".")[0] == "opentelemetry")
+print(json.dumps({"imported": imported, "ui": ui, "otel": otel}))
 """
 
 
@@ -115,3 +120,25 @@ def test_serve_runs_and_stops_without_textual_or_rich(tmp_path: Path) -> None:
             process.kill()
         process.wait()
     assert json.loads(report.read_text()) == []
+
+
+def test_proxy_core_does_not_import_opentelemetry_until_export_is_on() -> None:
+    # Telemetry is off by default: the SDK (an optional extra) stays out of the core,
+    # also once a proxy is built from the built-in config.
+    result = run_check("proxy_core.telemetry", "tui.cli")
+    assert "proxy_core.telemetry" in result["imported"]
+    assert result["otel"] == []
+    build = ("import sys; from proxy_core.app import SwitchboardProxy; "
+             "from proxy_core.config import BUILTIN_CONFIG, parse_config; "
+             "p = SwitchboardProxy(parse_config(BUILTIN_CONFIG), journal=False); "
+             "assert p.telemetry is None; "
+             "print(sorted(n for n in sys.modules if n.startswith('opentelemetry')))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run([sys.executable, "-c", build], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_check_would_see_opentelemetry() -> None:
+    assert run_check("proxy_core.telemetry.otel")["otel"]

@@ -220,8 +220,14 @@ class SwitchboardApp(App[int]):
         info = StatusInfo(base_url=self.source.base_url, source=self.source.describe(),
                           live=len(live), stalled=stalled, turns=len(self.model), follow=self.follow,
                           filter=self.filter.describe(), connected=self.connected,
-                          banner=self.banner, unhealthy=unhealthy)
+                          banner=self.banner, unhealthy=unhealthy,
+                          spans_dropped=self._spans_dropped())
         self._widgets[1].update(status_text(info, self.palette))
+
+    def _spans_dropped(self) -> int:
+        """Telemetry export losses of an embedded proxy (0 when attached or export is off)."""
+        telemetry = getattr(getattr(self.source, "proxy", None), "telemetry", None)
+        return int(telemetry.status()["spans_dropped"]) if telemetry is not None else 0
 
     def _draw_detail(self, now: float, *, force: bool, immediate: bool = False) -> None:
         """The heartbeat bar on every redraw; the tab's body (a whole conversation, maybe)

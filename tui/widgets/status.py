@@ -22,6 +22,7 @@ class StatusInfo:
     connected: bool = True
     banner: str = ""
     unhealthy: list[str] = field(default_factory=list)
+    spans_dropped: int = 0  # OpenTelemetry spans lost (collector down, slow, queue full)
 
 
 def status_text(info: StatusInfo, p: Palette) -> Text:
@@ -45,6 +46,8 @@ def status_text(info: StatusInfo, p: Palette) -> Text:
         text.append(f"  filter: {info.filter}", style=f"bold {p.warn}")
     for target in info.unhealthy:
         text.append(f"  ⚠ {target} unhealthy", style=p.warn)
+    if info.spans_dropped:
+        text.append(f"  ⚠ {info.spans_dropped} spans not exported", style=p.warn)
     if info.banner:
         text.append(f"  │ {info.banner}", style=p.accent)
     text.append("\n")
