@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import aiohttp
+import aiohttp  # noqa: E402 - after the checkout is on sys.path
 
 CHUNKS = 50
 
