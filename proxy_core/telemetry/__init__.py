@@ -7,45 +7,18 @@ This module only decides whether export is on; `proxy_core.telemetry.otel`
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from ..config import TelemetrySettings
 from ..errors import ConfigError
+from .export_plan import Exporter, ExportPlan, plan
+
+__all__ = ["ExportPlan", "Exporter", "plan", "start"]
 
 if TYPE_CHECKING:
     from ..bus import EventBus
     from ..config import Config
     from ..secrets import Redactor
     from ..store import TurnStore
-
-
-@dataclass(frozen=True, slots=True)
-class ExportPlan:
-    """Where and how to export, resolved from the config and the OTEL_* variables."""
-
-    endpoint: str
-    headers: dict[str, str] | None  # None: the exporter reads OTEL_EXPORTER_OTLP_HEADERS
-    service_name: str
-    settings: TelemetrySettings
-
-
-class Exporter(Protocol):
-    def status(self) -> dict[str, object]: ...
-    async def aclose(self) -> None: ...
-
-
-def plan(settings: TelemetrySettings, environ: dict[str, str] | None = None) -> ExportPlan | None:
-    env = os.environ if environ is None else environ
-    endpoint = settings.otlp_endpoint or env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
-    if not endpoint:
-        return None
-    return ExportPlan(
-        endpoint=endpoint.rstrip("/"),
-        headers=dict(settings.headers) if settings.headers else None,
-        service_name=settings.service_name or env.get("OTEL_SERVICE_NAME") or "switchboard",
-        settings=settings)
 
 
 def start(config: Config, bus: EventBus, store: TurnStore, redactor: Redactor) -> Exporter | None:

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..secrets import Redactor
     from ..store import TurnStore
-    from . import ExportPlan
+    from .export_plan import ExportPlan
 
 log = logging.getLogger(__name__)
 
