@@ -1,10 +1,20 @@
 """Turns as OpenTelemetry GenAI spans and metrics, exported over OTLP/HTTP protobuf.
 
-An event-bus observer: `chat {model}` (kind CLIENT) per turn covering every
-attempt, a child span per attempt, span events for repairs and stalls, and
-the `gen_ai.client.*` metrics. The SDK's batch processor exports from its own
-thread with a bounded queue; spans it drops (queue full) or fails to deliver
-(collector down, slow, refusing) are counted for `/switchboard/api/health`.
+An event-bus observer that does almost nothing on the event loop: when a turn
+ends it copies the few fields telemetry needs from the `Turn` record (attempts,
+repairs, usage, timings; one record per turn, so the spans are a projection of
+it) and puts them on a bounded queue. One worker thread turns each entry into
+a `chat {model}` span (kind CLIENT) covering every attempt, a child span per
+attempt, span events for repairs and stalls, and the `gen_ai.client.*`
+metrics, and exports spans in batches through the SDK's OTLP/HTTP exporter.
+
+Why not the SDK's live spans and batch processor: creating spans and
+recording metrics costs ~100-400 µs of SDK work per turn (attribute cleaning,
+view matching), which on the loop sits in front of the next request's first
+byte. Built after the fact from the record, the same spans cost the loop one
+copy and one queue put. Turns the queue has no room for (a collector that
+is down or slow holds the worker in `export_timeout`) are dropped and their
+spans counted, as are spans whose export failed, for `/switchboard/api/health`.
 Everything exported that could carry a secret passes through the redactor.
 """
 
@@ -13,38 +23,25 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import queue
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    MetricExportResult,
-    PeriodicExportingMetricReader,
-)
+from opentelemetry.sdk.metrics.export import MetricExportResult, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    SpanExporter,
-    SpanExportResult,
-)
+from opentelemetry.sdk.trace import ReadableSpan, Span as SdkSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
 
-from ..events import (
-    AttemptFailed,
-    AttemptStarted,
-    FirstByte,
-    RepairApplied,
-    StreamHeartbeat,
-    TurnFailed,
-    TurnFinished,
-    TurnStarted,
-)
+from ..events import StreamHeartbeat, TurnFailed, TurnFinished
+from ..record import Attempt, RepairRecord
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -59,6 +56,11 @@ EXCERPT = 200
 #: Longest captured message content (`capture_content`), per attribute.
 CONTENT_LIMIT = 64 * 1024
 SHUTDOWN_WAIT = 2.0
+#: Spans per export request at most (the SDK batch processor's default).
+MAX_BATCH = 512
+
+#: What an attempt span says of its target (the rest is on the turn span).
+_ATTEMPT_TARGET_KEYS = ("switchboard.target", "server.address")
 
 PROVIDERS = {"bedrock": "aws.bedrock", "simulator": "switchboard.simulator"}
 
@@ -74,31 +76,11 @@ class _Counts:
         self.spans_failed = 0       # lost in an export that failed (down, slow, refused)
         self.spans_dropped = 0      # lost because the queue was full
         self.metric_exports_failed = 0
+        self.spans_queued = 0       # in the queue now, not yet built
 
     def add(self, name: str, n: int) -> None:
         with self.lock:
             setattr(self, name, getattr(self, name) + n)
-
-
-class _CountingSpanExporter(SpanExporter):
-    def __init__(self, inner: SpanExporter, counts: _Counts) -> None:
-        self.inner, self.counts = inner, counts
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            result = self.inner.export(spans)
-        except Exception:
-            log.debug("span export raised", exc_info=True)
-            result = SpanExportResult.FAILURE
-        self.counts.add("spans_exported" if result is SpanExportResult.SUCCESS else "spans_failed",
-                        len(spans))
-        return result
-
-    def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.inner.force_flush(timeout_millis)
 
 
 class _CountingMetricExporter(OTLPMetricExporter):
@@ -115,59 +97,78 @@ class _CountingMetricExporter(OTLPMetricExporter):
         return result
 
 
-class _DropCountingProcessor(SpanProcessor):
-    """The batch processor, plus a count of spans its full queue pushes out."""
+class _Collect(SpanProcessor):
+    """Ended spans into the worker's batch (spans end only on the worker thread)."""
 
-    def __init__(self, inner: BatchSpanProcessor, max_queue: int, counts: _Counts) -> None:
-        self.inner, self.max_queue, self.counts = inner, max_queue, counts
-        # The SDK's bounded deque; it drops the oldest span when full (and only logs it).
-        self._queue = getattr(getattr(inner, "_batch_processor", None), "_queue", None)
+    def __init__(self, batch: list[ReadableSpan], exporter: SpanExporter) -> None:
+        self.batch, self.exporter = batch, exporter
 
-    def on_start(self, span: Any, parent_context: Any = None) -> None:
-        self.inner.on_start(span, parent_context)
+    def on_start(self, span: SdkSpan, parent_context: Context | None = None) -> None:
+        pass
 
     def on_end(self, span: ReadableSpan) -> None:
-        if self._queue is not None and len(self._queue) >= self.max_queue:
-            self.counts.add("spans_dropped", 1)
-        self.inner.on_end(span)
+        self.batch.append(span)
 
     def shutdown(self) -> None:
-        self.inner.shutdown()
+        self.exporter.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.inner.force_flush(timeout_millis)
+        return True
 
 
-@dataclass(slots=True)
-class _Live:
-    span: Span
+@dataclass(frozen=True, slots=True)
+class _Stall:
+    at: float
+    since_last: float
+    keepalives: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    """What a finished turn leaves for the worker: copies, so the record may change on."""
+
+    turn_id: str
     model: str
-    attempt: Span | None = None
-    attempt_no: int = 0
-    target: str = ""
-    stalled: bool = False
-    attrs: dict[str, Any] = field(default_factory=dict)
+    session_id: str
+    route: str
+    stream: bool
+    rerun_of: str | None
+    started_at: float
+    ended_at: float
+    ttfb: float | None
+    attempts: tuple[Attempt, ...]
+    repairs: tuple[RepairRecord, ...]
+    stalls: dict[int, _Stall]
+    failed: TurnFailed | None
+    finished: TurnFinished | None
+    tool_calls: int
+    input_messages: Any = None      # only with capture_content
+    output_message: Any = None      # only with capture_content
+
+    @property
+    def spans(self) -> int:
+        return 1 + len(self.attempts)
+
+
+_STOP = object()
 
 
 class OtelExporter:
-    """Event-bus observer exporting each turn as a GenAI client span."""
+    """Event-bus observer exporting each turn as a GenAI client span, from a worker thread."""
 
     def __init__(self, plan: ExportPlan, config: Config, store: TurnStore, redactor: Redactor) -> None:
         s = plan.settings
         self.plan, self.config, self.store, self.redactor = plan, config, store, redactor
         self.capture_content = s.capture_content
+        self.max_queue = s.max_queue_size
+        self.schedule_delay = s.schedule_delay
         self.counts = _Counts()
         resource = Resource.create({"service.name": plan.service_name})
-        span_exporter = OTLPSpanExporter(endpoint=f"{plan.endpoint}/v1/traces", headers=plan.headers,
-                                         timeout=s.export_timeout)
-        batch = BatchSpanProcessor(_CountingSpanExporter(span_exporter, self.counts),
-                                   max_queue_size=s.max_queue_size,
-                                   max_export_batch_size=min(512, s.max_queue_size),
-                                   schedule_delay_millis=s.schedule_delay * 1000,
-                                   export_timeout_millis=s.export_timeout * 1000)
+        self.span_exporter = OTLPSpanExporter(endpoint=f"{plan.endpoint}/v1/traces",
+                                              headers=plan.headers, timeout=s.export_timeout)
+        self._batch: list[ReadableSpan] = []
         self.tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-        self.tracer_provider.add_span_processor(_DropCountingProcessor(batch, s.max_queue_size,
-                                                                       self.counts))
+        self.tracer_provider.add_span_processor(_Collect(self._batch, self.span_exporter))
         metric_exporter = _CountingMetricExporter(endpoint=f"{plan.endpoint}/v1/metrics",
                                                   headers=plan.headers, timeout=s.export_timeout)
         metric_exporter.counts = self.counts
@@ -185,7 +186,11 @@ class OtelExporter:
         self.first_chunk = meter.create_histogram(
             "gen_ai.client.operation.time_to_first_chunk", unit="s",
             description="Time from request to the first chunk of the answer")
-        self._live: dict[str, _Live] = {}
+        self._stalls: dict[str, dict[int, _Stall]] = {}   # loop side: first stall per attempt
+        self._target_cache: dict[str, dict[str, Any]] = {}  # worker side
+        self._jobs: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._worker = threading.Thread(target=self._run, name="switchboard otel", daemon=True)
+        self._worker.start()
 
     # -- status ---------------------------------------------------------------
 
@@ -197,35 +202,124 @@ class OtelExporter:
                     "spans_dropped": c.spans_dropped + c.spans_failed,
                     "spans_dropped_queue_full": c.spans_dropped,
                     "spans_failed_export": c.spans_failed,
+                    "spans_queued": c.spans_queued,
                     "metric_exports_failed": c.metric_exports_failed}
 
     async def aclose(self) -> None:
-        """Flush and stop in a thread, waiting a bounded time: a slow collector never holds stop()."""
-        for live in list(self._live.values()):
-            self._end_attempt(live, "interrupted", None)
-            live.span.end()
-        self._live.clear()
+        """Export what is queued and stop, waiting a bounded time: a slow collector never
+        holds stop()."""
+        self._jobs.put(_STOP)
 
         def shutdown() -> None:
+            self._worker.join(SHUTDOWN_WAIT)
             self.tracer_provider.shutdown()
             self.meter_provider.shutdown(timeout_millis=SHUTDOWN_WAIT * 1000)
 
         thread = threading.Thread(target=shutdown, name="switchboard otel shutdown", daemon=True)
         thread.start()
-        await asyncio.get_running_loop().run_in_executor(None, thread.join, SHUTDOWN_WAIT)
+        await asyncio.get_running_loop().run_in_executor(None, thread.join, 2 * SHUTDOWN_WAIT)
 
-    def force_flush(self) -> None:
-        """Export what is queued now (blocking; tests call it in a thread)."""
-        self.tracer_provider.force_flush()
-        self.meter_provider.force_flush()
+    def force_flush(self, timeout: float = 10.0) -> bool:
+        """Build and export what is queued now (blocking: call it off the loop)."""
+        done = threading.Event()
+        self._jobs.put(done)
+        return done.wait(timeout) and self.meter_provider.force_flush()
 
-    # -- helpers --------------------------------------------------------------
+    # -- observer (on the event loop: copy and enqueue, nothing more) ----------
+
+    def on_StreamHeartbeat(self, e: StreamHeartbeat) -> None:
+        if e.stalled:
+            self._stalls.setdefault(e.turn_id, {}).setdefault(
+                e.attempt, _Stall(e.at, e.since_last, e.keepalives))
+
+    def on_TurnFinished(self, e: TurnFinished) -> None:
+        self._enqueue(e.turn_id, finished=e)
+
+    def on_TurnFailed(self, e: TurnFailed) -> None:
+        self._enqueue(e.turn_id, failed=e)
+
+    def _enqueue(self, turn_id: str, *, finished: TurnFinished | None = None,
+                 failed: TurnFailed | None = None) -> None:
+        stalls = self._stalls.pop(turn_id, {})
+        turn = self.store.get(turn_id)
+        if turn is None:
+            return
+        spans = 1 + len(turn.attempts)
+        c = self.counts
+        with c.lock:
+            if c.spans_queued + spans > self.max_queue:
+                c.spans_dropped += spans
+                return
+            c.spans_queued += spans
+        event = finished or failed
+        assert event is not None
+        input_messages = output_message = None
+        if self.capture_content:
+            input_messages = turn.request.get("messages")
+            parts: list[dict[str, Any]] = []
+            if turn.text:
+                parts.append({"type": "text", "content": turn.text})
+            for call in turn.tool_calls:
+                parts.append({"type": "tool_call", "id": call.id, "name": call.name,
+                              "arguments": call.arguments})
+            output_message = [{"role": "assistant", "parts": parts,
+                               "finish_reason": finished.finish_reason if finished else None}]
+        self._jobs.put(_Ended(
+            turn_id=turn.id, model=turn.model, session_id=turn.session_id, route=turn.route,
+            stream=turn.stream, rerun_of=turn.rerun_of, started_at=turn.started_at,
+            ended_at=event.at, ttfb=turn.ttfb,
+            attempts=tuple(replace(a) for a in turn.attempts),
+            repairs=tuple(turn.repairs), stalls=stalls, failed=failed, finished=finished,
+            tool_calls=len(turn.tool_calls), input_messages=input_messages,
+            output_message=output_message))
+
+    # -- worker thread ----------------------------------------------------------
+
+    def _run(self) -> None:
+        due: float | None = None  # when the batch in hand must go, at the latest
+        while True:
+            try:
+                job = self._jobs.get(timeout=None if due is None else max(0.0, due - time.monotonic()))
+            except queue.Empty:
+                job = None
+            if isinstance(job, _Ended):
+                try:
+                    self._build(job)
+                except Exception:
+                    log.exception("could not build the spans of turn %s", job.turn_id)
+                finally:
+                    self.counts.add("spans_queued", -job.spans)
+                if due is None:
+                    due = time.monotonic() + self.schedule_delay
+                if len(self._batch) < MAX_BATCH:
+                    continue
+            self._export()
+            due = None
+            if isinstance(job, threading.Event):
+                job.set()
+            elif job is _STOP:
+                return
+
+    def _export(self) -> None:
+        while self._batch:
+            batch = self._batch[:MAX_BATCH]
+            del self._batch[:MAX_BATCH]
+            try:
+                result = self.span_exporter.export(batch)
+            except Exception:
+                log.debug("span export raised", exc_info=True)
+                result = SpanExportResult.FAILURE
+            self.counts.add("spans_exported" if result is SpanExportResult.SUCCESS
+                            else "spans_failed", len(batch))
 
     def _clean(self, text: str, limit: int) -> str:
         text = self.redactor(text)
         return text if len(text) <= limit else text[:limit] + "…"
 
     def _target_attrs(self, target: str) -> dict[str, Any]:
+        cached = self._target_cache.get(target)
+        if cached is not None:
+            return cached
         upstream_name, _, model = target.partition(":")
         upstream = self.config.upstreams.get(upstream_name)
         kind = upstream.kind if upstream is not None else "unknown"
@@ -239,157 +333,102 @@ class OtelExporter:
             attrs["gen_ai.provider.name"] = _provider_for_host(host)
         else:
             attrs["gen_ai.provider.name"] = PROVIDERS.get(kind, kind)
+        if len(self._target_cache) < 1024:
+            self._target_cache[target] = attrs
         return attrs
 
-    def _end_attempt(self, live: _Live, outcome: str, error: str | None, at: float | None = None) -> None:
-        span = live.attempt
-        if span is None:
-            return
-        span.set_attribute("switchboard.attempt.outcome", outcome)
-        if error is not None:
-            span.set_attribute("switchboard.attempt.end_reason", _end_reason(error))
-            span.set_attribute("error.type", _end_reason(error))
-            span.set_status(Status(StatusCode.ERROR, self._clean(error, EXCERPT)))
-        span.end(_ns(at) if at is not None else None)
-        live.attempt = None
-
-    # -- observer -------------------------------------------------------------
-
-    def on_TurnStarted(self, e: TurnStarted) -> None:
+    def _build(self, t: _Ended) -> None:
+        target = self._target_attrs(t.attempts[-1].target) if t.attempts else {}
         attrs: dict[str, Any] = {
-            "gen_ai.operation.name": "chat", "gen_ai.request.model": e.model,
-            "gen_ai.conversation.id": e.session_id, "switchboard.route": e.route,
-            "switchboard.turn_id": e.turn_id, "switchboard.stream": e.stream,
+            "gen_ai.operation.name": "chat", "gen_ai.request.model": t.model,
+            "gen_ai.conversation.id": t.session_id, "switchboard.route": t.route,
+            "switchboard.turn_id": t.turn_id, "switchboard.stream": t.stream,
+            **target, "switchboard.attempts": len(t.attempts), "switchboard.repairs": len(t.repairs),
         }
-        if e.rerun_of:
-            attrs["switchboard.rerun_of"] = e.rerun_of
-        turn = self.store.get(e.turn_id)
-        if self.capture_content and turn is not None:
-            messages = turn.request.get("messages")
-            if messages is not None:
-                attrs["gen_ai.input.messages"] = self._clean(
-                    json.dumps(messages, ensure_ascii=False, default=str), CONTENT_LIMIT)
-        span = self.tracer.start_span(f"chat {e.model}", kind=SpanKind.CLIENT, attributes=attrs,
-                                      start_time=_ns(e.at))
-        self._live[e.turn_id] = _Live(span=span, model=e.model)
-
-    def on_AttemptStarted(self, e: AttemptStarted) -> None:
-        live = self._live.get(e.turn_id)
-        if live is None:
+        if t.rerun_of:
+            attrs["switchboard.rerun_of"] = t.rerun_of
+        if t.repairs:
+            attrs["switchboard.repair_kinds"] = sorted({r.kind for r in t.repairs})
+        if t.ttfb is not None:
+            attrs["switchboard.time_to_first_chunk"] = t.ttfb
+        if t.input_messages is not None:
+            attrs["gen_ai.input.messages"] = self._clean(
+                json.dumps(t.input_messages, ensure_ascii=False, default=str), CONTENT_LIMIT)
+        if t.finished is not None:
+            f = t.finished
+            attrs.update({
+                "gen_ai.response.finish_reasons": [f.finish_reason],
+                "gen_ai.response.id": t.turn_id,
+                "gen_ai.usage.input_tokens": f.prompt_tokens,
+                "gen_ai.usage.output_tokens": f.completion_tokens,
+                "switchboard.tool_calls": f.tool_calls,
+            })
+            if t.output_message is not None:
+                attrs["gen_ai.output.messages"] = self._clean(
+                    json.dumps(t.output_message, ensure_ascii=False), CONTENT_LIMIT)
+        span = self.tracer.start_span(f"chat {t.model}", kind=SpanKind.CLIENT, attributes=attrs,
+                                      start_time=_ns(t.started_at))
+        parent = set_span_in_context(span)
+        for i, attempt in enumerate(t.attempts):
+            following = t.attempts[i + 1] if i + 1 < len(t.attempts) else None
+            self._attempt_span(t, span, parent, attempt, following)
+        for r in t.repairs:
+            span.add_event("switchboard.repair", {
+                "switchboard.repair.kind": r.kind,
+                "switchboard.repair.before": self._clean(r.before, EXCERPT),
+                "switchboard.repair.after": self._clean(r.after, EXCERPT)}, _ns(r.at))
+        metric_attrs = {"gen_ai.operation.name": "chat", "gen_ai.request.model": t.model,
+                        **{k: v for k, v in target.items() if k != "server.port"}}
+        if t.failed is not None:
+            e = t.failed
+            error_type = _end_reason(e.error) if e.status >= 500 or e.status == 0 else str(e.status)
+            span.set_attribute("error.type", error_type)
+            span.set_status(Status(StatusCode.ERROR, self._clean(e.error, EXCERPT)))
+            span.end(_ns(t.ended_at))
+            self.duration.record(e.duration, {**metric_attrs, "error.type": error_type})
             return
-        self._end_attempt(live, "abandoned", e.reason, e.at)
-        attrs = self._target_attrs(e.target)
-        live.attrs = attrs
-        live.target, live.attempt_no, live.stalled = e.target, e.attempt, False
-        live.attempt = self.tracer.start_span(
-            f"attempt {e.attempt} {e.target}", context=set_span_in_context(live.span),
-            kind=SpanKind.CLIENT, start_time=_ns(e.at),
-            attributes={**attrs, "switchboard.attempt": e.attempt, "switchboard.attempt.reason": e.reason})
-        live.span.set_attributes(attrs)
+        span.end(_ns(t.ended_at))
+        assert t.finished is not None
+        self.duration.record(t.finished.duration, metric_attrs)
+        self.tokens.record(t.finished.prompt_tokens, {**metric_attrs, "gen_ai.token.type": "input"})
+        self.tokens.record(t.finished.completion_tokens, {**metric_attrs, "gen_ai.token.type": "output"})
+        if t.ttfb is not None:
+            self.first_chunk.record(t.ttfb, metric_attrs)
 
-    def on_FirstByte(self, e: FirstByte) -> None:
-        live = self._live.get(e.turn_id)
-        if live is None:
-            return
-        if live.attempt is not None:
-            live.attempt.set_attribute("switchboard.time_to_first_chunk", e.latency)
-        turn = self.store.get(e.turn_id)
-        if turn is not None and turn.ttfb is not None:
-            live.span.set_attribute("switchboard.time_to_first_chunk", turn.ttfb)
-            self.first_chunk.record(turn.ttfb, self._metric_attrs(live))
-
-    def on_RepairApplied(self, e: RepairApplied) -> None:
-        live = self._live.get(e.turn_id)
-        if live is None:
-            return
-        attrs = {"switchboard.repair.kind": e.kind,
-                 "switchboard.repair.before": self._clean(e.before, EXCERPT),
-                 "switchboard.repair.after": self._clean(e.after, EXCERPT)}
-        live.span.add_event("switchboard.repair", attrs, _ns(e.at))
-
-    def on_StreamHeartbeat(self, e: StreamHeartbeat) -> None:
-        if not e.stalled:
-            return
-        live = self._live.get(e.turn_id)
-        if live is None or live.stalled or live.attempt_no != e.attempt:
-            return
-        live.stalled = True  # one event per stalled attempt
-        attrs: dict[str, Any] = {"switchboard.attempt": e.attempt, "switchboard.target": e.target,
-                                 "switchboard.since_last": e.since_last, "switchboard.keepalives": e.keepalives}
-        live.span.add_event("switchboard.stall", attrs, _ns(e.at))
-        if live.attempt is not None:
-            live.attempt.add_event("switchboard.stall", attrs, _ns(e.at))
-
-    def on_AttemptFailed(self, e: AttemptFailed) -> None:
-        live = self._live.get(e.turn_id)
-        if live is None:
-            return
-        if _end_reason(e.error) == "stall" and not live.stalled:
-            live.span.add_event("switchboard.stall", {"switchboard.attempt": e.attempt,
-                                                      "switchboard.target": e.target}, _ns(e.at))
-        self._end_attempt(live, "failed", e.error, e.at)
-
-    def _metric_attrs(self, live: _Live, error: str | None = None) -> dict[str, Any]:
-        attrs = {"gen_ai.operation.name": "chat", "gen_ai.request.model": live.model,
-                 **{k: v for k, v in live.attrs.items() if k != "server.port"}}
-        if error:
-            attrs["error.type"] = error
-        return attrs
-
-    def _finish(self, turn_id: str) -> tuple[_Live, Any] | None:
-        live = self._live.pop(turn_id, None)
-        if live is None:
-            return None
-        turn = self.store.get(turn_id)
-        if turn is not None:
-            live.span.set_attribute("switchboard.attempts", len(turn.attempts))
-            live.span.set_attribute("switchboard.repairs", len(turn.repairs))
-            if turn.repairs:
-                live.span.set_attribute("switchboard.repair_kinds",
-                                        sorted({r.kind for r in turn.repairs}))
-        return live, turn
-
-    def on_TurnFinished(self, e: TurnFinished) -> None:
-        done = self._finish(e.turn_id)
-        if done is None:
-            return
-        live, turn = done
-        self._end_attempt(live, "ok", None, e.at)
-        span = live.span
-        span.set_attributes({
-            "gen_ai.response.finish_reasons": [e.finish_reason],
-            "gen_ai.response.id": e.turn_id,
-            "gen_ai.usage.input_tokens": e.prompt_tokens,
-            "gen_ai.usage.output_tokens": e.completion_tokens,
-            "switchboard.tool_calls": e.tool_calls,
-        })
-        if self.capture_content and turn is not None:
-            parts: list[dict[str, Any]] = []
-            if turn.text:
-                parts.append({"type": "text", "content": turn.text})
-            for call in turn.tool_calls:
-                parts.append({"type": "tool_call", "id": call.id, "name": call.name,
-                              "arguments": call.arguments})
-            message = [{"role": "assistant", "parts": parts, "finish_reason": e.finish_reason}]
-            span.set_attribute("gen_ai.output.messages",
-                               self._clean(json.dumps(message, ensure_ascii=False), CONTENT_LIMIT))
-        span.end(_ns(e.at))
-        attrs = self._metric_attrs(live)
-        self.duration.record(e.duration, attrs)
-        self.tokens.record(e.prompt_tokens, {**attrs, "gen_ai.token.type": "input"})
-        self.tokens.record(e.completion_tokens, {**attrs, "gen_ai.token.type": "output"})
-
-    def on_TurnFailed(self, e: TurnFailed) -> None:
-        done = self._finish(e.turn_id)
-        if done is None:
-            return
-        live, _turn = done
-        self._end_attempt(live, "failed", e.error, e.at)
-        error_type = _end_reason(e.error) if e.status >= 500 or e.status == 0 else str(e.status)
-        live.span.set_attribute("error.type", error_type)
-        live.span.set_status(Status(StatusCode.ERROR, self._clean(e.error, EXCERPT)))
-        live.span.end(_ns(e.at))
-        self.duration.record(e.duration, self._metric_attrs(live, error_type))
+    def _attempt_span(self, t: _Ended, turn_span: Span, parent: Any, a: Attempt,
+                      following: Attempt | None) -> None:
+        # The target and its host; the provider and model are the turn span's (fewer
+        # attributes: each costs the worker ~5 µs to clean and encode).
+        target = self._target_attrs(a.target)
+        attrs = {k: target[k] for k in _ATTEMPT_TARGET_KEYS if k in target}
+        attrs.update({"switchboard.attempt": a.number, "switchboard.attempt.reason": a.reason})
+        error = a.error
+        if a.outcome == "abandoned" and error is None and following is not None:
+            error = following.reason  # ended because the next attempt began (retry, reroute)
+        outcome = "failed" if a.outcome == "live" else a.outcome
+        attrs["switchboard.attempt.outcome"] = outcome
+        if a.first_byte_at is not None:
+            attrs["switchboard.time_to_first_chunk"] = a.first_byte_at - a.started_at
+        span = self.tracer.start_span(f"attempt {a.number} {a.target}", context=parent,
+                                      kind=SpanKind.CLIENT, start_time=_ns(a.started_at),
+                                      attributes=attrs)
+        stall = t.stalls.get(a.number)
+        if stall is not None:
+            stall_attrs: dict[str, Any] = {
+                "switchboard.attempt": a.number, "switchboard.target": a.target,
+                "switchboard.since_last": stall.since_last, "switchboard.keepalives": stall.keepalives}
+            turn_span.add_event("switchboard.stall", stall_attrs, _ns(stall.at))
+            span.add_event("switchboard.stall", stall_attrs, _ns(stall.at))
+        elif error is not None and _end_reason(error) == "stall":
+            turn_span.add_event("switchboard.stall", {"switchboard.attempt": a.number,
+                                                      "switchboard.target": a.target},
+                                _ns(a.ended_at or t.ended_at))
+        if error is not None and outcome != "ok":
+            reason = _end_reason(error)
+            span.set_attribute("switchboard.attempt.end_reason", reason)
+            span.set_attribute("error.type", reason)
+            span.set_status(Status(StatusCode.ERROR, self._clean(error, EXCERPT)))
+        span.end(_ns(a.ended_at if a.ended_at is not None else t.ended_at))
 
 
 def _end_reason(error: str) -> str:
