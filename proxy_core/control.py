@@ -16,6 +16,7 @@ from aiohttp import web
 
 from .errors import ClientRequestError
 from .events import Chunk, Event
+from .scoreboard import SORT_KEYS
 from .sse import SSE_HEADERS, comment_line
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class ControlAPI:
         app.router.add_get(f"{PREFIX}/turns/{{turn_id}}", self.turn)
         app.router.add_get(f"{PREFIX}/events", self.events)
         app.router.add_get(f"{PREFIX}/targets", self.targets)
+        app.router.add_get(f"{PREFIX}/scoreboard", self.scoreboard)
         app.router.add_post(f"{PREFIX}/turns/{{turn_id}}/retry", self.retry)
         app.router.add_post(f"{PREFIX}/turns/{{turn_id}}/reroute", self.reroute)
 
@@ -83,6 +85,13 @@ class ControlAPI:
             return self._json({"targets": self.proxy.pipeline.targets_for(turn_id)})
         except ClientRequestError as exc:
             return self._error(exc.message, exc.status, exc.code)
+
+    async def scoreboard(self, request: web.Request) -> web.Response:
+        """Per-target stats (`proxy_core/scoreboard.py`), worst first or `?sort=COLUMN`."""
+        sort = request.query.get("sort", "status")
+        if sort not in SORT_KEYS:
+            return self._error(f"sort must be one of: {', '.join(SORT_KEYS)}", 400)
+        return self._json(self.proxy.scoreboard.to_dict(sort))
 
     def _json(self, payload: Any, status: int = 200) -> web.Response:
         text = self.proxy.redactor(json.dumps(payload, ensure_ascii=False, default=str))
