@@ -24,8 +24,10 @@ from textual.widgets import Footer, Input, OptionList, TabbedContent
 from textual.worker import Worker, WorkerState
 
 from .keymap import default_keymap_path, load_keymap
+from proxy_core.scoreboard import Scoreboard
+
 from .messages import (
-    ActionFailed, EventsReady, Exported, OlderLoaded, SourceStatus, TargetsLoaded, TurnActionDone,
+    ActionFailed, EventsReady, Exported, HistoryLoaded, OlderLoaded, SourceStatus, TargetsLoaded, TurnActionDone,
     TurnLoaded,
 )
 from .model import FILTER_STATES, DashboardModel, TurnFilter
@@ -33,6 +35,7 @@ from .source import SourceError, TurnSource
 from .themes import BUILTIN_THEMES_DIR, DEFAULT_THEME, load_themes, user_themes_dir
 from .widgets.detail import TurnDetail
 from .widgets.palette import Palette
+from .widgets.scoreboard import ScoreboardTable
 from .widgets.screens import HelpScreen, PickerScreen
 from .widgets.sessions import ALL, SessionList
 from .widgets.status import StatusInfo, StatusLine, status_text
@@ -45,6 +48,8 @@ REFRESH_RATE = 12.0
 DETAIL_INTERVAL = 0.25
 #: Turns fetched per "older" request.
 OLDER_PAGE = 100
+#: Journal turns the scoreboard starts from.
+SCOREBOARD_HISTORY = 1000
 
 FILTER_LABELS = {"all": "All turns", "live": "Live turns", "stalled": "Stalled (silent live streams)",
                  "repaired": "Repaired", "retried": "Retried or rerouted", "failed": "Failed"}
@@ -59,6 +64,8 @@ class SwitchboardApp(App[int]):
     #sessions { border-right: vkey $panel-lighten-1; }
     #main { width: 1fr; }
     #turns { height: 2fr; }
+    #scoreboard { border-top: hkey $panel-lighten-1; }
+    #scoreboard.-hidden { display: none; }
     #detail { height: 3fr; border-top: hkey $panel-lighten-1; }
     #search { dock: bottom; display: none; }
     #search.-visible { display: block; }
@@ -80,6 +87,8 @@ class SwitchboardApp(App[int]):
         Binding("t", "next_theme", "Theme", id="theme", tooltip="Switch to the next theme"),
         Binding("o", "older", "Older", id="older",
                 tooltip="Load older turns from the journal"),
+        Binding("b", "toggle_scoreboard", "Hosts", id="scoreboard",
+                tooltip="Show or hide the host scoreboard (per-target stats)"),
         Binding("escape", "clear", "Clear", id="clear", show=False,
                 tooltip="Clear the search and filters"),
         Binding("question_mark", "help", "Help", id="help", tooltip="Keys and legend"),
@@ -102,6 +111,10 @@ class SwitchboardApp(App[int]):
         self.themes_dir = themes_dir or user_themes_dir()
         self.model = DashboardModel(max_turns=max_turns, stall_after=source.stall_after)
         self.filter = TurnFilter()
+        self.scoreboard = Scoreboard(clock=clock)
+        self._board_at = 0.0
+        self._board_pending = False
+        self._board: ScoreboardTable | None = None
         self.selected_id: str | None = None
         self.connected = True
         self.keymap: dict[str, str] = {}
@@ -138,6 +151,7 @@ class SwitchboardApp(App[int]):
             yield SessionList(id="sessions")
             with Vertical(id="main"):
                 yield TurnTable(id="turns")
+                yield ScoreboardTable(id="scoreboard")
                 yield TurnDetail(id="detail")
         yield Input(placeholder="search: id, session, model, target, tool, text…  (enter: keep, "
                                 "escape: clear)", id="search")
@@ -155,6 +169,7 @@ class SwitchboardApp(App[int]):
     async def on_mount(self) -> None:
         self._widgets = (self.table, self.query_one(StatusLine), self.query_one(TurnDetail),
                          self.query_one(SessionList))
+        self._board = self.query_one("#scoreboard", ScoreboardTable)
         self.palette = Palette.from_app(self)
         self.theme_changed_signal.subscribe(self, self._theme_changed)
         ids = {b.id for b in self._bindings_with_ids()}
@@ -167,6 +182,8 @@ class SwitchboardApp(App[int]):
             self._notify(notice, severity="warning", timeout=12)
         for turn in self.source.recent(self.model.max_turns):
             self.model.add(turn, full=bool(turn.request))
+            self.scoreboard.count(turn)
+        self._load_history()
         await self.source.start()
         self.source.connect(self, 1.0 / self.refresh_rate)
         self.set_interval(1.0, self._tick)
@@ -209,6 +226,20 @@ class SwitchboardApp(App[int]):
             self._sessions_pending, self._sessions_at = False, moment
         self._draw_status(now)
         self._draw_detail(now, force=force or self._body_pending or self.selected_id in changed)
+        self._draw_scoreboard(now, force=force)
+
+    def _draw_scoreboard(self, now: float, *, force: bool = False) -> None:
+        """The few scoreboard rows, at most every `DETAIL_INTERVAL` (when shown)."""
+        board = self._board
+        if board is None or not board.display or not self._live_ui():
+            return
+        assert self.palette is not None
+        moment = time.monotonic()
+        if not force and moment - self._board_at < DETAIL_INTERVAL:
+            self._board_pending = True  # the 1 s tick catches up at the latest
+            return
+        self._board_at, self._board_pending = moment, False
+        board.sync(self.scoreboard, now, self.palette, force=force)
 
     def _draw_status(self, now: float) -> None:
         if not self._live_ui():
@@ -326,6 +357,8 @@ class SwitchboardApp(App[int]):
         if batch.resync:
             self.model.resync(self.source.recent(self.model.max_turns))
         self.model.apply(batch, self.source.turn, self.clock())
+        for event in batch.events:
+            self.scoreboard.observe(event, self.source.turn)
         self.redraw()
 
     @on(SourceStatus)
@@ -344,6 +377,16 @@ class SwitchboardApp(App[int]):
         self.redraw()
         if message.turn.id == self.selected_id:
             self._draw_detail(self.clock(), force=True, immediate=True)
+
+    @on(HistoryLoaded)
+    def _history_loaded(self, message: HistoryLoaded) -> None:
+        self.scoreboard.count_all(message.turns)
+        self._draw_scoreboard(self.clock(), force=True)
+
+    @on(ScoreboardTable.SortChanged, "#scoreboard")
+    def _scoreboard_sorted(self, message: ScoreboardTable.SortChanged) -> None:
+        self._notify(f"hosts sorted by {message.table.sort_key}", timeout=2)
+        self._draw_scoreboard(self.clock(), force=True)
 
     @on(OlderLoaded)
     def _older_loaded(self, message: OlderLoaded) -> None:
@@ -393,7 +436,8 @@ class SwitchboardApp(App[int]):
     #: What the user is told failed, by worker name.
     FAILED_ACTIONS: ClassVar[dict[str, str]] = {
         "_load_turn": "load", "_load_older": "older", "_retry": "retry", "_targets": "reroute",
-        "_reroute": "reroute", "_export": "export"}
+        "_reroute": "reroute", "_export": "export",
+        "_load_history": "scoreboard history"}
 
     @on(Worker.StateChanged)
     def _worker_failed(self, event: Worker.StateChanged) -> None:
@@ -411,6 +455,11 @@ class SwitchboardApp(App[int]):
     async def _load_older(self, session: str | None) -> None:
         turns = await self.source.older(set(self.model.entries), OLDER_PAGE, session)
         self.post_message(OlderLoaded(turns))
+
+    @work(group="load", exit_on_error=False)
+    async def _load_history(self) -> None:
+        """The journal's recent turns, for the scoreboard's counts."""
+        self.post_message(HistoryLoaded(await self.source.older(set(), SCOREBOARD_HISTORY)))
 
     @work(group="actions", exit_on_error=False)
     async def _retry(self, turn_id: str) -> None:
@@ -533,6 +582,14 @@ class SwitchboardApp(App[int]):
         index = names.index(self.theme) if self.theme in names else -1
         self.theme = names[(index + 1) % len(names)]
         self._notify(f"theme: {self.theme}", timeout=2)
+
+    def action_toggle_scoreboard(self) -> None:
+        board = self.query_one("#scoreboard", ScoreboardTable)
+        board.set_class(not board.has_class("-hidden"), "-hidden")
+        if board.display:
+            self._draw_scoreboard(self.clock(), force=True)
+        elif board.has_focus:
+            self.table.focus()
 
     def action_older(self) -> None:
         self._load_older(self.filter.session)
