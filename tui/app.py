@@ -67,6 +67,9 @@ class SwitchboardApp(App[int]):
     #scoreboard { border-top: hkey $panel-lighten-1; }
     #scoreboard.-hidden { display: none; }
     #detail { height: 3fr; border-top: hkey $panel-lighten-1; }
+    #sessions:focus { border-right: vkey $accent; }
+    #detail:focus-within { border-top: hkey $accent; }
+    #scoreboard:focus { border-top: hkey $accent; }
     #search { dock: bottom; display: none; }
     #search.-visible { display: block; }
     """
@@ -219,6 +222,13 @@ class SwitchboardApp(App[int]):
             self._select(self.selected_id)
         elif self.selected_id is None and table.ids:
             self._select(table.selected_id or table.ids[0])
+        elif self.selected_id is not None and self.selected_id not in table.ids:
+            # A filter or search hid it (or it was dropped): the nearest shown turn, or none.
+            nearest = self.model.nearest(self.selected_id, table.ids)
+            if nearest is not None:
+                self._select(nearest)
+            else:
+                self._set_selected(None)
         moment = time.monotonic()
         self._sessions_pending |= sessions_changed
         if force or (self._sessions_pending and moment - self._sessions_at >= DETAIL_INTERVAL):
@@ -306,7 +316,7 @@ class SwitchboardApp(App[int]):
             table.select(turn_id)
         self._set_selected(turn_id, immediate=immediate)
 
-    def _set_selected(self, turn_id: str, *, immediate: bool = True) -> None:
+    def _set_selected(self, turn_id: str | None, *, immediate: bool = True) -> None:
         if turn_id == self.selected_id:
             return
         self.selected_id = turn_id
@@ -331,6 +341,12 @@ class SwitchboardApp(App[int]):
             self.follow = False  # the user moved away from the newest turn
             self._draw_status(self.clock())
         self._set_selected(key)
+
+    @on(TurnTable.Opened, "#turns")
+    def _turn_opened(self, message: TurnTable.Opened) -> None:
+        if message.turn_id != self.selected_id:
+            self.select_turn(message.turn_id)
+        self.query_one(TurnDetail).focus_body()
 
     @on(TabbedContent.TabActivated)
     def _tab_activated(self) -> None:
@@ -494,8 +510,13 @@ class SwitchboardApp(App[int]):
     # -- actions ----------------------------------------------------------------------------------------
 
     def _require_selection(self) -> str | None:
+        """The selected turn, if the table shows it: no action reaches a hidden turn."""
         if self.selected_id is None:
             self._notify("no turn selected", severity="warning")
+            return None
+        if self.selected_id not in self.table.ids:
+            self._notify("the selected turn is not shown (filter or search)", severity="warning")
+            return None
         return self.selected_id
 
     def action_retry(self) -> None:

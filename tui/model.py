@@ -300,6 +300,16 @@ class DashboardModel:
             return list(self.entries.values())
         return [e for e in self.entries.values() if flt.matches(e, now, self.stall_after)]
 
+    def nearest(self, turn_id: str, shown: list[str]) -> str | None:
+        """Of `shown` (ids in start order), the turn closest to `turn_id` in start order
+        (the later one on a tie); None if nothing is shown. A turn no longer held
+        counts as newer than all."""
+        if not shown:
+            return None
+        order = {tid: i for i, tid in enumerate(self.entries)}
+        at = order.get(turn_id, len(order))
+        return min(reversed(shown), key=lambda tid: abs(order.get(tid, len(order)) - at))
+
     def models(self) -> list[str]:
         return sorted({e.turn.model for e in self.entries.values()})
 

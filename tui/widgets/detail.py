@@ -213,6 +213,7 @@ class TurnDetail(Vertical):
     TurnDetail #heartbeat { height: 2; background: $surface; text-wrap: nowrap; text-overflow: ellipsis; }
     TurnDetail TabPane { padding: 0; }
     TurnDetail VerticalScroll { height: 1fr; }
+    TurnDetail VerticalScroll:focus { background-tint: $foreground 5%; }
     """
 
     def compose(self) -> ComposeResult:
@@ -222,6 +223,10 @@ class TurnDetail(Vertical):
                 with TabPane(name.capitalize(), id=f"tab-{name}"):
                     with VerticalScroll(id=f"scroll-{name}"):
                         yield Static(id=f"body-{name}")
+
+    def focus_body(self) -> None:
+        """Focus the visible tab's scroll area (arrows and page keys scroll it)."""
+        self.query_one(f"#scroll-{self.active_tab}", VerticalScroll).focus()
 
     @property
     def active_tab(self) -> str:

@@ -139,6 +139,7 @@ class TurnTable(ScrollView, can_focus=True):
     TurnTable > .turn-table--cursor {
         background: $block-cursor-background; color: $block-cursor-foreground; text-style: bold;
     }
+    TurnTable:focus > .turn-table--header { background: $accent-muted; }
     TurnTable:blur > .turn-table--cursor {
         background: $block-cursor-blurred-background; color: $block-cursor-blurred-foreground;
         text-style: $block-cursor-blurred-text-style;
@@ -147,6 +148,9 @@ class TurnTable(ScrollView, can_focus=True):
     BINDINGS = [
         Binding("up", "cursor(-1)", "Up", show=False),
         Binding("down", "cursor(1)", "Down", show=False),
+        Binding("k", "cursor(-1)", "Up", show=False),
+        Binding("j", "cursor(1)", "Down", show=False),
+        Binding("enter", "open", "Open", show=False, tooltip="Focus the turn's detail"),
         Binding("pageup", "page(-1)", "Page up", show=False),
         Binding("pagedown", "page(1)", "Page down", show=False),
         Binding("home", "first", "First", show=False),
@@ -162,6 +166,18 @@ class TurnTable(ScrollView, can_focus=True):
             super().__init__()
             self.table = table
             self.cursor_row = cursor_row
+            self.turn_id = turn_id
+
+        @property
+        def control(self) -> TurnTable:
+            return self.table
+
+    class Opened(Message):
+        """Enter on a row: the user wants the turn's detail."""
+
+        def __init__(self, table: TurnTable, turn_id: str) -> None:
+            super().__init__()
+            self.table = table
             self.turn_id = turn_id
 
         @property
@@ -248,6 +264,11 @@ class TurnTable(ScrollView, can_focus=True):
     def action_cursor(self, step: int) -> None:
         self.move_cursor(self.cursor_row + step)
 
+    def action_open(self) -> None:
+        turn_id = self.selected_id
+        if turn_id is not None:
+            self.post_message(self.Opened(self, turn_id))
+
     def action_page(self, step: int) -> None:
         self.move_cursor(self.cursor_row + step * max(1, self.scrollable_content_region.height - 2))
 
@@ -305,5 +326,7 @@ class TurnTable(ScrollView, can_focus=True):
                 return Strip.blank(width, self.rich_style)
             strip = self._row_strip(self.ids[index])
             if index == self.cursor_row:
-                strip = strip.apply_style(self.get_component_rich_style("turn-table--cursor"))
+                # Over the cells' own colours and background: the whole row shows the cursor.
+                cursor = self.get_component_rich_style("turn-table--cursor")
+                strip = Strip(Segment.apply_style(strip, post_style=cursor), strip.cell_length)
         return strip.crop_extend(scroll_x, scroll_x + width, self.rich_style)
