@@ -95,7 +95,7 @@ class SwitchboardApp(App[int]):
         Binding("escape", "clear", "Clear", id="clear", show=False,
                 tooltip="Clear the search and filters"),
         Binding("question_mark", "help", "Help", id="help", tooltip="Keys and legend"),
-        Binding("q", "quit", "Quit", id="quit", tooltip="Quit (stops the proxy)"),
+        Binding("q", "quit", "Quit", id="quit", tooltip="Quit"),
     ]
 
     def __init__(self, source: TurnSource, *, theme: str | None = None,
@@ -623,7 +623,11 @@ class SwitchboardApp(App[int]):
             shown = self.keymap.get(binding.id, binding.key)
             display = " ".join(self.get_key_display(Binding(k, binding.action))
                                for k in shown.split(","))
-            keys.append((display, binding.id, binding.tooltip or binding.description))
+            description = binding.tooltip or binding.description
+            if binding.id == "quit":
+                description = ("Quit (stops the proxy)" if self.source.owns_proxy
+                               else "Quit (the proxy keeps running)")
+            keys.append((display, binding.id, description))
         notes = [
             f"Keymap: {self.keymap_path} (binding id = \"keys\", e.g. retry = \"ctrl+r\").",
             f"Themes: {', '.join(self.theme_names)}; your own in {self.themes_dir}/*.toml; "
@@ -638,6 +642,15 @@ class SwitchboardApp(App[int]):
                    "success": self.palette.ok, "warning": self.palette.warn,
                    "error": self.palette.error, "accent": self.palette.accent}
         self.push_screen(HelpScreen(keys, notes, colours))
+
+    def deliver_screenshot(self, filename: str | None = None, path: str | None = None,
+                           time_format: str | None = None) -> str | None:
+        """The palette's screenshot goes where exports go (the current folder unless told),
+        not to ~/Downloads, which may not exist."""
+        folder = Path(path) if path else self.export_dir
+        if not folder.is_dir():
+            folder = Path.cwd()
+        return super().deliver_screenshot(filename, str(folder), time_format)
 
     async def action_quit(self) -> None:
         self.exit(0)

@@ -13,6 +13,7 @@ from textual.widgets.option_list import Option
 
 from ..model import SessionInfo
 from .palette import Palette
+from .status import plural
 
 ALL = "__all__"
 
@@ -24,7 +25,7 @@ def session_prompt(info: SessionInfo, palette: Palette, width: int = 23) -> Text
     name = info.id if len(info.id) <= width - 2 else info.id[: width - 3] + "…"
     text.append(name, style=f"bold {palette.text}")
     text.append("\n  ")
-    text.append(f"{info.turns} turn{'s' if info.turns != 1 else ''}", style=palette.muted)
+    text.append(plural(info.turns, "turn"), style=palette.muted)
     if info.live:
         text.append(f"  ●{info.live}", style=palette.primary)
     if info.repairs:
@@ -45,7 +46,7 @@ class SessionList(OptionList):
 
     def sync(self, sessions: Mapping[str, SessionInfo], total: int, palette: Palette,
              *, force: bool = False) -> None:
-        everything = Text(f"All ({total} turns)", style=f"bold {palette.text}",
+        everything = Text(f"All ({plural(total, 'turn')})", style=f"bold {palette.text}",
                           no_wrap=True, overflow="ellipsis")
         if force:
             self._prompts.clear()
