@@ -59,6 +59,9 @@ class SwitchboardApp(App[int]):
     """Sessions, a live table of turns, and the selected turn in detail."""
 
     TITLE = "Switchboard"
+    #: The sidebar narrows below 100 columns, and shows session ids in full from 160.
+    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]] | None] = [
+        (0, "-narrow"), (100, "-normal"), (160, "-wide")]
     CSS = """
     #body { height: 1fr; }
     #sessions { border-right: vkey $panel-lighten-1; }
@@ -67,6 +70,8 @@ class SwitchboardApp(App[int]):
     #scoreboard { border-top: hkey $panel-lighten-1; }
     #scoreboard.-hidden { display: none; }
     #detail { height: 3fr; border-top: hkey $panel-lighten-1; }
+    Screen.-narrow #sessions { width: 20; }
+    Screen.-wide #sessions { width: 36; }
     #sessions:focus { border-right: vkey $accent; }
     #detail:focus-within { border-top: hkey $accent; }
     #scoreboard:focus { border-top: hkey $accent; }
@@ -74,6 +79,9 @@ class SwitchboardApp(App[int]):
     #search.-visible { display: block; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
+        # Help and quit first: the footer keeps them on an 80-column terminal.
+        Binding("question_mark", "help", "Help", id="help", tooltip="Keys and legend"),
+        Binding("q", "quit", "Quit", id="quit", tooltip="Quit"),
         Binding("r", "retry", "Retry", id="retry", tooltip="Retry the selected turn"),
         Binding("R", "reroute", "Reroute", id="reroute",
                 tooltip="Re-run the selected turn on another target"),
@@ -94,8 +102,6 @@ class SwitchboardApp(App[int]):
                 tooltip="Show or hide the host scoreboard (per-target stats)"),
         Binding("escape", "clear", "Clear", id="clear", show=False,
                 tooltip="Clear the search and filters"),
-        Binding("question_mark", "help", "Help", id="help", tooltip="Keys and legend"),
-        Binding("q", "quit", "Quit", id="quit", tooltip="Quit"),
     ]
 
     def __init__(self, source: TurnSource, *, theme: str | None = None,

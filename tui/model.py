@@ -209,6 +209,8 @@ class SessionInfo:
     failed: int = 0
     repairs: int = 0
     last_at: float = 0.0
+    #: The session this one was started from (an opencode subagent's parent).
+    parent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +383,7 @@ class DashboardModel:
                 del self.sessions[oldest.id]
         info.turns += 1
         info.model = turn.model
+        info.parent = getattr(turn, "parent_session_id", None) or info.parent
         info.last_at = max(info.last_at, turn.started_at)
         entry.counted = ("", 0)
         self._recount(entry)
@@ -439,7 +442,8 @@ class DashboardModel:
                             model=event_field(event, "model", ""),
                             route=event_field(event, "route", ""),
                             stream=bool(event_field(event, "stream", True)), request={},
-                            started_at=event.at)
+                            started_at=event.at,
+                            parent_session_id=event_field(event, "parent_session_id"))
             self.add(turn, full=bool(turn.request))
             return
         entry = self.entries.get(turn_id) or self._adopt(turn_id, lookup)
