@@ -639,6 +639,9 @@ class SwitchboardApp(App[int]):
             f"Themes: {', '.join(self.theme_names)}; your own in {self.themes_dir}/*.toml; "
             "start with --theme NAME.",
             f"Exports go to {self.export_dir}.",
+            "Moving: arrows or j/k; Enter focuses the turn's detail; Tab moves between panels.",
+            "Hosts (b): ◌ STALLING a stream on it is silent now; ✗ failing: it stalled or "
+            "failed in the last minute; ❄ cooling: skipped for a while; s sorts.",
             "Attempt column: #n and why (retry, reroute); * marks a retry or reroute by hand.",
             f"Stalled: a live stream silent for {self.model.stall_after.describe()} (half the "
             "watchdog's limit); the watchdog retries it on its own before any output reached "

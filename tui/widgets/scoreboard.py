@@ -83,6 +83,13 @@ class ScoreboardTable(DataTable[Text | str]):
 
     def on_mount(self) -> None:
         self._add_headers()
+        self.show_cursor = False  # a highlighted row only while the table has focus
+
+    def on_focus(self) -> None:
+        self.show_cursor = True
+
+    def on_blur(self) -> None:
+        self.show_cursor = False
 
     def _add_headers(self) -> None:
         self.clear(columns=True)

@@ -316,6 +316,7 @@ class TurnTable(ScrollView, can_focus=True):
 
     def on_resize(self) -> None:
         self._relayout()
+        self._scroll_to_cursor()  # the selected row stays in sight when the table shrinks
 
     @property
     def shown_columns(self) -> list[str]:
