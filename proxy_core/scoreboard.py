@@ -44,6 +44,8 @@ TTFT_SAMPLES = 512
 BAD_FOR = 60.0
 #: Turn ids remembered so a turn is never counted twice (journal seed, then live).
 COUNTED_IDS = 50_000
+#: Targets kept (a reroute by hand may name any model): the longest quiet one goes first.
+MAX_TARGETS = 256
 
 STATUSES = ("cooling", "stalling", "failing", "ok", "idle")
 #: Sort keys for `Scoreboard.rows` (besides the numeric fields of `TargetStats`).
@@ -132,6 +134,9 @@ class Scoreboard:
     def stats(self, target: str) -> TargetStats:
         stats = self.targets.get(target)
         if stats is None:
+            if len(self.targets) >= MAX_TARGETS:
+                quiet = min(self.targets.values(), key=lambda s: max(s.last_ok_at, s.last_bad_at))
+                del self.targets[quiet.target]
             stats = self.targets[target] = TargetStats(target)
         return stats
 

@@ -7,7 +7,7 @@ import httpx
 from proxy_core.app import SwitchboardProxy
 from proxy_core.events import AttemptFailed, StreamHeartbeat, TurnFinished, UpstreamHealthChanged
 from proxy_core.record import Attempt, RepairRecord, ToolCallRecord, Turn, Usage
-from proxy_core.scoreboard import Scoreboard, percentile
+from proxy_core.scoreboard import MAX_TARGETS, Scoreboard, percentile
 from support import API, FakeUpstream, chat_body, hang_reply, openai_config, stream_chat
 
 A, B = "flaky:k2", "steady:k2"
@@ -68,6 +68,15 @@ def test_live_events_make_a_target_bad_at_once_and_a_finished_turn_counts() -> N
     board.observe(TurnFinished(turn_id="t2", finish_reason="stop", prompt_tokens=0,
                                completion_tokens=0, duration=1.0, tool_calls=0), turns.get)
     assert board.targets[B].turns == 1 and board.targets[B].status(202.0) == "ok"
+
+
+def test_targets_stay_bounded() -> None:
+    board = Scoreboard(clock=lambda: 0.0)
+    for n in range(MAX_TARGETS + 10):
+        board.count(ended_turn(f"t{n}", Attempt(1, f"up:m{n}", started_at=n + 1.0,
+                                                ended_at=n + 1.0, outcome="ok")))
+    assert len(board.targets) == MAX_TARGETS
+    assert "up:m0" not in board.targets and f"up:m{MAX_TARGETS + 9}" in board.targets
 
 
 def test_percentile_is_nearest_rank() -> None:
