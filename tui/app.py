@@ -23,12 +23,12 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Input, OptionList, TabbedContent
 from textual.worker import Worker, WorkerState
 
-from .keymap import default_keymap_path, load_keymap
 from proxy_core.scoreboard import Scoreboard
 
+from .keymap import default_keymap_path, load_keymap
 from .messages import (
-    ActionFailed, EventsReady, Exported, HistoryLoaded, OlderLoaded, SourceStatus, TargetsLoaded, TurnActionDone,
-    TurnLoaded,
+    ActionFailed, EventsReady, Exported, HistoryLoaded, OlderLoaded, SourceStatus, TargetsLoaded,
+    TurnActionDone, TurnLoaded,
 )
 from .model import FILTER_STATES, DashboardModel, TurnFilter
 from .source import SourceError, TurnSource
@@ -122,7 +122,6 @@ class SwitchboardApp(App[int]):
         self.filter = TurnFilter()
         self.scoreboard = Scoreboard(clock=clock)
         self._board_at = 0.0
-        self._board_pending = False
         self._board: ScoreboardTable | None = None
         self.selected_id: str | None = None
         self.connected = True
@@ -252,9 +251,8 @@ class SwitchboardApp(App[int]):
         assert self.palette is not None
         moment = time.monotonic()
         if not force and moment - self._board_at < DETAIL_INTERVAL:
-            self._board_pending = True  # the 1 s tick catches up at the latest
-            return
-        self._board_at, self._board_pending = moment, False
+            return  # a later redraw (the 1 s tick at the latest) catches up
+        self._board_at = moment
         board.sync(self.scoreboard, now, self.palette, force=force)
 
     def _draw_status(self, now: float) -> None:
