@@ -83,7 +83,10 @@ def _dashboard_main(ready: mp.Queue, stop: mp.Event, upstream_url: str, journal:
         await asyncio.get_running_loop().run_in_executor(None, stop.wait)
         stats = {"seconds": time.monotonic() - started, "drains": source.drains,
                  "events": source.events, "turns_held": len(app.model),
-                 "turns_seen": len(proxy.store)}
+                 "turns_seen": len(proxy.store),
+                 # the host scoreboard is on screen (as by default) and has its targets
+                 "scoreboard_rows": app.query_one("#scoreboard").row_count
+                 if app.query_one("#scoreboard").display else None}
         app.exit()
         await task
         await source.stop()
@@ -177,7 +180,8 @@ def report(plan: Plan, results: dict[str, dict[str, list[Run]]], stats: dict[str
         seconds = max(stats["seconds"], 1e-9)
         print(f"dashboard: {stats['events']:,} events in {stats['drains']:,} redraw batches "
               f"({stats['drains'] / seconds:.1f}/s over {seconds:.0f} s); holds "
-              f"{stats['turns_held']} of {stats['turns_seen']} turns in memory")
+              f"{stats['turns_held']} of {stats['turns_seen']} turns in memory; host scoreboard "
+              f"{'shown, ' + str(stats['scoreboard_rows']) + ' target(s)' if stats.get('scoreboard_rows') is not None else 'hidden'}")
     return ratios
 
 

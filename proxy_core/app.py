@@ -19,6 +19,7 @@ from .control import ControlAPI, PREFIX
 from .heartbeat import HeartbeatTicker
 from .journal import Journal
 from .retention import retention_of
+from .scoreboard import Scoreboard, ScoreboardObserver
 from .openai_wire import error_body, internal_error_body
 from .pipeline import Pipeline
 from .record import Turn
@@ -32,6 +33,8 @@ from .upstreams import build_upstreams
 log = logging.getLogger(__name__)
 
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
+#: Journal turns the scoreboard starts from.
+SCOREBOARD_SEED = 5000
 
 
 class SwitchboardProxy:
@@ -52,6 +55,11 @@ class SwitchboardProxy:
         # OpenTelemetry export (off unless configured); imports the SDK only when on.
         self.telemetry = telemetry.start(config, self.bus, self.store, self.redactor)
         self.memory = ToolCallMemory(self.journal)
+        # Per-target stats for the control API: the journal's recent turns, then live.
+        self.scoreboard = Scoreboard()
+        if self.journal is not None:
+            self.scoreboard.count_records(self.journal.turns(SCOREBOARD_SEED))
+        self.bus.add_observer(ScoreboardObserver(self.scoreboard, self.store.get))
         self.pipeline = Pipeline(config, self.upstreams, self.bus, self.store, self.memory,
                                  lookup=self._journaled_turn)
         self.heartbeat = HeartbeatTicker(self.pipeline, self.bus)
@@ -74,7 +82,7 @@ class SwitchboardProxy:
                               middlewares=[self._front_door])
         self.front.add_routes(app)
         ControlAPI(config=self.config, pipeline=self.pipeline, store=self.store, bus=self.bus,
-                   redactor=self.redactor, journal=self.journal,
+                   redactor=self.redactor, scoreboard=self.scoreboard, journal=self.journal,
                    telemetry=self.telemetry).add_routes(app)
         return app
 

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from .errors import ClientRequestError
 from .events import Chunk, Event
+from .scoreboard import SORT_KEYS
 from .sse import SSE_HEADERS, comment_line
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .journal import Journal
     from .pipeline import Pipeline
+    from .scoreboard import Scoreboard
     from .secrets import Redactor
     from .store import TurnStore
     from .telemetry import Exporter
@@ -41,13 +43,14 @@ class ControlAPI:
     """Given the collaborators it reads, not the proxy that owns them."""
 
     def __init__(self, *, config: Config, pipeline: Pipeline, store: TurnStore, bus: EventBus,
-                 redactor: Redactor, journal: Journal | None = None,
+                 redactor: Redactor, scoreboard: Scoreboard, journal: Journal | None = None,
                  telemetry: Exporter | None = None) -> None:
         self.config = config
         self.pipeline = pipeline
         self.store = store
         self.bus = bus
         self.redactor = redactor
+        self.board = scoreboard
         self.journal = journal
         self.telemetry = telemetry
         self.started = time.time()
@@ -58,6 +61,7 @@ class ControlAPI:
         app.router.add_get(f"{PREFIX}/turns/{{turn_id}}", self.turn)
         app.router.add_get(f"{PREFIX}/events", self.events)
         app.router.add_get(f"{PREFIX}/targets", self.targets)
+        app.router.add_get(f"{PREFIX}/scoreboard", self.scoreboard)
         app.router.add_post(f"{PREFIX}/turns/{{turn_id}}/retry", self.retry)
         app.router.add_post(f"{PREFIX}/turns/{{turn_id}}/reroute", self.reroute)
 
@@ -99,6 +103,13 @@ class ControlAPI:
             return self._json({"targets": self.pipeline.targets_for(turn_id)})
         except ClientRequestError as exc:
             return self._error(exc.message, exc.status, exc.code)
+
+    async def scoreboard(self, request: web.Request) -> web.Response:
+        """Per-target stats (`proxy_core/scoreboard.py`), worst first or `?sort=COLUMN`."""
+        sort = request.query.get("sort", "status")
+        if sort not in SORT_KEYS:
+            return self._error(f"sort must be one of: {', '.join(SORT_KEYS)}", 400)
+        return self._json(self.board.to_dict(sort))
 
     def _json(self, payload: Any, status: int = 200) -> web.Response:
         text = self.redactor(json.dumps(payload, ensure_ascii=False, default=str))

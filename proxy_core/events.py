@@ -44,6 +44,7 @@ class TurnStarted(Event):
     route: str
     stream: bool
     rerun_of: str | None = None
+    parent_session_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

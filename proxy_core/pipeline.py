@@ -42,7 +42,7 @@ from .repairs.memory import RememberedCall, ToolCallMemory
 from .repairs.profiles import plan_for
 from .repairs.stream_repair import StreamRepairer
 from .repairs.tool_names import ToolCatalog
-from .sessions import session_id_for
+from .sessions import parent_session_id_for, session_id_for
 from .store import TurnStore
 from .stream import (
     PROGRESS_PARTS, FinishPart, KeepAlivePart, ReasoningPart, StreamPart, TextPart, ToolCallPart,
@@ -141,6 +141,7 @@ class Pipeline:
 
         def announce() -> None:
             turn.session_id = session_id_for(headers, request.messages)
+            turn.parent_session_id = parent_session_id_for(headers)
             self._announce(turn)
         self.bus.defer(announce)
         return turn, route
@@ -161,7 +162,8 @@ class Pipeline:
     def _announce(self, turn: Turn) -> None:
         self.bus.publish(TurnStarted(turn_id=turn.id, session_id=turn.session_id,
                                      model=turn.model, route=turn.route, stream=turn.stream,
-                                     rerun_of=turn.rerun_of))
+                                     rerun_of=turn.rerun_of,
+                                     parent_session_id=turn.parent_session_id))
 
     def model_ids(self) -> list[str]:
         ids: list[str] = []
@@ -394,6 +396,7 @@ class Pipeline:
             first = Target.parse(original.attempts[-1].target)
         turn = self._new_turn(original.request, original.session_id, original.model, route,
                               original.stream, "switchboard (re-run by hand)", original.id)
+        turn.parent_session_id = original.parent_session_id
         self.store.add(turn)
         self._announce(turn)
 

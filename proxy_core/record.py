@@ -98,6 +98,8 @@ class Turn:
     error: str | None = None
     status: int = 200
     rerun_of: str | None = None
+    #: The session this turn's session was started from (opencode's subagents), if known.
+    parent_session_id: str | None = None
 
     @property
     def text(self) -> str:

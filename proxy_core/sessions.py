@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 SESSION_HEADERS = ("x-session-id", "x-session-affinity")
+#: opencode names the session a subagent's session was started from.
+PARENT_HEADERS = ("x-parent-session-id",)
 
 
 def session_id_for(headers: Mapping[str, str], messages: list[Any]) -> str:
@@ -22,6 +24,15 @@ def session_id_for(headers: Mapping[str, str], messages: list[Any]) -> str:
         if value:
             return value.strip()[:128]
     return "fp_" + conversation_fingerprint(messages)
+
+
+def parent_session_id_for(headers: Mapping[str, str]) -> str | None:
+    """The session this one was started from (a subagent's parent), if the client says."""
+    for name in PARENT_HEADERS:
+        value = headers.get(name)
+        if value and value.strip():
+            return value.strip()[:128]
+    return None
 
 
 def conversation_fingerprint(messages: list[Any]) -> str:

@@ -204,6 +204,20 @@ async def test_x_session_id_groups_turns(proxy: SwitchboardProxy, client: httpx.
     assert [t["session_id"] for t in turns] == ["ses_abc", "ses_abc"]
 
 
+async def test_x_parent_session_id_is_recorded_with_the_subagent_session(
+        proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:
+    events: list[Any] = []
+    proxy.bus.subscribe(events.append)
+    await chat(client, proxy, "plan", headers={"x-session-id": "ses_main"})
+    await chat(client, proxy, "explore", headers={"x-session-id": "ses_sub",
+                                                  "x-parent-session-id": "ses_main"})
+    turns = await api_turns(client, proxy.base_url)
+    assert [(t["session_id"], t["parent_session_id"]) for t in turns] == [
+        ("ses_main", None), ("ses_sub", "ses_main")]
+    started = [e for e in events if type(e).__name__ == "TurnStarted"]
+    assert [e.parent_session_id for e in started] == [None, "ses_main"]
+
+
 async def test_without_a_session_header_the_conversation_start_groups_turns(
         proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:
     first = chat_body("fix the bug")

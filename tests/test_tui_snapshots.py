@@ -80,3 +80,23 @@ def test_stalled_turn(snap_compare) -> None:
 def test_help_screen(snap_compare) -> None:
     assert snap_compare(make_app(live=False), terminal_size=SIZE, press=["question_mark"],
                         run_before=settle)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (200, 50)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_main_screen_sizes(snap_compare, size: tuple[int, int]) -> None:
+    """Columns size to content and width (the least important give way on 80 columns);
+    the footer keeps ? and q; session ids do not wrap."""
+    assert snap_compare(make_app(), terminal_size=size, run_before=settle)
+
+
+@pytest.mark.parametrize("theme", ["dark", "light", "high-contrast"])
+def test_cursor_row_in_each_theme(snap_compare, theme: str) -> None:
+    """The selected row is highlighted across the whole row in every built-in theme."""
+    async def select(pilot) -> None:  # type: ignore[no-untyped-def]
+        await settle(pilot)
+        assert pilot.app.select_turn("turn_fixed000000003")
+        await pilot.pause()
+
+    app = make_app()
+    app.theme = theme
+    assert snap_compare(app, terminal_size=(120, 30), run_before=select)

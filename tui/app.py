@@ -23,16 +23,19 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Input, OptionList, TabbedContent
 from textual.worker import Worker, WorkerState
 
+from proxy_core.scoreboard import Scoreboard
+
 from .keymap import default_keymap_path, load_keymap
 from .messages import (
-    ActionFailed, EventsReady, Exported, OlderLoaded, SourceStatus, TargetsLoaded, TurnActionDone,
-    TurnLoaded,
+    ActionFailed, EventsReady, Exported, HistoryLoaded, OlderLoaded, SourceStatus, TargetsLoaded,
+    TurnActionDone, TurnLoaded,
 )
 from .model import FILTER_STATES, DashboardModel, TurnFilter
 from .source import SourceError, TurnSource
 from .themes import BUILTIN_THEMES_DIR, DEFAULT_THEME, load_themes, user_themes_dir
 from .widgets.detail import TurnDetail
 from .widgets.palette import Palette
+from .widgets.scoreboard import ScoreboardTable
 from .widgets.screens import HelpScreen, PickerScreen
 from .widgets.sessions import ALL, SessionList
 from .widgets.status import StatusInfo, StatusLine, status_text
@@ -45,6 +48,8 @@ REFRESH_RATE = 12.0
 DETAIL_INTERVAL = 0.25
 #: Turns fetched per "older" request.
 OLDER_PAGE = 100
+#: Journal turns the scoreboard starts from.
+SCOREBOARD_HISTORY = 1000
 
 FILTER_LABELS = {"all": "All turns", "live": "Live turns", "stalled": "Stalled (silent live streams)",
                  "repaired": "Repaired", "retried": "Retried or rerouted", "failed": "Failed"}
@@ -54,16 +59,29 @@ class SwitchboardApp(App[int]):
     """Sessions, a live table of turns, and the selected turn in detail."""
 
     TITLE = "Switchboard"
+    #: The sidebar narrows below 100 columns, and shows session ids in full from 160.
+    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]] | None] = [
+        (0, "-narrow"), (100, "-normal"), (160, "-wide")]
     CSS = """
     #body { height: 1fr; }
     #sessions { border-right: vkey $panel-lighten-1; }
     #main { width: 1fr; }
     #turns { height: 2fr; }
+    #scoreboard { border-top: hkey $panel-lighten-1; }
+    #scoreboard.-hidden { display: none; }
     #detail { height: 3fr; border-top: hkey $panel-lighten-1; }
+    Screen.-narrow #sessions { width: 20; }
+    Screen.-wide #sessions { width: 36; }
+    #sessions:focus { border-right: vkey $accent; }
+    #detail:focus-within { border-top: hkey $accent; }
+    #scoreboard:focus { border-top: hkey $accent; }
     #search { dock: bottom; display: none; }
     #search.-visible { display: block; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
+        # Help and quit first: the footer keeps them on an 80-column terminal.
+        Binding("question_mark", "help", "Help", id="help", tooltip="Keys and legend"),
+        Binding("q", "quit", "Quit", id="quit", tooltip="Quit"),
         Binding("r", "retry", "Retry", id="retry", tooltip="Retry the selected turn"),
         Binding("R", "reroute", "Reroute", id="reroute",
                 tooltip="Re-run the selected turn on another target"),
@@ -80,10 +98,10 @@ class SwitchboardApp(App[int]):
         Binding("t", "next_theme", "Theme", id="theme", tooltip="Switch to the next theme"),
         Binding("o", "older", "Older", id="older",
                 tooltip="Load older turns from the journal"),
+        Binding("b", "toggle_scoreboard", "Hosts", id="scoreboard",
+                tooltip="Show or hide the host scoreboard (per-target stats)"),
         Binding("escape", "clear", "Clear", id="clear", show=False,
                 tooltip="Clear the search and filters"),
-        Binding("question_mark", "help", "Help", id="help", tooltip="Keys and legend"),
-        Binding("q", "quit", "Quit", id="quit", tooltip="Quit (stops the proxy)"),
     ]
 
     def __init__(self, source: TurnSource, *, theme: str | None = None,
@@ -102,6 +120,9 @@ class SwitchboardApp(App[int]):
         self.themes_dir = themes_dir or user_themes_dir()
         self.model = DashboardModel(max_turns=max_turns, stall_after=source.stall_after)
         self.filter = TurnFilter()
+        self.scoreboard = Scoreboard(clock=clock)
+        self._board_at = 0.0
+        self._board: ScoreboardTable | None = None
         self.selected_id: str | None = None
         self.connected = True
         self.keymap: dict[str, str] = {}
@@ -138,6 +159,7 @@ class SwitchboardApp(App[int]):
             yield SessionList(id="sessions")
             with Vertical(id="main"):
                 yield TurnTable(id="turns")
+                yield ScoreboardTable(id="scoreboard")
                 yield TurnDetail(id="detail")
         yield Input(placeholder="search: id, session, model, target, tool, text…  (enter: keep, "
                                 "escape: clear)", id="search")
@@ -155,6 +177,7 @@ class SwitchboardApp(App[int]):
     async def on_mount(self) -> None:
         self._widgets = (self.table, self.query_one(StatusLine), self.query_one(TurnDetail),
                          self.query_one(SessionList))
+        self._board = self.query_one("#scoreboard", ScoreboardTable)
         self.palette = Palette.from_app(self)
         self.theme_changed_signal.subscribe(self, self._theme_changed)
         ids = {b.id for b in self._bindings_with_ids()}
@@ -167,6 +190,8 @@ class SwitchboardApp(App[int]):
             self._notify(notice, severity="warning", timeout=12)
         for turn in self.source.recent(self.model.max_turns):
             self.model.add(turn, full=bool(turn.request))
+            self.scoreboard.count(turn)
+        self._load_history()
         await self.source.start()
         self.source.connect(self, 1.0 / self.refresh_rate)
         self.set_interval(1.0, self._tick)
@@ -202,6 +227,13 @@ class SwitchboardApp(App[int]):
             self._select(self.selected_id)
         elif self.selected_id is None and table.ids:
             self._select(table.selected_id or table.ids[0])
+        elif self.selected_id is not None and self.selected_id not in table.ids:
+            # A filter or search hid it (or it was dropped): the nearest shown turn, or none.
+            nearest = self.model.nearest(self.selected_id, table.ids)
+            if nearest is not None:
+                self._select(nearest)
+            else:
+                self._set_selected(None)
         moment = time.monotonic()
         self._sessions_pending |= sessions_changed
         if force or (self._sessions_pending and moment - self._sessions_at >= DETAIL_INTERVAL):
@@ -209,6 +241,19 @@ class SwitchboardApp(App[int]):
             self._sessions_pending, self._sessions_at = False, moment
         self._draw_status(now)
         self._draw_detail(now, force=force or self._body_pending or self.selected_id in changed)
+        self._draw_scoreboard(now, force=force)
+
+    def _draw_scoreboard(self, now: float, *, force: bool = False) -> None:
+        """The few scoreboard rows, at most every `DETAIL_INTERVAL` (when shown)."""
+        board = self._board
+        if board is None or not board.display or not self._live_ui():
+            return
+        assert self.palette is not None
+        moment = time.monotonic()
+        if not force and moment - self._board_at < DETAIL_INTERVAL:
+            return  # a later redraw (the 1 s tick at the latest) catches up
+        self._board_at = moment
+        board.sync(self.scoreboard, now, self.palette, force=force)
 
     def _draw_status(self, now: float) -> None:
         if not self._live_ui():
@@ -275,7 +320,7 @@ class SwitchboardApp(App[int]):
             table.select(turn_id)
         self._set_selected(turn_id, immediate=immediate)
 
-    def _set_selected(self, turn_id: str, *, immediate: bool = True) -> None:
+    def _set_selected(self, turn_id: str | None, *, immediate: bool = True) -> None:
         if turn_id == self.selected_id:
             return
         self.selected_id = turn_id
@@ -300,6 +345,12 @@ class SwitchboardApp(App[int]):
             self.follow = False  # the user moved away from the newest turn
             self._draw_status(self.clock())
         self._set_selected(key)
+
+    @on(TurnTable.Opened, "#turns")
+    def _turn_opened(self, message: TurnTable.Opened) -> None:
+        if message.turn_id != self.selected_id:
+            self.select_turn(message.turn_id)
+        self.query_one(TurnDetail).focus_body()
 
     @on(TabbedContent.TabActivated)
     def _tab_activated(self) -> None:
@@ -326,6 +377,8 @@ class SwitchboardApp(App[int]):
         if batch.resync:
             self.model.resync(self.source.recent(self.model.max_turns))
         self.model.apply(batch, self.source.turn, self.clock())
+        for event in batch.events:
+            self.scoreboard.observe(event, self.source.turn)
         self.redraw()
 
     @on(SourceStatus)
@@ -344,6 +397,16 @@ class SwitchboardApp(App[int]):
         self.redraw()
         if message.turn.id == self.selected_id:
             self._draw_detail(self.clock(), force=True, immediate=True)
+
+    @on(HistoryLoaded)
+    def _history_loaded(self, message: HistoryLoaded) -> None:
+        self.scoreboard.count_all(message.turns)
+        self._draw_scoreboard(self.clock(), force=True)
+
+    @on(ScoreboardTable.SortChanged, "#scoreboard")
+    def _scoreboard_sorted(self, message: ScoreboardTable.SortChanged) -> None:
+        self._notify(f"hosts sorted by {message.table.sort_key}", timeout=2)
+        self._draw_scoreboard(self.clock(), force=True)
 
     @on(OlderLoaded)
     def _older_loaded(self, message: OlderLoaded) -> None:
@@ -393,7 +456,8 @@ class SwitchboardApp(App[int]):
     #: What the user is told failed, by worker name.
     FAILED_ACTIONS: ClassVar[dict[str, str]] = {
         "_load_turn": "load", "_load_older": "older", "_retry": "retry", "_targets": "reroute",
-        "_reroute": "reroute", "_export": "export"}
+        "_reroute": "reroute", "_export": "export",
+        "_load_history": "scoreboard history"}
 
     @on(Worker.StateChanged)
     def _worker_failed(self, event: Worker.StateChanged) -> None:
@@ -411,6 +475,11 @@ class SwitchboardApp(App[int]):
     async def _load_older(self, session: str | None) -> None:
         turns = await self.source.older(set(self.model.entries), OLDER_PAGE, session)
         self.post_message(OlderLoaded(turns))
+
+    @work(group="load", exit_on_error=False)
+    async def _load_history(self) -> None:
+        """The journal's recent turns, for the scoreboard's counts."""
+        self.post_message(HistoryLoaded(await self.source.older(set(), SCOREBOARD_HISTORY)))
 
     @work(group="actions", exit_on_error=False)
     async def _retry(self, turn_id: str) -> None:
@@ -445,8 +514,13 @@ class SwitchboardApp(App[int]):
     # -- actions ----------------------------------------------------------------------------------------
 
     def _require_selection(self) -> str | None:
+        """The selected turn, if the table shows it: no action reaches a hidden turn."""
         if self.selected_id is None:
             self._notify("no turn selected", severity="warning")
+            return None
+        if self.selected_id not in self.table.ids:
+            self._notify("the selected turn is not shown (filter or search)", severity="warning")
+            return None
         return self.selected_id
 
     def action_retry(self) -> None:
@@ -534,6 +608,14 @@ class SwitchboardApp(App[int]):
         self.theme = names[(index + 1) % len(names)]
         self._notify(f"theme: {self.theme}", timeout=2)
 
+    def action_toggle_scoreboard(self) -> None:
+        board = self.query_one("#scoreboard", ScoreboardTable)
+        board.set_class(not board.has_class("-hidden"), "-hidden")
+        if board.display:
+            self._draw_scoreboard(self.clock(), force=True)
+        elif board.has_focus:
+            self.table.focus()
+
     def action_older(self) -> None:
         self._load_older(self.filter.session)
 
@@ -545,12 +627,19 @@ class SwitchboardApp(App[int]):
             shown = self.keymap.get(binding.id, binding.key)
             display = " ".join(self.get_key_display(Binding(k, binding.action))
                                for k in shown.split(","))
-            keys.append((display, binding.id, binding.tooltip or binding.description))
+            description = binding.tooltip or binding.description
+            if binding.id == "quit":
+                description = ("Quit (stops the proxy)" if self.source.owns_proxy
+                               else "Quit (the proxy keeps running)")
+            keys.append((display, binding.id, description))
         notes = [
             f"Keymap: {self.keymap_path} (binding id = \"keys\", e.g. retry = \"ctrl+r\").",
             f"Themes: {', '.join(self.theme_names)}; your own in {self.themes_dir}/*.toml; "
             "start with --theme NAME.",
             f"Exports go to {self.export_dir}.",
+            "Moving: arrows or j/k; Enter focuses the turn's detail; Tab moves between panels.",
+            "Hosts (b): ◌ STALLING a stream on it is silent now; ✗ failing: it stalled or "
+            "failed in the last minute; ❄ cooling: skipped for a while; s sorts.",
             "Attempt column: #n and why (retry, reroute); * marks a retry or reroute by hand.",
             f"Stalled: a live stream silent for {self.model.stall_after.describe()} (half the "
             "watchdog's limit); the watchdog retries it on its own before any output reached "
@@ -560,6 +649,15 @@ class SwitchboardApp(App[int]):
                    "success": self.palette.ok, "warning": self.palette.warn,
                    "error": self.palette.error, "accent": self.palette.accent}
         self.push_screen(HelpScreen(keys, notes, colours))
+
+    def deliver_screenshot(self, filename: str | None = None, path: str | None = None,
+                           time_format: str | None = None) -> str | None:
+        """The palette's screenshot goes where exports go (the current folder unless told),
+        not to ~/Downloads, which may not exist."""
+        folder = Path(path) if path else self.export_dir
+        if not folder.is_dir():
+            folder = Path.cwd()
+        return super().deliver_screenshot(filename, str(folder), time_format)
 
     async def action_quit(self) -> None:
         self.exit(0)

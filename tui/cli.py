@@ -65,7 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
                                            "(e.g. `switchboard serve`), through its control API")
     attach.add_argument("url", nargs="?", metavar="URL",
                         help="the proxy's address (default: http://HOST:PORT from the config)")
-    _add_common(attach, argparse.SUPPRESS)
+    attach.add_argument("--config", metavar="PATH", type=Path, default=argparse.SUPPRESS,
+                        help="config TOML to find the proxy's address in (when no URL is given)")
+    attach.add_argument("--host", default=argparse.SUPPRESS,
+                        help="the proxy's host, when no URL is given (default from config)")
+    attach.add_argument("--port", type=int, default=argparse.SUPPRESS,
+                        help="the proxy's port, when no URL is given (default from config)")
     _add_theme(attach, argparse.SUPPRESS)
     return parser
 

@@ -48,6 +48,13 @@ class OlderLoaded(Message):
 
 
 @dataclass
+class HistoryLoaded(Message):
+    """The journal's recent turns, for the host scoreboard's counts."""
+
+    turns: list[Turn]
+
+
+@dataclass
 class TurnActionDone(Message):
     """A retry or reroute was accepted; `turn_id` now carries the work."""
 

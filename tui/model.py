@@ -209,6 +209,8 @@ class SessionInfo:
     failed: int = 0
     repairs: int = 0
     last_at: float = 0.0
+    #: The session this one was started from (an opencode subagent's parent).
+    parent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +302,16 @@ class DashboardModel:
             return list(self.entries.values())
         return [e for e in self.entries.values() if flt.matches(e, now, self.stall_after)]
 
+    def nearest(self, turn_id: str, shown: list[str]) -> str | None:
+        """Of `shown` (ids in start order), the turn closest to `turn_id` in start order
+        (the later one on a tie); None if nothing is shown. A turn no longer held
+        counts as newer than all."""
+        if not shown:
+            return None
+        order = {tid: i for i, tid in enumerate(self.entries)}
+        at = order.get(turn_id, len(order))
+        return min(reversed(shown), key=lambda tid: abs(order.get(tid, len(order)) - at))
+
     def models(self) -> list[str]:
         return sorted({e.turn.model for e in self.entries.values()})
 
@@ -371,6 +383,7 @@ class DashboardModel:
                 del self.sessions[oldest.id]
         info.turns += 1
         info.model = turn.model
+        info.parent = getattr(turn, "parent_session_id", None) or info.parent
         info.last_at = max(info.last_at, turn.started_at)
         entry.counted = ("", 0)
         self._recount(entry)
@@ -429,7 +442,8 @@ class DashboardModel:
                             model=event_field(event, "model", ""),
                             route=event_field(event, "route", ""),
                             stream=bool(event_field(event, "stream", True)), request={},
-                            started_at=event.at)
+                            started_at=event.at,
+                            parent_session_id=event_field(event, "parent_session_id"))
             self.add(turn, full=bool(turn.request))
             return
         entry = self.entries.get(turn_id) or self._adopt(turn_id, lookup)

@@ -57,6 +57,11 @@ class TurnSource(ABC):
     def describe(self) -> str:
         return self.kind
 
+    @property
+    def owns_proxy(self) -> bool:
+        """Quitting the dashboard stops the proxy (it runs in this process)."""
+        return False
+
     def redact(self, text: str) -> str:
         """Scrub secrets from text about to reach the screen or a file."""
         return text

@@ -34,6 +34,10 @@ class LocalSource(TurnSource):
         watchdog = self.proxy.config.watchdog
         return StallRule.from_watchdog(watchdog.first_token_timeout, watchdog.idle_timeout)
 
+    @property
+    def owns_proxy(self) -> bool:
+        return True
+
     def describe(self) -> str:
         return f"config {self.proxy.config.source}"
 

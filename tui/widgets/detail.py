@@ -63,15 +63,17 @@ def heartbeat_text(entry: TurnEntry | None, now: float, stall_after: StallRule, 
     target = turn.target or turn.route
     if state in ("live", "stalled"):
         since = pulse.since_last(now)
-        waiting = "first output" if pulse.chunks == 0 and turn.first_byte_at is None else "a chunk"
+        nothing_yet = not pulse.output_seen and pulse.chunks == 0
+        silence = (f"{since:.1f}s waiting for the first output" if nothing_yet
+                   else f"{since:.1f}s since the last output")
         if state == "stalled":
             text.append(" ◌ STALLED ", style=f"bold reverse {p.error}")
-            text.append(f" {since:.1f}s since {waiting} from {target} (attempt {pulse.attempt})",
+            text.append(f" {silence} from {target} (attempt {pulse.attempt})",
                         style=f"bold {p.error}")
             text.append("  — the watchdog retries it; r retries now, R reroutes", style=p.muted)
         else:
             text.append(" ♥ streaming ", style=f"bold reverse {p.ok}")
-            text.append(f" {since:.1f}s since {waiting}", style=p.ok)
+            text.append(f" {silence}", style=p.ok)
             text.append(f" · attempt {pulse.attempt} → {target}", style=p.text)
         text.append("\n ")
         text.append(sparkline(pulse.series(now)), style=p.ok if state == "live" else p.error)
@@ -213,6 +215,7 @@ class TurnDetail(Vertical):
     TurnDetail #heartbeat { height: 2; background: $surface; text-wrap: nowrap; text-overflow: ellipsis; }
     TurnDetail TabPane { padding: 0; }
     TurnDetail VerticalScroll { height: 1fr; }
+    TurnDetail VerticalScroll:focus { background-tint: $foreground 5%; }
     """
 
     def compose(self) -> ComposeResult:
@@ -222,6 +225,10 @@ class TurnDetail(Vertical):
                 with TabPane(name.capitalize(), id=f"tab-{name}"):
                     with VerticalScroll(id=f"scroll-{name}"):
                         yield Static(id=f"body-{name}")
+
+    def focus_body(self) -> None:
+        """Focus the visible tab's scroll area (arrows and page keys scroll it)."""
+        self.query_one(f"#scroll-{self.active_tab}", VerticalScroll).focus()
 
     @property
     def active_tab(self) -> str:

@@ -87,7 +87,7 @@ class HelpScreen(ModalScreen[None]):
         text.append("Switchboard dashboard — keys\n\n", style="bold")
         for key, binding_id, description in self.keys:
             text.append(f"  {key:<12}", style=f"bold {self.colours.get('primary', '')}")
-            text.append(f"{description:<60}")
+            text.append(f"{description:<62}  ")  # a long description still leaves a gap
             text.append(f"id: {binding_id}\n", style=self.colours.get("muted", ""))
         text.append("\nTool calls in the conversation\n\n", style="bold")
         for label, colour, meaning in LEGEND:

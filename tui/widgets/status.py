@@ -25,6 +25,10 @@ class StatusInfo:
     spans_dropped: int = 0  # OpenTelemetry spans lost (collector down, slow, queue full)
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def status_text(info: StatusInfo, p: Palette) -> Text:
     """Two lines: address and counts; then the opencode hint and the source."""
     url = f"{info.base_url}/v1"
@@ -39,7 +43,7 @@ def status_text(info: StatusInfo, p: Palette) -> Text:
     text.append(f"{info.live} live", style=p.primary if info.live else p.muted)
     if info.stalled:
         text.append(f" · {info.stalled} stalled", style=f"bold {p.error}")
-    text.append(f" · {info.turns} turns", style=p.muted)
+    text.append(f" · {plural(info.turns, 'turn')}", style=p.muted)
     if info.follow:
         text.append("  FOLLOW", style=f"bold {p.ok}")
     if info.filter:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from rich.cells import cell_len, set_cell_size
 from rich.segment import Segment
@@ -18,21 +19,78 @@ from textual.strip import Strip
 from ..model import StallRule, TurnEntry, sparkline
 from .palette import Palette
 
-#: (key, label, width)
-COLUMNS: tuple[tuple[str, str, int], ...] = (
-    ("time", "time", 8),
-    ("session", "session", 11),
-    ("model", "model", 9),
-    ("target", "target", 15),
-    ("attempt", "attempt", 11),
-    ("state", "state", 9),
-    ("beat", "heartbeat", 14),
-    ("stop", "stop", 10),
-    ("tools", "tool", 4),
-    ("repairs", "fix", 3),
-    ("tokens", "tokens", 9),
-    ("dur", "dur", 6),
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A column sizes to its widest cell, between `least` and `most` cells; when the
+    terminal is too narrow, columns shrink to `least` and then the ones with the lowest
+    `keep` give way first."""
+
+    key: str
+    label: str
+    least: int
+    most: int
+    keep: int
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("time", "time", 8, 8, 2),
+    Column("session", "session", 11, 34, 11),
+    Column("model", "model", 9, 28, 5),
+    Column("target", "target", 15, 36, 10),
+    Column("attempt", "attempt", 9, 14, 7),
+    Column("state", "state", 9, 9, 12),
+    Column("beat", "heartbeat", 14, 14, 8),
+    Column("stop", "stop", 8, 14, 6),
+    Column("tools", "tool", 4, 4, 4),
+    Column("repairs", "fix", 3, 3, 3),
+    Column("tokens", "tokens", 9, 13, 1),
+    Column("dur", "dur", 5, 6, 0),
 )
+#: Cells of padding around each column.
+GAP = 2
+#: Shown in full while anything else can give way (who, what and where of a turn).
+IN_FULL = frozenset({"session", "model", "target"})
+#: Columns kept less than this go before an `IN_FULL` column is cut short.
+MINOR = 5
+
+
+def layout(natural: Sequence[int], room: int) -> list[tuple[int, int]]:
+    """(column index, width) of the columns shown in `room` cells.
+
+    Every column at its natural width if they fit. If not, in this order until they do:
+    the other wide columns shrink to their least width; the minor columns (duration,
+    tokens, time, fixes, tools) go, least kept first; session, model and target
+    shrink, widest first; then the least-kept columns go.
+    """
+    widths = [max(c.least, min(c.most, n)) for c, n in zip(COLUMNS, natural, strict=True)]
+    shown = list(range(len(COLUMNS)))
+
+    def over() -> int:
+        return sum(widths[i] + GAP for i in shown) - room
+
+    def shrink(which: Callable[[Column], bool]) -> None:
+        while over() > 0:
+            wide = [i for i in shown if which(COLUMNS[i]) and widths[i] > COLUMNS[i].least]
+            if not wide:
+                return
+            widest = max(wide, key=lambda i: widths[i] - COLUMNS[i].least)
+            widths[widest] -= min(over(), widths[widest] - COLUMNS[widest].least)
+
+    def drop(which: Callable[[Column], bool]) -> None:
+        while over() > 0 and len(shown) > 1:
+            minor = [i for i in shown if which(COLUMNS[i])]
+            if not minor:
+                return
+            shown.remove(min(minor, key=lambda i: COLUMNS[i].keep))
+
+    wanted = widths[:]
+    shrink(lambda c: c.key not in IN_FULL)
+    drop(lambda c: c.keep < MINOR)
+    shrink(lambda c: True)
+    drop(lambda c: True)
+    for i in sorted(shown, key=lambda i: -COLUMNS[i].keep):  # room left after a drop: give back
+        widths[i] += max(0, min(-over(), wanted[i] - widths[i]))
+    return [(i, widths[i]) for i in shown]
 
 Cell = tuple[str, str]  # (text, style)
 
@@ -121,7 +179,6 @@ def fit(text: str, width: int) -> str:
     return set_cell_size(text, width)
 
 
-ROW_WIDTH = sum(width + 2 for _, _, width in COLUMNS)
 
 
 class TurnTable(ScrollView, can_focus=True):
@@ -139,6 +196,7 @@ class TurnTable(ScrollView, can_focus=True):
     TurnTable > .turn-table--cursor {
         background: $block-cursor-background; color: $block-cursor-foreground; text-style: bold;
     }
+    TurnTable:focus > .turn-table--header { background: $accent-muted; }
     TurnTable:blur > .turn-table--cursor {
         background: $block-cursor-blurred-background; color: $block-cursor-blurred-foreground;
         text-style: $block-cursor-blurred-text-style;
@@ -147,6 +205,9 @@ class TurnTable(ScrollView, can_focus=True):
     BINDINGS = [
         Binding("up", "cursor(-1)", "Up", show=False),
         Binding("down", "cursor(1)", "Down", show=False),
+        Binding("k", "cursor(-1)", "Up", show=False),
+        Binding("j", "cursor(1)", "Down", show=False),
+        Binding("enter", "open", "Open", show=False, tooltip="Focus the turn's detail"),
         Binding("pageup", "page(-1)", "Page up", show=False),
         Binding("pagedown", "page(1)", "Page down", show=False),
         Binding("home", "first", "First", show=False),
@@ -168,6 +229,18 @@ class TurnTable(ScrollView, can_focus=True):
         def control(self) -> TurnTable:
             return self.table
 
+    class Opened(Message):
+        """Enter on a row: the user wants the turn's detail."""
+
+        def __init__(self, table: TurnTable, turn_id: str) -> None:
+            super().__init__()
+            self.table = table
+            self.turn_id = turn_id
+
+        @property
+        def control(self) -> TurnTable:
+            return self.table
+
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.ids: list[str] = []
@@ -176,6 +249,10 @@ class TurnTable(ScrollView, can_focus=True):
         self._strips: dict[str, Strip] = {}
         self._styles: dict[str, Style] = {}
         self._header: Strip | None = None
+        #: The widest cell seen per column (for sizing), and the columns shown now.
+        self._natural = [len(c.label) for c in COLUMNS]
+        self._layout: list[tuple[int, int]] = []
+        self._row_width = 0
 
     # -- data ----------------------------------------------------------------------
 
@@ -187,8 +264,11 @@ class TurnTable(ScrollView, can_focus=True):
             self._strips.clear()
             self._styles.clear()
             self._header = None
+            self._natural = [len(c.label) for c in COLUMNS]
         ids = [e.turn.id for e in entries]
         dirty = force
+        natural = self._natural
+        grew = False
         for entry in entries:
             turn_id = entry.turn.id
             if turn_id in changed or turn_id not in self._cells:
@@ -197,6 +277,12 @@ class TurnTable(ScrollView, can_focus=True):
                     self._cells[turn_id] = cells
                     self._strips.pop(turn_id, None)
                     dirty = True
+                    for index, (text, _) in enumerate(cells):
+                        if len(text) > natural[index]:
+                            natural[index] = max(natural[index], cell_len(text))
+                            grew = True
+        if grew or force or not self._layout:
+            self._relayout()
         if ids == self.ids:
             if dirty:
                 self.refresh()
@@ -211,9 +297,31 @@ class TurnTable(ScrollView, can_focus=True):
         if selected in wanted:
             self.cursor_row = ids.index(selected)
         self.cursor_row = max(0, min(self.cursor_row, len(ids) - 1))
-        self.virtual_size = Size(ROW_WIDTH, len(ids) + 1)
+        self.virtual_size = Size(self._row_width, len(ids) + 1)
         self.refresh()
         return True
+
+    def _relayout(self) -> None:
+        """Size the columns to their content and the width there is; redraw if it changed."""
+        room = self.scrollable_content_region.width or 80
+        columns = layout(self._natural, room)
+        if columns == self._layout:
+            return
+        self._layout = columns
+        self._row_width = sum(width + GAP for _, width in columns)
+        self._strips.clear()
+        self._header = None
+        self.virtual_size = Size(self._row_width, len(self.ids) + 1)
+        self.refresh()
+
+    def on_resize(self) -> None:
+        self._relayout()
+        self._scroll_to_cursor()  # the selected row stays in sight when the table shrinks
+
+    @property
+    def shown_columns(self) -> list[str]:
+        """The keys of the columns shown now (the rest gave way to a narrow terminal)."""
+        return [COLUMNS[i].key for i, _ in self._layout]
 
     @property
     def selected_id(self) -> str | None:
@@ -248,6 +356,11 @@ class TurnTable(ScrollView, can_focus=True):
     def action_cursor(self, step: int) -> None:
         self.move_cursor(self.cursor_row + step)
 
+    def action_open(self) -> None:
+        turn_id = self.selected_id
+        if turn_id is not None:
+            self.post_message(self.Opened(self, turn_id))
+
     def action_page(self, step: int) -> None:
         self.move_cursor(self.cursor_row + step * max(1, self.scrollable_content_region.height - 2))
 
@@ -276,16 +389,18 @@ class TurnTable(ScrollView, can_focus=True):
         strip = self._strips.get(turn_id)
         if strip is None:
             cells = self._cells[turn_id]
-            segments = [Segment(f" {fit(text, width)} ", self._style(style))
-                        for (text, style), (_, _, width) in zip(cells, COLUMNS, strict=False)]
-            strip = self._strips[turn_id] = Strip(segments, ROW_WIDTH)
+            segments = []
+            for index, width in self._layout:
+                text, style = cells[index]
+                segments.append(Segment(f" {fit(text, width)} ", self._style(style)))
+            strip = self._strips[turn_id] = Strip(segments, self._row_width)
         return strip
 
     def _header_strip(self) -> Strip:
         if self._header is None:
             style = self.get_component_rich_style("turn-table--header")
-            label = "".join(f" {fit(text, width)} " for _, text, width in COLUMNS)
-            self._header = Strip([Segment(label, style)], ROW_WIDTH)
+            label = "".join(f" {fit(COLUMNS[i].label, width)} " for i, width in self._layout)
+            self._header = Strip([Segment(label, style)], self._row_width)
         return self._header
 
     def notify_style_update(self) -> None:
@@ -305,5 +420,7 @@ class TurnTable(ScrollView, can_focus=True):
                 return Strip.blank(width, self.rich_style)
             strip = self._row_strip(self.ids[index])
             if index == self.cursor_row:
-                strip = strip.apply_style(self.get_component_rich_style("turn-table--cursor"))
+                # Over the cells' own colours and background: the whole row shows the cursor.
+                cursor = self.get_component_rich_style("turn-table--cursor")
+                strip = Strip(Segment.apply_style(strip, post_style=cursor), strip.cell_length)
         return strip.crop_extend(scroll_x, scroll_x + width, self.rich_style)
