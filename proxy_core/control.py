@@ -77,12 +77,20 @@ class ControlAPI:
                            "target": target}, 202)
 
     async def targets(self, request: web.Request) -> web.Response:
-        """Where `?turn=ID` could be rerouted (route targets first)."""
-        turn_id = request.query.get("turn", "")
-        try:
-            return self._json({"targets": self.proxy.pipeline.targets_for(turn_id)})
-        except ClientRequestError as exc:
-            return self._error(exc.message, exc.status, exc.code)
+        """Where `?turn=ID` could be rerouted (route targets first); without `turn`, every
+        route's targets. `watchdog` gives each listed target's learned deadline figures."""
+        pipeline = self.proxy.pipeline
+        turn_id = request.query.get("turn")
+        if turn_id is None:
+            targets = list(dict.fromkeys(str(t) for r in self.proxy.config.routes
+                                         for t in r.targets))
+        else:
+            try:
+                targets = pipeline.targets_for(turn_id)
+            except ClientRequestError as exc:
+                return self._error(exc.message, exc.status, exc.code)
+        return self._json({"targets": targets,
+                           "watchdog": {t: pipeline.watchdog_figures(t) for t in targets}})
 
     def _json(self, payload: Any, status: int = 200) -> web.Response:
         text = self.proxy.redactor(json.dumps(payload, ensure_ascii=False, default=str))

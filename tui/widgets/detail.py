@@ -53,6 +53,21 @@ def indent(text: str, prefix: str) -> str:
 
 # -- heartbeat -----------------------------------------------------------------
 
+def watchdog_deadline(entry: TurnEntry, first_output: bool) -> str:
+    """' of a 6.0s deadline (learned from 37 turns)': the deadline the silence runs
+    against and why, from the core's heartbeat and the live attempt's record."""
+    attempt = next((a for a in reversed(entry.turn.attempts) if a.outcome == "live"), None)
+    seconds_ = entry.pulse.reported_deadline
+    basis = ""
+    if attempt is not None:
+        if seconds_ is None:
+            seconds_ = attempt.first_output_deadline if first_output else attempt.idle_deadline
+        basis = attempt.first_output_basis if first_output else attempt.idle_basis
+    if seconds_ is None:
+        return ""
+    return f" of a {seconds_:.1f}s deadline" + (f" ({basis})" if basis else "")
+
+
 def heartbeat_text(entry: TurnEntry | None, now: float, stall_after: StallRule, p: Palette) -> Text:
     text = Text(no_wrap=True, overflow="ellipsis")
     if entry is None:
@@ -64,14 +79,15 @@ def heartbeat_text(entry: TurnEntry | None, now: float, stall_after: StallRule, 
     if state in ("live", "stalled"):
         since = pulse.since_last(now)
         waiting = "first output" if pulse.chunks == 0 and turn.first_byte_at is None else "a chunk"
+        deadline = watchdog_deadline(entry, waiting == "first output")
         if state == "stalled":
             text.append(" ◌ STALLED ", style=f"bold reverse {p.error}")
-            text.append(f" {since:.1f}s since {waiting} from {target} (attempt {pulse.attempt})",
-                        style=f"bold {p.error}")
+            text.append(f" {since:.1f}s since {waiting}{deadline} from {target} "
+                        f"(attempt {pulse.attempt})", style=f"bold {p.error}")
             text.append("  — the watchdog retries it; r retries now, R reroutes", style=p.muted)
         else:
             text.append(" ♥ streaming ", style=f"bold reverse {p.ok}")
-            text.append(f" {since:.1f}s since {waiting}", style=p.ok)
+            text.append(f" {since:.1f}s since {waiting}{deadline}", style=p.ok)
             text.append(f" · attempt {pulse.attempt} → {target}", style=p.text)
         text.append("\n ")
         text.append(sparkline(pulse.series(now)), style=p.ok if state == "live" else p.error)
