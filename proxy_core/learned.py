@@ -13,7 +13,7 @@ last `WINDOW` of those per target (read back from the journal at start):
   (median size of the top third - median size of the bottom third), never
   below 0; base = the median of (time - slope x size). The spread is the
   `QUANTILE` (0.95) of the residuals, time - (base + slope x size).
-  deadline(size) = `MARGIN` (1.5) x (base + slope x size + spread).
+  deadline(size) = `MARGIN` (2) x (base + slope x size + spread).
 - **Idle.** deadline = `MARGIN` x the `QUANTILE` of the attempts' longest gaps
   between outputs (keep-alives do not count as output).
 
@@ -45,7 +45,7 @@ MIN_SAMPLES = 8
 #: The share of healthy turns the spread covers.
 QUANTILE = 0.95
 #: The learned figure is multiplied by this, for turns a little slower than any seen.
-MARGIN = 1.5
+MARGIN = 2.0
 #: A hedge never starts sooner than this (seconds), however fast the host.
 HEDGE_MIN = 0.5
 #: Request sizes are fitted in KB (1000 bytes).

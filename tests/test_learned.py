@@ -90,7 +90,7 @@ def test_quantile_interpolates() -> None:
 
 def test_learned_deadlines_per_target_and_hedge_delay() -> None:
     learned = LearnedDeadlines()
-    for i in range(MIN_SAMPLES - 1):
+    for _ in range(MIN_SAMPLES - 1):
         learned.observe("a:m", 5_000, 0.2, 0.05)
     plan = learned.plan("a:m", 5_000, FIRST, IDLE)
     assert (plan.first_output, plan.idle) == (45.0, 30.0)
