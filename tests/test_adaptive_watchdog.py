@@ -292,3 +292,35 @@ async def test_hedged_turns_wait_at_most_the_hedge_delay_plus_the_other_host(
     with sqlite3.connect(tmp_path / "journal.sqlite3") as conn:
         rows = conn.execute("SELECT json_extract(data, '$.hedges') FROM turns").fetchall()
     assert sum(r[0] for r in rows) == hedges
+
+
+async def test_hedge_after_a_quantile_waits_for_history_then_hedges_a_hang(
+        make_fake_upstream: Callable[..., Awaitable[FakeUpstream]], proxy_factory: ProxyFactory,
+        client: httpx.AsyncClient,
+) -> None:
+    primary, backup = await make_fake_upstream(), await make_fake_upstream()
+    config = openai_config(primary.base_url, backup.base_url, first_token_timeout=5.0)
+    proxy = await proxy_factory(config.replace("[watchdog]", '[watchdog]\nhedge_after = "p95"'))
+    primary.default = text_reply("from primary")
+    backup.default = text_reply("from backup")
+    # Without history there is no p95 to hedge at: a hang costs the deadline.
+    primary.script(hang_reply())
+    response, payloads = await stream_chat(client, proxy.base_url, chat_body("first"))
+    turn = (await api_turns(client, proxy.base_url, limit=1))[-1]
+    assert turn["hedges"] == 0 and turn["attempts"][0]["outcome"] == "failed"
+    for i in range(MIN_SAMPLES):
+        await stream_chat(client, proxy.base_url, chat_body(f"q{i}"))
+    # Now a hang is hedged after the learned p95 (here the 0.5 s minimum), and
+    # the client gets the backup's answer only.
+    primary.script(hang_reply())
+    response, payloads = await stream_chat(client, proxy.base_url, chat_body("hedged"))
+    assert response.status_code == 200
+    assert "".join(p["choices"][0]["delta"].get("content") or "" for p in payloads
+                   if isinstance(p, dict) and p.get("choices")) == "from backup"
+    turn = (await api_turns(client, proxy.base_url, limit=1))[-1]
+    first, hedge = turn["attempts"]
+    assert turn["hedges"] == 1
+    assert (hedge["reason"], hedge["target"], hedge["outcome"]) == ("hedge", "backup:up-model", "ok")
+    assert first["outcome"] == "cancelled" and first["error"] == "lost the hedge race to attempt 2"
+    assert 0.5 <= hedge["started_at"] - first["started_at"] < 2.0
+    await wait_until(lambda: primary.disconnects >= 2, what="the hedged hang to be closed")
