@@ -58,7 +58,7 @@ class WatchdogSettings:
     #: timeouts above become ceilings. False: the timeouts are fixed timers.
     adaptive: bool = True
     first_token_floor: float = 2.0     # s: a learned first-output deadline is never shorter
-    idle_floor: float = 5.0            # s: a learned idle deadline is never shorter
+    idle_floor: float = 10.0           # s: a learned idle deadline is never shorter
     #: Hedging (off unless set): after this many seconds without output, a second
     #: attempt starts on the next target while the first keeps waiting...
     hedge_after: float | None = None

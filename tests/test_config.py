@@ -109,7 +109,7 @@ def test_defaults_headers_and_glob_routes(monkeypatch: pytest.MonkeyPatch) -> No
 def test_watchdog_learns_by_default_and_hedges_only_when_asked() -> None:
     watchdog = parse_config(MINIMAL).watchdog
     assert watchdog.adaptive is True and not watchdog.hedging
-    assert (watchdog.first_token_floor, watchdog.idle_floor) == (2.0, 5.0)
+    assert (watchdog.first_token_floor, watchdog.idle_floor) == (2.0, 10.0)
     watchdog = parse_config('[watchdog]\nadaptive = false\nhedge_after = "p90"\n'
                             "first_token_floor = 1\nidle_floor = 0.5\n" + MINIMAL).watchdog
     assert watchdog.adaptive is False and watchdog.hedging
