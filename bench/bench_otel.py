@@ -120,7 +120,8 @@ repairs = "kimi"
 
 def start(ctx, target, *args):  # type: ignore[no-untyped-def]
     ready, stop = ctx.Queue(), ctx.Event()
-    proc = ctx.Process(target=target, args=(ready, stop, *args), daemon=True)
+    # Not daemonic: a proxy exporting telemetry starts a process of its own.
+    proc = ctx.Process(target=target, args=(ready, stop, *args), daemon=False)
     proc.start()
     status, value = ready.get(timeout=30)
     assert status == "ok", value

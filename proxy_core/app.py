@@ -75,7 +75,9 @@ class SwitchboardProxy:
         app = web.Application(client_max_size=max_size,
                               middlewares=[self._front_door])
         self.front.add_routes(app)
-        ControlAPI(self).add_routes(app)
+        ControlAPI(config=self.config, pipeline=self.pipeline, store=self.store, bus=self.bus,
+                   redactor=self.redactor, journal=self.journal,
+                   telemetry=self.telemetry).add_routes(app)
         return app
 
     async def start(self) -> None:

@@ -19,7 +19,13 @@ from .events import Chunk, Event
 from .sse import SSE_HEADERS, comment_line
 
 if TYPE_CHECKING:
-    from .app import SwitchboardProxy
+    from .bus import EventBus
+    from .config import Config
+    from .journal import Journal
+    from .pipeline import Pipeline
+    from .secrets import Redactor
+    from .store import TurnStore
+    from .telemetry import Exporter
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +38,18 @@ SNAPSHOT_INTERVAL = 0.1
 
 
 class ControlAPI:
-    def __init__(self, proxy: SwitchboardProxy) -> None:
-        self.proxy = proxy
+    """Given the collaborators it reads, not the proxy that owns them."""
+
+    def __init__(self, *, config: Config, pipeline: Pipeline, store: TurnStore, bus: EventBus,
+                 redactor: Redactor, journal: Journal | None = None,
+                 telemetry: Exporter | None = None) -> None:
+        self.config = config
+        self.pipeline = pipeline
+        self.store = store
+        self.bus = bus
+        self.redactor = redactor
+        self.journal = journal
+        self.telemetry = telemetry
         self.started = time.time()
 
     def add_routes(self, app: web.Application) -> None:
@@ -54,7 +70,7 @@ class ControlAPI:
         """Retry a turn by hand: restart a live one, or re-run a finished one."""
         turn_id = request.match_info["turn_id"]
         try:
-            new_id = await self.proxy.pipeline.retry(turn_id)
+            new_id = await self.pipeline.retry(turn_id)
         except ClientRequestError as exc:
             return self._error(exc.message, exc.status, exc.code)
         return self._json({"turn_id": new_id, "action": "retry", "of": turn_id}, 202)
@@ -70,7 +86,7 @@ class ControlAPI:
         if not isinstance(target, str) or not target:
             return self._error('body must be {"target": "upstream:model"}', 400)
         try:
-            new_id = await self.proxy.pipeline.reroute(turn_id, target)
+            new_id = await self.pipeline.reroute(turn_id, target)
         except ClientRequestError as exc:
             return self._error(exc.message, exc.status, exc.code)
         return self._json({"turn_id": new_id, "action": "reroute", "of": turn_id,
@@ -79,11 +95,10 @@ class ControlAPI:
     async def targets(self, request: web.Request) -> web.Response:
         """Where `?turn=ID` could be rerouted (route targets first); without `turn`, every
         route's targets. `watchdog` gives each listed target's learned deadline figures."""
-        pipeline = self.proxy.pipeline
+        pipeline = self.pipeline
         turn_id = request.query.get("turn")
         if turn_id is None:
-            targets = list(dict.fromkeys(str(t) for r in self.proxy.config.routes
-                                         for t in r.targets))
+            targets = list(dict.fromkeys(str(t) for r in self.config.routes for t in r.targets))
         else:
             try:
                 targets = pipeline.targets_for(turn_id)
@@ -93,25 +108,24 @@ class ControlAPI:
                            "watchdog": {t: pipeline.watchdog_figures(t) for t in targets}})
 
     def _json(self, payload: Any, status: int = 200) -> web.Response:
-        text = self.proxy.redactor(json.dumps(payload, ensure_ascii=False, default=str))
+        text = self.redactor(json.dumps(payload, ensure_ascii=False, default=str))
         return web.Response(text=text, status=status, content_type="application/json")
 
     async def health(self, request: web.Request) -> web.Response:
-        proxy = self.proxy
-        journal = proxy.journal.status() if proxy.journal is not None else None
+        journal = self.journal.status() if self.journal is not None else None
         return self._json({
             # degraded: still proxying, but turns are not reaching the journal
             "status": "ok" if journal is None or journal["ok"] else "degraded",
             "uptime": time.time() - self.started,
-            "config": proxy.config.source,
+            "config": self.config.source,
             "journal": journal,
-            "turns": len(proxy.store),
-            "live_turns": len(proxy.pipeline.live),
-            "upstreams": {n: u.kind for n, u in proxy.config.upstreams.items()},
+            "turns": len(self.store),
+            "live_turns": len(self.pipeline.live),
+            "upstreams": {n: u.kind for n, u in self.config.upstreams.items()},
             "routes": [{"model": r.model, "targets": [str(t) for t in r.targets],
-                        "repairs": r.repairs} for r in proxy.config.routes],
-            "upstream_health": proxy.pipeline.health.snapshot(),
-            "telemetry": (proxy.telemetry.status() if proxy.telemetry is not None
+                        "repairs": r.repairs} for r in self.config.routes],
+            "upstream_health": self.pipeline.health.snapshot(),
+            "telemetry": (self.telemetry.status() if self.telemetry is not None
                           else {"enabled": False}),
         })
 
@@ -122,11 +136,11 @@ class ControlAPI:
             return self._json({"error": {"message": "limit must be an integer",
                                          "type": "invalid_request_error", "code": None}}, 400)
         session = request.query.get("session")
-        turns = [t for t in self.proxy.store.recent(0) if not session or t.session_id == session]
-        if len(turns) < limit and self.proxy.journal is not None:
+        turns = [t for t in self.store.recent(0) if not session or t.session_id == session]
+        if len(turns) < limit and self.journal is not None:
             # Older turns (or turns from before a restart) come from the journal.
             known = {t.id for t in turns}
-            older = [d for d in self.proxy.journal.turns(limit, session) if d["id"] not in known]
+            older = [d for d in self.journal.turns(limit, session) if d["id"] not in known]
             items = older + [t.to_dict(include_request=False) for t in turns]
         else:
             items = [t.to_dict(include_request=False) for t in turns]
@@ -134,9 +148,9 @@ class ControlAPI:
 
     async def turn(self, request: web.Request) -> web.Response:
         turn_id = request.match_info["turn_id"]
-        turn = self.proxy.store.get(turn_id)
+        turn = self.store.get(turn_id)
         data = turn.to_dict() if turn else (
-            self.proxy.journal.turn(turn_id) if self.proxy.journal else None)
+            self.journal.turn(turn_id) if self.journal else None)
         if data is None:
             return self._json({"error": {"message": f"no turn {turn_id!r}",
                                          "type": "not_found", "code": "turn_not_found"}}, 404)
@@ -159,18 +173,18 @@ class ControlAPI:
             else:
                 queue.put_nowait(event)
 
-        unsubscribe = self.proxy.bus.subscribe(listener)
+        unsubscribe = self.bus.subscribe(listener)
         response = web.StreamResponse(headers=SSE_HEADERS)
         loop = asyncio.get_running_loop()
         streaming: dict[str, None] = {}  # turns with chunks not yet in a snapshot
         sent_at = loop.time()
 
         async def send(name: str, data: dict[str, Any]) -> None:
-            text = self.proxy.redactor(json.dumps(data, ensure_ascii=False))
+            text = self.redactor(json.dumps(data, ensure_ascii=False))
             await response.write(f"event: {name}\ndata: {text}\n\n".encode())
 
         async def send_snapshot(turn_id: str) -> None:
-            turn = self.proxy.store.get(turn_id)
+            turn = self.store.get(turn_id)
             if turn is not None:
                 await send("TurnSnapshot", turn.to_dict(include_request=False))
 

@@ -1,4 +1,4 @@
-"""Invariant 1: `proxy_core` never imports `textual` or `rich` (checked in a fresh interpreter)."""
+"""Import hygiene: `proxy_core` never imports `textual` or `rich` (checked in a fresh interpreter), and no import cycles."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 import httpx
+
+from import_graph import cycles, import_graph
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -142,3 +144,21 @@ def test_proxy_core_does_not_import_opentelemetry_until_export_is_on() -> None:
 
 def test_the_check_would_see_opentelemetry() -> None:
     assert run_check("proxy_core.telemetry.otel")["otel"]
+
+
+def test_no_import_cycles_in_the_core_or_the_dashboard() -> None:
+    graph = import_graph(REPO, ("proxy_core", "tui"))
+    assert len(graph) > 50 and graph["proxy_core.app"] >= {"proxy_core.control", "proxy_core.server"}
+    assert cycles(graph) == []
+
+
+def test_the_cycle_check_would_see_a_cycle(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .sub.b import B\n")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "b.py").write_text("def f():\n    from ..a import A\n")
+    (package / "c.py").write_text("from . import a\n")
+    graph = import_graph(tmp_path, ("pkg",))
+    assert cycles(graph) == [["pkg.a", "pkg.sub.b"]]

@@ -11,6 +11,8 @@ not hold turns up; what is lost shows on the health endpoint.
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import httpx
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
+from fault_support import ServeProcess
 from otlp_support import OtlpReceiver, SpanView
 from support import (
     UPSTREAM_KEY,
@@ -285,6 +288,59 @@ async def test_a_collector_that_answers_late_holds_nothing_and_counts_the_loss(
         assert status["spans_dropped"] == status["spans_failed_export"] + status["spans_dropped_queue_full"]
     finally:
         receiver.release()
+        await sim.close()
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def test_serve_exports_from_its_own_process_which_goes_when_the_proxy_is_killed(
+        tmp_path: Path, receiver: OtlpReceiver) -> None:
+    sim = await start_simulator(SimulatorConfig(seed=3, chunk_delay=0.0))
+    path = tmp_path / "switchboard.toml"
+    path.write_text(config(receiver.endpoint, [("sim", sim.base_url)])
+                    + f'\n[proxy]\njournal = "{tmp_path / "journal.sqlite3"}"\n')
+    serve = await ServeProcess.start(path, env={UPSTREAM_KEY_ENV: UPSTREAM_KEY})
+    children: set[int] = set()
+    try:
+        async with httpx.AsyncClient(timeout=20) as client:
+            answer = await chat(client, serve.base_url, "Say hello", tools=False)
+        assert answer["error"] is None
+        [span] = await turn_span(receiver)
+        assert span.attrs["gen_ai.request.model"] == "kimi-k2.5"
+        children = _children(serve.proc.pid)
+        assert children, "the telemetry process"
+        serve.proc.kill()
+        # (not proc.wait(): asyncio waits for the pipes too, which children share)
+        await wait_until(lambda: serve.proc.returncode is not None, timeout=10.0,
+                         what="the proxy to die")
+        await wait_until(lambda: not any(_alive(pid) for pid in children), timeout=15.0,
+                         what=f"the proxy's children {children} to exit after kill -9")
+    finally:
+        for pid in children:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)  # left behind, it holds serve's pipes open
+        if serve.proc.returncode is None:
+            serve.proc.kill()
+        await serve.proc.wait()
         await sim.close()
 
 

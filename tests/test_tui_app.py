@@ -286,12 +286,12 @@ async def test_theme_key_cycles_theme_files(proxy: SwitchboardProxy, make_app: A
     app = make_app(proxy)
     async with running(app, messages) as pilot:
         assert app.theme == "dark"
-        assert app.theme_names == ["dark", "high-contrast", "light", "dusk"]
+        assert app.theme_names == ["dark", "light", "high-contrast", "dusk"]
         seen = []
         for _ in range(4):
             await pilot.press("t")
             seen.append(app.theme)
-        assert seen == ["high-contrast", "light", "dusk", "dark"]
+        assert seen == ["light", "high-contrast", "dusk", "dark"]
         await wait_for(pilot, lambda: any("broken.toml" in n for n in notices(messages)),
                        what="the broken theme notice")
     (notice,) = [n for n in notices(messages) if "broken.toml" in n]

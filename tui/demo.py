@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 
 from proxy_core.config import Config, parse_config
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -188,13 +189,8 @@ class DemoAgent:
         return self._task
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def run(self) -> None:
         limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)

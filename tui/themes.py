@@ -130,13 +130,25 @@ class ThemeSet:
     problems: list[str] = field(default_factory=list)
 
 
+#: The order `t` cycles through the built-ins: dark, then light, then high contrast.
+BUILTIN_ORDER = ("dark", "light", "high-contrast")
+
+
+def _cycle_position(path: Path) -> tuple[int, str]:
+    stem = path.stem
+    return (BUILTIN_ORDER.index(stem) if stem in BUILTIN_ORDER else len(BUILTIN_ORDER), stem)
+
+
 def load_themes(*folders: Path | None) -> ThemeSet:
-    """Every `*.toml` theme in `folders` (missing folders are fine); later ones win by name."""
+    """Every `*.toml` theme in `folders` (missing folders are fine); later ones win by name.
+
+    Within a folder the built-in names come first in `BUILTIN_ORDER`, the rest by name.
+    """
     found = ThemeSet()
     for folder in folders:
         if folder is None or not folder.is_dir():
             continue
-        for path in sorted(folder.glob("*.toml")):
+        for path in sorted(folder.glob("*.toml"), key=_cycle_position):
             try:
                 theme = load_theme_file(path)
             except ThemeError as exc:

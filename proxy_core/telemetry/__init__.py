@@ -1,18 +1,23 @@
 """OpenTelemetry export of turns, off by default.
 
 Turned on by `[telemetry] otlp_endpoint` or `OTEL_EXPORTER_OTLP_ENDPOINT`.
-This module only decides whether export is on; `proxy_core.telemetry.otel`
-(imported only then) needs the `otel` extra: `pip install 'agent-switchboard[otel]'`.
+This module only decides whether export is on; the telemetry process
+(`proxy_core.telemetry.otel`, started only then) needs the `otel` extra: `pip install 'agent-switchboard[otel]'`.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+import importlib.util
+import multiprocessing
+from typing import TYPE_CHECKING
 
-from ..config import TelemetrySettings
 from ..errors import ConfigError
+from .export_plan import Exporter, ExportPlan, plan
+
+__all__ = ["ExportPlan", "Exporter", "plan", "start"]
+
+#: What the telemetry process imports (looked for, not imported, by the proxy).
+SDK_MODULES = ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http")
 
 if TYPE_CHECKING:
     from ..bus import EventBus
@@ -21,44 +26,21 @@ if TYPE_CHECKING:
     from ..store import TurnStore
 
 
-@dataclass(frozen=True, slots=True)
-class ExportPlan:
-    """Where and how to export, resolved from the config and the OTEL_* variables."""
-
-    endpoint: str
-    headers: dict[str, str] | None  # None: the exporter reads OTEL_EXPORTER_OTLP_HEADERS
-    service_name: str
-    settings: TelemetrySettings
-
-
-class Exporter(Protocol):
-    def status(self) -> dict[str, object]: ...
-    async def aclose(self) -> None: ...
-
-
-def plan(settings: TelemetrySettings, environ: dict[str, str] | None = None) -> ExportPlan | None:
-    env = os.environ if environ is None else environ
-    endpoint = settings.otlp_endpoint or env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
-    if not endpoint:
-        return None
-    return ExportPlan(
-        endpoint=endpoint.rstrip("/"),
-        headers=dict(settings.headers) if settings.headers else None,
-        service_name=settings.service_name or env.get("OTEL_SERVICE_NAME") or "switchboard",
-        settings=settings)
-
-
 def start(config: Config, bus: EventBus, store: TurnStore, redactor: Redactor) -> Exporter | None:
     """Attach an exporting observer to `bus` if telemetry is on; None if off."""
     export = plan(config.telemetry)
     if export is None:
         return None
-    try:
-        from .otel import OtelExporter
-    except ImportError as exc:
+    missing = [name for name in SDK_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
         raise ConfigError(
             f"telemetry export to {export.endpoint} needs the otel extra: "
-            f"pip install 'agent-switchboard[otel]' ({exc})") from None
+            f"pip install 'agent-switchboard[otel]' (missing {', '.join(missing)})")
+    if multiprocessing.current_process().daemon:
+        raise ConfigError(
+            "telemetry export runs in a process of its own, which a daemonic "
+            "multiprocessing worker may not start: run the proxy in a non-daemonic process")
+    from .observer import OtelExporter
     for value in (export.headers or {}).values():
         redactor.add(value)
     exporter = OtelExporter(export, config, store, redactor)

@@ -1,108 +1,63 @@
-"""Turns as OpenTelemetry GenAI spans and metrics, exported over OTLP/HTTP protobuf.
+"""The telemetry process: ended turns into OpenTelemetry GenAI spans and metrics,
+exported over OTLP/HTTP protobuf by the SDK.
 
-An event-bus observer: `chat {model}` (kind CLIENT) per turn covering every
-attempt, a child span per attempt, span events for repairs and stalls, and
-the `gen_ai.client.*` metrics. The SDK's batch processor exports from its own
-thread with a bounded queue; spans it drops (queue full) or fails to deliver
-(collector down, slow, refusing) are counted for `/switchboard/api/health`.
-Everything exported that could carry a secret passes through the redactor.
+Runs in the child process `observer.OtelExporter` starts (`serve`), so the
+SDK's work never shares the proxy's interpreter. For each `TurnJob`: a
+`chat {model}` span (kind CLIENT) covering every attempt, a child span per
+attempt, span events for repairs and stalls, and the `gen_ai.client.*`
+metrics; spans are exported in batches (every `schedule_delay` seconds or
+`MAX_BATCH` spans) through the SDK's OTLP exporter, metrics by its periodic
+reader. Counts of spans exported and failed go to shared memory.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
+import contextlib
 import logging
-import threading
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import os
+import queue
+import time
+from collections.abc import MutableSequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    MetricExportResult,
-    PeriodicExportingMetricReader,
-)
+from opentelemetry.sdk.metrics.export import MetricExportResult, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    SpanExporter,
-    SpanExportResult,
-)
+from opentelemetry.sdk.trace import ReadableSpan, Span as SdkSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
 
-from ..events import (
-    AttemptFailed,
-    AttemptStarted,
-    FirstByte,
-    RepairApplied,
-    StreamHeartbeat,
-    TurnFailed,
-    TurnFinished,
-    TurnStarted,
-)
+from .jobs import EXPORTED, FAILED, METRIC_FAILED, AttemptJob, TurnJob
 
 if TYPE_CHECKING:
-    from ..config import Config
-    from ..secrets import Redactor
-    from ..store import TurnStore
-    from . import ExportPlan
+    from multiprocessing import Queue
+
+    from .export_plan import ExportPlan
 
 log = logging.getLogger(__name__)
 
-#: Longest before/after excerpt of a repair put on a span event.
-EXCERPT = 200
-#: Longest captured message content (`capture_content`), per attribute.
-CONTENT_LIMIT = 64 * 1024
-SHUTDOWN_WAIT = 2.0
+#: Spans per export request at most (the SDK batch processor's default).
+MAX_BATCH = 512
+#: How often the child looks whether the proxy is still there.
+PARENT_CHECK = 1.0
+#: The telemetry process's scheduling priority, relative to the proxy's (19 is the lowest).
+NICENESS = 19
 
 PROVIDERS = {"bedrock": "aws.bedrock", "simulator": "switchboard.simulator"}
+#: What an attempt span says of its target (the rest is on the turn span).
+_ATTEMPT_TARGET_KEYS = ("switchboard.target", "server.address")
 
 
 def _ns(at: float) -> int:
     return int(at * 1e9)
 
 
-class _Counts:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.spans_exported = 0
-        self.spans_failed = 0       # lost in an export that failed (down, slow, refused)
-        self.spans_dropped = 0      # lost because the queue was full
-        self.metric_exports_failed = 0
-
-    def add(self, name: str, n: int) -> None:
-        with self.lock:
-            setattr(self, name, getattr(self, name) + n)
-
-
-class _CountingSpanExporter(SpanExporter):
-    def __init__(self, inner: SpanExporter, counts: _Counts) -> None:
-        self.inner, self.counts = inner, counts
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            result = self.inner.export(spans)
-        except Exception:
-            log.debug("span export raised", exc_info=True)
-            result = SpanExportResult.FAILURE
-        self.counts.add("spans_exported" if result is SpanExportResult.SUCCESS else "spans_failed",
-                        len(spans))
-        return result
-
-    def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.inner.force_flush(timeout_millis)
-
-
 class _CountingMetricExporter(OTLPMetricExporter):
-    counts: _Counts
+    counts: MutableSequence[int]
 
     def export(self, metrics_data: Any, timeout_millis: float | None = 10_000, **kwargs: Any) -> MetricExportResult:
         try:
@@ -111,66 +66,45 @@ class _CountingMetricExporter(OTLPMetricExporter):
             log.debug("metric export raised", exc_info=True)
             result = MetricExportResult.FAILURE
         if result is not MetricExportResult.SUCCESS:
-            self.counts.add("metric_exports_failed", 1)
+            self.counts[METRIC_FAILED] += 1
         return result
 
 
-class _DropCountingProcessor(SpanProcessor):
-    """The batch processor, plus a count of spans its full queue pushes out."""
+class _Collect(SpanProcessor):
+    """Ended spans into the batch in hand (one thread builds and ends them all)."""
 
-    def __init__(self, inner: BatchSpanProcessor, max_queue: int, counts: _Counts) -> None:
-        self.inner, self.max_queue, self.counts = inner, max_queue, counts
-        # The SDK's bounded deque; it drops the oldest span when full (and only logs it).
-        self._queue = getattr(getattr(inner, "_batch_processor", None), "_queue", None)
+    def __init__(self, batch: list[ReadableSpan], exporter: SpanExporter) -> None:
+        self.batch, self.exporter = batch, exporter
 
-    def on_start(self, span: Any, parent_context: Any = None) -> None:
-        self.inner.on_start(span, parent_context)
+    def on_start(self, span: SdkSpan, parent_context: Context | None = None) -> None:
+        pass
 
     def on_end(self, span: ReadableSpan) -> None:
-        if self._queue is not None and len(self._queue) >= self.max_queue:
-            self.counts.add("spans_dropped", 1)
-        self.inner.on_end(span)
+        self.batch.append(span)
 
     def shutdown(self) -> None:
-        self.inner.shutdown()
+        self.exporter.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.inner.force_flush(timeout_millis)
+        return True
 
 
-@dataclass(slots=True)
-class _Live:
-    span: Span
-    model: str
-    attempt: Span | None = None
-    attempt_no: int = 0
-    target: str = ""
-    stalled: bool = False
-    attrs: dict[str, Any] = field(default_factory=dict)
+class SpanBuilder:
+    """The SDK side: spans and metrics of each turn, and the batches of spans to export."""
 
-
-class OtelExporter:
-    """Event-bus observer exporting each turn as a GenAI client span."""
-
-    def __init__(self, plan: ExportPlan, config: Config, store: TurnStore, redactor: Redactor) -> None:
+    def __init__(self, plan: ExportPlan, upstreams: dict[str, tuple[str, str]],
+                 counts: MutableSequence[int]) -> None:
         s = plan.settings
-        self.plan, self.config, self.store, self.redactor = plan, config, store, redactor
-        self.capture_content = s.capture_content
-        self.counts = _Counts()
+        self.upstreams, self.counts = upstreams, counts
         resource = Resource.create({"service.name": plan.service_name})
-        span_exporter = OTLPSpanExporter(endpoint=f"{plan.endpoint}/v1/traces", headers=plan.headers,
-                                         timeout=s.export_timeout)
-        batch = BatchSpanProcessor(_CountingSpanExporter(span_exporter, self.counts),
-                                   max_queue_size=s.max_queue_size,
-                                   max_export_batch_size=min(512, s.max_queue_size),
-                                   schedule_delay_millis=s.schedule_delay * 1000,
-                                   export_timeout_millis=s.export_timeout * 1000)
+        self.span_exporter = OTLPSpanExporter(endpoint=f"{plan.endpoint}/v1/traces",
+                                              headers=plan.headers, timeout=s.export_timeout)
+        self.batch: list[ReadableSpan] = []
         self.tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-        self.tracer_provider.add_span_processor(_DropCountingProcessor(batch, s.max_queue_size,
-                                                                       self.counts))
+        self.tracer_provider.add_span_processor(_Collect(self.batch, self.span_exporter))
         metric_exporter = _CountingMetricExporter(endpoint=f"{plan.endpoint}/v1/metrics",
                                                   headers=plan.headers, timeout=s.export_timeout)
-        metric_exporter.counts = self.counts
+        metric_exporter.counts = counts
         reader = PeriodicExportingMetricReader(metric_exporter,
                                                export_interval_millis=s.metric_interval * 1000,
                                                export_timeout_millis=s.export_timeout * 1000)
@@ -185,53 +119,33 @@ class OtelExporter:
         self.first_chunk = meter.create_histogram(
             "gen_ai.client.operation.time_to_first_chunk", unit="s",
             description="Time from request to the first chunk of the answer")
-        self._live: dict[str, _Live] = {}
+        self._targets: dict[str, dict[str, Any]] = {}
 
-    # -- status ---------------------------------------------------------------
+    def export(self) -> None:
+        while self.batch:
+            batch = self.batch[:MAX_BATCH]
+            del self.batch[:MAX_BATCH]
+            try:
+                result = self.span_exporter.export(batch)
+            except Exception:
+                log.debug("span export raised", exc_info=True)
+                result = SpanExportResult.FAILURE
+            self.counts[EXPORTED if result is SpanExportResult.SUCCESS else FAILED] += len(batch)
 
-    def status(self) -> dict[str, object]:
-        c = self.counts
-        with c.lock:
-            return {"enabled": True, "endpoint": self.plan.endpoint,
-                    "spans_exported": c.spans_exported,
-                    "spans_dropped": c.spans_dropped + c.spans_failed,
-                    "spans_dropped_queue_full": c.spans_dropped,
-                    "spans_failed_export": c.spans_failed,
-                    "metric_exports_failed": c.metric_exports_failed}
-
-    async def aclose(self) -> None:
-        """Flush and stop in a thread, waiting a bounded time: a slow collector never holds stop()."""
-        for live in list(self._live.values()):
-            self._end_attempt(live, "interrupted", None)
-            live.span.end()
-        self._live.clear()
-
-        def shutdown() -> None:
-            self.tracer_provider.shutdown()
-            self.meter_provider.shutdown(timeout_millis=SHUTDOWN_WAIT * 1000)
-
-        thread = threading.Thread(target=shutdown, name="switchboard otel shutdown", daemon=True)
-        thread.start()
-        await asyncio.get_running_loop().run_in_executor(None, thread.join, SHUTDOWN_WAIT)
-
-    def force_flush(self) -> None:
-        """Export what is queued now (blocking; tests call it in a thread)."""
-        self.tracer_provider.force_flush()
-        self.meter_provider.force_flush()
-
-    # -- helpers --------------------------------------------------------------
-
-    def _clean(self, text: str, limit: int) -> str:
-        text = self.redactor(text)
-        return text if len(text) <= limit else text[:limit] + "…"
+    def shutdown(self, timeout: float) -> None:
+        self.export()
+        self.tracer_provider.shutdown()
+        self.meter_provider.shutdown(timeout_millis=timeout * 1000)
 
     def _target_attrs(self, target: str) -> dict[str, Any]:
+        cached = self._targets.get(target)
+        if cached is not None:
+            return cached
         upstream_name, _, model = target.partition(":")
-        upstream = self.config.upstreams.get(upstream_name)
-        kind = upstream.kind if upstream is not None else "unknown"
+        kind, base_url = self.upstreams.get(upstream_name, ("unknown", ""))
         attrs: dict[str, Any] = {"switchboard.target": target, "gen_ai.response.model": model}
-        if upstream is not None and upstream.base_url:
-            url = urlsplit(upstream.base_url)
+        if base_url:
+            url = urlsplit(base_url)
             host = url.hostname or ""
             attrs["server.address"] = host
             if url.port:
@@ -239,157 +153,140 @@ class OtelExporter:
             attrs["gen_ai.provider.name"] = _provider_for_host(host)
         else:
             attrs["gen_ai.provider.name"] = PROVIDERS.get(kind, kind)
+        if len(self._targets) < 1024:
+            self._targets[target] = attrs
         return attrs
 
-    def _end_attempt(self, live: _Live, outcome: str, error: str | None, at: float | None = None) -> None:
-        span = live.attempt
-        if span is None:
-            return
-        span.set_attribute("switchboard.attempt.outcome", outcome)
-        if error is not None:
-            span.set_attribute("switchboard.attempt.end_reason", _end_reason(error))
-            span.set_attribute("error.type", _end_reason(error))
-            span.set_status(Status(StatusCode.ERROR, self._clean(error, EXCERPT)))
-        span.end(_ns(at) if at is not None else None)
-        live.attempt = None
-
-    # -- observer -------------------------------------------------------------
-
-    def on_TurnStarted(self, e: TurnStarted) -> None:
+    def build(self, t: TurnJob) -> None:
+        target = self._target_attrs(t.attempts[-1].target) if t.attempts else {}
         attrs: dict[str, Any] = {
-            "gen_ai.operation.name": "chat", "gen_ai.request.model": e.model,
-            "gen_ai.conversation.id": e.session_id, "switchboard.route": e.route,
-            "switchboard.turn_id": e.turn_id, "switchboard.stream": e.stream,
+            "gen_ai.operation.name": "chat", "gen_ai.request.model": t.model,
+            "gen_ai.conversation.id": t.session_id, "switchboard.route": t.route,
+            "switchboard.turn_id": t.turn_id, "switchboard.stream": t.stream,
+            **target, "switchboard.attempts": len(t.attempts), "switchboard.repairs": len(t.repairs),
         }
-        if e.rerun_of:
-            attrs["switchboard.rerun_of"] = e.rerun_of
-        turn = self.store.get(e.turn_id)
-        if self.capture_content and turn is not None:
-            messages = turn.request.get("messages")
-            if messages is not None:
-                attrs["gen_ai.input.messages"] = self._clean(
-                    json.dumps(messages, ensure_ascii=False, default=str), CONTENT_LIMIT)
-        span = self.tracer.start_span(f"chat {e.model}", kind=SpanKind.CLIENT, attributes=attrs,
-                                      start_time=_ns(e.at))
-        self._live[e.turn_id] = _Live(span=span, model=e.model)
-
-    def on_AttemptStarted(self, e: AttemptStarted) -> None:
-        live = self._live.get(e.turn_id)
-        if live is None:
+        if t.rerun_of:
+            attrs["switchboard.rerun_of"] = t.rerun_of
+        if t.repairs:
+            attrs["switchboard.repair_kinds"] = sorted({r.kind for r in t.repairs})
+        if t.ttfb is not None:
+            attrs["switchboard.time_to_first_chunk"] = t.ttfb
+        if t.input_messages is not None:
+            attrs["gen_ai.input.messages"] = t.input_messages
+        if not t.failed:
+            attrs.update({
+                "gen_ai.response.finish_reasons": [t.finish_reason or ""],
+                "gen_ai.response.id": t.turn_id,
+                "gen_ai.usage.input_tokens": t.prompt_tokens,
+                "gen_ai.usage.output_tokens": t.completion_tokens,
+                "switchboard.tool_calls": t.tool_calls,
+            })
+            if t.output_messages is not None:
+                attrs["gen_ai.output.messages"] = t.output_messages
+        span = self.tracer.start_span(f"chat {t.model}", kind=SpanKind.CLIENT, attributes=attrs,
+                                      start_time=_ns(t.started_at))
+        parent = set_span_in_context(span)
+        for i, attempt in enumerate(t.attempts):
+            following = t.attempts[i + 1] if i + 1 < len(t.attempts) else None
+            self._attempt_span(t, span, parent, attempt, following)
+        for r in t.repairs:
+            span.add_event("switchboard.repair", {"switchboard.repair.kind": r.kind,
+                                                  "switchboard.repair.before": r.before,
+                                                  "switchboard.repair.after": r.after}, _ns(r.at))
+        metric_attrs = {"gen_ai.operation.name": "chat", "gen_ai.request.model": t.model,
+                        **{k: v for k, v in target.items() if k != "server.port"}}
+        if t.error is not None:
+            error_type = _end_reason(t.error) if t.status >= 500 or t.status == 0 else str(t.status)
+            span.set_attribute("error.type", error_type)
+            span.set_status(Status(StatusCode.ERROR, _excerpt(t.error)))
+            span.end(_ns(t.ended_at))
+            self.duration.record(t.duration, {**metric_attrs, "error.type": error_type})
             return
-        self._end_attempt(live, "abandoned", e.reason, e.at)
-        attrs = self._target_attrs(e.target)
-        live.attrs = attrs
-        live.target, live.attempt_no, live.stalled = e.target, e.attempt, False
-        live.attempt = self.tracer.start_span(
-            f"attempt {e.attempt} {e.target}", context=set_span_in_context(live.span),
-            kind=SpanKind.CLIENT, start_time=_ns(e.at),
-            attributes={**attrs, "switchboard.attempt": e.attempt, "switchboard.attempt.reason": e.reason})
-        live.span.set_attributes(attrs)
+        span.end(_ns(t.ended_at))
+        self.duration.record(t.duration, metric_attrs)
+        self.tokens.record(t.prompt_tokens, {**metric_attrs, "gen_ai.token.type": "input"})
+        self.tokens.record(t.completion_tokens, {**metric_attrs, "gen_ai.token.type": "output"})
+        if t.ttfb is not None:
+            self.first_chunk.record(t.ttfb, metric_attrs)
 
-    def on_FirstByte(self, e: FirstByte) -> None:
-        live = self._live.get(e.turn_id)
-        if live is None:
-            return
-        if live.attempt is not None:
-            live.attempt.set_attribute("switchboard.time_to_first_chunk", e.latency)
-        turn = self.store.get(e.turn_id)
-        if turn is not None and turn.ttfb is not None:
-            live.span.set_attribute("switchboard.time_to_first_chunk", turn.ttfb)
-            self.first_chunk.record(turn.ttfb, self._metric_attrs(live))
+    def _attempt_span(self, t: TurnJob, turn_span: Span, parent: Any, a: AttemptJob,
+                      following: AttemptJob | None) -> None:
+        # The target and its host; the provider and model are the turn span's (fewer
+        # attributes: each costs ~5 µs to clean and encode).
+        target = self._target_attrs(a.target)
+        attrs = {k: target[k] for k in _ATTEMPT_TARGET_KEYS if k in target}
+        attrs.update({"switchboard.attempt": a.number, "switchboard.attempt.reason": a.reason})
+        error = a.error
+        if a.outcome == "abandoned" and error is None and following is not None:
+            error = following.reason  # ended because the next attempt began (retry, reroute)
+        outcome = "failed" if a.outcome == "live" else a.outcome
+        attrs["switchboard.attempt.outcome"] = outcome
+        if a.first_byte_at is not None:
+            attrs["switchboard.time_to_first_chunk"] = a.first_byte_at - a.started_at
+        span = self.tracer.start_span(f"attempt {a.number} {a.target}", context=parent,
+                                      kind=SpanKind.CLIENT, start_time=_ns(a.started_at),
+                                      attributes=attrs)
+        if a.stall is not None:
+            stall_attrs: dict[str, Any] = {
+                "switchboard.attempt": a.number, "switchboard.target": a.target,
+                "switchboard.since_last": a.stall.since_last,
+                "switchboard.keepalives": a.stall.keepalives}
+            turn_span.add_event("switchboard.stall", stall_attrs, _ns(a.stall.at))
+            span.add_event("switchboard.stall", stall_attrs, _ns(a.stall.at))
+        elif error is not None and _end_reason(error) == "stall":
+            turn_span.add_event("switchboard.stall", {"switchboard.attempt": a.number,
+                                                      "switchboard.target": a.target},
+                                _ns(a.ended_at or t.ended_at))
+        if error is not None and outcome != "ok":
+            reason = _end_reason(error)
+            span.set_attribute("switchboard.attempt.end_reason", reason)
+            span.set_attribute("error.type", reason)
+            span.set_status(Status(StatusCode.ERROR, _excerpt(error)))
+        span.end(_ns(a.ended_at if a.ended_at is not None else t.ended_at))
 
-    def on_RepairApplied(self, e: RepairApplied) -> None:
-        live = self._live.get(e.turn_id)
-        if live is None:
-            return
-        attrs = {"switchboard.repair.kind": e.kind,
-                 "switchboard.repair.before": self._clean(e.before, EXCERPT),
-                 "switchboard.repair.after": self._clean(e.after, EXCERPT)}
-        live.span.add_event("switchboard.repair", attrs, _ns(e.at))
 
-    def on_StreamHeartbeat(self, e: StreamHeartbeat) -> None:
-        if not e.stalled:
-            return
-        live = self._live.get(e.turn_id)
-        if live is None or live.stalled or live.attempt_no != e.attempt:
-            return
-        live.stalled = True  # one event per stalled attempt
-        attrs: dict[str, Any] = {"switchboard.attempt": e.attempt, "switchboard.target": e.target,
-                                 "switchboard.since_last": e.since_last, "switchboard.keepalives": e.keepalives}
-        live.span.add_event("switchboard.stall", attrs, _ns(e.at))
-        if live.attempt is not None:
-            live.attempt.add_event("switchboard.stall", attrs, _ns(e.at))
+def serve(plan: ExportPlan, upstreams: dict[str, tuple[str, str]],
+          jobs: Queue[TurnJob | None], counts: MutableSequence[int]) -> None:
+    """The telemetry process's loop: build each turn's spans, export in batches, stop on
+    `None` or when the proxy that started it is gone."""
+    logging.basicConfig(level=logging.WARNING, format="switchboard telemetry: %(message)s")
+    parent = os.getppid()
+    # Telemetry yields the CPU to relaying: when the machine is busy, the kernel runs
+    # this process last; its queue absorbs bursts, and what it cannot take is counted.
+    with contextlib.suppress(OSError):
+        os.nice(NICENESS)
+    builder = SpanBuilder(plan, upstreams, counts)
+    delay = plan.settings.schedule_delay
+    due: float | None = None  # when the batch in hand must go, at the latest
+    try:
+        while True:
+            wait = PARENT_CHECK if due is None else min(PARENT_CHECK, max(0.0, due - time.monotonic()))
+            try:
+                job = jobs.get(timeout=wait)
+            except queue.Empty:
+                if os.getppid() != parent:
+                    return  # the proxy is gone (killed): nobody left to report to
+                if due is not None and time.monotonic() >= due:
+                    builder.export()
+                    due = None
+                continue
+            if job is None:
+                return
+            try:
+                builder.build(job)
+            except Exception:
+                log.exception("could not build the spans of turn %s", job.turn_id)
+            if due is None:
+                due = time.monotonic() + delay
+            if len(builder.batch) >= MAX_BATCH or time.monotonic() >= due:
+                builder.export()
+                due = None
+    finally:
+        builder.shutdown(timeout=2.0)
 
-    def on_AttemptFailed(self, e: AttemptFailed) -> None:
-        live = self._live.get(e.turn_id)
-        if live is None:
-            return
-        if _end_reason(e.error) == "stall" and not live.stalled:
-            live.span.add_event("switchboard.stall", {"switchboard.attempt": e.attempt,
-                                                      "switchboard.target": e.target}, _ns(e.at))
-        self._end_attempt(live, "failed", e.error, e.at)
 
-    def _metric_attrs(self, live: _Live, error: str | None = None) -> dict[str, Any]:
-        attrs = {"gen_ai.operation.name": "chat", "gen_ai.request.model": live.model,
-                 **{k: v for k, v in live.attrs.items() if k != "server.port"}}
-        if error:
-            attrs["error.type"] = error
-        return attrs
-
-    def _finish(self, turn_id: str) -> tuple[_Live, Any] | None:
-        live = self._live.pop(turn_id, None)
-        if live is None:
-            return None
-        turn = self.store.get(turn_id)
-        if turn is not None:
-            live.span.set_attribute("switchboard.attempts", len(turn.attempts))
-            live.span.set_attribute("switchboard.repairs", len(turn.repairs))
-            if turn.repairs:
-                live.span.set_attribute("switchboard.repair_kinds",
-                                        sorted({r.kind for r in turn.repairs}))
-        return live, turn
-
-    def on_TurnFinished(self, e: TurnFinished) -> None:
-        done = self._finish(e.turn_id)
-        if done is None:
-            return
-        live, turn = done
-        self._end_attempt(live, "ok", None, e.at)
-        span = live.span
-        span.set_attributes({
-            "gen_ai.response.finish_reasons": [e.finish_reason],
-            "gen_ai.response.id": e.turn_id,
-            "gen_ai.usage.input_tokens": e.prompt_tokens,
-            "gen_ai.usage.output_tokens": e.completion_tokens,
-            "switchboard.tool_calls": e.tool_calls,
-        })
-        if self.capture_content and turn is not None:
-            parts: list[dict[str, Any]] = []
-            if turn.text:
-                parts.append({"type": "text", "content": turn.text})
-            for call in turn.tool_calls:
-                parts.append({"type": "tool_call", "id": call.id, "name": call.name,
-                              "arguments": call.arguments})
-            message = [{"role": "assistant", "parts": parts, "finish_reason": e.finish_reason}]
-            span.set_attribute("gen_ai.output.messages",
-                               self._clean(json.dumps(message, ensure_ascii=False), CONTENT_LIMIT))
-        span.end(_ns(e.at))
-        attrs = self._metric_attrs(live)
-        self.duration.record(e.duration, attrs)
-        self.tokens.record(e.prompt_tokens, {**attrs, "gen_ai.token.type": "input"})
-        self.tokens.record(e.completion_tokens, {**attrs, "gen_ai.token.type": "output"})
-
-    def on_TurnFailed(self, e: TurnFailed) -> None:
-        done = self._finish(e.turn_id)
-        if done is None:
-            return
-        live, _turn = done
-        self._end_attempt(live, "failed", e.error, e.at)
-        error_type = _end_reason(e.error) if e.status >= 500 or e.status == 0 else str(e.status)
-        live.span.set_attribute("error.type", error_type)
-        live.span.set_status(Status(StatusCode.ERROR, self._clean(e.error, EXCERPT)))
-        live.span.end(_ns(e.at))
-        self.duration.record(e.duration, self._metric_attrs(live, error_type))
+def _excerpt(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _end_reason(error: str) -> str:

@@ -19,6 +19,7 @@ from proxy_core.record import Turn
 
 from ..messages import SourceStatus
 from ..model import ForeignEvent
+from ..tasks import cancel_and_wait
 from .base import SourceError, TurnSource, config_targets
 
 log = logging.getLogger(__name__)
@@ -73,13 +74,8 @@ class RemoteSource(TurnSource):
 
     async def stop(self) -> None:
         await super().stop()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self._client.aclose()
 
     def _status(self, connected: bool, detail: str) -> None:
