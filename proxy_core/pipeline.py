@@ -9,6 +9,12 @@ keeps a streaming client alive with SSE comments, see `server.KeepAlive`). After
 the boundary a failure ends the turn with `TurnAborted`, which the server
 turns into an in-stream error.
 
+Each attempt runs under watchdog deadlines learned from its target's recent
+turns (`learned.py`), recorded on the attempt with why. With `[watchdog]
+hedge_after`, an attempt with no output by then races a second one (`_race`):
+each runs to its first output in a task of its own, the first there wins and
+the other is cancelled; only the winner's parts are recorded and relayed.
+
 `retry` and `reroute` act on a turn by hand: a live turn that has sent
 nothing yet restarts on its own client stream; any other turn is re-run in
 the background as a new turn (`rerun_of` names the original) and recorded.
