@@ -62,6 +62,8 @@ class SwitchboardProxy:
         self.bus.add_observer(ScoreboardObserver(self.scoreboard, self.store.get))
         self.pipeline = Pipeline(config, self.upstreams, self.bus, self.store, self.memory,
                                  lookup=self._journaled_turn)
+        if self.journal is not None:  # learned deadlines survive a restart
+            self.pipeline.learned.load(self.journal.recent_attempts())
         self.heartbeat = HeartbeatTicker(self.pipeline, self.bus)
         self._ticker: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -53,6 +54,20 @@ class WatchdogSettings:
     keepalive_interval: float = 5.0    # s between SSE comments to a waiting client (0: off)
     cooldown: float = 30.0             # s an upstream target is skipped after failing
     cooldown_after: int = 2            # consecutive failures that start a cooldown
+    #: Learn each target's deadlines from its recent turns (`learned.py`); the two
+    #: timeouts above become ceilings. False: the timeouts are fixed timers.
+    adaptive: bool = True
+    first_token_floor: float = 2.0     # s: a learned first-output deadline is never shorter
+    idle_floor: float = 10.0           # s: a learned idle deadline is never shorter
+    #: Hedging (off unless set): after this many seconds without output, a second
+    #: attempt starts on the next target while the first keeps waiting...
+    hedge_after: float | None = None
+    #: ...or after this quantile of the target's learned time to first output ("p95").
+    hedge_quantile: float | None = None
+
+    @property
+    def hedging(self) -> bool:
+        return self.hedge_after is not None or self.hedge_quantile is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +97,9 @@ class UpstreamSettings:
     steps: int = 10
     chunk_delay: float = 0.002
     hang_repeats: int = 1  # how often the same request hangs again (a retry of it)
+    ttfb: float = 0.0        # the slow-but-healthy profile: s before the first chunk,
+    ttfb_per_kb: float = 0.0  # plus this per 1000 bytes of request,
+    ttfb_jitter: float = 0.0  # varied by up to this share either way
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
@@ -278,7 +296,8 @@ def parse_config(text: str, source: str = "<built-in>", *, check_env: bool = Tru
 
     w = r.table(data.get("watchdog", {}), "watchdog")
     r.check_keys(w, "watchdog", {"first_token_timeout", "idle_timeout", "max_attempts",
-                                 "keepalive_interval", "cooldown", "cooldown_after"})
+                                 "keepalive_interval", "cooldown", "cooldown_after", "adaptive",
+                                 "first_token_floor", "idle_floor", "hedge_after"})
     watchdog = _parse_timers(r, w, "watchdog", WatchdogSettings())
     keepalive = float(r.get(w, "watchdog", "keepalive_interval", (int, float), 5.0))
     if keepalive < 0:
@@ -291,6 +310,7 @@ def parse_config(text: str, source: str = "<built-in>", *, check_env: bool = Tru
         raise r.fail("watchdog.cooldown_after", f"must be at least 1, got {cooldown_after}")
     watchdog = replace(watchdog, keepalive_interval=keepalive, cooldown=cooldown,
                                    cooldown_after=cooldown_after)
+    watchdog = _parse_adaptive(r, w, watchdog)
 
     upstreams: dict[str, UpstreamSettings] = {}
     for name, raw in r.table(data.get("upstreams", {}), "upstreams").items():
@@ -354,7 +374,7 @@ def _parse_upstream_kind(r: _Reader, name: str, key: str, t: dict[str, Any],
     if kind == "bedrock":
         return _parse_bedrock(r, name, key, t, check_env)
     r.check_keys(t, key, {"kind", "faults", "fault_rate", "seed", "steps", "chunk_delay",
-                          "hang_repeats"})
+                          "hang_repeats", "ttfb", "ttfb_per_kb", "ttfb_jitter"})
     faults = r.get(t, key, "faults", list, [])
     for fault in faults:
         if fault not in FAULT_NAMES:
@@ -370,7 +390,20 @@ def _parse_upstream_kind(r: _Reader, name: str, key: str, t: dict[str, Any],
         raise r.fail(f"{key}.chunk_delay", f"must not be negative, got {delay:g}")
     return UpstreamSettings(name=name, kind=kind, faults=tuple(faults), fault_rate=rate,
                             seed=r.get(t, key, "seed", int, 0), steps=steps, chunk_delay=delay,
-                            hang_repeats=_at_least(r, t, key, "hang_repeats", 0, 1))
+                            hang_repeats=_at_least(r, t, key, "hang_repeats", 0, 1),
+                            ttfb=_seconds(r, t, key, "ttfb"),
+                            ttfb_per_kb=_seconds(r, t, key, "ttfb_per_kb"),
+                            ttfb_jitter=_seconds(r, t, key, "ttfb_jitter", upto=1.0))
+
+
+def _seconds(r: _Reader, t: dict[str, Any], key: str, name: str, upto: float | None = None
+             ) -> float:
+    """A number that may be 0 (default) but not negative, nor above `upto` if given."""
+    value = float(r.get(t, key, name, (int, float), 0.0))
+    if value < 0 or (upto is not None and value > upto):
+        raise r.fail(f"{key}.{name}", f"must be between 0 and {upto:g}, got {value:g}"
+                     if upto is not None else f"must not be negative, got {value:g}")
+    return value
 
 
 def _ca_bundle(r: _Reader, t: dict[str, Any], key: str, check_env: bool) -> str | None:
@@ -420,6 +453,29 @@ def _parse_timers(r: _Reader, t: dict[str, Any], key: str,
         first_token_timeout=r.number(t, key, "first_token_timeout", base.first_token_timeout),
         idle_timeout=r.number(t, key, "idle_timeout", base.idle_timeout),
         max_attempts=attempts,
+    )
+
+
+def _parse_adaptive(r: _Reader, w: dict[str, Any], base: WatchdogSettings) -> WatchdogSettings:
+    """`adaptive`, its floors, and `hedge_after` ("pNN" or seconds)."""
+    hedge_after: float | None = None
+    hedge_quantile: float | None = None
+    raw = r.get(w, "watchdog", "hedge_after", (str, int, float), None)
+    if isinstance(raw, str):
+        match = re.fullmatch(r"p(\d{1,2})", raw.strip())
+        if match is None or not 1 <= int(match.group(1)) <= 99:
+            raise r.fail("watchdog.hedge_after",
+                         f'must be a quantile such as "p95" (p1..p99) or seconds, got {raw!r}')
+        hedge_quantile = int(match.group(1)) / 100
+    elif raw is not None:
+        hedge_after = r.number(w, "watchdog", "hedge_after", 0.0)
+    return replace(
+        base,
+        adaptive=r.get(w, "watchdog", "adaptive", bool, True),
+        first_token_floor=r.number(w, "watchdog", "first_token_floor", base.first_token_floor),
+        idle_floor=r.number(w, "watchdog", "idle_floor", base.idle_floor),
+        hedge_after=hedge_after,
+        hedge_quantile=hedge_quantile,
     )
 
 

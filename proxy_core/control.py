@@ -97,12 +97,19 @@ class ControlAPI:
                            "target": target}, 202)
 
     async def targets(self, request: web.Request) -> web.Response:
-        """Where `?turn=ID` could be rerouted (route targets first)."""
-        turn_id = request.query.get("turn", "")
-        try:
-            return self._json({"targets": self.pipeline.targets_for(turn_id)})
-        except ClientRequestError as exc:
-            return self._error(exc.message, exc.status, exc.code)
+        """Where `?turn=ID` could be rerouted (route targets first); without `turn`, every
+        route's targets. `watchdog` gives each listed target's learned deadline figures."""
+        pipeline = self.pipeline
+        turn_id = request.query.get("turn")
+        if turn_id is None:
+            targets = list(dict.fromkeys(str(t) for r in self.config.routes for t in r.targets))
+        else:
+            try:
+                targets = pipeline.targets_for(turn_id)
+            except ClientRequestError as exc:
+                return self._error(exc.message, exc.status, exc.code)
+        return self._json({"targets": targets,
+                           "watchdog": {t: pipeline.watchdog_figures(t) for t in targets}})
 
     async def scoreboard(self, request: web.Request) -> web.Response:
         """Per-target stats (`proxy_core/scoreboard.py`), worst first or `?sort=COLUMN`."""

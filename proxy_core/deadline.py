@@ -63,11 +63,12 @@ class Deadline:
             self._handle = None
 
     def __enter__(self) -> Deadline:
-        task = self._task
+        # The task is looked up each time: a generator that uses the deadline may be
+        # driven by one task, then another (a hedge race runs each attempt's start
+        # in its own task; the winner continues in the turn's).
+        task = self._task = asyncio.current_task()
         if task is None:
-            task = self._task = asyncio.current_task()
-            if task is None:
-                raise RuntimeError("Deadline must be used inside a task")
+            raise RuntimeError("Deadline must be used inside a task")
         self._cancelling = task.cancelling()
         self._waiting = True
         if self._handle is None or self.when < self._armed_for:

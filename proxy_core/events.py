@@ -53,7 +53,7 @@ class AttemptStarted(Event):
 
     attempt: int
     target: str
-    reason: str = "initial"  # initial | retry | reroute | manual-retry | manual-reroute
+    reason: str = "initial"  # initial | retry | reroute | hedge | manual-retry | manual-reroute
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,8 +85,9 @@ class StreamHeartbeat(Event):
     produced, `chunk_rate` those per second since the last heartbeat,
     `since_last` the seconds since the last output (or since the attempt
     started), `keepalives` the upstream keep-alives seen (signs of life, not
-    progress). `stalled` is set once `since_last` passes half the watchdog
-    limit that applies (first token or idle).
+    progress). `deadline` is the watchdog deadline that applies to this silence
+    (first output or idle, learned or configured: the attempt record says why);
+    `stalled` is set once `since_last` passes half of it.
     """
 
     attempt: int
@@ -96,6 +97,7 @@ class StreamHeartbeat(Event):
     since_last: float
     keepalives: int
     stalled: bool
+    deadline: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,6 +134,16 @@ class RepairApplied(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptCancelled(Event):
+    """A hedge race ended: `attempt` was cancelled because attempt `winner` of the
+    same turn produced output first. Nothing of the cancelled one reached the client."""
+
+    attempt: int
+    target: str
+    winner: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AttemptFailed(Event):
     """An attempt ended in an error; `will_retry` says whether another follows."""
 
@@ -164,7 +176,8 @@ class TurnFailed(Event):
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (TurnStarted, AttemptStarted, FirstByte, Chunk, Heartbeat, StreamHeartbeat,
-                ToolCallRelayed, RepairApplied, AttemptFailed, UpstreamHealthChanged,
+                ToolCallRelayed, RepairApplied, AttemptFailed, AttemptCancelled,
+                UpstreamHealthChanged,
                 TurnFinished, TurnFailed)
 }
 

@@ -2,8 +2,8 @@
 
 One ticker for the whole proxy (not a timer per turn): about once a second
 it looks at each live turn's current attempt and publishes how many outputs
-it has produced, at what rate, how long it has been silent and whether that
-silence is turning into a stall.
+it has produced, at what rate, how long it has been silent, the watchdog
+deadline that silence runs against, and whether it is turning into a stall.
 """
 
 from __future__ import annotations
@@ -41,10 +41,8 @@ class HeartbeatTicker:
         now = time.time() if now is None else now
         seen: dict[str, tuple[int, int, float]] = {}
         for turn_id, live in list(self.pipeline.live.items()):
-            if not live.turn.attempts:
-                continue
-            attempt = live.turn.attempts[-1]
-            if attempt.outcome != "live":
+            attempt = live.attempt  # during a hedge race, the first attempt
+            if attempt is None or attempt.outcome != "live":
                 continue
             number, chunks, at = self._seen.get(turn_id, (attempt.number, 0, attempt.started_at))
             if number != attempt.number:
@@ -52,11 +50,13 @@ class HeartbeatTicker:
             rate = (attempt.chunks - chunks) / max(now - at, 1e-6)
             since_last = now - (attempt.last_output_at or attempt.started_at)
             watchdog = live.route.watchdog
-            limit = (watchdog.first_token_timeout if attempt.first_byte_at is None
-                     else watchdog.idle_timeout)
+            limit = ((attempt.first_output_deadline or watchdog.first_token_timeout)
+                     if attempt.first_byte_at is None
+                     else (attempt.idle_deadline or watchdog.idle_timeout))
             self.bus.publish(StreamHeartbeat(
                 turn_id=turn_id, attempt=attempt.number, target=attempt.target,
                 chunks=attempt.chunks, chunk_rate=rate, since_last=since_last,
-                keepalives=attempt.keepalives, stalled=since_last >= limit * STALLED_SHARE))
+                keepalives=attempt.keepalives, stalled=since_last >= limit * STALLED_SHARE,
+                deadline=limit))
             seen[turn_id] = (attempt.number, attempt.chunks, now)
         self._seen = seen

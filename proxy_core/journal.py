@@ -495,6 +495,24 @@ class Journal:
             return []
         return [json.loads(r[0]) for r in reversed(rows)]
 
+    def recent_attempts(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """The attempts of the latest `limit` turns, oldest first: what learned
+        deadlines are learned from after a restart (`learned.py`)."""
+        try:
+            rows = self.conn.execute(
+                "SELECT json_extract(data, '$.attempts') FROM turns"
+                " ORDER BY started_at DESC LIMIT ?", (limit,)).fetchall()
+        except sqlite3.Error:
+            return []
+        attempts: list[dict[str, Any]] = []
+        for (raw,) in reversed(rows):
+            try:
+                items = json.loads(raw) if raw else []
+            except ValueError:
+                continue
+            attempts.extend(a for a in items if isinstance(a, dict))
+        return attempts
+
     def turn(self, turn_id: str) -> dict[str, Any] | None:
         """One turn with its request."""
         try:

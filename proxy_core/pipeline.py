@@ -9,6 +9,12 @@ keeps a streaming client alive with SSE comments, see `server.KeepAlive`). After
 the boundary a failure ends the turn with `TurnAborted`, which the server
 turns into an in-stream error.
 
+Each attempt runs under watchdog deadlines learned from its target's recent
+turns (`learned.py`), recorded on the attempt with why. With `[watchdog]
+hedge_after`, an attempt with no output by then races a second one (`_race`):
+each runs to its first output in a task of its own, the first there wins and
+the other is cancelled; only the winner's parts are recorded and relayed.
+
 `retry` and `reroute` act on a turn by hand: a live turn that has sent
 nothing yet restarts on its own client stream; any other turn is re-run in
 the background as a new turn (`rerun_of` names the original) and recorded.
@@ -21,6 +27,7 @@ import copy
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -28,13 +35,15 @@ from typing import Any
 
 from .bus import EventBus
 from .config import Config, RouteSettings, Target
+from .contents import approx_size
 from .errors import ClientRequestError, EmptyReply, UpstreamError, UpstreamTimeout
 from .events import (
-    AttemptFailed, AttemptStarted, Chunk, FirstByte, Heartbeat, RepairApplied, ToolCallRelayed,
-    TurnFailed, TurnFinished, TurnStarted, UpstreamHealthChanged,
+    AttemptCancelled, AttemptFailed, AttemptStarted, Chunk, FirstByte, Heartbeat, RepairApplied,
+    ToolCallRelayed, TurnFailed, TurnFinished, TurnStarted, UpstreamHealthChanged,
 )
 from .deadline import Deadline
 from .health import TargetHealth
+from .learned import DeadlinePlan, LearnedDeadlines, Limits
 from .openai_wire import ChatRequest
 from .record import Attempt, RepairRecord, ToolCallRecord, Turn, new_turn_id
 from .repairs.history import Note, repair_history
@@ -82,14 +91,20 @@ class ManualInterrupt(Exception):
 class LiveTurn:
     """The handle on a turn in flight: what manual actions and heartbeats need."""
 
-    __slots__ = ("turn", "route", "committed", "action", "timeout")
+    __slots__ = ("turn", "route", "committed", "action", "timeout", "attempt", "size",
+                 "failures", "timeouts")
 
-    def __init__(self, turn: Turn, route: RouteSettings) -> None:
+    def __init__(self, turn: Turn, route: RouteSettings, size: int) -> None:
         self.turn = turn
         self.route = route
         self.committed = False
         self.action: ManualAction | None = None
         self.timeout: Deadline | None = None  # the attempt's watchdog deadline, while waiting
+        #: The attempt whose output the client gets (during a hedge race: the first one).
+        self.attempt: Attempt | None = None
+        self.size = size          # the request's size in bytes, for learned deadlines
+        self.failures = 0         # automatic attempts that failed (against max_attempts)
+        self.timeouts: dict[str, int] = {}  # target -> attempts the watchdog ended
 
     def interrupt(self, action: ManualAction) -> None:
         """Stop the current attempt at its next wait (or now, if it is waiting)."""
@@ -114,6 +129,11 @@ class Pipeline:
         self.lookup = lookup
         self.health = TargetHealth(config.watchdog.cooldown, config.watchdog.cooldown_after,
                                    self._health_changed)
+        #: Each target's healthy timings, for learned deadlines (`[watchdog] adaptive`).
+        self.learned = LearnedDeadlines()
+        #: Hedged attempts sent to each target since start, and those that won their race.
+        self.hedges: Counter[str] = Counter()
+        self.hedge_wins: Counter[str] = Counter()
         self.live: dict[str, LiveTurn] = {}
         self._background: set[asyncio.Task[None]] = set()
 
@@ -125,7 +145,8 @@ class Pipeline:
 
     # -- opening -----------------------------------------------------------------
 
-    def open_turn(self, request: ChatRequest, headers: Mapping[str, str]) -> tuple[Turn, RouteSettings]:
+    def open_turn(self, request: ChatRequest, headers: Mapping[str, str],
+                  size: int = 0) -> tuple[Turn, RouteSettings]:
         """Route the request and create (and store) its turn.
 
         Grouping it into a session and announcing it wait until the upstream
@@ -137,6 +158,7 @@ class Pipeline:
         route = self._route(request.model)
         turn = self._new_turn(request.body, "", request.model, route, request.stream,
                               headers.get("user-agent", "")[:200])
+        turn.request_bytes = size
         self.store.add(turn)
 
         def announce() -> None:
@@ -191,20 +213,27 @@ class Pipeline:
                   first: Target | None = None, first_reason: str = "initial"
                   ) -> AsyncGenerator[StreamPart, None]:
         """Yield the client's parts; raise `TurnAborted` when the turn cannot complete."""
-        live = LiveTurn(turn, route)
+        live = LiveTurn(turn, route, turn.request_bytes or approx_size(turn.request))
         self.live[turn.id] = live
         watchdog = route.watchdog
         plan = self._plan(route, first)
         target, reason = next(plan), first_reason
-        automatic = 0
         try:
             while True:
-                attempt = Attempt(number=len(turn.attempts) + 1, target=str(target), reason=reason)
-                turn.attempts.append(attempt)
-                self.bus.defer(self._attempt_started(turn, attempt))
+                attempt = self._new_attempt(live, target, reason)
+                parts = self._attempt(live, attempt, target)
                 try:
-                    async with aclosing(self._attempt(live, attempt, target)) as parts:
-                        async for part in parts:
+                    head: list[StreamPart] = []
+                    delay = self._hedge_delay(live, target)
+                    if delay is not None:
+                        racer = await self._race(live, _Racer(attempt, target, parts), delay)
+                        attempt, target, parts = racer.attempt, racer.target, racer.parts
+                        live.attempt = attempt
+                        head = racer.head()  # raises what ended the last one standing
+                    source = _chain(head, parts) if head else parts
+                    async with aclosing(parts), aclosing(source):
+                        async for part in source:
+                            self._record(turn, part)
                             # Reasoning alone does not commit: an attempt that only
                             # thought can still be retried on the same client stream.
                             if not live.committed and isinstance(part, (TextPart, ToolCallPart)):
@@ -212,6 +241,7 @@ class Pipeline:
                             yield part
                     attempt.outcome, attempt.ended_at = "ok", time.time()
                     self.health.succeeded(target)
+                    self._learn(attempt)
                     self._finish(turn)
                     return
                 except ManualInterrupt as interrupt:
@@ -219,6 +249,7 @@ class Pipeline:
                     live.action = None
                     attempt.outcome, attempt.ended_at = "interrupted", time.time()
                     attempt.error = f"stopped by hand ({action.kind})"
+                    self._learn(attempt)
                     self.bus.publish(AttemptFailed(
                         turn_id=turn.id, attempt=attempt.number, target=attempt.target,
                         error=attempt.error, will_retry=action.rerun_id is None))
@@ -230,15 +261,9 @@ class Pipeline:
                                           committed=live.committed) from None
                     target, reason = action.target or target, f"manual-{action.kind}"
                 except UpstreamError as exc:
-                    attempt.outcome, attempt.error = "failed", exc.message
-                    attempt.ended_at = time.time()
-                    self.health.failed(target, exc.message)
-                    automatic += 1
                     will_retry = (exc.retryable and not live.committed
-                                  and automatic < watchdog.max_attempts)
-                    self.bus.publish(AttemptFailed(turn_id=turn.id, attempt=attempt.number,
-                                                   target=attempt.target, error=exc.message,
-                                                   will_retry=will_retry))
+                                  and live.failures + 1 < watchdog.max_attempts)
+                    self._attempt_failed(live, attempt, target, exc, will_retry)
                     if not will_retry:
                         status = exc.status if not live.committed else 502
                         self._fail(turn, exc.message, status)
@@ -262,6 +287,127 @@ class Pipeline:
                         attempt.outcome, attempt.ended_at = "abandoned", time.time()
                 self._fail(turn, "client disconnected before the turn finished", 499)
 
+    def _new_attempt(self, live: LiveTurn, target: Target, reason: str) -> Attempt:
+        turn = live.turn
+        attempt = Attempt(number=len(turn.attempts) + 1, target=str(target), reason=reason,
+                          request_bytes=live.size)
+        plan = self._deadline_plan(live, target)
+        attempt.first_output_deadline, attempt.first_output_basis = \
+            plan.first_output, plan.first_output_basis
+        attempt.idle_deadline, attempt.idle_basis = plan.idle, plan.idle_basis
+        turn.attempts.append(attempt)
+        if reason != "hedge":
+            live.attempt = attempt
+        self.bus.defer(self._attempt_started(turn, attempt))
+        return attempt
+
+    def _attempt_failed(self, live: LiveTurn, attempt: Attempt, target: Target,
+                        exc: UpstreamError, will_retry: bool) -> None:
+        """Record an attempt that ended in an upstream error (counted against max_attempts)."""
+        attempt.outcome, attempt.error = "failed", exc.message
+        attempt.ended_at = time.time()
+        self.health.failed(target, exc.message)
+        self._learn(attempt)
+        live.failures += 1
+        if isinstance(exc, UpstreamTimeout):
+            live.timeouts[str(target)] = live.timeouts.get(str(target), 0) + 1
+        self.bus.publish(AttemptFailed(turn_id=live.turn.id, attempt=attempt.number,
+                                       target=attempt.target, error=exc.message,
+                                       will_retry=will_retry))
+
+    # -- deadlines and hedges --------------------------------------------------------
+
+    def _deadline_plan(self, live: LiveTurn, target: Target) -> DeadlinePlan:
+        """The watchdog deadlines for the next attempt at `target` (see `learned.py`)."""
+        w = live.route.watchdog
+        if not w.adaptive:
+            return DeadlinePlan(w.first_token_timeout, "configured; adaptive off",
+                                w.idle_timeout, "configured; adaptive off")
+        plan = self.learned.plan(str(target), live.size,
+                                 Limits(w.first_token_floor, w.first_token_timeout),
+                                 Limits(w.idle_floor, w.idle_timeout))
+        timeouts = live.timeouts.get(str(target), 0)
+        if timeouts:  # the estimate was too tight for this turn, or the host hangs: widen it
+            plan = plan.escalate(2.0 ** timeouts, (w.first_token_timeout, w.idle_timeout))
+        return plan
+
+    def _learn(self, attempt: Attempt) -> None:
+        ttfb = (attempt.first_byte_at - attempt.started_at
+                if attempt.first_byte_at is not None else None)
+        self.learned.observe(attempt.target, attempt.request_bytes, ttfb,
+                             attempt.max_gap if attempt.chunks > 1 else None)
+
+    def _hedge_delay(self, live: LiveTurn, target: Target) -> float | None:
+        """Seconds without output after which this attempt gets a hedge, or None."""
+        w = live.route.watchdog
+        if live.committed or live.action is not None:
+            return None
+        if w.hedge_after is not None:
+            return w.hedge_after
+        if w.hedge_quantile is not None:
+            return self.learned.hedge_delay(str(target), live.size, w.hedge_quantile)
+        return None
+
+    async def _race(self, live: LiveTurn, first: _Racer, delay: float) -> _Racer:
+        """Run `first` to its first output; if there is none after `delay`, start a hedge
+        on the route's next target (or the same one) and race them.
+
+        The first to produce output wins; the other is cancelled and its upstream
+        request closed before anything of it is relayed (the racers' parts wait in
+        their heads). A racer that fails drops out (recorded as a failed attempt);
+        when the last one fails, it is returned and `head()` raises its error.
+        """
+        racers = [first]
+        first.start()
+        try:
+            await asyncio.wait({first.task()}, timeout=delay)
+            if not first.task().done() and live.action is None:
+                racers.append(self._start_hedge(live, first.target))
+            while True:
+                done = [r for r in racers if r.task().done()]
+                winner = next((r for r in done if not r.failed_upstream()), None)
+                if winner is not None:
+                    if winner.attempt.reason == "hedge" and not winner.failed():
+                        self.hedge_wins[winner.attempt.target] += 1
+                    for other in racers:
+                        if other is not winner:
+                            await self._cancel(live, other, winner)
+                    return winner
+                for racer in done:
+                    if len(racers) == 1:
+                        return racer
+                    racers.remove(racer)
+                    error = racer.task().exception()
+                    assert isinstance(error, UpstreamError)
+                    self._attempt_failed(live, racer.attempt, racer.target, error, True)
+                    if live.attempt is racer.attempt:
+                        live.attempt = racers[0].attempt
+                await asyncio.wait({r.task() for r in racers}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            for racer in racers:
+                await racer.stop()
+            raise
+
+    def _start_hedge(self, live: LiveTurn, current: Target) -> _Racer:
+        others = [t for t in self.health.order(live.route.targets) if t != current]
+        target = others[0] if others else current
+        live.turn.hedges += 1
+        self.hedges[str(target)] += 1
+        attempt = self._new_attempt(live, target, "hedge")
+        racer = _Racer(attempt, target, self._attempt(live, attempt, target))
+        racer.start()
+        return racer
+
+    async def _cancel(self, live: LiveTurn, loser: _Racer, winner: _Racer) -> None:
+        await loser.stop()
+        attempt = loser.attempt
+        if attempt.outcome != "live":
+            return
+        attempt.outcome, attempt.ended_at = "cancelled", time.time()
+        attempt.error = f"lost the hedge race to attempt {winner.attempt.number}"
+        self.bus.publish(AttemptCancelled(turn_id=live.turn.id, attempt=attempt.number,
+                                          target=attempt.target, winner=winner.attempt.number))
+
     async def _attempt(self, live: LiveTurn, attempt: Attempt, target: Target
                        ) -> AsyncGenerator[StreamPart, None]:
         turn = live.turn
@@ -280,9 +426,10 @@ class Pipeline:
         answered = False  # text or a call reached the client (reasoning alone does not count)
         finished = False
         parts = upstream.stream(UpstreamRequest(model=model, body=body))
-        watchdog = live.route.watchdog
+        idle = attempt.idle_deadline or live.route.watchdog.idle_timeout
         loop = asyncio.get_running_loop()
-        watch = Deadline(loop.time() + watchdog.first_token_timeout)
+        watch = Deadline(loop.time() + (attempt.first_output_deadline
+                                        or live.route.watchdog.first_token_timeout))
         try:
             while True:
                 if live.action is not None:
@@ -294,7 +441,6 @@ class Pipeline:
                 except StopAsyncIteration:
                     for repaired in repairer.flush():
                         answered = answered or _answers(repaired)
-                        self._record(turn, repaired)
                         yield repaired
                     if plan.empty_reply and not answered and not finished:
                         raise _empty_reply(target) from None
@@ -302,7 +448,7 @@ class Pipeline:
                 except TimeoutError:
                     if live.action is not None:
                         raise ManualInterrupt(live.action) from None
-                    raise self._stalled(attempt, target, watchdog) from None
+                    raise self._stalled(attempt, target) from None
                 finally:
                     live.timeout = None
                 if isinstance(part, KeepAlivePart):
@@ -312,6 +458,10 @@ class Pipeline:
                 if isinstance(part, PROGRESS_PARTS):
                     now = time.time()
                     attempt.chunks += 1
+                    if attempt.last_output_at is not None:
+                        gap = now - attempt.last_output_at
+                        if attempt.max_gap is None or gap > attempt.max_gap:
+                            attempt.max_gap = gap
                     attempt.last_output_at = now
                     if attempt.first_byte_at is None:
                         attempt.first_byte_at = now
@@ -319,14 +469,13 @@ class Pipeline:
                         # Observers hear of it once the part is on its way to the client.
                         self.bus.publish_soon(FirstByte(turn_id=turn.id, attempt=attempt.number,
                                                         latency=now - attempt.started_at))
-                    watch.when = loop.time() + watchdog.idle_timeout
+                    watch.when = loop.time() + idle
                 for repaired in repairer.feed(part):
                     if (plan.empty_reply and not answered and isinstance(repaired, FinishPart)
                             and repaired.reason in EMPTY_REPLY_REASONS):
                         raise _empty_reply(target)
                     answered = answered or _answers(repaired)
                     finished = finished or isinstance(repaired, FinishPart)
-                    self._record(turn, repaired)
                     yield repaired
         finally:
             watch.close()
@@ -337,12 +486,14 @@ class Pipeline:
             turn_id=turn.id, attempt=attempt.number, target=attempt.target, reason=attempt.reason))
 
     @staticmethod
-    def _stalled(attempt: Attempt, target: Target, watchdog: Any) -> UpstreamTimeout:
+    def _stalled(attempt: Attempt, target: Target) -> UpstreamTimeout:
         if attempt.first_byte_at is None:
             return UpstreamTimeout(
-                f"no first token from {target} within {watchdog.first_token_timeout:g}s")
+                f"no first token from {target} within {attempt.first_output_deadline or 0:.3g}s"
+                f" ({attempt.first_output_basis})")
         return UpstreamTimeout(
-            f"no output from {target} for {watchdog.idle_timeout:g}s (stalled mid-stream)")
+            f"no output from {target} for {attempt.idle_deadline or 0:.3g}s (stalled"
+            f" mid-stream; {attempt.idle_basis})")
 
     # -- by hand -----------------------------------------------------------------
 
@@ -358,6 +509,18 @@ class Pipeline:
                 f"unknown upstream {parsed.upstream!r} in target {target!r}; "
                 f"known: {', '.join(sorted(self.upstreams))}", code="unknown_target")
         return self._manual(turn_id, ManualAction("reroute", parsed))
+
+    def watchdog_figures(self, target: str) -> dict[str, Any]:
+        """What the deadlines of `target` are learned from, and come to (control API)."""
+        route = next((r for r in self.config.routes if any(str(t) == target for t in r.targets)),
+                     None)
+        w = route.watchdog if route is not None else self.config.watchdog
+        figures = self.learned.figures(target, Limits(w.first_token_floor, w.first_token_timeout),
+                                       Limits(w.idle_floor, w.idle_timeout))
+        figures["adaptive"] = w.adaptive
+        figures["hedges"] = self.hedges[target]
+        figures["hedge_wins"] = self.hedge_wins[target]
+        return figures
 
     def targets_for(self, turn_id: str) -> list[str]:
         """Where a turn could be rerouted: its route's targets, then every other upstream."""
@@ -476,6 +639,70 @@ class Pipeline:
         turn.status = status
         self.bus.publish(TurnFailed(turn_id=turn.id, error=message, status=status,
                                     duration=turn.duration))
+
+
+class _Racer:
+    """One attempt in a hedge race: its generator, run in a task up to its first output."""
+
+    __slots__ = ("attempt", "target", "parts", "_task")
+
+    def __init__(self, attempt: Attempt, target: Target,
+                 parts: AsyncGenerator[StreamPart, None]) -> None:
+        self.attempt = attempt
+        self.target = target
+        self.parts = parts
+        self._task: asyncio.Task[list[StreamPart]] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            _head(self.parts), name=f"attempt {self.attempt.number} of a hedge race")
+
+    def task(self) -> asyncio.Task[list[StreamPart]]:
+        assert self._task is not None
+        return self._task
+
+    def failed_upstream(self) -> bool:
+        """Done with an upstream error (a racer that drops out; others go on)."""
+        task = self.task()
+        return not task.cancelled() and isinstance(task.exception(), UpstreamError)
+
+    def failed(self) -> bool:
+        """Done with any error (or cancelled)."""
+        task = self.task()
+        return task.cancelled() or task.exception() is not None
+
+    def head(self) -> list[StreamPart]:
+        """Its parts up to the first output; raises what ended it, if something did."""
+        return self.task().result()
+
+    async def stop(self) -> None:
+        """Cancel it (if still running) and close its upstream request."""
+        task = self.task()
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await self.parts.aclose()
+
+
+async def _head(parts: AsyncGenerator[StreamPart, None]) -> list[StreamPart]:
+    """The parts up to and including the first output (all of them, if it ends first)."""
+    head: list[StreamPart] = []
+    while True:
+        try:
+            part = await parts.__anext__()
+        except StopAsyncIteration:
+            return head
+        head.append(part)
+        if isinstance(part, PROGRESS_PARTS):
+            return head
+
+
+async def _chain(head: list[StreamPart], parts: AsyncGenerator[StreamPart, None]
+                 ) -> AsyncGenerator[StreamPart, None]:
+    for part in head:
+        yield part
+    async for part in parts:
+        yield part
 
 
 #: Finish reasons with which an empty reply counts as a failed attempt.

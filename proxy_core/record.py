@@ -59,11 +59,21 @@ class Attempt:
     started_at: float = field(default_factory=time.time)
     first_byte_at: float | None = None
     ended_at: float | None = None
-    outcome: str = "live"  # live | ok | failed | abandoned | interrupted
+    #: live | ok | failed | abandoned | interrupted | cancelled (lost a hedge race:
+    #: another attempt of the turn produced output first; none of this one's reached the client)
+    outcome: str = "live"
     error: str | None = None  # why it ended, when not "ok"
     chunks: int = 0           # model outputs received (text, reasoning, tool calls)
     keepalives: int = 0       # upstream keep-alives seen
     last_output_at: float | None = None
+    #: The watchdog deadlines this attempt ran under (seconds before the first
+    #: output, and between outputs) and why: "learned from N turns" or "configured ...".
+    first_output_deadline: float | None = None
+    first_output_basis: str = ""
+    idle_deadline: float | None = None
+    idle_basis: str = ""
+    request_bytes: int = 0    # the size of the request, which time to first output grows with
+    max_gap: float | None = None  # the longest silence between two outputs (seconds)
 
 
 @dataclass(slots=True)
@@ -100,6 +110,8 @@ class Turn:
     rerun_of: str | None = None
     #: The session this turn's session was started from (opencode's subagents), if known.
     parent_session_id: str | None = None
+    request_bytes: int = 0    # the client's request body, as received
+    hedges: int = 0           # hedged attempts started (`[watchdog] hedge_after`)
 
     @property
     def text(self) -> str:
@@ -131,6 +143,10 @@ class Turn:
 
     @property
     def target(self) -> str | None:
+        """Where the turn is (or was last) served: a hedge that lost does not count."""
+        for attempt in reversed(self.attempts):
+            if attempt.outcome != "cancelled":
+                return attempt.target
         return self.attempts[-1].target if self.attempts else None
 
     def to_dict(self, *, include_request: bool = True) -> dict[str, Any]:

@@ -106,6 +106,23 @@ def test_defaults_headers_and_glob_routes(monkeypatch: pytest.MonkeyPatch) -> No
     assert config.routes[0].repairs == "auto"
 
 
+def test_watchdog_learns_by_default_and_hedges_only_when_asked() -> None:
+    watchdog = parse_config(MINIMAL).watchdog
+    assert watchdog.adaptive is True and not watchdog.hedging
+    assert (watchdog.first_token_floor, watchdog.idle_floor) == (2.0, 10.0)
+    watchdog = parse_config('[watchdog]\nadaptive = false\nhedge_after = "p90"\n'
+                            "first_token_floor = 1\nidle_floor = 0.5\n" + MINIMAL).watchdog
+    assert watchdog.adaptive is False and watchdog.hedging
+    assert (watchdog.hedge_quantile, watchdog.hedge_after) == (0.9, None)
+    assert (watchdog.first_token_floor, watchdog.idle_floor) == (1.0, 0.5)
+    route = parse_config("[watchdog]\nhedge_after = 2.5\n" + MINIMAL).routes[0]
+    assert (route.watchdog.hedge_after, route.watchdog.hedge_quantile) == (2.5, None)
+    sim = parse_config('[upstreams.s]\nkind = "simulator"\nttfb = 0.5\nttfb_per_kb = 0.01\n'
+                       'ttfb_jitter = 0.25\n[[routes]]\nmodel = "m"\ntargets = ["s"]\n')
+    settings = sim.upstreams["s"]
+    assert (settings.ttfb, settings.ttfb_per_kb, settings.ttfb_jitter) == (0.5, 0.01, 0.25)
+
+
 # Each bad config: (name, toml text, fragments the message must contain).
 BAD = [
     ("invalid TOML", "[proxy\nport = 1\n", ["not valid TOML", "line 1"]),
@@ -157,6 +174,18 @@ BAD = [
      ["proxy.journal_max_days", "greater than 0", "-2"]),
     ("journal_max_mb as text", '[proxy]\njournal_max_mb = "50MB"\n' + MINIMAL,
      ["proxy.journal_max_mb", "must be int or float", "'50MB'"]),
+    ("hedge_after not a quantile", '[watchdog]\nhedge_after = "fast"\n' + MINIMAL,
+     ["watchdog.hedge_after", '"p95"', "'fast'"]),
+    ("hedge_after p100", '[watchdog]\nhedge_after = "p100"\n' + MINIMAL,
+     ["watchdog.hedge_after", "p1..p99"]),
+    ("hedge_after zero", "[watchdog]\nhedge_after = 0\n" + MINIMAL,
+     ["watchdog.hedge_after", "greater than 0"]),
+    ("adaptive not a boolean", '[watchdog]\nadaptive = "yes"\n' + MINIMAL,
+     ["watchdog.adaptive", "must be bool"]),
+    ("negative floor", "[watchdog]\nfirst_token_floor = -1\n" + MINIMAL,
+     ["watchdog.first_token_floor", "greater than 0"]),
+    ("simulator jitter above 1", '[upstreams.s]\nkind = "simulator"\nttfb_jitter = 2\n'
+     '[[routes]]\nmodel = "m"\ntargets = ["s"]\n', ["upstreams.s.ttfb_jitter", "between 0 and 1"]),
     ("unknown simulator fault", '[upstreams.s]\nkind = "simulator"\nfaults = ["gremlins"]\n'
      '[[routes]]\nmodel = "m"\ntargets = ["s"]\n', ["upstreams.s.faults", "gremlins"]),
 ]

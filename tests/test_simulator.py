@@ -578,3 +578,34 @@ async def test_command_line_entry_point_serves(client) -> None:
     finally:
         process.terminate()
         assert await asyncio.wait_for(process.wait(), 10) == 0
+
+
+async def _first_chunk_after(client: httpx.AsyncClient, sim: RunningSimulator,
+                             content: str) -> float:
+    """Seconds from sending a streamed request to its first chunk (headers come at once)."""
+    body = {"model": "kimi-k2.5", "stream": True,
+            "messages": [{"role": "user", "content": content}]}
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with client.stream("POST", sim.base_url + "/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        async for _ in response.aiter_bytes():
+            return loop.time() - started
+    raise AssertionError("no chunk")
+
+
+async def test_slow_but_healthy_profile_thinks_longer_the_larger_the_request(make_sim, client) -> None:
+    sim = await make_sim(ttfb=0.1, ttfb_per_kb=0.01)
+    small = await _first_chunk_after(client, sim, "hi")
+    large = await _first_chunk_after(client, sim, "x" * 60_000)
+    assert small >= 0.1 and large >= 0.1 + 0.6
+    assert large > small
+
+
+def test_ttfb_jitter_stays_within_its_share() -> None:
+    config = SimulatorConfig(ttfb=1.0, ttfb_per_kb=0.5, ttfb_jitter=0.2)
+    assert config.first_chunk_delay(2000, 0.5) == pytest.approx(2.0)
+    assert config.first_chunk_delay(2000, 0.0) == pytest.approx(1.6)
+    assert config.first_chunk_delay(2000, 1.0) == pytest.approx(2.4)
+    with pytest.raises(SimulatorConfigError):
+        SimulatorConfig(ttfb_jitter=1.5)

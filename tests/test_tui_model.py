@@ -221,3 +221,33 @@ def test_keymap_file(tmp_path: Path) -> None:
     assert len(problems) == 2 and any("bogus: no binding" in p for p in problems)
     path.write_text("retry = ")
     assert "cannot read keymap" in load_keymap(path, {"retry"})[1][0]
+
+
+def test_the_heartbeat_shows_the_deadline_the_silence_runs_against() -> None:
+    from proxy_core.record import Attempt
+    from tui.widgets.detail import heartbeat_text
+    from tui.widgets.palette import Palette
+    model = DashboardModel()
+    turn = Turn(id="t1", session_id="s", model="m", route="m", stream=True, request={},
+                started_at=NOW)
+    turn.attempts.append(Attempt(number=1, target="a:m", started_at=NOW,
+                                 first_output_deadline=3.4,
+                                 first_output_basis="learned from 30 turns",
+                                 idle_deadline=10.0, idle_basis="configured; adaptive off"))
+    model.apply(Batch([started("t1", "s", NOW),
+                       AttemptStarted(turn_id="t1", at=NOW, attempt=1, target="a:m"),
+                       StreamHeartbeat(turn_id="t1", at=NOW + 1.4, attempt=1, target="a:m",
+                                       chunks=0, chunk_rate=0.0, since_last=1.4, keepalives=0,
+                                       stalled=False, deadline=3.4)]),
+                {"t1": turn}.get, NOW + 1.4)
+    p = Palette(*(["#ffffff"] * 8))
+    text = heartbeat_text(model.get("t1"), NOW + 1.4, model.stall_after, p).plain
+    assert "1.4s waiting for the first output (deadline 3.4s, learned from 30 turns)" in text
+    # Once output flows, the idle deadline and its basis.
+    turn.first_byte_at = NOW + 2
+    model.apply(Batch([StreamHeartbeat(turn_id="t1", at=NOW + 3, attempt=1, target="a:m",
+                                       chunks=3, chunk_rate=3.0, since_last=0.5, keepalives=0,
+                                       stalled=False, deadline=10.0)],
+                      {"t1": ChunkTally(3, NOW + 2.5)}), {"t1": turn}.get, NOW + 3)
+    text = heartbeat_text(model.get("t1"), NOW + 3, model.stall_after, p).plain
+    assert "since the last output (deadline 10.0s, configured; adaptive off)" in text

@@ -103,7 +103,8 @@ class Pulse:
     reported by the core's `StreamHeartbeat` when it sends one."""
 
     __slots__ = ("chunks", "keepalives", "attempt", "last_progress", "output_seen", "_seconds",
-                 "_counts", "reported_at", "reported_since", "reported_stalled", "reported_rate")
+                 "_counts", "reported_at", "reported_since", "reported_stalled", "reported_rate",
+                 "reported_deadline")
 
     def __init__(self, started_at: float) -> None:
         self.chunks = 0
@@ -117,6 +118,8 @@ class Pulse:
         self.reported_since = 0.0
         self.reported_stalled = False
         self.reported_rate = 0.0
+        #: The watchdog deadline the core said the current silence runs against.
+        self.reported_deadline: float | None = None
 
     def progress(self, at: float, chunks: int = 0) -> None:
         self.output_seen = True
@@ -138,8 +141,9 @@ class Pulse:
         self.reported_at = None
 
     def report(self, at: float, since_last: float, stalled: bool, chunk_rate: float,
-               keepalives: int | None) -> None:
+               keepalives: int | None, deadline: float | None = None) -> None:
         self.reported_at, self.reported_since = at, since_last
+        self.reported_deadline = deadline
         self.reported_stalled, self.reported_rate = stalled, chunk_rate
         if keepalives is not None:
             self.keepalives = max(self.keepalives, keepalives)
@@ -460,10 +464,12 @@ class DashboardModel:
             pulse.keepalives += 1
         elif name == "StreamHeartbeat":
             keepalives = event_field(event, "keepalives")
+            deadline = event_field(event, "deadline")
             pulse.report(event.at, float(event_field(event, "since_last", 0.0) or 0.0),
                          bool(event_field(event, "stalled", False)),
                          float(event_field(event, "chunk_rate", 0.0) or 0.0),
-                         int(keepalives) if keepalives is not None else None)
+                         int(keepalives) if keepalives is not None else None,
+                         float(deadline) if deadline is not None else None)
         self._recount(entry)
         self.changed.add(turn_id)
 

@@ -30,6 +30,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimulatorConfig, str, int
     parser.add_argument("--reasoning", action="store_true", help="stream reasoning_content")
     parser.add_argument("--hang-repeats", type=int, default=1, help="sightings of one request that may hang")
     parser.add_argument("--keepalive", type=float, default=0.0, help="seconds between ': ping' while hanging")
+    parser.add_argument("--ttfb", type=float, default=0.0,
+                        help="seconds before the first chunk (the slow-but-healthy profile)")
+    parser.add_argument("--ttfb-per-kb", type=float, default=0.0,
+                        help="more seconds before the first chunk per 1000 bytes of request")
+    parser.add_argument("--ttfb-jitter", type=float, default=0.0,
+                        help="vary the wait by up to this share either way (0..1)")
     parser.add_argument("--bearer-token-env", metavar="VAR",
                         help="require 'Authorization: Bearer $VAR' on every request")
     parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
@@ -58,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimulatorConfig, str, int
             hang_repeats=args.hang_repeats,
             keepalive_interval=args.keepalive,
             bearer_token=token,
+            ttfb=args.ttfb,
+            ttfb_per_kb=args.ttfb_per_kb,
+            ttfb_jitter=args.ttfb_jitter,
         )
     except SimulatorConfigError as exc:
         parser.error(str(exc))

@@ -49,6 +49,13 @@ class SimulatorConfig:
     #: When set, every request must carry ``Authorization: Bearer <token>``
     #: (401 on the OpenAI face, 403 on the Converse face otherwise).
     bearer_token: str | None = None
+    #: The slow-but-healthy profile: seconds before the first chunk, plus
+    #: ``ttfb_per_kb`` for every 1000 bytes of the request (a host reads the whole
+    #: prompt before it answers), each varied by up to ``ttfb_jitter`` (a share,
+    #: 0..1) either way. All 0: answer at once.
+    ttfb: float = 0.0
+    ttfb_per_kb: float = 0.0
+    ttfb_jitter: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.faults) - FAULT_NAMES)
@@ -63,12 +70,19 @@ class SimulatorConfig:
             raise SimulatorConfigError(f"hang_repeats must be >= 0, got {self.hang_repeats}")
         if self.chunk_delay < 0 or self.keepalive_interval < 0:
             raise SimulatorConfigError("chunk_delay and keepalive_interval must be >= 0")
+        if self.ttfb < 0 or self.ttfb_per_kb < 0 or not 0.0 <= self.ttfb_jitter <= 1.0:
+            raise SimulatorConfigError("ttfb and ttfb_per_kb must be >= 0, ttfb_jitter within 0..1")
         if not self.models:
             raise SimulatorConfigError("models must name at least one model")
 
     def has(self, fault: str) -> bool:
         """Whether ``fault`` is enabled."""
         return fault in self.faults
+
+    def first_chunk_delay(self, request_bytes: int, draw: float) -> float:
+        """Seconds the host thinks before its first chunk; `draw` is uniform in 0..1."""
+        delay = self.ttfb + self.ttfb_per_kb * request_bytes / 1000
+        return delay * (1 + self.ttfb_jitter * (2 * draw - 1))
 
     @property
     def streams_reasoning(self) -> bool:

@@ -121,11 +121,14 @@ async def _hang(request: web.Request, config: SimulatorConfig, state: SimulatorS
 
 
 async def play(request: web.Request, config: SimulatorConfig, pieces: list[bytes],
-               headers: Mapping[str, str]) -> web.StreamResponse:
-    """Write `pieces` one by one, `chunk_delay` apart, as a real host streams."""
+               headers: Mapping[str, str], think: float = 0.0) -> web.StreamResponse:
+    """Write `pieces` one by one, `chunk_delay` apart, as a real host streams, after
+    `think` seconds with the headers sent and nothing else (reading the prompt)."""
     response = web.StreamResponse(headers=headers)
     await response.prepare(request)
     try:
+        if think > 0:
+            await asyncio.sleep(think)
         for piece in pieces:
             await response.write(piece)
             if config.chunk_delay:
@@ -141,8 +144,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     config, state = request.app[CONFIG_KEY], request.app[STATE_KEY]
     if bearer_refused(config, request):
         return _error(401, "Invalid Authentication", "invalid_api_key", "invalid_authentication_error")
+    raw = await request.read()
     try:
-        body = json.loads(await request.read())
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         return _error(400, f"request body is not valid JSON: {exc}", "invalid_json")
     messages, problem = _parse_messages(body)
@@ -176,7 +180,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                        tool_call=reply.tool_call is not None, final=reply.kind == "final")
     await state.notify()
     out = _outgoing(config, body, reply, decision, fp, seen)
+    think = config.first_chunk_delay(len(raw), request_rng(config.seed, fp, seen, "ttfb").random())
     if not stream:
+        if think > 0:
+            await asyncio.sleep(think)
         if decision.stream_error:
             return _error(500, STREAM_ERROR_MESSAGE, "stream_error", "server_error")
         return web.json_response(completion(out))
@@ -186,7 +193,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if decision.stream_error:
         events = cut_with_error(events, STREAM_ERROR_MESSAGE)
     return await play(request, config, events,
-                      {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+                      {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}, think)
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -237,7 +237,7 @@ class SpanBuilder:
             turn_span.add_event("switchboard.stall", {"switchboard.attempt": a.number,
                                                       "switchboard.target": a.target},
                                 _ns(a.ended_at or t.ended_at))
-        if error is not None and outcome != "ok":
+        if error is not None and outcome not in ("ok", "cancelled"):  # cancelled: lost a hedge race
             reason = _end_reason(error)
             span.set_attribute("switchboard.attempt.end_reason", reason)
             span.set_attribute("error.type", reason)

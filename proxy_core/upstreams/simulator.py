@@ -27,7 +27,8 @@ class SimulatorUpstream:
         self.sim_config = SimulatorConfig(
             faults=settings.faults, fault_rate=settings.fault_rate, seed=settings.seed,
             steps=settings.steps, chunk_delay=settings.chunk_delay, models=models,
-            hang_repeats=settings.hang_repeats)
+            hang_repeats=settings.hang_repeats, ttfb=settings.ttfb,
+            ttfb_per_kb=settings.ttfb_per_kb, ttfb_jitter=settings.ttfb_jitter)
         self._running: RunningSimulator | None = None
         self._http: OpenAIUpstream | None = None
 

@@ -53,6 +53,21 @@ def indent(text: str, prefix: str) -> str:
 
 # -- heartbeat -----------------------------------------------------------------
 
+def watchdog_deadline(entry: TurnEntry, first_output: bool) -> str:
+    """' (deadline 6.0s, learned from 37 turns)': the deadline the silence runs
+    against and why, from the core's heartbeat and the live attempt's record."""
+    attempt = next((a for a in reversed(entry.turn.attempts) if a.outcome == "live"), None)
+    seconds_ = entry.pulse.reported_deadline
+    basis = ""
+    if attempt is not None:
+        if seconds_ is None:
+            seconds_ = attempt.first_output_deadline if first_output else attempt.idle_deadline
+        basis = attempt.first_output_basis if first_output else attempt.idle_basis
+    if seconds_ is None:
+        return ""
+    return f" (deadline {seconds_:.1f}s" + (f", {basis})" if basis else ")")
+
+
 def heartbeat_text(entry: TurnEntry | None, now: float, stall_after: StallRule, p: Palette) -> Text:
     text = Text(no_wrap=True, overflow="ellipsis")
     if entry is None:
@@ -66,6 +81,7 @@ def heartbeat_text(entry: TurnEntry | None, now: float, stall_after: StallRule, 
         nothing_yet = not pulse.output_seen and pulse.chunks == 0
         silence = (f"{since:.1f}s waiting for the first output" if nothing_yet
                    else f"{since:.1f}s since the last output")
+        silence += watchdog_deadline(entry, nothing_yet)
         if state == "stalled":
             text.append(" ◌ STALLED ", style=f"bold reverse {p.error}")
             text.append(f" {silence} from {target} (attempt {pulse.attempt})",
