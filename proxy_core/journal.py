@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from . import journal_db
-from .contents import Interner, Namer, PreparedRequest, approx_size
+from .contents import Interner, Namer, PreparedRequest
 from .errors import ConfigError
 from .events import StreamHeartbeat, TurnFailed, TurnFinished, TurnStarted
 from .record import Turn
@@ -316,7 +316,9 @@ class Journal:
         if not request:
             return
         if prepared is None:
-            if approx_size(request) > INLINE_BYTES and self._submit(turn):
+            # A request of unknown size (a re-run of a turn read back from the journal)
+            # goes to the worker too: sizing it here would cost what the worker saves.
+            if not 0 < turn.request_bytes <= INLINE_BYTES and self._submit(turn):
                 return
             prepared = self._inline_namer.prepare(request)
             self._share(turn.id, request, prepared)

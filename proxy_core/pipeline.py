@@ -137,6 +137,7 @@ class Pipeline:
         route = self._route(request.model)
         turn = self._new_turn(request.body, "", request.model, route, request.stream,
                               headers.get("user-agent", "")[:200])
+        turn.request_bytes = request.size
         self.store.add(turn)
 
         def announce() -> None:
@@ -271,8 +272,8 @@ class Pipeline:
             placeholder = self.config.upstreams[target.upstream].reasoning_placeholder
             body["messages"], notes = repair_history(body["messages"], plan, self.memory,
                                                      placeholder=placeholder)
-            for note in notes:
-                self._repair(turn, note, soon=True)
+            if notes:  # recorded and announced once the request is out
+                self.bus.defer(lambda: self._history_repaired(turn, notes))
         repairer = StreamRepairer(plan, ToolCatalog.from_openai(body.get("tools")),
                                   lambda note: self._repair(turn, note))
         answered = False  # text or a call reached the client (reasoning alone does not count)
@@ -394,6 +395,7 @@ class Pipeline:
             first = Target.parse(original.attempts[-1].target)
         turn = self._new_turn(original.request, original.session_id, original.model, route,
                               original.stream, "switchboard (re-run by hand)", original.id)
+        turn.request_bytes = original.request_bytes
         self.store.add(turn)
         self._announce(turn)
 
@@ -437,17 +439,26 @@ class Pipeline:
             turn.usage.completion_tokens = part.completion_tokens
             turn.usage.total_tokens = part.total_tokens
 
-    def _repair(self, turn: Turn, note: Note, soon: bool = False) -> None:
+    def _repair(self, turn: Turn, note: Note) -> None:
+        """A repair to the stream: recorded and announced now, unless an attempt made it."""
         if any(r.kind == note.kind and r.before == note.before and r.after == note.after
                for r in turn.repairs):
-            return  # the same history repair, made again for a retry
+            return  # the same repair, made again by a retry
+        self._record_repair(turn, note)
+
+    def _history_repaired(self, turn: Turn, notes: list[Note]) -> None:
+        """Record an attempt's history repairs, but not again for a retry (one set, not a
+        scan of the record per note: a long history can need a hundred)."""
+        made = {(r.kind, r.before, r.after) for r in turn.repairs}
+        for note in notes:
+            if (note.kind, note.before, note.after) not in made:
+                made.add((note.kind, note.before, note.after))
+                self._record_repair(turn, note)
+
+    def _record_repair(self, turn: Turn, note: Note) -> None:
         turn.repairs.append(RepairRecord(note.kind, note.before, note.after, call_id=note.call_id))
-        event = RepairApplied(turn_id=turn.id, kind=note.kind, before=note.before, after=note.after,
-                              call_id=note.call_id)
-        if soon:  # a history repair: the request goes out first
-            self.bus.publish_soon(event)
-        else:
-            self.bus.publish(event)
+        self.bus.publish(RepairApplied(turn_id=turn.id, kind=note.kind, before=note.before,
+                                       after=note.after, call_id=note.call_id))
 
     def _health_changed(self, target: str, healthy: bool, until: float | None,
                         reason: str) -> None:

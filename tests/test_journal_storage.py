@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy_core.contents import approx_size, encode, split
+from proxy_core.contents import encode, split
 from proxy_core import journal as journal_module
 from proxy_core.journal import INLINE_BYTES, Journal
 from proxy_core.record import Turn
@@ -62,9 +62,9 @@ def unique_bytes(requests: list[dict[str, Any]]) -> int:
     total = 0
     for request in requests:
         skeleton, fields = split(request)
-        total += len(encode(skeleton)[1])
-        parts.update(encode(item)[0] for items in fields.values() for item in items)
-    return total + sum(len(p.encode()) for p in parts)
+        total += len(encode(skeleton))
+        parts.update(encode(item) for items in fields.values() for item in items)
+    return total + sum(len(p) for p in parts)
 
 
 def journal_bytes(path: Path) -> int:
@@ -116,7 +116,7 @@ async def test_turns_in_memory_share_their_history(
             assert response.status_code == 200
     turns = proxy.store.recent(0)
     assert len(turns) == 20
-    assert approx_size(turns[0].request) < INLINE_BYTES < approx_size(turns[-1].request)
+    assert turns[0].request_bytes < INLINE_BYTES < turns[-1].request_bytes
 
     def shared() -> bool:
         last = turns[-1].request
