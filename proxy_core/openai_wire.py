@@ -35,14 +35,13 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     body: dict[str, Any]
-    size: int = 0  # bytes of the body as it arrived (0: not known)
 
 
 #: Message roles of the chat-completions API (`function` is the legacy one).
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
 
-def parse_chat_request(body: Any, size: int = 0) -> ChatRequest:
+def parse_chat_request(body: Any) -> ChatRequest:
     """Check the shape of a chat-completions body; raise `ClientRequestError` if wrong.
 
     Only what Switchboard itself relies on is checked (it forwards the rest
@@ -74,7 +73,7 @@ def parse_chat_request(body: Any, size: int = 0) -> ChatRequest:
             if not isinstance(tool, dict):
                 raise ClientRequestError(f"tools[{i}] must be an object")
     include_usage = bool(options and options.get("include_usage"))
-    return ChatRequest(model, messages, stream, include_usage, body, size)
+    return ChatRequest(model, messages, stream, include_usage, body)
 
 
 def _check_message(i: int, message: Any) -> None:

@@ -137,7 +137,6 @@ class Pipeline:
         route = self._route(request.model)
         turn = self._new_turn(request.body, "", request.model, route, request.stream,
                               headers.get("user-agent", "")[:200])
-        turn.request_bytes = request.size
         self.store.add(turn)
 
         def announce() -> None:
@@ -395,7 +394,6 @@ class Pipeline:
             first = Target.parse(original.attempts[-1].target)
         turn = self._new_turn(original.request, original.session_id, original.model, route,
                               original.stream, "switchboard (re-run by hand)", original.id)
-        turn.request_bytes = original.request_bytes
         self.store.add(turn)
         self._announce(turn)
 

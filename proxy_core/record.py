@@ -98,9 +98,6 @@ class Turn:
     error: str | None = None
     status: int = 200
     rerun_of: str | None = None
-    #: Bytes of the request as the client sent it, for the journal to choose where to
-    #: encode it (0: not known). Not part of the record.
-    request_bytes: int = field(default=0, repr=False)
 
     @property
     def text(self) -> str:
@@ -180,7 +177,7 @@ class Turn:
         return turn
 
 
-_NOT_IN_DICT = frozenset({"text_parts", "reasoning_parts", "request_bytes"})
+_NOT_IN_DICT = frozenset({"text_parts", "reasoning_parts"})
 _RECORD_LISTS = frozenset({"attempts", "tool_calls", "repairs"})
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 _R = TypeVar("_R")

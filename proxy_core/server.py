@@ -333,8 +333,7 @@ class OpenAIFront:
         """Serve one chat completion; returns `exchange.reply(...)`, or None when streamed."""
         try:
             self._learn_credentials(exchange.headers)
-            raw = await exchange.read_body()
-            chat = parse_chat_request(parse_json_body(raw), len(raw))
+            chat = parse_chat_request(parse_json_body(await exchange.read_body()))
             turn, route = self.pipeline.open_turn(chat, exchange.headers)
         except ClientRequestError as exc:
             return exchange.reply(exc.status, error_body(exc.message, type_=exc.type, code=exc.code))
