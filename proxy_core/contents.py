@@ -92,17 +92,21 @@ class PreparedRequest:
 class Namer:
     """Names and redacts parts, remembering what it has done.
 
-    A part seen before (by its unredacted digest) is neither redacted nor
-    kept as text again: that work is done once per part, not once per turn.
-    It starts afresh when the redactor learns a secret (text redacted before
-    may hold it) and after `forget()` (the journal dropped parts). Runs on
-    one thread at a time (the journal's worker); `forget` may come from any.
+    A part seen before (by its encoding, compared whole) is neither hashed,
+    redacted nor kept as text again: an agent resends its history on every
+    turn, and that work is done once per part, not once per turn. Up to
+    `max_bytes` of encodings are remembered, least recently used dropped
+    first (parts above `max_bytes / 16` are not). It starts afresh when the
+    redactor learns a secret (text redacted before may hold it) and after
+    `forget()` (the journal dropped parts). Runs on one thread at a time
+    (the journal's writer); `forget` may come from any.
     """
 
-    def __init__(self, redactor: Redactor, capacity: int = 50_000) -> None:
+    def __init__(self, redactor: Redactor, max_bytes: int = 32 * 1024 * 1024) -> None:
         self.redactor = redactor
-        self.capacity = capacity
-        self._names: OrderedDict[str, str] = OrderedDict()  # key -> stored name
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._known: OrderedDict[bytes, tuple[str, str]] = OrderedDict()  # -> (key, name)
         self._generation = redactor.generation
         self._forget = False
 
@@ -113,27 +117,36 @@ class Namer:
         if self._forget or self._generation != self.redactor.generation:
             self._forget = False
             self._generation = self.redactor.generation
-            self._names.clear()
+            self._known.clear()
+            self.bytes = 0
         skeleton, fields = split(request)
         parts: list[Part] = []
-        names = self._names
+        known = self._known
         for field_name, items in fields.items():
             for position, item in enumerate(items):
                 data = encode(item)
-                key = digest(data)
-                name = names.get(key)
+                seen = known.get(data)
                 body: str | None = None
-                if name is None:
+                if seen is None:
+                    key = digest(data)
                     text = data.decode()
                     body = self.redactor(text)
                     name = key if body == text else digest(body.encode())
-                    names[key] = name
-                    if len(names) > self.capacity:
-                        names.popitem(last=False)
+                    self._remember(data, key, name)
                 else:
-                    names.move_to_end(key)
+                    key, name = seen
+                    known.move_to_end(data)
                 parts.append(Part(field_name, position, key, name, body, len(data)))
         return PreparedRequest(self.redactor(encode(skeleton).decode()), tuple(parts))
+
+    def _remember(self, data: bytes, key: str, name: str) -> None:
+        if len(data) > self.max_bytes // 16:
+            return
+        self._known[data] = (key, name)
+        self.bytes += len(data)
+        while self.bytes > self.max_bytes:
+            dropped, _ = self._known.popitem(last=False)
+            self.bytes -= len(dropped)
 
     def body_of(self, request: dict[str, Any], part: Part) -> str:
         """The stored text of one part, made again (the journal lost the one it had)."""

@@ -33,13 +33,16 @@ and the recovery is logged with the count.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
+import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -82,6 +85,52 @@ def _cannot_write(exc: sqlite3.Error) -> bool:
         "readonly" in str(exc) or "disk" in str(exc)
 
 
+class _Writer:
+    """The journal's writer thread: rows before requests, each kind in the order handed over.
+
+    Rows are small and are what a client's output waits for (`Journal.recorded`);
+    a request being named and written (milliseconds at agent sizes) holds up
+    the rows behind it no longer than it takes.
+    """
+
+    ROW = 0
+    REQUEST = 1
+    _LAST = 2
+
+    def __init__(self) -> None:
+        self._queue: queue.PriorityQueue[
+            tuple[int, int, Callable[[], object] | None, Future[None]]] = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._thread = threading.Thread(target=self._main, name=_WRITER, daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Callable[[], object] | None, priority: int) -> Future[None]:
+        future: Future[None] = Future()
+        self._queue.put((priority, next(self._order), job, future))
+        return future
+
+    def _main(self) -> None:
+        while True:
+            _, _, job, future = self._queue.get()
+            if job is not None:
+                try:
+                    job()
+                except Exception:  # a bug of ours: the journal's next writes go on
+                    log.exception("journal: %r failed", job)
+            if future.set_running_or_notify_cancel():  # False: nobody waits any more
+                future.set_result(None)
+            if job is None and self._queue.empty():
+                return
+
+    def settle(self) -> None:
+        """Wait until every job handed over so far is done."""
+        self.submit(lambda: None, self.REQUEST).result()
+
+    def close(self) -> None:
+        self.submit(None, self._LAST).result()
+        self._thread.join()
+
+
 @dataclass(frozen=True, slots=True)
 class _Row:
     """A turn as it was at one moment, taken on the event loop for the writer."""
@@ -119,7 +168,8 @@ class Journal:
         self.namer = Namer(redactor)
         self.interner = Interner()
         self._writer = journal_db.RequestWriter()
-        self._worker: ThreadPoolExecutor | None = None
+        self._worker: _Writer | None = None
+        self._recorded: OrderedDict[str, Future[None]] = OrderedDict()  # turn -> its latest row
         self._checkpointer: sqlite3.Connection | None = None  # for checkpoints only
         self._last_checkpoint = 0.0
         self._unwritten: dict[str, tuple[dict[str, Any], PreparedRequest]] = {}
@@ -177,9 +227,8 @@ class Journal:
 
     def close(self) -> None:
         """Finish the writes handed to the writer, then close."""
-        self.settle()
         if self._worker is not None:
-            self._worker.shutdown(wait=True)
+            self._worker.close()
         if self._checkpointer is not None:
             self._checkpointer.close()
         self.conn.close()
@@ -259,6 +308,7 @@ class Journal:
                 continue
             try:
                 self._put(row, full=True)
+                self._put_request(row)
             except sqlite3.Error as exc:
                 self._failed("write a kept turn", exc)
                 return False
@@ -302,7 +352,28 @@ class Journal:
 
     def _write_turn(self, turn: Turn, *, full: bool) -> None:
         """Hand the turn as it is now to the writer: `full` with its request."""
-        self._do(partial(self._write, _Row.of(turn), full))
+        written = self._do(partial(self._write, _Row.of(turn), full), _Writer.ROW)
+        if written is not None:
+            recorded = self._recorded
+            recorded[turn.id] = written
+            recorded.move_to_end(turn.id)
+            if len(recorded) > 4096:
+                recorded.popitem(last=False)
+
+    def recorded(self, turn_id: str) -> Awaitable[None] | None:
+        """The writing of the turn's latest row, to wait for before output that depends
+        on it leaves (None if there is nothing to wait for).
+
+        The pipeline waits for it before a turn's first output and before its
+        end reach the client: as when the journal wrote on the event loop, a
+        turn is on disk as `live` before its client sees output, and as
+        finished before its client sees the end.
+        """
+        written = self._recorded.get(turn_id)
+        if written is None or written.done():
+            return None
+        # Shielded: a waiter cancelled (its client left) must not cancel the write.
+        return asyncio.shield(asyncio.wrap_future(written))
 
     def save(self, turn: Turn) -> None:
         """Write the turn's row and its request (on the writer, after what came before)."""
@@ -310,8 +381,9 @@ class Journal:
 
     # -- the writer -------------------------------------------------------------------
 
-    def _do(self, job: Callable[[], object]) -> None:
-        """Run `job` on the writer thread after every job handed over before it.
+    def _do(self, job: Callable[[], object], priority: int = _Writer.REQUEST
+            ) -> Future[None] | None:
+        """Run `job` on the writer thread (see `_Writer` for the order).
 
         With no event loop running (tools, tests, start-up), run it here and now.
         """
@@ -320,34 +392,43 @@ class Journal:
         except RuntimeError:
             self.settle()
             job()
-            return
-        self._executor().submit(self._run, job)
-
-    @staticmethod
-    def _run(job: Callable[[], object]) -> None:
-        try:
-            job()
-        except Exception:  # a bug of ours: the journal's next writes go on
-            log.exception("journal: %r failed", job)
+            return None
+        if self._worker is None:
+            self._worker = _Writer()
+        return self._worker.submit(job, priority)
 
     def settle(self) -> None:
         """Wait until the writer has done every job handed to it so far (before a read)."""
         if self._worker is not None and threading.current_thread().name != _WRITER:
-            self._worker.submit(lambda: None).result()
+            self._worker.settle()
 
     def _write(self, row: _Row, full: bool) -> None:
         full = full or row.turn_id in self._unsaved
-        if self._guarded("record a turn", partial(self._put, row, full)):
-            self._unsaved.pop(row.turn_id, None)
-        else:
+        inserted = False
+
+        def put() -> None:
+            nonlocal inserted
+            inserted = self._put(row, full)
+
+        if not self._guarded("record a turn", put):
             self._unsaved[row.turn_id] = row  # the latest state, written when writes work
+            return
+        self._unsaved.pop(row.turn_id, None)
+        if inserted and self._worker is not None:  # the request, behind the rows waiting
+            self._worker.submit(partial(self._write_request_of, row), _Writer.REQUEST)
+        elif inserted:
+            self._write_request_of(row)
+
+    def _write_request_of(self, row: _Row) -> None:
+        if not self._guarded("record a request", partial(self._put_request, row)):
+            self._unsaved[row.turn_id] = row
 
     def _json(self, value: Any, ascii: bool = False) -> str:
         return self.redactor(json.dumps(value, ensure_ascii=ascii, default=str,
                                         separators=(",", ":")))
 
-    def _put(self, row: _Row, full: bool) -> None:
-        """Write a turn's row; `full`: the whole row, and the request unless it is on disk."""
+    def _put(self, row: _Row, full: bool) -> bool:
+        """Write a turn's row (`full`: the whole row). True if it was inserted, not updated."""
         try:
             data = self._json(row.data)
             data.encode()
@@ -358,12 +439,16 @@ class Journal:
                 "UPDATE turns SET state = ?, finished_at = ?, finish_reason = ?, data = ?"
                 " WHERE id = ?", (row.state, row.finished_at, row.finish_reason, data, row.turn_id))
             if cursor.rowcount:
-                return
+                return False
         self.conn.execute(
             "INSERT OR REPLACE INTO turns (id, session_id, model, state, started_at,"
             " finished_at, finish_reason, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (row.turn_id, row.session_id, row.model, row.state, row.started_at,
              row.finished_at, row.finish_reason, data))
+        return True
+
+    def _put_request(self, row: _Row) -> None:
+        """Name, redact and write the turn's request, unless it is on disk."""
         request, prepared = self._unwritten.pop(row.turn_id, (row.request, None))
         if not request:
             return
@@ -371,11 +456,6 @@ class Journal:
             prepared = self.namer.prepare(request)
             self._share(row.turn_id, request, prepared)
         self._write_request(row.turn_id, request, prepared)
-
-    def _executor(self) -> ThreadPoolExecutor:
-        if self._worker is None:
-            self._worker = ThreadPoolExecutor(1, thread_name_prefix=_WRITER)
-        return self._worker
 
     def _maybe_checkpoint(self) -> None:
         """Have the writer copy the WAL into the database, at most every `CHECKPOINT_INTERVAL`."""

@@ -21,7 +21,7 @@ import copy
 import itertools
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -100,18 +100,22 @@ class LiveTurn:
 
 #: Finds a turn that is no longer in memory (the journal), for re-runs.
 TurnLookup = Callable[[str], Turn | None]
+#: The writing of a turn's latest record, if one is under way (`Journal.recorded`):
+#: waited for before the turn's first output and its end reach the client.
+Recorded = Callable[[str], Awaitable[None] | None]
 
 
 class Pipeline:
     def __init__(self, config: Config, upstreams: Mapping[str, Upstream], bus: EventBus,
                  store: TurnStore, memory: ToolCallMemory | None = None,
-                 lookup: TurnLookup | None = None) -> None:
+                 lookup: TurnLookup | None = None, recorded: Recorded | None = None) -> None:
         self.config = config
         self.upstreams = upstreams
         self.bus = bus
         self.store = store
         self.memory = memory or ToolCallMemory()
         self.lookup = lookup
+        self.recorded = recorded
         self.health = TargetHealth(config.watchdog.cooldown, config.watchdog.cooldown_after,
                                    self._health_changed)
         self.live: dict[str, LiveTurn] = {}
@@ -195,6 +199,7 @@ class Pipeline:
         plan = self._plan(route, first)
         target, reason = next(plan), first_reason
         automatic = 0
+        unrecorded = self.recorded is not None  # no output has waited for the journal yet
         try:
             while True:
                 attempt = Attempt(number=len(turn.attempts) + 1, target=str(target), reason=reason)
@@ -207,10 +212,14 @@ class Pipeline:
                             # thought can still be retried on the same client stream.
                             if not live.committed and isinstance(part, (TextPart, ToolCallPart)):
                                 live.committed = True
+                            if unrecorded:
+                                unrecorded = False
+                                await self._recorded(turn)
                             yield part
                     attempt.outcome, attempt.ended_at = "ok", time.time()
                     self.health.succeeded(target)
                     self._finish(turn)
+                    await self._recorded(turn)
                     return
                 except ManualInterrupt as interrupt:
                     action = interrupt.action
@@ -329,6 +338,14 @@ class Pipeline:
         finally:
             watch.close()
             await parts.aclose()
+
+    async def _recorded(self, turn: Turn) -> None:
+        """Wait until the journal has the turn as it is now (see `Recorded`)."""
+        if self.recorded is not None:
+            self.bus.flush()  # the events that make the record, if still deferred
+            written = self.recorded(turn.id)
+            if written is not None:
+                await written
 
     def _attempt_started(self, turn: Turn, attempt: Attempt) -> Callable[[], None]:
         return lambda: self.bus.publish(AttemptStarted(
