@@ -1,23 +1,25 @@
 """The journal: every turn, durable, in SQLite.
 
 An observer on the event bus that does nothing on the event loop but take
-snapshots: every write happens on the journal's own writer thread, one job
-after another in the order the events came (`_do`), so the request path
-never waits for SQLite, JSON encoding, redaction or hashing. A turn's row is
+snapshots: every write happens on the journal's own writer thread (`_do`,
+`_Writer`: rows first, then requests, each kind in the order the events
+came), so the request path never waits for SQLite, JSON encoding,
+redaction or hashing. A turn's first output and its end wait only for its
+row to be written (`recorded`, which the pipeline awaits). A turn's row is
 written when it starts (state `live`), checkpointed about once a second
 while output arrives (on its `StreamHeartbeat`: the text so far, attempts,
 tool calls), and updated when it finishes or fails. These rows are small:
 the request (the whole history, often the bulk of a turn) is kept apart,
 once per turn, with each message and tool schema stored once however many
-turns send it (`journal_db.py`, `contents.py`); the writer names, redacts
-and writes only the parts not seen before, and the turn in memory then
+turns send it (`journal_db.py`, `contents.py`); the writer encodes every
+part but names, redacts and writes only those not seen before, and the turn in memory then
 shares its messages with the turns before it (`contents.Interner`). Reads
 (`turns`, `turn`, `status`) first wait for the writes handed over so far
 (`settle`), so they see every turn that has ended. The database runs in WAL
-mode, so after `kill -9` every turn the writer had reached is on disk — in
-practice every finished turn but the last few milliseconds' — and a turn
-that was in flight is there as `live`, with what it had produced up to its
-last checkpoint; the next start marks such turns failed as unfinished.
+mode, so after `kill -9` every turn whose client saw its end is on disk as
+finished, and a turn that was in flight is there as `live`, with what it
+had produced up to its last checkpoint; the next start marks such turns
+failed as unfinished.
 Checkpoints (copying the WAL into the database file) run on the writer too,
 on a connection of their own. Rows pass through the `Redactor` first: no
 secret reaches the file. With `[proxy] journal_max_mb` or
