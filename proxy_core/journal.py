@@ -12,8 +12,9 @@ tool calls), and updated when it finishes or fails. These rows are small:
 the request (the whole history, often the bulk of a turn) is kept apart,
 once per turn, with each message and tool schema stored once however many
 turns send it (`journal_db.py`, `contents.py`); the writer encodes every
-part but names, redacts and writes only those not seen before, and the turn in memory then
-shares its messages with the turns before it (`contents.Interner`). Reads
+part but names, redacts and stores only those not seen before, and the
+turn in memory then shares its messages with the turns before it
+(`contents.Interner`). Reads
 (`turns`, `turn`, `status`) first wait for the writes handed over so far
 (`settle`), so they see every turn that has ended. The database runs in WAL
 mode, so after `kill -9` every turn whose client saw its end is on disk as
@@ -42,8 +43,8 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
@@ -413,7 +414,7 @@ class Journal:
             inserted = self._put(row, full)
 
         if not self._guarded("record a turn", put):
-            self._unsaved[row.turn_id] = row  # the latest state, written when writes work
+            self._keep(row)
             return
         self._unsaved.pop(row.turn_id, None)
         if inserted and self._worker is not None:  # the request, behind the rows waiting
@@ -423,7 +424,16 @@ class Journal:
 
     def _write_request_of(self, row: _Row) -> None:
         if not self._guarded("record a request", partial(self._put_request, row)):
-            self._unsaved[row.turn_id] = row
+            self._keep(row)
+
+    def _keep(self, row: _Row) -> None:
+        """Keep the turn's latest state until writes work again (while it is in memory)."""
+        self._unsaved[row.turn_id] = row
+        if len(self._unsaved) > 2 * self.store.capacity:  # a long outage: bound what is kept
+            for turn_id in [t for t in self._unsaved if self.store.get(t) is None]:
+                del self._unsaved[turn_id]
+                self._unwritten.pop(turn_id, None)
+                self._lost += 1
 
     def _json(self, value: Any, ascii: bool = False) -> str:
         return self.redactor(json.dumps(value, ensure_ascii=ascii, default=str,
