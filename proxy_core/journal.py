@@ -2,7 +2,7 @@
 
 An observer on the event bus that does nothing on the event loop but take
 snapshots: every write happens on the journal's own writer thread (`_do`,
-`_Writer`: rows first, then requests, each kind in the order the events
+`Writer`: rows first, then requests, each kind in the order the events
 came), so the request path never waits for SQLite, JSON encoding,
 redaction or hashing. A turn's first output and its end wait only for its
 row to be written (`recorded`, which the pipeline awaits). A turn's row is
@@ -88,7 +88,7 @@ def _cannot_write(exc: sqlite3.Error) -> bool:
         "readonly" in str(exc) or "disk" in str(exc)
 
 
-class _Writer:
+class Writer:
     """The journal's writer thread: rows before requests, each kind in the order handed over.
 
     Rows are small and are what a client's output waits for (`Journal.recorded`);
@@ -171,7 +171,7 @@ class Journal:
         self.namer = Namer(redactor)
         self.interner = Interner()
         self._writer = journal_db.RequestWriter()
-        self._worker: _Writer | None = None
+        self._worker: Writer | None = None
         self._recorded: OrderedDict[str, Future[None]] = OrderedDict()  # turn -> its latest row
         self._checkpointer: sqlite3.Connection | None = None  # for checkpoints only
         self._last_checkpoint = 0.0
@@ -355,7 +355,7 @@ class Journal:
 
     def _write_turn(self, turn: Turn, *, full: bool) -> None:
         """Hand the turn as it is now to the writer: `full` with its request."""
-        written = self._do(partial(self._write, _Row.of(turn), full), _Writer.ROW)
+        written = self._do(partial(self._write, _Row.of(turn), full), Writer.ROW)
         if written is not None:
             recorded = self._recorded
             recorded[turn.id] = written
@@ -384,9 +384,9 @@ class Journal:
 
     # -- the writer -------------------------------------------------------------------
 
-    def _do(self, job: Callable[[], object], priority: int = _Writer.REQUEST
+    def _do(self, job: Callable[[], object], priority: int = Writer.REQUEST
             ) -> Future[None] | None:
-        """Run `job` on the writer thread (see `_Writer` for the order).
+        """Run `job` on the writer thread (see `Writer` for the order).
 
         With no event loop running (tools, tests, start-up), run it here and now.
         """
@@ -397,7 +397,7 @@ class Journal:
             job()
             return None
         if self._worker is None:
-            self._worker = _Writer()
+            self._worker = Writer()
         return self._worker.submit(job, priority)
 
     def settle(self) -> None:
@@ -418,7 +418,7 @@ class Journal:
             return
         self._unsaved.pop(row.turn_id, None)
         if inserted and self._worker is not None:  # the request, behind the rows waiting
-            self._worker.submit(partial(self._write_request_of, row), _Writer.REQUEST)
+            self._worker.submit(partial(self._write_request_of, row), Writer.REQUEST)
         elif inserted:
             self._write_request_of(row)
 
