@@ -61,8 +61,8 @@ def unique_bytes(requests: list[dict]) -> int:
     total = 0
     for request in requests:
         skeleton, fields = split(request)
-        total += len(encode(skeleton)[1])
-        parts.update(encode(item)[1] for items in fields.values() for item in items)
+        total += len(encode(skeleton))
+        parts.update(encode(item) for items in fields.values() for item in items)
     return total + sum(len(p) for p in parts)
 
 

@@ -572,8 +572,7 @@ THROUGHPUT_TARGET = 0.5
 
 def report(plan: Plan, delay_ms: int, targets: list[Target], r: Results, elapsed: float) -> None:
     names = [t.name for t in targets]
-    label = {"direct": "direct", "floor": "tcp-pipe", "proxy": "proxy",
-             "repairs": "proxy+repairs", "before": "before+repairs"}
+    label = _labels()
     proxied = {t.name for t in targets if t.pid}
     print()
     print(f"Switchboard relay benchmark ({'quick' if plan is QUICK else 'full'} run, "
@@ -750,10 +749,17 @@ AGENT_P50_BASE_MS = 1.5
 AGENT_P50_PER_KB_US = 2.0
 
 
+def _labels() -> dict[str, str]:
+    """Column names; `before2`... are further `--before` checkouts."""
+    names = {"direct": "direct", "floor": "tcp-pipe", "proxy": "proxy",
+             "repairs": "proxy+repairs", "before": "before+repairs"}
+    names.update({f"before{i}": f"before{i}+repairs" for i in range(2, 10)})
+    return names
+
+
 def report_agent(plan: AgentPlan, delay_ms: int, targets: list[Target], sizes: list[AgentSize],
                  elapsed: float) -> None:
-    label = {"direct": "direct", "floor": "tcp-pipe", "proxy": "proxy",
-             "repairs": "proxy+repairs", "before": "before+repairs"}
+    label = _labels()
     names = [t.name for t in targets]
     proxied = {t.name for t in targets if t.pid}
     print()
@@ -763,7 +769,8 @@ def report_agent(plan: AgentPlan, delay_ms: int, targets: list[Target], sizes: l
           f"({AGENT_CHUNKS}-chunk replies), {plan.throughput_reps} batches.")
     print("Differences and ratios are against the direct connection, measured in the same run.")
     if "before" in names:
-        print("before+repairs = the proxy of the --before checkout, repairs on, in the same run.")
+        print("before+repairs (before2+repairs, ...) = the proxy of the (first, second, ...)"
+              " --before checkout, repairs on, in the same run.")
     others = [n for n in names if n != "direct"]
     head = f"{'request':>10} {'metric':<30}" + "".join(f"{label[n]:>18}" for n in others)
     print()
@@ -833,10 +840,10 @@ def main() -> None:
                         help="agent sizes: send opencode-shaped requests of N KB (a comma list, "
                              "e.g. 0,100,500,1000) and measure first byte, throughput and CPU "
                              "per request at each size (~1-2 min per size)")
-    parser.add_argument("--before", metavar="CHECKOUT",
+    parser.add_argument("--before", metavar="CHECKOUT[,CHECKOUT...]",
                         help="also run the proxy of another checkout (e.g. a worktree of main), "
                              "with repairs, in the same run: a before/after comparison that the "
-                             "machine's noise cannot skew")
+                             "machine's noise cannot skew; several, comma-separated, for several")
     parser.add_argument("--no-repairs", action="store_true",
                         help="skip the proxy+repairs column")
     parser.add_argument("--no-floor", action="store_true",
@@ -860,7 +867,8 @@ def main() -> None:
         profile_out = str(Path(tmp) / "proxy.prof")
         up_proc, up_stop, up_port = start_child(ctx, _upstream_main)
         direct = f"http://127.0.0.1:{up_port}"
-        px_proc = px_stop = pipe_proc = pipe_stop = before_proc = before_stop = None
+        px_proc = px_stop = pipe_proc = pipe_stop = None
+        befores: list[tuple[mp.Process, mp.Event]] = []
         try:
             targets = [Target("direct", direct, False, None)]
             if not args.no_floor:
@@ -873,12 +881,13 @@ def main() -> None:
             targets.append(Target("proxy", proxy, False, px_proc.pid))
             if not args.no_repairs:
                 targets.append(Target("repairs", proxy, True, px_proc.pid))
-            if args.before:
+            for i, tree in enumerate(args.before.split(",") if args.before else []):
                 before_proc, before_stop, before_port = start_child(
-                    ctx, _proxy_main, f"{direct}/v1", str(Path(tmp) / "before.sqlite3"),
-                    None, "", str(Path(args.before).resolve()))
-                targets.append(Target("before", f"http://127.0.0.1:{before_port}", True,
-                                      before_proc.pid))
+                    ctx, _proxy_main, f"{direct}/v1", str(Path(tmp) / f"before{i}.sqlite3"),
+                    None, "", str(Path(tree).resolve()))
+                befores.append((before_proc, before_stop))
+                targets.append(Target("before" if i == 0 else f"before{i + 1}",
+                                      f"http://127.0.0.1:{before_port}", True, before_proc.pid))
             if sizes is not None:
                 agent = asyncio.run(run_agent_sizes(AGENT_QUICK if args.quick else AGENT_FULL,
                                                     sizes, args.first_delay_ms, targets,
@@ -887,7 +896,7 @@ def main() -> None:
                 results = asyncio.run(run_bench(plan, args.first_delay_ms, targets, up_proc.pid,
                                                 px_proc.pid, scenarios))
         finally:
-            if before_proc is not None:
+            for before_proc, before_stop in befores:
                 stop_child(before_proc, before_stop)
             if px_proc is not None:
                 stop_child(px_proc, px_stop)

@@ -61,7 +61,8 @@ class SwitchboardProxy:
             self.scoreboard.count_records(self.journal.turns(SCOREBOARD_SEED))
         self.bus.add_observer(ScoreboardObserver(self.scoreboard, self.store.get))
         self.pipeline = Pipeline(config, self.upstreams, self.bus, self.store, self.memory,
-                                 lookup=self._journaled_turn)
+                                 lookup=self._journaled_turn,
+                                 recorded=self.journal.recorded if self.journal else None)
         if self.journal is not None:  # learned deadlines survive a restart
             self.pipeline.learned.load(self.journal.recent_attempts())
         self.heartbeat = HeartbeatTicker(self.pipeline, self.bus)

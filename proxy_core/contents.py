@@ -21,46 +21,34 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from .secrets import Redactor
 
 #: The request fields whose list items are stored as parts, in this order.
 PART_FIELDS = ("messages", "tools", "system")
 
 
-def encode(value: Any) -> tuple[str, bytes]:
-    """JSON text and its UTF-8 bytes (a lone surrogate is escaped: UTF-8 cannot hold it)."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+def encode(value: Any) -> bytes:
+    """Compact JSON as UTF-8, keys in their order: orjson (10x faster than `json` here).
+
+    What orjson refuses (an integer beyond 64 bits, a lone surrogate) is
+    encoded by `json`, with a lone surrogate escaped: UTF-8 cannot hold it.
+    """
     try:
-        return text, text.encode()
-    except UnicodeEncodeError:
-        text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=str)
-        return text, text.encode()
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+        try:
+            return text.encode()
+        except UnicodeEncodeError:
+            return json.dumps(value, ensure_ascii=True, separators=(",", ":"),
+                              default=str).encode()
 
 
 def digest(data: bytes) -> str:
     """The name of a part: 128 bits of BLAKE2b, in hex."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def approx_size(value: Any) -> int:
-    """About how many bytes `value` takes as JSON (string lengths, 8 per other value).
-
-    Cheaper than encoding it: to choose where to encode it.
-    """
-    total = 0
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            total += len(item) + 2
-        elif isinstance(item, dict):
-            total += 8 * len(item) + sum(len(k) for k in item)
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        else:
-            total += 8
-    return total
 
 
 def split(request: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
@@ -104,17 +92,21 @@ class PreparedRequest:
 class Namer:
     """Names and redacts parts, remembering what it has done.
 
-    A part seen before (by its unredacted digest) is neither redacted nor
-    kept as text again: that work is done once per part, not once per turn.
-    It starts afresh when the redactor learns a secret (text redacted before
-    may hold it) and after `forget()` (the journal dropped parts). Runs on
-    one thread at a time (the journal's worker); `forget` may come from any.
+    A part seen before (by its encoding, compared whole) is neither hashed,
+    redacted nor kept as text again: an agent resends its history on every
+    turn, and that work is done once per part, not once per turn. Up to
+    `max_bytes` of encodings are remembered, least recently used dropped
+    first (parts above `max_bytes / 16` are not). It starts afresh when the
+    redactor learns a secret (text redacted before may hold it) and after
+    `forget()` (the journal dropped parts). Runs on one thread at a time
+    (the journal's writer); `forget` may come from any.
     """
 
-    def __init__(self, redactor: Redactor, capacity: int = 50_000) -> None:
+    def __init__(self, redactor: Redactor, max_bytes: int = 32 * 1024 * 1024) -> None:
         self.redactor = redactor
-        self.capacity = capacity
-        self._names: OrderedDict[str, str] = OrderedDict()  # key -> stored name
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._known: OrderedDict[bytes, tuple[str, str]] = OrderedDict()  # -> (key, name)
         self._generation = redactor.generation
         self._forget = False
 
@@ -125,30 +117,40 @@ class Namer:
         if self._forget or self._generation != self.redactor.generation:
             self._forget = False
             self._generation = self.redactor.generation
-            self._names.clear()
+            self._known.clear()
+            self.bytes = 0
         skeleton, fields = split(request)
         parts: list[Part] = []
-        names = self._names
+        known = self._known
         for field_name, items in fields.items():
             for position, item in enumerate(items):
-                text, data = encode(item)
-                key = digest(data)
-                name = names.get(key)
+                data = encode(item)
+                seen = known.get(data)
                 body: str | None = None
-                if name is None:
+                if seen is None:
+                    key = digest(data)
+                    text = data.decode()
                     body = self.redactor(text)
                     name = key if body == text else digest(body.encode())
-                    names[key] = name
-                    if len(names) > self.capacity:
-                        names.popitem(last=False)
+                    self._remember(data, key, name)
                 else:
-                    names.move_to_end(key)
+                    key, name = seen
+                    known.move_to_end(data)
                 parts.append(Part(field_name, position, key, name, body, len(data)))
-        return PreparedRequest(self.redactor(encode(skeleton)[0]), tuple(parts))
+        return PreparedRequest(self.redactor(encode(skeleton).decode()), tuple(parts))
+
+    def _remember(self, data: bytes, key: str, name: str) -> None:
+        if len(data) > self.max_bytes // 16:
+            return
+        self._known[data] = (key, name)
+        self.bytes += len(data)
+        while self.bytes > self.max_bytes:
+            dropped, _ = self._known.popitem(last=False)
+            self.bytes -= len(dropped)
 
     def body_of(self, request: dict[str, Any], part: Part) -> str:
         """The stored text of one part, made again (the journal lost the one it had)."""
-        return self.redactor(encode(request[part.field][part.position])[0])
+        return self.redactor(encode(request[part.field][part.position]).decode())
 
 
 class Interner:

@@ -1,26 +1,30 @@
 """The journal: every turn, durable, in SQLite.
 
-An observer on the event bus. A turn's row is written when it starts (state
-`live`), checkpointed about once a second while output arrives (on its
-`StreamHeartbeat`: the text so far, attempts, tool calls), and updated when
-it finishes or fails, inside the event handler, before the client receives
-the end of its stream. These rows are small: the request (the whole
-history, often the bulk of a turn) is kept apart, once per turn, with each
-message and tool schema stored once however many turns send it
-(`journal_db.py`, `contents.py`). A small request (up to `INLINE_BYTES`)
-is written with the row, before any output reaches the client. A larger
-one is encoded, redacted and named on the journal's own worker thread, off
-the event loop, and the loop writes the result (the new parts only) a few
-milliseconds later, in the order turns started. Either way the turn in
-memory then shares its messages with the turns before it
-(`contents.Interner`). The database runs in WAL mode, so after `kill -9`
-every finished turn is on disk and a turn that was in flight is there as
-`live`, with what it had produced up to its last checkpoint; the next start
-marks such turns failed as unfinished. Checkpoints (copying the WAL into
-the database file) run on the worker too, never inside a commit on the
-loop. Rows pass through the `Redactor` first: no secret reaches
-the file. With `[proxy] journal_max_mb` or `journal_max_days` set, whole
-old sessions are pruned (`retention.py`).
+An observer on the event bus that does nothing on the event loop but take
+snapshots: every write happens on the journal's own writer thread (`_do`,
+`Writer`: rows first, then requests, each kind in the order the events
+came), so the request path never waits for SQLite, JSON encoding,
+redaction or hashing. A turn's first output and its end wait only for its
+row to be written (`recorded`, which the pipeline awaits). A turn's row is
+written when it starts (state `live`), checkpointed about once a second
+while output arrives (on its `StreamHeartbeat`: the text so far, attempts,
+tool calls), and updated when it finishes or fails. These rows are small:
+the request (the whole history, often the bulk of a turn) is kept apart,
+once per turn, with each message and tool schema stored once however many
+turns send it (`journal_db.py`, `contents.py`); the writer encodes every
+part but names, redacts and stores only those not seen before, and the
+turn in memory then shares its messages with the turns before it
+(`contents.Interner`). Reads
+(`turns`, `turn`, `status`) first wait for the writes handed over so far
+(`settle`), so they see every turn that has ended. The database runs in WAL
+mode, so after `kill -9` every turn whose client saw its end is on disk as
+finished, and a turn that was in flight is there as `live`, with what it
+had produced up to its last checkpoint; the next start marks such turns
+failed as unfinished.
+Checkpoints (copying the WAL into the database file) run on the writer too,
+on a connection of their own. Rows pass through the `Redactor` first: no
+secret reaches the file. With `[proxy] journal_max_mb` or
+`journal_max_days` set, whole old sessions are pruned (`retention.py`).
 
 The journal never stops the proxy. When the disk is full or the file turns
 read-only, writes fail: the first failure of a streak is logged loudly, the
@@ -32,18 +36,23 @@ and the recovery is logged with the count.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
+import queue
 import sqlite3
+import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from . import journal_db
-from .contents import Interner, Namer, PreparedRequest, approx_size
+from .contents import Interner, Namer, PreparedRequest
 from .errors import ConfigError
 from .events import StreamHeartbeat, TurnFailed, TurnFinished, TurnStarted
 from .record import Turn
@@ -60,15 +69,14 @@ UNFINISHED_ERROR = ("unfinished: Switchboard stopped (killed, crashed or lost po
 UNFINISHED_STATUS = 503
 #: While writes keep failing, a reminder is logged at most this often (seconds).
 REMINDER_INTERVAL = 300.0
-#: Requests up to about this size are prepared on the event loop as the turn starts
-#: (so they are on disk before its output reaches the client); larger ones on the worker.
-INLINE_BYTES = 16 * 1024
 #: The WAL is checkpointed (on the worker) at most this often, as turns end (seconds).
 CHECKPOINT_INTERVAL = 1.0
 #: Bytes the WAL file is cut back to after a checkpoint lets it start over.
 WAL_LIMIT = 4 * 1024 * 1024
 #: Retention is checked at most this often (seconds), when a turn ends.
 PRUNE_INTERVAL = 60.0
+#: The writer thread's name.
+_WRITER = "switchboard-journal"
 #: SQLite result codes that mean "cannot write here now", not "this is not a journal".
 _CANNOT_WRITE = {"SQLITE_READONLY", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_BUSY",
                  "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_PERM"}
@@ -78,6 +86,73 @@ def _cannot_write(exc: sqlite3.Error) -> bool:
     name = getattr(exc, "sqlite_errorname", "") or ""
     return any(name.startswith(code) for code in _CANNOT_WRITE) or \
         "readonly" in str(exc) or "disk" in str(exc)
+
+
+class Writer:
+    """The journal's writer thread: rows before requests, each kind in the order handed over.
+
+    Rows are small and are what a client's output waits for (`Journal.recorded`);
+    a request being named and written (milliseconds at agent sizes) holds up
+    the rows behind it no longer than it takes.
+    """
+
+    ROW = 0
+    REQUEST = 1
+    _LAST = 2
+
+    def __init__(self) -> None:
+        self._queue: queue.PriorityQueue[
+            tuple[int, int, Callable[[], object] | None, Future[None]]] = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._thread = threading.Thread(target=self._main, name=_WRITER, daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Callable[[], object] | None, priority: int) -> Future[None]:
+        future: Future[None] = Future()
+        self._queue.put((priority, next(self._order), job, future))
+        return future
+
+    def _main(self) -> None:
+        while True:
+            _, _, job, future = self._queue.get()
+            if job is not None:
+                try:
+                    job()
+                except Exception:  # a bug of ours: the journal's next writes go on
+                    log.exception("journal: %r failed", job)
+            if future.set_running_or_notify_cancel():  # False: nobody waits any more
+                future.set_result(None)
+            if job is None and self._queue.empty():
+                return
+
+    def settle(self) -> None:
+        """Wait until every job handed over so far is done."""
+        self.submit(lambda: None, self.REQUEST).result()
+
+    def close(self) -> None:
+        self.submit(None, self._LAST).result()
+        self._thread.join()
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """A turn as it was at one moment, taken on the event loop for the writer."""
+
+    turn_id: str
+    session_id: str
+    model: str
+    state: str
+    started_at: float
+    finished_at: float | None
+    finish_reason: str | None
+    data: dict[str, Any]      # the record without its request (fresh dicts and scalars)
+    request: dict[str, Any]   # shared with the turn, never mutated
+
+    @classmethod
+    def of(cls, turn: Turn) -> _Row:
+        return cls(turn.id, turn.session_id, turn.model, turn.state, turn.started_at,
+                   turn.finished_at, turn.finish_reason, turn.to_dict(include_request=False),
+                   turn.request)
 
 
 class Journal:
@@ -92,15 +167,14 @@ class Journal:
         self.retention = retention or Retention()
         self.pruned_sessions = 0
         self._last_prune = 0.0
-        # Requests: named on the worker (`_pending`, in start order), then written here.
-        self.namer = Namer(redactor)         # the worker's
-        self._inline_namer = Namer(redactor)  # the event loop's, for small requests
+        # Everything below is the writer thread's (`_do`), once it exists.
+        self.namer = Namer(redactor)
         self.interner = Interner()
         self._writer = journal_db.RequestWriter()
-        self._worker: ThreadPoolExecutor | None = None
-        self._checkpointer: sqlite3.Connection | None = None  # the worker's own connection
+        self._worker: Writer | None = None
+        self._recorded: OrderedDict[str, Future[None]] = OrderedDict()  # turn -> its latest row
+        self._checkpointer: sqlite3.Connection | None = None  # for checkpoints only
         self._last_checkpoint = 0.0
-        self._pending: dict[str, tuple[dict[str, Any], Future[PreparedRequest]]] = {}
         self._unwritten: dict[str, tuple[dict[str, Any], PreparedRequest]] = {}
         # Health: see `status()`.
         self._failing_since: float | None = None
@@ -108,7 +182,7 @@ class Journal:
         self._failed_writes = 0
         self._streak_failures = 0
         self._last_reminder = 0.0
-        self._unsaved: dict[str, None] = {}  # turns whose latest state is not on disk
+        self._unsaved: dict[str, _Row] = {}  # turns whose latest state is not on disk
         self._lost = 0                        # of those, turns evicted from memory meanwhile
         self.recovered_unfinished = 0         # live turns of a previous run, marked at open
         self._checkpoints: dict[str, tuple[int, int]] = {}  # live turn -> (attempt, chunks) on disk
@@ -155,11 +229,9 @@ class Journal:
         return journal
 
     def close(self) -> None:
-        """Write the requests still being prepared, then close."""
-        wait([future for _, future in self._pending.values()])
-        self._drain()
+        """Finish the writes handed to the writer, then close."""
         if self._worker is not None:
-            self._worker.shutdown(wait=True)
+            self._worker.close()
         if self._checkpointer is not None:
             self._checkpointer.close()
         self.conn.close()
@@ -172,8 +244,9 @@ class Journal:
         `ok` is False while writes fail; `error` is the latest failure,
         `failed_writes` counts them since start, `unsaved_turns` are turns
         kept in memory until a write succeeds, `lost_turns` those evicted
-        from memory before that happened.
+        from memory before that happened. Waits for the writes handed over so far.
         """
+        self.settle()
         return {
             "path": str(self.path),
             "ok": self._failing_since is None,
@@ -230,32 +303,27 @@ class Journal:
 
     def _flush_unsaved(self) -> bool:
         """Write the kept turns; False if a write failed (the rest stay kept)."""
-        for turn_id in list(self._unsaved):
-            turn = self.store.get(turn_id)
-            if turn is None:
+        for turn_id, row in list(self._unsaved.items()):
+            if self.store.get(turn_id) is None:
                 self._lost += 1
                 del self._unsaved[turn_id]
                 self._unwritten.pop(turn_id, None)
                 continue
             try:
-                self.save(turn)
+                self._put(row, full=True)
+                self._put_request(row)
             except sqlite3.Error as exc:
                 self._failed("write a kept turn", exc)
                 return False
             del self._unsaved[turn_id]
         return True
 
-    # -- observer ----------------------------------------------------------------
+    # -- observer (on the event loop: snapshots only, the writer does the rest) -------
 
     def on_TurnStarted(self, event: TurnStarted) -> None:
-        # The bus delivers this once the upstream request is out. The row is
-        # small and written now, so a turn is on disk before any of its output
-        # can reach the client; so is its request if small, else the worker
-        # prepares it (`save`).
-        self._save_started(event.turn_id)
-
-    def _save_started(self, turn_id: str) -> None:
-        turn = self.store.get(turn_id)
+        # The bus delivers this once the upstream request is out; the writer writes
+        # the row at once, then names and writes the request.
+        turn = self.store.get(event.turn_id)
         if turn is not None and turn.state == "live":
             self._write_turn(turn, full=True)
 
@@ -267,7 +335,7 @@ class Journal:
         turn = self.store.get(event.turn_id)
         if turn is not None and turn.state == "live":
             self._checkpoints[event.turn_id] = progress
-            self._write_turn(turn, full=turn.id in self._unsaved)
+            self._write_turn(turn, full=False)
 
     def on_TurnFinished(self, event: TurnFinished) -> None:
         self._end(event.turn_id)
@@ -279,97 +347,138 @@ class Journal:
         self._checkpoints.pop(turn_id, None)
         turn = self.store.get(turn_id)
         if turn is not None:
-            self._write_turn(turn, full=turn_id in self._unsaved)
+            self._write_turn(turn, full=False)
         if self.retention.any and time.monotonic() - self._last_prune >= PRUNE_INTERVAL:
-            self.prune()
+            self._last_prune = time.monotonic()
+            self._do(self._prune)
         self._maybe_checkpoint()
 
     def _write_turn(self, turn: Turn, *, full: bool) -> None:
-        if self._guarded("record a turn",
-                         (lambda: self.save(turn)) if full else (lambda: self._update(turn))):
-            self._unsaved.pop(turn.id, None)
-        else:
-            self._unsaved[turn.id] = None
+        """Hand the turn as it is now to the writer: `full` with its request."""
+        written = self._do(partial(self._write, _Row.of(turn), full), Writer.ROW)
+        if written is not None:
+            recorded = self._recorded
+            recorded[turn.id] = written
+            recorded.move_to_end(turn.id)
+            if len(recorded) > 4096:
+                recorded.popitem(last=False)
 
-    # -- reading and writing ---------------------------------------------------
+    def recorded(self, turn_id: str) -> Awaitable[None] | None:
+        """The writing of the turn's latest row, to wait for before output that depends
+        on it leaves (None if there is nothing to wait for).
+
+        The pipeline waits for it before a turn's first output and before its
+        end reach the client: as when the journal wrote on the event loop, a
+        turn is on disk as `live` before its client sees output, and as
+        finished before its client sees the end.
+        """
+        written = self._recorded.get(turn_id)
+        if written is None or written.done():
+            return None
+        # Shielded: a waiter cancelled (its client left) must not cancel the write.
+        return asyncio.shield(asyncio.wrap_future(written))
+
+    def save(self, turn: Turn) -> None:
+        """Write the turn's row and its request (on the writer, after what came before)."""
+        self._write_turn(turn, full=True)
+
+    # -- the writer -------------------------------------------------------------------
+
+    def _do(self, job: Callable[[], object], priority: int = Writer.REQUEST
+            ) -> Future[None] | None:
+        """Run `job` on the writer thread (see `Writer` for the order).
+
+        With no event loop running (tools, tests, start-up), run it here and now.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self.settle()
+            job()
+            return None
+        if self._worker is None:
+            self._worker = Writer()
+        return self._worker.submit(job, priority)
+
+    def settle(self) -> None:
+        """Wait until the writer has done every job handed to it so far (before a read)."""
+        if self._worker is not None and threading.current_thread().name != _WRITER:
+            self._worker.settle()
+
+    def _write(self, row: _Row, full: bool) -> None:
+        full = full or row.turn_id in self._unsaved
+        inserted = False
+
+        def put() -> None:
+            nonlocal inserted
+            inserted = self._put(row, full)
+
+        if not self._guarded("record a turn", put):
+            self._keep(row)
+            return
+        self._unsaved.pop(row.turn_id, None)
+        if inserted and self._worker is not None:  # the request, behind the rows waiting
+            self._worker.submit(partial(self._write_request_of, row), Writer.REQUEST)
+        elif inserted:
+            self._write_request_of(row)
+
+    def _write_request_of(self, row: _Row) -> None:
+        if not self._guarded("record a request", partial(self._put_request, row)):
+            self._keep(row)
+
+    def _keep(self, row: _Row) -> None:
+        """Keep the turn's latest state until writes work again (while it is in memory)."""
+        self._unsaved[row.turn_id] = row
+        if len(self._unsaved) > 2 * self.store.capacity:  # a long outage: bound what is kept
+            for turn_id in [t for t in self._unsaved if self.store.get(t) is None]:
+                del self._unsaved[turn_id]
+                self._unwritten.pop(turn_id, None)
+                self._lost += 1
 
     def _json(self, value: Any, ascii: bool = False) -> str:
         return self.redactor(json.dumps(value, ensure_ascii=ascii, default=str,
                                         separators=(",", ":")))
 
-    def save(self, turn: Turn) -> None:
-        """Write the turn's row, and its request unless that is on its way.
-
-        A request of up to `INLINE_BYTES` is prepared and written now; a
-        larger one is handed to the worker (with an event loop running).
-        """
-        sql = ("INSERT OR REPLACE INTO turns (id, session_id, model, state, started_at,"
-               " finished_at, finish_reason, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-        data = turn.to_dict(include_request=False)
+    def _put(self, row: _Row, full: bool) -> bool:
+        """Write a turn's row (`full`: the whole row). True if it was inserted, not updated."""
         try:
-            self.conn.execute(sql, self._row(turn, self._json(data)))
+            data = self._json(row.data)
+            data.encode()
         except UnicodeEncodeError:  # a lone surrogate: SQLite stores UTF-8, so escape it
-            self.conn.execute(sql, self._row(turn, self._json(data, True)))
-        if turn.id in self._pending:
-            return
-        request, prepared = self._unwritten.pop(turn.id, (turn.request, None))
+            data = self._json(row.data, True)
+        if not full:
+            cursor = self.conn.execute(
+                "UPDATE turns SET state = ?, finished_at = ?, finish_reason = ?, data = ?"
+                " WHERE id = ?", (row.state, row.finished_at, row.finish_reason, data, row.turn_id))
+            if cursor.rowcount:
+                return False
+        self.conn.execute(
+            "INSERT OR REPLACE INTO turns (id, session_id, model, state, started_at,"
+            " finished_at, finish_reason, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (row.turn_id, row.session_id, row.model, row.state, row.started_at,
+             row.finished_at, row.finish_reason, data))
+        return True
+
+    def _put_request(self, row: _Row) -> None:
+        """Name, redact and write the turn's request, unless it is on disk."""
+        request, prepared = self._unwritten.pop(row.turn_id, (row.request, None))
         if not request:
             return
         if prepared is None:
-            if approx_size(request) > INLINE_BYTES and self._submit(turn):
-                return
-            prepared = self._inline_namer.prepare(request)
-            self._share(turn.id, request, prepared)
-        self._write_request(turn.id, request, prepared)
-
-    @staticmethod
-    def _row(turn: Turn, data: str) -> tuple[Any, ...]:
-        return (turn.id, turn.session_id, turn.model, turn.state, turn.started_at,
-                turn.finished_at, turn.finish_reason, data)
-
-    # -- requests ------------------------------------------------------------------
-
-    def _submit(self, turn: Turn) -> bool:
-        """Have the worker name and redact the turn's request; `_drain` writes it.
-
-        False when there is no event loop to hear back on: prepare it in line.
-        """
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return False
-        future = self._executor().submit(self.namer.prepare, turn.request)
-        self._pending[turn.id] = (turn.request, future)
-
-        def ready(_: Future[PreparedRequest]) -> None:
-            try:
-                loop.call_soon_threadsafe(self._drain)
-            except RuntimeError:  # the loop closed: `close` drains
-                pass
-
-        future.add_done_callback(ready)
-        return True
-
-    def _executor(self) -> ThreadPoolExecutor:
-        if self._worker is None:
-            self._worker = ThreadPoolExecutor(1, thread_name_prefix="switchboard-journal")
-        return self._worker
+            prepared = self.namer.prepare(request)
+            self._share(row.turn_id, request, prepared)
+        self._write_request(row.turn_id, request, prepared)
 
     def _maybe_checkpoint(self) -> None:
-        """Have the worker copy the WAL into the database, at most every `CHECKPOINT_INTERVAL`."""
+        """Have the writer copy the WAL into the database, at most every `CHECKPOINT_INTERVAL`."""
         now = time.monotonic()
         if now - self._last_checkpoint < CHECKPOINT_INTERVAL:
             return
         self._last_checkpoint = now
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:  # no loop: nothing to keep free, checkpoint here
-            self._checkpoint()
-            return
-        self._executor().submit(self._checkpoint)
+        self._do(self._checkpoint)
 
     def _checkpoint(self) -> None:
-        """A passive checkpoint on the worker's connection: it never makes a writer wait."""
+        """A passive checkpoint on its own connection: it never makes a writer wait."""
         try:
             if self._checkpointer is None:
                 self._checkpointer = sqlite3.connect(self.path, isolation_level=None,
@@ -378,30 +487,13 @@ class Journal:
         except sqlite3.Error as exc:  # the next write will say so if the journal is broken
             log.debug("journal: checkpoint failed: %s", exc)
 
-    def _drain(self) -> None:
-        """Write the prepared requests, in the order their turns started."""
-        while self._pending:
-            turn_id, (request, future) = next(iter(self._pending.items()))
-            if not future.done():
-                return
-            del self._pending[turn_id]
-            try:
-                prepared = future.result()
-            except Exception:  # a bug of ours: the turn's row stays, without its request
-                log.exception("journal: could not prepare the request of %s", turn_id)
-                continue
-            self._share(turn_id, request, prepared)
-            if not self._guarded("record a request",
-                                 partial(self._write_request, turn_id, request, prepared)):
-                self._unsaved[turn_id] = None
-
     def _write_request(self, turn_id: str, request: dict[str, Any],
                        prepared: PreparedRequest) -> None:
         conn = self.conn
         conn.execute("BEGIN")
         try:
             self._writer.write(conn, turn_id, prepared,
-                               lambda part: self._inline_namer.body_of(request, part))
+                               lambda part: self.namer.body_of(request, part))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -412,7 +504,10 @@ class Journal:
         self._writer.commit()
 
     def _share(self, turn_id: str, request: dict[str, Any], prepared: PreparedRequest) -> None:
-        """Let the turn in memory hold the same message objects as earlier turns."""
+        """Let the turn in memory hold the same message objects as earlier turns.
+
+        On the writer: the turn's `request` is replaced whole, by an equal one.
+        """
         turn = self.store.get(turn_id)
         if turn is None or turn.request is not request:
             return
@@ -428,7 +523,11 @@ class Journal:
     # -- retention -------------------------------------------------------------------
 
     def prune(self) -> int:
-        """Drop the sessions `[proxy] journal_max_mb`/`journal_max_days` rule out."""
+        """Drop the sessions `[proxy] journal_max_mb`/`journal_max_days` rule out, now."""
+        self.settle()
+        return self._prune()
+
+    def _prune(self) -> int:
         self._last_prune = time.monotonic()
         if not self.retention.any:
             return 0
@@ -442,37 +541,23 @@ class Journal:
             self.pruned_sessions += pruned
             self._writer.forget()
             self.namer.forget()
-            self._inline_namer.forget()
             log.info("journal: pruned %d old session(s) to stay within its limits", pruned)
         return pruned
-
-    def _update(self, turn: Turn) -> None:
-        """Rewrite everything but the request, which does not change."""
-        data = turn.to_dict(include_request=False)
-        sql = ("UPDATE turns SET state = ?, finished_at = ?, finish_reason = ?, data = ?"
-               " WHERE id = ?")
-        try:
-            cursor = self.conn.execute(sql, (turn.state, turn.finished_at, turn.finish_reason,
-                                             self._json(data), turn.id))
-        except UnicodeEncodeError:
-            cursor = self.conn.execute(sql, (turn.state, turn.finished_at, turn.finish_reason,
-                                             self._json(data, True), turn.id))
-        if cursor.rowcount == 0:
-            self.save(turn)
 
     def save_call(self, call: RememberedCall) -> None:
         """Remember a delivered tool call (the `CallStore` of `ToolCallMemory`).
 
-        A failed write is counted and logged like any other; the call stays
-        in `ToolCallMemory`'s memory, so the relay goes on.
+        Written by the writer; a failed write is counted and logged like any
+        other, and the call stays in `ToolCallMemory`'s memory, so the relay goes on.
         """
-        self._guarded("remember a tool call", lambda: self.conn.execute(
+        self._do(lambda: self._guarded("remember a tool call", lambda: self.conn.execute(
             "INSERT OR REPLACE INTO tool_calls (id, name, arguments, reasoning, session_id,"
             " turn_id, upstream_id, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (call.id, call.name, self.redactor(call.arguments), self.redactor(call.reasoning),
-             call.session_id, call.turn_id, call.upstream_id, call.at)))
+             call.session_id, call.turn_id, call.upstream_id, call.at))))
 
     def load_call(self, call_id: str) -> RememberedCall | None:
+        self.settle()
         try:
             row = self.conn.execute(
                 "SELECT id, name, arguments, reasoning, session_id, turn_id, upstream_id, at"
@@ -483,6 +568,7 @@ class Journal:
 
     def turns(self, limit: int = 100, session_id: str | None = None) -> list[dict[str, Any]]:
         """The most recent turns (oldest first), without their requests."""
+        self.settle()
         try:
             if session_id:
                 rows = self.conn.execute(
@@ -515,6 +601,7 @@ class Journal:
 
     def turn(self, turn_id: str) -> dict[str, Any] | None:
         """One turn with its request."""
+        self.settle()
         try:
             row = self.conn.execute(
                 "SELECT t.data, coalesce(r.request, t.request) FROM turns t"

@@ -28,7 +28,7 @@ import itertools
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -115,18 +115,22 @@ class LiveTurn:
 
 #: Finds a turn that is no longer in memory (the journal), for re-runs.
 TurnLookup = Callable[[str], Turn | None]
+#: The writing of a turn's latest record, if one is under way (`Journal.recorded`):
+#: waited for before the turn's first output and its end reach the client.
+Recorded = Callable[[str], Awaitable[None] | None]
 
 
 class Pipeline:
     def __init__(self, config: Config, upstreams: Mapping[str, Upstream], bus: EventBus,
                  store: TurnStore, memory: ToolCallMemory | None = None,
-                 lookup: TurnLookup | None = None) -> None:
+                 lookup: TurnLookup | None = None, recorded: Recorded | None = None) -> None:
         self.config = config
         self.upstreams = upstreams
         self.bus = bus
         self.store = store
         self.memory = memory or ToolCallMemory()
         self.lookup = lookup
+        self.recorded = recorded
         self.health = TargetHealth(config.watchdog.cooldown, config.watchdog.cooldown_after,
                                    self._health_changed)
         #: Each target's healthy timings, for learned deadlines (`[watchdog] adaptive`).
@@ -218,6 +222,7 @@ class Pipeline:
         watchdog = route.watchdog
         plan = self._plan(route, first)
         target, reason = next(plan), first_reason
+        unrecorded = self.recorded is not None  # no output has waited for the journal yet
         try:
             while True:
                 attempt = self._new_attempt(live, target, reason)
@@ -238,11 +243,15 @@ class Pipeline:
                             # thought can still be retried on the same client stream.
                             if not live.committed and isinstance(part, (TextPart, ToolCallPart)):
                                 live.committed = True
+                            if unrecorded:
+                                unrecorded = False
+                                await self._recorded(turn)
                             yield part
                     attempt.outcome, attempt.ended_at = "ok", time.time()
                     self.health.succeeded(target)
                     self._learn(attempt)
                     self._finish(turn)
+                    await self._recorded(turn)
                     return
                 except ManualInterrupt as interrupt:
                     action = interrupt.action
@@ -419,8 +428,8 @@ class Pipeline:
             placeholder = self.config.upstreams[target.upstream].reasoning_placeholder
             body["messages"], notes = repair_history(body["messages"], plan, self.memory,
                                                      placeholder=placeholder)
-            for note in notes:
-                self._repair(turn, note, soon=True)
+            if notes:  # recorded and announced once the request is out
+                self.bus.defer(lambda: self._history_repaired(turn, notes))
         repairer = StreamRepairer(plan, ToolCatalog.from_openai(body.get("tools")),
                                   lambda note: self._repair(turn, note))
         answered = False  # text or a call reached the client (reasoning alone does not count)
@@ -480,6 +489,14 @@ class Pipeline:
         finally:
             watch.close()
             await parts.aclose()
+
+    async def _recorded(self, turn: Turn) -> None:
+        """Wait until the journal has the turn as it is now (see `Recorded`)."""
+        if self.recorded is not None:
+            self.bus.flush()  # the events that make the record, if still deferred
+            written = self.recorded(turn.id)
+            if written is not None:
+                await written
 
     def _attempt_started(self, turn: Turn, attempt: Attempt) -> Callable[[], None]:
         return lambda: self.bus.publish(AttemptStarted(
@@ -603,17 +620,26 @@ class Pipeline:
             turn.usage.completion_tokens = part.completion_tokens
             turn.usage.total_tokens = part.total_tokens
 
-    def _repair(self, turn: Turn, note: Note, soon: bool = False) -> None:
+    def _repair(self, turn: Turn, note: Note) -> None:
+        """A repair to the stream: recorded and announced now, unless an attempt made it."""
         if any(r.kind == note.kind and r.before == note.before and r.after == note.after
                for r in turn.repairs):
-            return  # the same history repair, made again for a retry
+            return  # the same repair, made again by a retry
+        self._record_repair(turn, note)
+
+    def _history_repaired(self, turn: Turn, notes: list[Note]) -> None:
+        """Record an attempt's history repairs, but not again for a retry (one set, not a
+        scan of the record per note: a long history can need a hundred)."""
+        made = {(r.kind, r.before, r.after) for r in turn.repairs}
+        for note in notes:
+            if (note.kind, note.before, note.after) not in made:
+                made.add((note.kind, note.before, note.after))
+                self._record_repair(turn, note)
+
+    def _record_repair(self, turn: Turn, note: Note) -> None:
         turn.repairs.append(RepairRecord(note.kind, note.before, note.after, call_id=note.call_id))
-        event = RepairApplied(turn_id=turn.id, kind=note.kind, before=note.before, after=note.after,
-                              call_id=note.call_id)
-        if soon:  # a history repair: the request goes out first
-            self.bus.publish_soon(event)
-        else:
-            self.bus.publish(event)
+        self.bus.publish(RepairApplied(turn_id=turn.id, kind=note.kind, before=note.before,
+                                       after=note.after, call_id=note.call_id))
 
     def _health_changed(self, target: str, healthy: bool, until: float | None,
                         reason: str) -> None:

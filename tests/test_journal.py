@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 from aiohttp import web
 
 from fault_support import ServeProcess
+from proxy_core.journal import Writer
 from support import (
     API, CHAT_PATH, UPSTREAM_KEY_ENV, FakeUpstream, Hang, api_turn, api_turns, chat_body,
     content_of, openai_config, sse, stream_chat, text_chunk, text_reply, wait_until,
@@ -89,6 +91,36 @@ async def test_kill_9_leaves_finished_turns_and_the_live_one_on_disk(
     state, data = rows[live_id]
     assert state == "live"
     assert data["request"]["messages"][-1]["content"] == "in flight"
+
+
+# -- the writer thread ---------------------------------------------------------------
+
+def test_the_writer_runs_rows_before_requests_each_kind_in_order() -> None:
+    writer = Writer()
+    busy = threading.Event()
+    done: list[str] = []
+    writer.submit(busy.wait, Writer.REQUEST)  # the thread is busy with a request
+    for name, kind in [("request 1", Writer.REQUEST), ("row 1", Writer.ROW),
+                       ("request 2", Writer.REQUEST), ("row 2", Writer.ROW)]:
+        writer.submit(lambda name=name: done.append(name), kind)
+    busy.set()
+    writer.close()
+    assert done == ["row 1", "row 2", "request 1", "request 2"]
+
+
+def test_a_wait_given_up_does_not_stop_the_writer() -> None:
+    # A client that leaves cancels its wait for its turn's row: the row is
+    # still written and the writer goes on (it once died on this).
+    writer = Writer()
+    busy = threading.Event()
+    done: list[str] = []
+    writer.submit(busy.wait, Writer.REQUEST)
+    given_up = writer.submit(lambda: done.append("row"), Writer.ROW)
+    assert given_up.cancel()
+    busy.set()
+    writer.submit(lambda: done.append("next"), Writer.ROW).result(timeout=10)
+    writer.close()
+    assert done == ["row", "next"]
 
 
 # -- secrets -------------------------------------------------------------------------

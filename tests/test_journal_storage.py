@@ -21,9 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy_core.contents import approx_size, encode, split
+from proxy_core.contents import encode, split
 from proxy_core import journal as journal_module
-from proxy_core.journal import INLINE_BYTES, Journal
+from proxy_core.journal import Journal
 from proxy_core.record import Turn
 from proxy_core.retention import Retention, used_bytes
 from proxy_core.secrets import Redactor
@@ -62,9 +62,9 @@ def unique_bytes(requests: list[dict[str, Any]]) -> int:
     total = 0
     for request in requests:
         skeleton, fields = split(request)
-        total += len(encode(skeleton)[1])
-        parts.update(encode(item)[0] for items in fields.values() for item in items)
-    return total + sum(len(p.encode()) for p in parts)
+        total += len(encode(skeleton))
+        parts.update(encode(item) for items in fields.values() for item in items)
+    return total + sum(len(p) for p in parts)
 
 
 def journal_bytes(path: Path) -> int:
@@ -108,15 +108,13 @@ async def test_turns_in_memory_share_their_history(
         fake_upstream: FakeUpstream, proxy_factory: Any) -> None:
     proxy = await proxy_factory(openai_config(fake_upstream.base_url))
     async with httpx.AsyncClient(timeout=10) as client:
-        # Small requests are prepared as the turn starts, large ones (over
-        # `INLINE_BYTES`: from the second turn) on the journal's worker: both share.
+        # Requests are named on the journal's writer thread, which shares them.
         for step in range(20):
             response = await client.post(proxy.base_url + CHAT_PATH, json=session_request(step),
                                          headers={"x-session-id": "ses_share"})
             assert response.status_code == 200
     turns = proxy.store.recent(0)
     assert len(turns) == 20
-    assert approx_size(turns[0].request) < INLINE_BYTES < approx_size(turns[-1].request)
 
     def shared() -> bool:
         last = turns[-1].request
@@ -270,7 +268,7 @@ async def test_the_wal_is_checkpointed_on_the_worker_not_the_event_loop(
             body = session_request(120, tag=f"session {i}")
             response = await client.post(proxy.base_url + CHAT_PATH, json=body)
             assert response.status_code == 200
-            await wait_until(lambda: not proxy.journal._pending, what="the request written")
+            proxy.journal.settle()  # the request written
         await wait_until(lambda: len(threads) >= 12, what="the checkpoints")
     assert set(threads) == {t for t in threads if t.startswith("switchboard-journal")}
     # The checkpoints moved the parts from the WAL into the database file

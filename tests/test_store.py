@@ -53,4 +53,6 @@ async def test_a_turn_ending_while_a_newer_one_opens_is_still_journaled(
     await wait_until(lambda: state() == "live", what="the old turn's start journaled")
     proxy.pipeline.open_turn(chat, {})
     proxy.pipeline._finish(old)  # unit seam: a turn ending while another one opens
+    assert proxy.journal is not None
+    proxy.journal.settle()  # the journal's writer has done what it was handed
     assert state() == "finished"

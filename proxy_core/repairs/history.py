@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from .ids import kimi_id
@@ -163,19 +164,29 @@ def _mend_arguments(messages: list[Message], notes: list[Note]) -> None:
             function = call.get("function") if isinstance(call, dict) else None
             args = function.get("arguments") if isinstance(function, dict) else None
             if isinstance(args, dict):
-                fixed, did = json.dumps(args, ensure_ascii=False), True
+                fixed: str | None = json.dumps(args, ensure_ascii=False)
             elif isinstance(args, str):
-                fixed, did = repair_json_arguments(args)
-                did = did and not _same_json(args, fixed)
+                fixed = _mended(args)
             else:
-                fixed, did = "{}", True
-            if did and isinstance(function, dict):
+                fixed = "{}"
+            if fixed is not None and isinstance(function, dict):
                 notes.append(Note("tool_arguments", excerpt(args), excerpt(fixed)))
                 call = {**call, "function": {**function, "arguments": fixed}}
                 changed = True
             mended.append(call)
         if changed:
             messages[index] = {**message, "tool_calls": mended}
+
+
+@lru_cache(maxsize=8192)
+def _mended(args: str) -> str | None:
+    """The mended text of `args`, or None when it needs no mending.
+
+    Remembered: an agent resends every call of its history on every turn,
+    and each would otherwise be parsed twice per turn.
+    """
+    fixed, did = repair_json_arguments(args)
+    return fixed if did and not _same_json(args, fixed) else None
 
 
 def _same_json(a: str, b: str) -> bool:
