@@ -35,7 +35,7 @@ from typing import Any
 
 from .bus import EventBus
 from .config import Config, RouteSettings, Target
-from .contents import approx_size
+from .contents import encode
 from .errors import ClientRequestError, EmptyReply, UpstreamError, UpstreamTimeout
 from .events import (
     AttemptCancelled, AttemptFailed, AttemptStarted, Chunk, FirstByte, Heartbeat, RepairApplied,
@@ -217,7 +217,8 @@ class Pipeline:
                   first: Target | None = None, first_reason: str = "initial"
                   ) -> AsyncGenerator[StreamPart, None]:
         """Yield the client's parts; raise `TurnAborted` when the turn cannot complete."""
-        live = LiveTurn(turn, route, turn.request_bytes or approx_size(turn.request))
+        # A rerun by hand has no body as received: its size is measured once, off the hot path.
+        live = LiveTurn(turn, route, turn.request_bytes or len(encode(turn.request)))
         self.live[turn.id] = live
         watchdog = route.watchdog
         plan = self._plan(route, first)

@@ -154,7 +154,8 @@ async def test_journal_write_failures_keep_the_proxy_serving_and_are_caught_up(
     assert expected in status["error"]
     loud = loud_lines(caplog, "JOURNAL NOT WRITING")
     assert len(loud) == 1 and loud[0].levelno == logging.ERROR  # once per streak
-    assert len(journal_ids(proxy.config.proxy.journal)) == 1
+    # Only the turn from before is on disk whole (a small row may still fit in a free page).
+    assert list(journal_ids(proxy.config.proxy.journal).values()).count("finished") == 1
     turns = await api_turns(client, proxy.base_url)  # the API still shows them all
     assert [t["state"] for t in turns] == ["finished"] * 5
 
