@@ -265,3 +265,18 @@ def test_the_generator_covers_the_grammar() -> None:
     assert all(leak.kept & {"call_begin", "arg_begin", "call_end"} for leak in leaks)
     assert any(leak.reasoning and leak.content for leak in leaks)
     assert id_text("functions{name}{idx}", "exec", 5) == "functionsexec5"
+
+
+@pytest.mark.parametrize(("content", "call", "shown"), [
+    # Found by the fuzzer: a sentence that ends in a tool's name is prose, not the call's id.
+    ('glob. <｜ tool call argument begin ｜>{"filePath": "/w/a.py", "content": "x"}<｜ tool_call_end ｜>',
+     ("write", {"filePath": "/w/a.py", "content": "x"}), "glob."),
+    ('Use glob:\n<|tool_call_argument_begin|>{"pattern": "*.py"}<|tool_call_end|>',
+     ("glob", {"pattern": "*.py"}), "Use glob:"),
+    ('glob! <|tool_call_argument_begin|>{"env": ""}<|tool_call_end|>', None, 'glob! {"env": ""}'),
+])
+def test_a_word_with_sentence_punctuation_before_a_marker_is_prose(
+        content: str, call: tuple[str, dict[str, Any]] | None, shown: str) -> None:
+    out, _notes = repair([*chunked("", content, random.Random(0)), FinishPart("stop")])
+    assert calls_of(out) == ([call] if call else [])
+    assert squeeze(text_of(out)) == squeeze(shown)

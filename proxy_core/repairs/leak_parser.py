@@ -292,6 +292,13 @@ def _partial_tail(tail: str) -> bool:
     return skeleton in (_SKELETONS if m.group("close") else _SKELETON_PREFIXES)
 
 
+def _id_end(char: str) -> bool:
+    """Whether an id may end with ``char``: ids end in a letter, a digit, ``_`` or ``-``
+    (``functions.read:3``, ``call00003``, a uuid); a word that ends in sentence
+    punctuation is prose."""
+    return char.isalnum() or char in "_-"
+
+
 def _inert(delta: str) -> bool:
     """Whether a ``<`` or ``{`` in ``delta`` can open nothing, now or with more text
     (code and markup are full of both: they take the fast path too)."""
@@ -823,6 +830,9 @@ class LeakParser:
         back = self._buf[start:j][::-1]
         run = _TRAIL_REV_RE.match(back)
         assert run is not None  # every part of the pattern is optional
+        blanks = len(back) - len(back.lstrip())
+        if run.end() > blanks and not _id_end(back[blanks]):
+            return j - blanks  # "Done. <marker>", "glob:\n{": a sentence's end, not an id
         return j - run.end()
 
     def _object_start(self, j: int, eof: bool) -> int | None:
