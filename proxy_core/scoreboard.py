@@ -50,7 +50,7 @@ MAX_TARGETS = 256
 STATUSES = ("cooling", "stalling", "failing", "ok", "idle")
 #: Sort keys for `Scoreboard.rows` (besides the numeric fields of `TargetStats`).
 SORT_KEYS = ("status", "target", "turns", "tool_turns", "leaks", "history_repairs", "stalls",
-             "retries", "reroutes", "errors", "ttft_p50", "ttft_p95", "tokens_in", "tokens_out")
+             "retries", "reroutes", "hedges", "errors", "ttft_p50", "ttft_p95", "tokens_in", "tokens_out")
 
 Lookup = Callable[[str], Turn | None]
 
@@ -80,6 +80,7 @@ class TargetStats:
     stalls: int = 0
     retries: int = 0
     reroutes: int = 0
+    hedges: int = 0           # hedged attempts sent to it (`[watchdog] hedge_after`)
     errors: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
@@ -115,7 +116,8 @@ class TargetStats:
         return {"target": self.target, "status": self.status(now), "turns": self.turns,
                 "tool_turns": self.tool_turns, "leaks": self.leaks,
                 "history_repairs": self.history_repairs, "stalls": self.stalls,
-                "retries": self.retries, "reroutes": self.reroutes, "errors": self.errors,
+                "retries": self.retries, "reroutes": self.reroutes, "hedges": self.hedges,
+                "errors": self.errors,
                 "ttft_p50": self.ttft_p50, "ttft_p95": self.ttft_p95,
                 "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
                 "cooling_for": cooling, "stalling_now": len(self.stalling)}
@@ -157,6 +159,8 @@ class Scoreboard:
                 stats.retries += 1
             elif attempt.reason in ("reroute", "manual-reroute") and previous is not None:
                 self.stats(previous).reroutes += 1
+            elif attempt.reason == "hedge":
+                stats.hedges += 1
             if attempt.first_byte_at is not None:
                 stats.ttft.append(max(0.0, attempt.first_byte_at - attempt.started_at))
             ended = attempt.ended_at or turn.finished_at or attempt.started_at

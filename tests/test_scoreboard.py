@@ -109,3 +109,18 @@ async def test_the_control_api_serves_the_scoreboard_live_and_from_the_journal(
                                   params={"sort": "turns"})).json()
         assert board["targets"][0]["target"] == "backup:up-model"
         assert board["targets"][0]["turns"] == 1  # counted from the journal after a restart
+
+
+def test_hedged_attempts_count_on_the_target_they_went_to() -> None:
+    board = Scoreboard(clock=lambda: 100.0)
+    turn = Turn(id="turn_h", session_id="s", model="m", route="m", stream=True, request={},
+                state="finished", finished_at=3.0)
+    turn.attempts = [Attempt(number=1, target="a:m", started_at=1.0, ended_at=3.0, outcome="ok",
+                             first_byte_at=2.5),
+                     Attempt(number=2, target="b:m", reason="hedge", started_at=2.0, ended_at=2.6,
+                             outcome="cancelled")]
+    assert board.count(turn)
+    a, b = board.targets["a:m"], board.targets["b:m"]
+    assert (a.hedges, b.hedges) == (0, 1)
+    assert b.errors == b.stalls == 0  # a hedge that lost its race is no failure
+    assert board.to_dict("hedges")["targets"][0]["target"] == "b:m"

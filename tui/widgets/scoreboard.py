@@ -23,7 +23,7 @@ from .turn_table import tokens
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("status", "status"), ("target", "target"), ("turns", "turns"), ("tool_turns", "tools"),
     ("leaks", "leaks"), ("history_repairs", "hist"), ("stalls", "stalls"),
-    ("retries", "retry"), ("reroutes", "rerouted"), ("errors", "errors"),
+    ("retries", "retry"), ("reroutes", "rerouted"), ("hedges", "hedged"), ("errors", "errors"),
     ("ttft_p50", "ttft p50"), ("ttft_p95", "p95"), ("tokens_in", "tok in"),
     ("tokens_out", "tok out"),
 )
@@ -59,7 +59,7 @@ def row(stats: TargetStats, now: float, p: Palette) -> tuple[Text | str, ...]:
         str(stats.turns), str(stats.tool_turns),
         hot(stats.leaks, p.accent), hot(stats.history_repairs, p.accent),
         hot(stats.stalls, p.error), hot(stats.retries, p.warn), hot(stats.reroutes, p.warn),
-        hot(stats.errors, p.error),
+        hot(stats.hedges, p.warn), hot(stats.errors, p.error),
         _seconds(stats.ttft_p50), _seconds(stats.ttft_p95),
         tokens(stats.tokens_in), tokens(stats.tokens_out),
     )
