@@ -17,6 +17,7 @@ from aiohttp import web
 from .errors import ClientRequestError
 from .events import Chunk, Event
 from .sse import SSE_HEADERS, comment_line
+from .usage import UsageTotals, summarize
 
 if TYPE_CHECKING:
     from .app import SwitchboardProxy
@@ -42,6 +43,7 @@ class ControlAPI:
         app.router.add_get(f"{PREFIX}/turns/{{turn_id}}", self.turn)
         app.router.add_get(f"{PREFIX}/events", self.events)
         app.router.add_get(f"{PREFIX}/targets", self.targets)
+        app.router.add_get(f"{PREFIX}/usage", self.usage)
         app.router.add_post(f"{PREFIX}/turns/{{turn_id}}/retry", self.retry)
         app.router.add_post(f"{PREFIX}/turns/{{turn_id}}/reroute", self.reroute)
 
@@ -123,6 +125,23 @@ class ControlAPI:
         else:
             items = [t.to_dict(include_request=False) for t in turns]
         return self._json({"turns": items[-limit:]})
+
+    async def usage(self, request: web.Request) -> web.Response:
+        """Tokens and cost in total and per session (`?session=ID`: that one only):
+        over the journal, and the turns in memory it has not heard of yet."""
+        journal = self.proxy.journal
+        sessions = journal.usage() if journal is not None else {}
+        if journal is None or not journal.ok:
+            _, sessions = summarize(t.to_dict(include_request=False)
+                                    for t in self.proxy.store.recent(0))
+        wanted = request.query.get("session")
+        total = UsageTotals()
+        for name, totals in sessions.items():
+            if not wanted or name == wanted:
+                total.merge(totals)
+        return self._json({"total": total.to_dict(),
+                           "sessions": {name: totals.to_dict() for name, totals
+                                        in sessions.items() if not wanted or name == wanted}})
 
     async def turn(self, request: web.Request) -> web.Response:
         turn_id = request.match_info["turn_id"]

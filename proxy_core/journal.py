@@ -51,6 +51,7 @@ from .repairs.memory import RememberedCall
 from .retention import Retention, prune
 from .secrets import Redactor
 from .store import TurnStore
+from .usage import COUNTS, UsageTotals
 
 log = logging.getLogger(__name__)
 
@@ -494,6 +495,26 @@ class Journal:
         except sqlite3.Error:  # a journal that could not even be set up
             return []
         return [json.loads(r[0]) for r in reversed(rows)]
+
+    def usage(self) -> dict[str, UsageTotals]:
+        """Tokens and cost per session over every turn kept (`usage.UsageTotals`)."""
+        sums = ", ".join(f"coalesce(sum(json_extract(data, '$.usage.{name}')), 0)"
+                         for name in COUNTS)
+        try:
+            rows = self.conn.execute(
+                f"SELECT session_id, count(*), {sums}, coalesce(sum(json_extract(data, '$.cost')),"
+                " 0.0), count(json_extract(data, '$.cost')) FROM turns GROUP BY session_id"
+            ).fetchall()
+        except sqlite3.Error:
+            return {}
+        sessions: dict[str, UsageTotals] = {}
+        for row in rows:
+            totals = UsageTotals(turns=int(row[1]), cost=float(row[2 + len(COUNTS)]),
+                                 priced_turns=int(row[3 + len(COUNTS)]))
+            for name, value in zip(COUNTS, row[2:2 + len(COUNTS)], strict=True):
+                setattr(totals, name, int(value))
+            sessions[str(row[0])] = totals
+        return sessions
 
     def turn(self, turn_id: str) -> dict[str, Any] | None:
         """One turn with its request."""

@@ -279,11 +279,19 @@ class ChunkDecoder:
 
 
 def _usage_part(usage: dict[str, Any]) -> UsagePart:
-    def num(key: str) -> int:
-        value = usage.get(key)
-        return value if isinstance(value, int) else 0
-    prompt, completion = num("prompt_tokens"), num("completion_tokens")
-    return UsagePart(prompt, completion, num("total_tokens") or prompt + completion)
+    """`usage`, with the cache and reasoning counts of its `*_details` when given."""
+    def num(table: Any, key: str) -> int:
+        value = table.get(key) if type(table) is dict else None
+        return value if type(value) is int and value > 0 else 0
+    prompt, completion = num(usage, "prompt_tokens"), num(usage, "completion_tokens")
+    details = usage.get("prompt_tokens_details")
+    # Moonshot reports `cached_tokens` at the top level; OpenAI and OpenRouter in the details.
+    cached = num(details, "cached_tokens") or num(usage, "cached_tokens")
+    return UsagePart(prompt, completion, num(usage, "total_tokens") or prompt + completion,
+                     cached_tokens=min(cached, prompt),
+                     cache_write_tokens=min(num(details, "cache_write_tokens"), prompt),
+                     reasoning_tokens=min(num(usage.get("completion_tokens_details"),
+                                              "reasoning_tokens"), completion))
 
 
 def decode_completion(payload: Any) -> list[StreamPart]:

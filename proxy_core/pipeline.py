@@ -433,9 +433,17 @@ class Pipeline:
         elif isinstance(part, FinishPart):
             turn.finish_reason = part.reason
         elif isinstance(part, UsagePart):
-            turn.usage.prompt_tokens = part.prompt_tokens
-            turn.usage.completion_tokens = part.completion_tokens
-            turn.usage.total_tokens = part.total_tokens
+            usage = turn.usage
+            usage.prompt_tokens = part.prompt_tokens
+            usage.completion_tokens = part.completion_tokens
+            usage.total_tokens = part.total_tokens
+            usage.cached_tokens = part.cached_tokens
+            usage.cache_write_tokens = part.cache_write_tokens
+            usage.reasoning_tokens = part.reasoning_tokens
+            if self.config.prices and turn.attempts:
+                target = turn.attempts[-1].target
+                turn.cost = self.config.prices.cost(
+                    usage, target, Target.parse(target).model_for(turn.model), turn.model)
 
     def _repair(self, turn: Turn, note: Note, soon: bool = False) -> None:
         if any(r.kind == note.kind and r.before == note.before and r.after == note.after
@@ -464,7 +472,9 @@ class Pipeline:
         self.bus.publish(TurnFinished(
             turn_id=turn.id, finish_reason=turn.finish_reason,
             prompt_tokens=turn.usage.prompt_tokens, completion_tokens=turn.usage.completion_tokens,
-            duration=turn.duration, tool_calls=len(turn.tool_calls)))
+            duration=turn.duration, tool_calls=len(turn.tool_calls),
+            cached_tokens=turn.usage.cached_tokens, reasoning_tokens=turn.usage.reasoning_tokens,
+            cost=turn.cost))
 
     def _fail(self, turn: Turn, message: str, status: int) -> None:
         turn.finished_at = time.time()

@@ -68,9 +68,20 @@ class Attempt:
 
 @dataclass(slots=True)
 class Usage:
+    """Tokens the host reported for the turn (zero when it reported none).
+
+    `prompt_tokens` counts every input token, cached or not; `cached_tokens`
+    (read from the host's prompt cache) and `cache_write_tokens` (written to
+    it) are parts of it. `completion_tokens` counts every output token;
+    `reasoning_tokens` is the part spent thinking.
+    """
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -98,6 +109,8 @@ class Turn:
     error: str | None = None
     status: int = 200
     rerun_of: str | None = None
+    #: What the turn cost, from `[prices]` and the usage (None: no price, or no usage).
+    cost: float | None = None
 
     @property
     def text(self) -> str:

@@ -363,6 +363,15 @@ class OtelExporter:
             "gen_ai.usage.output_tokens": e.completion_tokens,
             "switchboard.tool_calls": e.tool_calls,
         })
+        if turn is not None and turn.usage.cached_tokens:
+            span.set_attribute("gen_ai.usage.cache_read.input_tokens", turn.usage.cached_tokens)
+        if turn is not None and turn.usage.cache_write_tokens:
+            span.set_attribute("gen_ai.usage.cache_creation.input_tokens",
+                               turn.usage.cache_write_tokens)
+        if e.reasoning_tokens:
+            span.set_attribute("switchboard.usage.reasoning_tokens", e.reasoning_tokens)
+        if e.cost is not None:
+            span.set_attribute("switchboard.cost", e.cost)
         if self.capture_content and turn is not None:
             parts: list[dict[str, Any]] = []
             if turn.text:
