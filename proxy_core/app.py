@@ -53,7 +53,8 @@ class SwitchboardProxy:
         self.telemetry = telemetry.start(config, self.bus, self.store, self.redactor)
         self.memory = ToolCallMemory(self.journal)
         self.pipeline = Pipeline(config, self.upstreams, self.bus, self.store, self.memory,
-                                 lookup=self._journaled_turn)
+                                 lookup=self._journaled_turn,
+                                 capture_wire=self.journal is not None)
         self.heartbeat = HeartbeatTicker(self.pipeline, self.bus)
         self._ticker: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None

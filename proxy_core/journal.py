@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from . import journal_db
+from .capture import WireCapture
 from .contents import Interner, Namer, PreparedRequest, approx_size
 from .errors import ConfigError
 from .events import StreamHeartbeat, TurnFailed, TurnFinished, TurnStarted
@@ -281,6 +282,8 @@ class Journal:
         turn = self.store.get(turn_id)
         if turn is not None:
             self._write_turn(turn, full=turn_id in self._unsaved)
+            if turn.wire:
+                self._save_wire(turn)
         if self.retention.any and time.monotonic() - self._last_prune >= PRUNE_INTERVAL:
             self.prune()
         self._maybe_checkpoint()
@@ -425,6 +428,56 @@ class Journal:
             items[part.position] = self.interner.intern(part.key, items[part.position], part.size)
         if fields:
             turn.request = {**request, **fields}
+
+    # -- raw upstream answers ----------------------------------------------------------
+
+    def _save_wire(self, turn: Turn) -> None:
+        """Hand the turn's captured upstream bytes to the worker to encode and redact;
+        the loop writes the result. The turn lets go of them now."""
+        captures, turn.wire = turn.wire, []
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write_wire(turn.id, self._encode_wire(captures))
+            return
+        future = self._executor().submit(self._encode_wire, captures)
+
+        def ready(done: Future[str]) -> None:
+            try:
+                loop.call_soon_threadsafe(self._wire_ready, turn.id, done)
+            except RuntimeError:  # the loop closed
+                pass
+
+        future.add_done_callback(ready)
+
+    def _encode_wire(self, captures: list[WireCapture]) -> str:
+        attempts = []
+        for capture in captures:
+            data = capture.encode()
+            if capture.messages is not None:
+                data["messages"] = capture.messages
+            attempts.append(data)
+        return self._json({"attempts": attempts})
+
+    def _wire_ready(self, turn_id: str, done: Future[str]) -> None:
+        try:
+            text = done.result()
+        except Exception:  # a bug of ours: the turn stays, without its raw answer
+            log.exception("journal: could not encode the upstream answer of %s", turn_id)
+            return
+        self._write_wire(turn_id, text)
+
+    def _write_wire(self, turn_id: str, text: str) -> None:
+        self._guarded("record an upstream answer", lambda: self.conn.execute(
+            "INSERT OR REPLACE INTO wire (id, data) VALUES (?, ?)", (turn_id, text)))
+
+    def wire(self, turn_id: str) -> dict[str, Any] | None:
+        """The raw upstream answer of a turn, per attempt (`capture.WireCapture.encode`)."""
+        try:
+            row = self.conn.execute("SELECT data FROM wire WHERE id = ?", (turn_id,)).fetchone()
+        except sqlite3.Error:
+            return None
+        return None if row is None else dict(json.loads(row[0]))
 
     # -- retention -------------------------------------------------------------------
 

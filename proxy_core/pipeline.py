@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .bus import EventBus
+from .capture import TURN_LIMIT, WireCapture
 from .config import Config, RouteSettings, Target
 from .errors import ClientRequestError, EmptyReply, UpstreamError, UpstreamTimeout
 from .events import (
@@ -105,8 +106,10 @@ TurnLookup = Callable[[str], Turn | None]
 class Pipeline:
     def __init__(self, config: Config, upstreams: Mapping[str, Upstream], bus: EventBus,
                  store: TurnStore, memory: ToolCallMemory | None = None,
-                 lookup: TurnLookup | None = None) -> None:
+                 lookup: TurnLookup | None = None, *, capture_wire: bool = False) -> None:
         self.config = config
+        #: Keep each attempt's raw upstream bytes on the turn until the journal has them.
+        self.capture_wire = capture_wire
         self.upstreams = upstreams
         self.bus = bus
         self.store = store
@@ -267,17 +270,26 @@ class Pipeline:
         model = target.model_for(turn.model)
         body = _upstream_body(turn.request, model)
         plan = plan_for(live.route.repairs, model, upstream.kind)
+        repaired_messages = False
         if plan.any:
             placeholder = self.config.upstreams[target.upstream].reasoning_placeholder
             body["messages"], notes = repair_history(body["messages"], plan, self.memory,
                                                      placeholder=placeholder)
             for note in notes:
                 self._repair(turn, note, soon=True)
+            repaired_messages = bool(notes)
+        capture = None
+        if self.capture_wire:  # the raw answer, for repro fixtures (`capture.py`)
+            spent = sum(c.size for c in turn.wire)
+            capture = WireCapture(attempt.number, attempt.target, max(0, TURN_LIMIT - spent))
+            if repaired_messages:
+                capture.messages = body["messages"]
+            turn.wire.append(capture)
         repairer = StreamRepairer(plan, ToolCatalog.from_openai(body.get("tools")),
                                   lambda note: self._repair(turn, note))
         answered = False  # text or a call reached the client (reasoning alone does not count)
         finished = False
-        parts = upstream.stream(UpstreamRequest(model=model, body=body))
+        parts = upstream.stream(UpstreamRequest(model=model, body=body, capture=capture))
         watchdog = live.route.watchdog
         loop = asyncio.get_running_loop()
         watch = Deadline(loop.time() + watchdog.first_token_timeout)

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from .capture import WireCapture
+
 TurnState = Literal["live", "finished", "failed"]
 
 #: The version of `Turn.to_dict`'s layout, carried in its `format` key (as mitmproxy's
@@ -111,6 +113,8 @@ class Turn:
     rerun_of: str | None = None
     #: What the turn cost, from `[prices]` and the usage (None: no price, or no usage).
     cost: float | None = None
+    #: Raw upstream bytes per attempt (`capture.py`), until the journal has written them.
+    wire: list[WireCapture] = field(default_factory=list, repr=False)
 
     @property
     def text(self) -> str:
@@ -190,7 +194,7 @@ class Turn:
         return turn
 
 
-_NOT_IN_DICT = frozenset({"text_parts", "reasoning_parts"})
+_NOT_IN_DICT = frozenset({"text_parts", "reasoning_parts", "wire"})
 _RECORD_LISTS = frozenset({"attempts", "tool_calls", "repairs"})
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 _R = TypeVar("_R")

@@ -1,0 +1,81 @@
+"""The upstream's answer as it came off the wire: raw bytes of each attempt, with timing.
+
+A repro fixture (`repro.py`) needs the exact bytes a host sent and when,
+not the parts Switchboard made of them. The upstream adapter hands each
+network read to `WireCapture.add` as it arrives: one clock read and one
+list append, nothing else on the relay path. Joining, decoding and
+redacting happen later, off the path, when the journal writes the turn
+(`encode`).
+
+Capture is bounded per turn (`TURN_LIMIT`, shared by its attempts): past
+it, reads are counted but not kept and the attempt is marked `truncated`,
+which the fixture and `switchboard replay` show. Only adapters that speak
+HTTP themselves (OpenAI-compatible hosts and the simulator) capture; the
+Bedrock Converse adapter gets decoded events from boto3 and captures none.
+"""
+
+from __future__ import annotations
+
+import codecs
+import time
+from typing import Any
+
+#: Raw upstream bytes kept per turn, all attempts together.
+TURN_LIMIT = 512 * 1024
+
+
+class WireCapture:
+    """The raw answer of one attempt; `started` is when its request was sent (monotonic)."""
+
+    __slots__ = ("attempt", "target", "started", "chunks", "times", "size", "limit", "truncated",
+                 "dropped", "status", "content_type", "messages")
+
+    def __init__(self, attempt: int, target: str, limit: int) -> None:
+        self.attempt = attempt
+        self.target = target
+        self.started = time.monotonic()
+        self.chunks: list[bytes] = []
+        self.times: list[float] = []
+        self.size = 0
+        self.limit = limit
+        self.truncated = False
+        self.dropped = 0  # bytes seen past the limit
+        self.status: int | None = None
+        self.content_type = ""
+        #: The messages sent, when history repairs changed the client's (shared, not copied).
+        self.messages: list[Any] | None = None
+
+    def add(self, data: bytes) -> None:
+        if self.size + len(data) > self.limit:
+            self.truncated = True
+            self.dropped += len(data)
+            return
+        self.chunks.append(data)
+        self.times.append(time.monotonic())
+        self.size += len(data)
+
+    def answered(self, status: int, content_type: str) -> None:
+        self.status = status
+        self.content_type = content_type
+
+    def encode(self) -> dict[str, Any]:
+        """A JSON-ready account: each read as text with its time since the request (s).
+
+        Text is decoded incrementally, so a character split across two reads
+        moves whole into the second; joined, the pieces are the bytes received
+        (undecodable bytes become U+FFFD).
+        """
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        chunks: list[list[Any]] = []
+        for at, piece in zip(self.times, self.chunks, strict=True):
+            chunks.append([round(at - self.started, 4), decoder.decode(piece)])
+        tail = decoder.decode(b"", final=True)
+        if tail and chunks:
+            chunks[-1][1] += tail
+        data: dict[str, Any] = {"attempt": self.attempt, "target": self.target,
+                                "status": self.status, "content_type": self.content_type,
+                                "bytes": self.size, "truncated": self.truncated,
+                                "chunks": chunks}
+        if self.truncated:
+            data["dropped_bytes"] = self.dropped
+        return data
