@@ -17,6 +17,7 @@ from aiohttp import web
 from .errors import ClientRequestError
 from .events import Chunk, Event
 from .sse import SSE_HEADERS, comment_line
+from .repro import ReproError, build_fixture
 from .usage import UsageTotals, summarize
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ class ControlAPI:
         app.router.add_get(f"{PREFIX}/events", self.events)
         app.router.add_get(f"{PREFIX}/targets", self.targets)
         app.router.add_get(f"{PREFIX}/usage", self.usage)
+        app.router.add_get(f"{PREFIX}/turns/{{turn_id}}/repro", self.repro)
         app.router.add_post(f"{PREFIX}/turns/{{turn_id}}/retry", self.retry)
         app.router.add_post(f"{PREFIX}/turns/{{turn_id}}/reroute", self.reroute)
 
@@ -142,6 +144,22 @@ class ControlAPI:
         return self._json({"total": total.to_dict(),
                            "sessions": {name: totals.to_dict() for name, totals
                                         in sessions.items() if not wanted or name == wanted}})
+
+    async def repro(self, request: web.Request) -> web.Response:
+        """The turn as a repro fixture (`repro.py`): its request, the raw upstream bytes
+        of each attempt with their timing, the repairs, the route and watchdog settings."""
+        turn_id = request.match_info["turn_id"]
+        journal = self.proxy.journal
+        turn = self.proxy.store.get(turn_id)
+        data = turn.to_dict() if turn else (journal.turn(turn_id) if journal else None)
+        if data is None:
+            return self._error(f"no turn {turn_id!r}", 404, "turn_not_found")
+        try:
+            fixture = build_fixture(data, journal.wire(turn_id) if journal else None,
+                                    self.proxy.config)
+        except ReproError as exc:
+            return self._error(str(exc), 409, "turn_live")
+        return self._json(fixture)
 
     async def turn(self, request: web.Request) -> web.Response:
         turn_id = request.match_info["turn_id"]
