@@ -143,6 +143,11 @@ class TurnSource(ABC):
                 "turns": [t.to_dict(include_request=False) for t in turns],
                 "last_request": last_request}
 
+    async def repro(self, turn_id: str) -> dict[str, Any]:
+        """The turn as a repro fixture (`proxy_core.repro`): needs a proxy with a journal."""
+        raise SourceError("repro fixtures come from a running proxy's journal; "
+                          "this view has none")
+
     # -- actions ---------------------------------------------------------------------------
 
     @abstractmethod
