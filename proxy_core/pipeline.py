@@ -279,7 +279,8 @@ class Pipeline:
                 self._repair(turn, note, soon=True)
             repaired_messages = bool(notes)
         capture = None
-        if self.capture_wire:  # the raw answer, for repro fixtures (`capture.py`)
+        # The raw answer, for repro fixtures (`capture.py`), from adapters that read the wire.
+        if self.capture_wire and getattr(upstream, "captures_wire", False):
             spent = sum(c.size for c in turn.wire)
             capture = WireCapture(attempt.number, attempt.target, max(0, TURN_LIMIT - spent))
             if repaired_messages:

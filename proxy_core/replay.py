@@ -88,6 +88,8 @@ class ReplayHost:
         hang = recorded.get("truncated") or outcome in ("abandoned", "interrupted") or (
             outcome == "failed" and error.startswith(_STALL_PREFIXES))
         if recorded.get("status") is None:  # no answer had come at all
+            if not hang and request.transport is not None:
+                request.transport.close()  # it failed at once: refused, reset
             await asyncio.Event().wait()  # until the proxy gives up and closes
         response = web.StreamResponse(status=int(recorded["status"]), headers={
             "Content-Type": str(recorded.get("content_type") or "text/event-stream")})

@@ -101,6 +101,8 @@ class OpenAIUpstream:
     """
 
     kind = "openai"
+    #: Hands each network read to `UpstreamRequest.capture` (`capture.py`).
+    captures_wire = True
 
     def __init__(self, settings: UpstreamSettings, base_url: str | None = None) -> None:
         self.name = settings.name
