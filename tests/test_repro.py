@@ -19,6 +19,7 @@ from proxy_core.app import SwitchboardProxy
 from proxy_core.capture import WireCapture
 from proxy_core.config import parse_config
 from proxy_core.replay import replay
+from proxy_core.retention import delete_session
 from proxy_core.repro import (
     ReproError, client_view, from_journal, normalized, read_fixture, recorded_view, write_fixture,
 )
@@ -119,6 +120,12 @@ async def test_a_leaked_and_a_stalled_turn_replay_to_the_live_output(
     # The control API gives the same fixture.
     api = (await client.get(f"{proxy.base_url}{API}/turns/{stall_turn['id']}/repro")).json()
     assert api["wire"] == read_fixture(tmp_path / f"{stall_turn['id']}.json")["wire"]
+
+    # Pruning the session takes its raw answers with it.
+    assert proxy.journal is not None
+    delete_session(proxy.journal.conn, "ses_repro")
+    assert proxy.journal.wire(stall_turn["id"]) is None
+    assert proxy.journal.conn.execute("SELECT count(*) FROM wire").fetchone() == (0,)
 
 
 async def test_the_raw_answer_is_capped_with_a_marker(tmp_path: Path) -> None:
