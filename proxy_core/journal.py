@@ -42,6 +42,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from . import journal_db
 from .capture import WireCapture
 from .contents import Interner, Namer, PreparedRequest, approx_size
@@ -451,13 +453,18 @@ class Journal:
         future.add_done_callback(ready)
 
     def _encode_wire(self, captures: list[WireCapture]) -> str:
+        """The captures as redacted JSON (on the worker). orjson: up to 512 KB of reads
+        encode in ~3 ms, where `json` holds the GIL for ~25 ms."""
         attempts = []
         for capture in captures:
             data = capture.encode()
             if capture.messages is not None:
                 data["messages"] = capture.messages
             attempts.append(data)
-        return self._json({"attempts": attempts})
+        try:
+            return self.redactor(orjson.dumps({"attempts": attempts}).decode())
+        except (orjson.JSONEncodeError, TypeError):  # a lone surrogate in the messages
+            return self._json({"attempts": attempts}, True)
 
     def _wire_ready(self, turn_id: str, done: Future[str]) -> None:
         try:
