@@ -16,7 +16,6 @@ Bedrock Converse adapter gets decoded events from boto3 and captures none.
 
 from __future__ import annotations
 
-import codecs
 import time
 from typing import Any
 
@@ -59,23 +58,34 @@ class WireCapture:
         self.content_type = content_type
 
     def encode(self) -> dict[str, Any]:
-        """A JSON-ready account: each read as text with its time since the request (s).
+        """A JSON-ready account: the body received, as text, and each network read as
+        `[seconds since the request was sent, bytes]`.
 
-        Text is decoded incrementally, so a character split across two reads
-        moves whole into the second; joined, the pieces are the bytes received
-        (undecodable bytes become U+FFFD).
+        One decode of the joined bytes, not one per read: the journal pays about
+        as much for this as for the body's redaction. Undecodable bytes become
+        U+FFFD (the reads' byte counts are then off by their difference).
         """
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        chunks: list[list[Any]] = []
-        for at, piece in zip(self.times, self.chunks, strict=True):
-            chunks.append([round(at - self.started, 4), decoder.decode(piece)])
-        tail = decoder.decode(b"", final=True)
-        if tail and chunks:
-            chunks[-1][1] += tail
-        data: dict[str, Any] = {"attempt": self.attempt, "target": self.target,
-                                "status": self.status, "content_type": self.content_type,
-                                "bytes": self.size, "truncated": self.truncated,
-                                "chunks": chunks}
-        if self.truncated:
-            data["dropped_bytes"] = self.dropped
-        return data
+        started = self.started
+        return {"attempt": self.attempt, "target": self.target, "status": self.status,
+                "content_type": self.content_type, "bytes": self.size,
+                "truncated": self.truncated, **({"dropped_bytes": self.dropped}
+                                                if self.truncated else {}),
+                "body": b"".join(self.chunks).decode("utf-8", "replace"),
+                "reads": [[round(at - started, 4), len(piece)]
+                          for at, piece in zip(self.times, self.chunks, strict=True)]}
+
+
+def reads_of(recorded: dict[str, Any]) -> list[tuple[float, bytes]]:
+    """The reads of an encoded capture, as (seconds after the request, bytes) again.
+
+    A body the redactor shortened or lengthened leaves the last read with the rest.
+    """
+    body = str(recorded.get("body") or "").encode()
+    reads: list[tuple[float, bytes]] = []
+    offset = 0
+    entries = list(recorded.get("reads") or [])
+    for index, (at, size) in enumerate(entries):
+        end = len(body) if index == len(entries) - 1 else offset + int(size)
+        reads.append((float(at), body[offset:end]))
+        offset = end
+    return reads

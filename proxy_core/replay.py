@@ -27,6 +27,7 @@ import aiohttp
 from aiohttp import web
 
 from .app import SwitchboardProxy
+from .capture import reads_of
 from .config import Config, ProxySettings, RouteSettings, Target, UpstreamSettings, WatchdogSettings
 from .repro import ReproError
 
@@ -96,10 +97,11 @@ class ReplayHost:
         await response.prepare(request)
         loop = asyncio.get_running_loop()
         start = loop.time()
-        for at, text in recorded.get("chunks") or []:
+        for at, data in reads_of(recorded):
             if not self.instant:
-                await asyncio.sleep(max(0.0, start + float(at) - loop.time()))
-            await response.write(text.encode())
+                await asyncio.sleep(max(0.0, start + at - loop.time()))
+            if data:
+                await response.write(data)
         if hang:
             await asyncio.Event().wait()
         if outcome == "failed" and "broke" in error and request.transport is not None:
@@ -136,8 +138,8 @@ def _budget(fixture: dict[str, Any]) -> float:
     watchdog = fixture.get("watchdog") or {}
     per_attempt = float(watchdog.get("first_token_timeout", 45.0)) + float(
         watchdog.get("idle_timeout", 30.0))
-    recorded = sum(float((a.get("chunks") or [[0.0]])[-1][0]) for a in fixture.get("wire") or []
-                   if a.get("chunks"))
+    recorded = sum(float(a["reads"][-1][0]) for a in fixture.get("wire") or []
+                   if a.get("reads"))
     return SLACK + recorded + per_attempt * max(1, len(fixture.get("wire") or []))
 
 

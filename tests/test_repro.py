@@ -16,7 +16,7 @@ import pytest
 from conftest import ProxyFactory
 from proxy_core import journal_db
 from proxy_core.app import SwitchboardProxy
-from proxy_core.capture import WireCapture
+from proxy_core.capture import WireCapture, reads_of
 from proxy_core.config import parse_config
 from proxy_core.replay import replay
 from proxy_core.retention import delete_session
@@ -133,8 +133,11 @@ async def test_the_raw_answer_is_capped_with_a_marker(tmp_path: Path) -> None:
     for piece in (b"data: ", "é".encode()[:1], "é".encode()[1:], b"0123456789"):
         capture.add(piece)
     encoded = capture.encode()
-    assert "".join(text for _, text in encoded["chunks"]) == "data: é"
+    assert encoded["body"] == "data: é" and [size for _, size in encoded["reads"]] == [6, 1, 1]
     assert encoded["truncated"] is True and encoded["dropped_bytes"] == 10
+    assert [data for _, data in reads_of(encoded)] == [b"data: ", b"\xc3", b"\xa9"]
+    encoded["body"] = "data: [redacted]"  # a body the redactor changed: the rest comes last
+    assert b"".join(data for _, data in reads_of(encoded)) == b"data: [redacted]"
 
 
 def test_cli_repro_and_replay(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
