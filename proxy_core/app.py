@@ -54,7 +54,8 @@ class SwitchboardProxy:
         self.memory = ToolCallMemory(self.journal)
         self.pipeline = Pipeline(config, self.upstreams, self.bus, self.store, self.memory,
                                  lookup=self._journaled_turn,
-                                 capture_wire=self.journal is not None)
+                                 capture_wire=(self.journal is not None
+                                               and config.proxy.journal_wire_kb > 0))
         self.heartbeat = HeartbeatTicker(self.pipeline, self.bus)
         self._ticker: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None

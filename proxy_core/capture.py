@@ -7,9 +7,10 @@ list append, nothing else on the relay path. Joining, decoding and
 redacting happen later, off the path, when the journal writes the turn
 (`encode`).
 
-Capture is bounded per turn (`TURN_LIMIT`, shared by its attempts): past
-it, reads are counted but not kept and the attempt is marked `truncated`,
-which the fixture and `switchboard replay` show. Only adapters that speak
+Capture is bounded per turn (`[proxy] journal_wire_kb`, 512 KB by default,
+shared by its attempts; 0 turns it off): past it, reads are counted but not
+kept and the attempt is marked `truncated`, which the fixture and
+`switchboard replay` show. Only adapters that speak
 HTTP themselves (OpenAI-compatible hosts and the simulator) capture; the
 Bedrock Converse adapter gets decoded events from boto3 and captures none.
 """
@@ -18,10 +19,6 @@ from __future__ import annotations
 
 import time
 from typing import Any
-
-#: Raw upstream bytes kept per turn, all attempts together.
-TURN_LIMIT = 512 * 1024
-
 
 class WireCapture:
     """The raw answer of one attempt; `started` is when its request was sent (monotonic)."""

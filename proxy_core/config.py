@@ -42,6 +42,7 @@ class ProxySettings:
     max_body_mb: float = 64.0
     journal_max_mb: float | None = None    # prune oldest whole sessions above this size
     journal_max_days: float | None = None  # prune sessions idle for longer than this
+    journal_wire_kb: int = 512             # raw upstream bytes kept per turn, for repros (0: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +265,7 @@ def parse_config(text: str, source: str = "<built-in>", *, check_env: bool = Tru
 
     p = r.table(data.get("proxy", {}), "proxy")
     r.check_keys(p, "proxy", {"host", "port", "journal", "max_body_mb", "journal_max_mb",
-                              "journal_max_days"})
+                              "journal_max_days", "journal_wire_kb"})
     port = r.get(p, "proxy", "port", int, 4141)
     if not 0 <= port <= 65535:
         raise r.fail("proxy.port", f"must be between 0 and 65535, got {port}")
@@ -276,6 +277,7 @@ def parse_config(text: str, source: str = "<built-in>", *, check_env: bool = Tru
         max_body_mb=r.number(p, "proxy", "max_body_mb", 64.0),
         journal_max_mb=r.number(p, "proxy", "journal_max_mb", None),
         journal_max_days=r.number(p, "proxy", "journal_max_days", None),
+        journal_wire_kb=_at_least(r, p, "proxy", "journal_wire_kb", 0, 512),
     )
 
     w = r.table(data.get("watchdog", {}), "watchdog")

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .bus import EventBus
-from .capture import TURN_LIMIT, WireCapture
+from .capture import WireCapture
 from .config import Config, RouteSettings, Target
 from .errors import ClientRequestError, EmptyReply, UpstreamError, UpstreamTimeout
 from .events import (
@@ -282,7 +282,8 @@ class Pipeline:
         # The raw answer, for repro fixtures (`capture.py`), from adapters that read the wire.
         if self.capture_wire and getattr(upstream, "captures_wire", False):
             spent = sum(c.size for c in turn.wire)
-            capture = WireCapture(attempt.number, attempt.target, max(0, TURN_LIMIT - spent))
+            capture = WireCapture(attempt.number, attempt.target,
+                                  max(0, self.config.proxy.journal_wire_kb * 1024 - spent))
             if repaired_messages:
                 capture.messages = body["messages"]
             turn.wire.append(capture)

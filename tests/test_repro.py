@@ -184,3 +184,26 @@ def test_a_version_2_journal_gains_the_wire_table(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA user_version").fetchone()[0] == journal_db.VERSION
     assert conn.execute("SELECT count(*) FROM wire").fetchone() == (0,)
     conn.close()
+
+
+async def test_the_per_turn_cap_and_turning_capture_off(
+        proxy_factory: ProxyFactory, client: httpx.AsyncClient, tmp_path: Path) -> None:
+    capped = await proxy_factory(SIM_CONFIG.replace("port = 0", "port = 0\njournal_wire_kb = 1"),
+                                 journal=tmp_path / "capped.sqlite3")
+    _, turn = await live_turn(client, capped, start_messages())
+    fixture = from_journal(tmp_path / "capped.sqlite3", turn["id"], capped.config)
+    [attempt] = fixture["wire"]
+    assert attempt["truncated"] is True and attempt["bytes"] <= 1024 < attempt["bytes"] + \
+        attempt["dropped_bytes"]
+
+    off = await proxy_factory(SIM_CONFIG.replace("port = 0", "port = 0\njournal_wire_kb = 0"),
+                              journal=tmp_path / "off.sqlite3")
+    body = {"model": "kimi-k2.5", "messages": start_messages(), "stream": True}
+    response = await client.post(off.base_url + "/v1/chat/completions", json=body)
+    assert response.status_code == 200
+    [recorded] = off.store.recent(1)
+    await wait_until(lambda: recorded.state != "live", what="the turn to end")
+    fixture = from_journal(tmp_path / "off.sqlite3", recorded.id, off.config)
+    assert fixture["wire_recorded"] is False and fixture["wire"] == []
+    with pytest.raises(ReproError, match="no recorded upstream bytes"):
+        await replay(fixture)
