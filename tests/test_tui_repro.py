@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from textual.message import Message
 
 from conftest import ProxyFactory
@@ -15,11 +16,11 @@ from proxy_core.replay import replay
 from proxy_core.repro import client_view, normalized, read_fixture
 from support import (
     FakeUpstream, chat_body, finish_chunk, openai_config, sse, stream_chat, text_chunk,
-    usage_chunk,
+    usage_chunk, wait_until,
 )
 from tui.app import SwitchboardApp
 from tui.messages import Exported
-from tui.source import LocalSource
+from tui.source import LocalSource, RemoteSource, SourceError
 from tui_support import screen_text, wait_for
 
 #: For the route `openai_config` makes: test-model -> primary:up-model.
@@ -67,3 +68,24 @@ async def test_status_line_tokens_and_the_repro_key(
     result = await replay(fixture, instant=True)
     assert client_view(result.output).text == "Hello"
     assert normalized(result.output)[-1] == "[DONE]"
+
+
+async def test_an_attached_dashboard_gets_the_fixture_from_the_control_api(
+        fake_upstream: FakeUpstream, proxy_factory: ProxyFactory,
+        client: httpx.AsyncClient) -> None:
+    proxy = await proxy_factory(openai_config(fake_upstream.base_url))
+    response, _ = await stream_chat(client, proxy.base_url, chat_body())
+    assert response.status_code == 200
+    turn = proxy.store.recent(1)[0]
+    assert proxy.journal is not None
+    journal = proxy.journal
+    await wait_until(lambda: journal.wire(turn.id) is not None, what="the raw answer")
+    source = RemoteSource(proxy.base_url)
+    try:
+        fixture = await source.repro(turn.id)
+        assert fixture["turn"]["id"] == turn.id and fixture["wire_recorded"] is True
+        assert fixture["wire"][0]["body"].endswith("data: [DONE]\n\n")
+        with pytest.raises(SourceError, match="no turn 'turn_nope'"):
+            await source.repro("turn_nope")
+    finally:
+        await source.stop()
