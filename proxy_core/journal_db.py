@@ -35,11 +35,12 @@ log = logging.getLogger(__name__)
 
 VERSION = 3
 
-#: Version 3: each turn's raw upstream answer, per attempt (`capture.py`), as redacted JSON.
+#: Version 3: each turn's raw upstream answer, per attempt (`capture.py`), as redacted
+#: JSON compressed with zlib (SSE framing repeats itself: 10-20 times smaller).
 WIRE_TABLE = """
 CREATE TABLE IF NOT EXISTS wire (
     id TEXT PRIMARY KEY,              -- the turn's id
-    data TEXT NOT NULL                -- {"attempts": [WireCapture.encode(), ...]}
+    data BLOB NOT NULL                -- zlib({"attempts": [WireCapture.encode(), ...]})
 )"""
 
 TABLES = """
