@@ -10,15 +10,16 @@ redacting happen later, off the path, when the journal writes the turn
 Capture is bounded per turn (`[proxy] journal_wire_kb`, 512 KB by default,
 shared by its attempts; 0 turns it off): past it, reads are counted but not
 kept and the attempt is marked `truncated`, which the fixture and
-`switchboard replay` show. Only adapters that speak
-HTTP themselves (OpenAI-compatible hosts and the simulator) capture; the
-Bedrock Converse adapter gets decoded events from boto3 and captures none.
+`switchboard replay` show. Only adapters that speak HTTP themselves
+(OpenAI-compatible hosts and the simulator) capture; the Bedrock Converse
+adapter gets decoded events from boto3 and captures none.
 """
 
 from __future__ import annotations
 
 import time
 from typing import Any
+
 
 class WireCapture:
     """The raw answer of one attempt; `started` is when its request was sent (monotonic)."""

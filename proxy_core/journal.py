@@ -16,7 +16,10 @@ memory then shares its messages with the turns before it
 (`contents.Interner`). The database runs in WAL mode, so after `kill -9`
 every finished turn is on disk and a turn that was in flight is there as
 `live`, with what it had produced up to its last checkpoint; the next start
-marks such turns failed as unfinished. Checkpoints (copying the WAL into
+marks such turns failed as unfinished. When a turn ends, the raw bytes its
+attempts received from the host (`capture.py`, for repro fixtures) are
+encoded, redacted and compressed on the worker and written the same way,
+into the `wire` table. Checkpoints (copying the WAL into
 the database file) run on the worker too, never inside a commit on the
 loop. Rows pass through the `Redactor` first: no secret reaches
 the file. With `[proxy] journal_max_mb` or `journal_max_days` set, whole
@@ -109,6 +112,7 @@ class Journal:
         self._last_checkpoint = 0.0
         self._pending: dict[str, tuple[dict[str, Any], Future[PreparedRequest]]] = {}
         self._unwritten: dict[str, tuple[dict[str, Any], PreparedRequest]] = {}
+        self._wire_pending: dict[str, Future[bytes]] = {}  # raw answers on the worker
         # Health: see `status()`.
         self._failing_since: float | None = None
         self._last_error: str | None = None
@@ -165,6 +169,8 @@ class Journal:
         """Write the requests still being prepared, then close."""
         wait([future for _, future in self._pending.values()])
         self._drain()
+        for turn_id, future in list(self._wire_pending.items()):  # the loop may not run again
+            self._wire_ready(turn_id, future)
         if self._worker is not None:
             self._worker.shutdown(wait=True)
         if self._checkpointer is not None:
@@ -446,6 +452,7 @@ class Journal:
             self._write_wire(turn.id, self._encode_wire(captures))
             return
         future = self._executor().submit(self._encode_wire, captures)
+        self._wire_pending[turn.id] = future
 
         def ready(done: Future[bytes]) -> None:
             try:
@@ -471,12 +478,14 @@ class Journal:
         return zlib.compress(text.encode("utf-8", "surrogatepass"), WIRE_COMPRESSION)
 
     def _wire_ready(self, turn_id: str, done: Future[bytes]) -> None:
+        if self._wire_pending.pop(turn_id, None) is None:
+            return  # written by `close` already
         try:
-            text = done.result()
+            data = done.result()
         except Exception:  # a bug of ours: the turn stays, without its raw answer
             log.exception("journal: could not encode the upstream answer of %s", turn_id)
             return
-        self._write_wire(turn_id, text)
+        self._write_wire(turn_id, data)
 
     def _write_wire(self, turn_id: str, data: bytes) -> None:
         self._guarded("record an upstream answer", lambda: self.conn.execute(

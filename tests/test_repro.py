@@ -207,3 +207,15 @@ async def test_the_per_turn_cap_and_turning_capture_off(
     assert fixture["wire_recorded"] is False and fixture["wire"] == []
     with pytest.raises(ReproError, match="no recorded upstream bytes"):
         await replay(fixture)
+
+
+async def test_a_turn_that_ends_as_the_proxy_stops_keeps_its_raw_answer(
+        proxy_factory: ProxyFactory, client: httpx.AsyncClient, tmp_path: Path) -> None:
+    proxy = await proxy_factory(SIM_CONFIG)
+    body = {"model": "kimi-k2.5", "messages": start_messages(), "stream": True}
+    response = await client.post(proxy.base_url + "/v1/chat/completions", json=body)
+    assert response.status_code == 200
+    [turn] = proxy.store.recent(1)
+    await proxy.stop()  # at once: the raw answer may still be on the journal's worker
+    fixture = from_journal(proxy.config.proxy.journal, turn.id, proxy.config)
+    assert fixture["wire_recorded"] is True and fixture["wire"][0]["body"]
