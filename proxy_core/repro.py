@@ -131,7 +131,7 @@ def from_journal(path: Path, turn_id: str, config: Config) -> dict[str, Any]:
     if not path.exists():
         raise ReproError(f"no journal at {path}")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error as exc:
         raise ReproError(f"cannot open the journal {path}: {exc}") from None
     try:
