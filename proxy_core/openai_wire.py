@@ -294,6 +294,22 @@ def _usage_part(usage: dict[str, Any]) -> UsagePart:
                                               "reasoning_tokens"), completion))
 
 
+def usage_dict(part: UsagePart) -> dict[str, Any]:
+    """`usage` for the client, with the cache and reasoning details when the host gave
+    them (the AI SDK reads them for its cached-input and reasoning token counts)."""
+    usage: dict[str, Any] = {"prompt_tokens": part.prompt_tokens,
+                             "completion_tokens": part.completion_tokens,
+                             "total_tokens": part.total_tokens}
+    if part.cached_tokens or part.cache_write_tokens:
+        details = {"cached_tokens": part.cached_tokens}
+        if part.cache_write_tokens:
+            details["cache_write_tokens"] = part.cache_write_tokens
+        usage["prompt_tokens_details"] = details
+    if part.reasoning_tokens:
+        usage["completion_tokens_details"] = {"reasoning_tokens": part.reasoning_tokens}
+    return usage
+
+
 def decode_completion(payload: Any) -> list[StreamPart]:
     """Parts of a whole (non-streamed) `chat.completion` response."""
     decoder = ChunkDecoder()
@@ -393,10 +409,7 @@ class ChunkEncoder:
             if not self.include_usage:
                 return None
             return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                    "model": self.model, "choices": [],
-                    "usage": {"prompt_tokens": part.prompt_tokens,
-                              "completion_tokens": part.completion_tokens,
-                              "total_tokens": part.total_tokens}}
+                    "model": self.model, "choices": [], "usage": usage_dict(part)}
         if isinstance(part, KeepAlivePart):
             return None
         raise TypeError(f"cannot encode {part!r}")
@@ -436,6 +449,4 @@ class CompletionBuilder:
         return {"id": "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion",
                 "created": int(time.time()), "model": self.model,
                 "choices": [{"index": 0, "message": message, "finish_reason": self.finish}],
-                "usage": {"prompt_tokens": self.usage.prompt_tokens,
-                          "completion_tokens": self.usage.completion_tokens,
-                          "total_tokens": self.usage.total_tokens}}
+                "usage": usage_dict(self.usage)}

@@ -45,7 +45,7 @@ async def test_usage_details_cost_and_totals(fake_upstream: FakeUpstream,
                                              client: httpx.AsyncClient) -> None:
     proxy = await proxy_factory(openai_config(fake_upstream.base_url) + PRICES)
     reply = sse(text_chunk("hi"), finish_chunk(), detailed_usage(1_000_000, 10_000, 400_000, 2500))
-    fake_upstream.script(reply, reply, sse(text_chunk("no usage"), finish_chunk()))
+    fake_upstream.script(reply, reply, sse(text_chunk("no usage"), finish_chunk()), reply)
     first = await turn_with(client, proxy.base_url, "sess-a")
     assert first["usage"] == {"prompt_tokens": 1_000_000, "completion_tokens": 10_000,
                               "total_tokens": 1_010_000, "cached_tokens": 400_000,
@@ -66,6 +66,14 @@ async def test_usage_details_cost_and_totals(fake_upstream: FakeUpstream,
     only_a = (await client.get(proxy.base_url + API + "/usage",
                                params={"session": "sess-a"})).json()
     assert list(only_a["sessions"]) == ["sess-a"] and only_a["total"]["turns"] == 2
+
+    # The client gets the details too, as OpenAI sends them.
+    body = chat_body()
+    body["stream_options"] = {"include_usage": True}
+    _, payloads = await stream_chat(client, proxy.base_url, body)
+    [usage] = [p["usage"] for p in payloads if isinstance(p, dict) and p.get("usage")]
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 400_000}
+    assert usage["completion_tokens_details"] == {"reasoning_tokens": 2500}
 
 
 def test_converse_usage_counts_the_prompt_cache_into_the_prompt() -> None:
