@@ -62,7 +62,9 @@ class SwitchboardProxy:
         self.bus.add_observer(ScoreboardObserver(self.scoreboard, self.store.get))
         self.pipeline = Pipeline(config, self.upstreams, self.bus, self.store, self.memory,
                                  lookup=self._journaled_turn,
-                                 recorded=self.journal.recorded if self.journal else None)
+                                 recorded=self.journal.recorded if self.journal else None,
+                                 capture_wire=(self.journal is not None
+                                               and config.proxy.journal_wire_kb > 0))
         if self.journal is not None:  # learned deadlines survive a restart
             self.pipeline.learned.load(self.journal.recent_attempts())
         self.heartbeat = HeartbeatTicker(self.pipeline, self.bus)

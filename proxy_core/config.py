@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, overload
 
 from .errors import ConfigError
+from .pricing import Price, PriceList
 from .simulator.config import FAULT_NAMES
 
 UPSTREAM_KINDS = ("openai", "bedrock", "simulator")
@@ -42,6 +43,7 @@ class ProxySettings:
     max_body_mb: float = 64.0
     journal_max_mb: float | None = None    # prune oldest whole sessions above this size
     journal_max_days: float | None = None  # prune sessions idle for longer than this
+    journal_wire_kb: int = 512             # raw upstream bytes kept per turn, for repros (0: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +150,7 @@ class Config:
     routes: tuple[RouteSettings, ...]
     source: str = "<built-in>"
     telemetry: TelemetrySettings = field(default_factory=lambda: TelemetrySettings())
+    prices: PriceList = field(default_factory=PriceList)
 
     def route_for(self, model: str) -> RouteSettings | None:
         return next((r for r in self.routes if r.matches(model)), None)
@@ -276,11 +279,11 @@ def parse_config(text: str, source: str = "<built-in>", *, check_env: bool = Tru
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     r = _Reader(source)
-    r.check_keys(data, "", {"proxy", "watchdog", "upstreams", "routes", "telemetry"})
+    r.check_keys(data, "", {"proxy", "watchdog", "upstreams", "routes", "telemetry", "prices"})
 
     p = r.table(data.get("proxy", {}), "proxy")
     r.check_keys(p, "proxy", {"host", "port", "journal", "max_body_mb", "journal_max_mb",
-                              "journal_max_days"})
+                              "journal_max_days", "journal_wire_kb"})
     port = r.get(p, "proxy", "port", int, 4141)
     if not 0 <= port <= 65535:
         raise r.fail("proxy.port", f"must be between 0 and 65535, got {port}")
@@ -292,6 +295,7 @@ def parse_config(text: str, source: str = "<built-in>", *, check_env: bool = Tru
         max_body_mb=r.number(p, "proxy", "max_body_mb", 64.0),
         journal_max_mb=r.number(p, "proxy", "journal_max_mb", None),
         journal_max_days=r.number(p, "proxy", "journal_max_days", None),
+        journal_wire_kb=_at_least(r, p, "proxy", "journal_wire_kb", 0, 512),
     )
 
     w = r.table(data.get("watchdog", {}), "watchdog")
@@ -325,7 +329,36 @@ def parse_config(text: str, source: str = "<built-in>", *, check_env: bool = Tru
     if not routes:
         raise r.fail("routes", "at least one [[routes]] entry is required")
     return Config(proxy, watchdog, upstreams, routes, source,
-                  telemetry=_parse_telemetry(r, data.get("telemetry", {})))
+                  telemetry=_parse_telemetry(r, data.get("telemetry", {})),
+                  prices=_parse_prices(r, data.get("prices", {})))
+
+
+_PRICE_KEYS = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok",
+               "cache_write_per_mtok")
+
+
+def _parse_prices(r: _Reader, raw: Any) -> PriceList:
+    """`[prices."KEY"]` tables: money per million tokens (see `pricing.py`)."""
+    prices: list[tuple[str, Price]] = []
+    for name, table in r.table(raw, "prices").items():
+        key = f'prices."{name}"'
+        if not isinstance(table, dict):
+            raise r.fail(key, f"must be a table such as [{key}] with input_per_mtok and "
+                              f"output_per_mtok, got {_type_name(table)}")
+        r.check_keys(table, key, set(_PRICE_KEYS))
+        values: dict[str, float | None] = {}
+        for field_name in _PRICE_KEYS:
+            value = r.get(table, key, field_name, (int, float), None)
+            if value is None and field_name in ("input_per_mtok", "output_per_mtok"):
+                raise r.fail(f"{key}.{field_name}", "is required (money per million tokens)")
+            if value is not None and value < 0:
+                raise r.fail(f"{key}.{field_name}", f"must not be negative, got {value:g}")
+            values[field_name] = None if value is None else float(value)
+        prices.append((name, Price(input_per_mtok=values["input_per_mtok"] or 0.0,
+                                   output_per_mtok=values["output_per_mtok"] or 0.0,
+                                   cached_input_per_mtok=values["cached_input_per_mtok"],
+                                   cache_write_per_mtok=values["cache_write_per_mtok"])))
+    return PriceList(tuple(prices))
 
 
 def _parse_upstream(r: _Reader, name: str, raw: Any, check_env: bool) -> UpstreamSettings:

@@ -18,6 +18,8 @@ from .errors import ClientRequestError
 from .events import Chunk, Event
 from .scoreboard import SORT_KEYS
 from .sse import SSE_HEADERS, comment_line
+from .repro import ReproError, build_fixture
+from .usage import UsageTotals, summarize
 
 if TYPE_CHECKING:
     from .bus import EventBus
@@ -62,6 +64,8 @@ class ControlAPI:
         app.router.add_get(f"{PREFIX}/events", self.events)
         app.router.add_get(f"{PREFIX}/targets", self.targets)
         app.router.add_get(f"{PREFIX}/scoreboard", self.scoreboard)
+        app.router.add_get(f"{PREFIX}/usage", self.usage)
+        app.router.add_get(f"{PREFIX}/turns/{{turn_id}}/repro", self.repro)
         app.router.add_post(f"{PREFIX}/turns/{{turn_id}}/retry", self.retry)
         app.router.add_post(f"{PREFIX}/turns/{{turn_id}}/reroute", self.reroute)
 
@@ -156,6 +160,39 @@ class ControlAPI:
         else:
             items = [t.to_dict(include_request=False) for t in turns]
         return self._json({"turns": items[-limit:]})
+
+    async def usage(self, request: web.Request) -> web.Response:
+        """Tokens and cost in total and per session (`?session=ID`: that one only):
+        over the journal, and the turns in memory it has not heard of yet."""
+        journal = self.journal
+        sessions = journal.usage() if journal is not None else {}
+        if journal is None or not journal.ok:
+            _, sessions = summarize(t.to_dict(include_request=False)
+                                    for t in self.store.recent(0))
+        wanted = request.query.get("session")
+        total = UsageTotals()
+        for name, totals in sessions.items():
+            if not wanted or name == wanted:
+                total.merge(totals)
+        return self._json({"total": total.to_dict(),
+                           "sessions": {name: totals.to_dict() for name, totals
+                                        in sessions.items() if not wanted or name == wanted}})
+
+    async def repro(self, request: web.Request) -> web.Response:
+        """The turn as a repro fixture (`repro.py`): its request, the raw upstream bytes
+        of each attempt with their timing, the repairs, the route and watchdog settings."""
+        turn_id = request.match_info["turn_id"]
+        journal = self.journal
+        turn = self.store.get(turn_id)
+        data = turn.to_dict() if turn else (journal.turn(turn_id) if journal else None)
+        if data is None:
+            return self._error(f"no turn {turn_id!r}", 404, "turn_not_found")
+        try:
+            fixture = build_fixture(data, journal.wire(turn_id) if journal else None,
+                                    self.config)
+        except ReproError as exc:
+            return self._error(str(exc), 409, "turn_live")
+        return self._json(fixture)
 
     async def turn(self, request: web.Request) -> web.Response:
         turn_id = request.match_info["turn_id"]

@@ -162,6 +162,9 @@ class TurnFinished(Event):
     completion_tokens: int
     duration: float
     tool_calls: int
+    cached_tokens: int = 0     # part of prompt_tokens read from the host's prompt cache
+    reasoning_tokens: int = 0  # part of completion_tokens spent thinking
+    cost: float | None = None  # from `[prices]`; None without a price or usage
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -33,7 +33,15 @@ from .secrets import Redactor
 
 log = logging.getLogger(__name__)
 
-VERSION = 2
+VERSION = 3
+
+#: Version 3: each turn's raw upstream answer, per attempt (`capture.py`), as redacted
+#: JSON compressed with zlib (SSE framing repeats itself: 10-20 times smaller).
+WIRE_TABLE = """
+CREATE TABLE IF NOT EXISTS wire (
+    id TEXT PRIMARY KEY,              -- the turn's id
+    data BLOB NOT NULL                -- zlib({"attempts": [WireCapture.encode(), ...]})
+)"""
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS turns (
@@ -96,6 +104,12 @@ def create(conn: sqlite3.Connection, redactor: Redactor) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version >= VERSION:
         return
+    if version == 2:  # version 3 only adds a table
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(WIRE_TABLE)
+        conn.execute(f"PRAGMA user_version = {VERSION}")
+        conn.execute("COMMIT")
+        return
     tables = {name for (name,) in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table'")}
     conn.execute("BEGIN IMMEDIATE")
@@ -103,6 +117,7 @@ def create(conn: sqlite3.Connection, redactor: Redactor) -> None:
         for statement in TABLES.split(";"):
             if statement.strip():
                 conn.execute(statement)
+        conn.execute(WIRE_TABLE)
         migrated = _migrate(conn, tables, redactor) if "turns" in tables else 0
         conn.execute(REQUESTS_VIEW)
         conn.execute(f"PRAGMA user_version = {VERSION}")

@@ -279,11 +279,35 @@ class ChunkDecoder:
 
 
 def _usage_part(usage: dict[str, Any]) -> UsagePart:
-    def num(key: str) -> int:
-        value = usage.get(key)
-        return value if isinstance(value, int) else 0
-    prompt, completion = num("prompt_tokens"), num("completion_tokens")
-    return UsagePart(prompt, completion, num("total_tokens") or prompt + completion)
+    """`usage`, with the cache and reasoning counts of its `*_details` when given."""
+    def num(table: Any, key: str) -> int:
+        value = table.get(key) if type(table) is dict else None
+        return value if type(value) is int and value > 0 else 0
+    prompt, completion = num(usage, "prompt_tokens"), num(usage, "completion_tokens")
+    details = usage.get("prompt_tokens_details")
+    # Moonshot reports `cached_tokens` at the top level; OpenAI and OpenRouter in the details.
+    cached = num(details, "cached_tokens") or num(usage, "cached_tokens")
+    return UsagePart(prompt, completion, num(usage, "total_tokens") or prompt + completion,
+                     cached_tokens=min(cached, prompt),
+                     cache_write_tokens=min(num(details, "cache_write_tokens"), prompt),
+                     reasoning_tokens=min(num(usage.get("completion_tokens_details"),
+                                              "reasoning_tokens"), completion))
+
+
+def usage_dict(part: UsagePart) -> dict[str, Any]:
+    """`usage` for the client, with the cache and reasoning details when the host gave
+    them (the AI SDK reads them for its cached-input and reasoning token counts)."""
+    usage: dict[str, Any] = {"prompt_tokens": part.prompt_tokens,
+                             "completion_tokens": part.completion_tokens,
+                             "total_tokens": part.total_tokens}
+    if part.cached_tokens or part.cache_write_tokens:
+        details = {"cached_tokens": part.cached_tokens}
+        if part.cache_write_tokens:
+            details["cache_write_tokens"] = part.cache_write_tokens
+        usage["prompt_tokens_details"] = details
+    if part.reasoning_tokens:
+        usage["completion_tokens_details"] = {"reasoning_tokens": part.reasoning_tokens}
+    return usage
 
 
 def decode_completion(payload: Any) -> list[StreamPart]:
@@ -385,10 +409,7 @@ class ChunkEncoder:
             if not self.include_usage:
                 return None
             return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                    "model": self.model, "choices": [],
-                    "usage": {"prompt_tokens": part.prompt_tokens,
-                              "completion_tokens": part.completion_tokens,
-                              "total_tokens": part.total_tokens}}
+                    "model": self.model, "choices": [], "usage": usage_dict(part)}
         if isinstance(part, KeepAlivePart):
             return None
         raise TypeError(f"cannot encode {part!r}")
@@ -428,6 +449,4 @@ class CompletionBuilder:
         return {"id": "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion",
                 "created": int(time.time()), "model": self.model,
                 "choices": [{"index": 0, "message": message, "finish_reason": self.finish}],
-                "usage": {"prompt_tokens": self.usage.prompt_tokens,
-                          "completion_tokens": self.usage.completion_tokens,
-                          "total_tokens": self.usage.total_tokens}}
+                "usage": usage_dict(self.usage)}

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .bus import EventBus
+from .capture import WireCapture
 from .config import Config, RouteSettings, Target
 from .contents import encode
 from .errors import ClientRequestError, EmptyReply, UpstreamError, UpstreamTimeout
@@ -123,8 +124,11 @@ Recorded = Callable[[str], Awaitable[None] | None]
 class Pipeline:
     def __init__(self, config: Config, upstreams: Mapping[str, Upstream], bus: EventBus,
                  store: TurnStore, memory: ToolCallMemory | None = None,
-                 lookup: TurnLookup | None = None, recorded: Recorded | None = None) -> None:
+                 lookup: TurnLookup | None = None, recorded: Recorded | None = None, *,
+                 capture_wire: bool = False) -> None:
         self.config = config
+        #: Keep each attempt's raw upstream bytes on the turn until the journal has them.
+        self.capture_wire = capture_wire
         self.upstreams = upstreams
         self.bus = bus
         self.store = store
@@ -425,17 +429,28 @@ class Pipeline:
         model = target.model_for(turn.model)
         body = _upstream_body(turn.request, model)
         plan = plan_for(live.route.repairs, model, upstream.kind)
+        repaired_messages = False
         if plan.any:
             placeholder = self.config.upstreams[target.upstream].reasoning_placeholder
             body["messages"], notes = repair_history(body["messages"], plan, self.memory,
                                                      placeholder=placeholder)
             if notes:  # recorded and announced once the request is out
                 self.bus.defer(lambda: self._history_repaired(turn, notes))
+            repaired_messages = bool(notes)
+        capture = None
+        # The raw answer, for repro fixtures (`capture.py`), from adapters that read the wire.
+        if self.capture_wire and getattr(upstream, "captures_wire", False):
+            spent = sum(c.size for c in turn.wire)
+            capture = WireCapture(attempt.number, attempt.target,
+                                  max(0, self.config.proxy.journal_wire_kb * 1024 - spent))
+            if repaired_messages:
+                capture.messages = body["messages"]
+            turn.wire.append(capture)
         repairer = StreamRepairer(plan, ToolCatalog.from_openai(body.get("tools")),
                                   lambda note: self._repair(turn, note))
         answered = False  # text or a call reached the client (reasoning alone does not count)
         finished = False
-        parts = upstream.stream(UpstreamRequest(model=model, body=body))
+        parts = upstream.stream(UpstreamRequest(model=model, body=body, capture=capture))
         idle = attempt.idle_deadline or live.route.watchdog.idle_timeout
         loop = asyncio.get_running_loop()
         watch = Deadline(loop.time() + (attempt.first_output_deadline
@@ -617,9 +632,17 @@ class Pipeline:
         elif isinstance(part, FinishPart):
             turn.finish_reason = part.reason
         elif isinstance(part, UsagePart):
-            turn.usage.prompt_tokens = part.prompt_tokens
-            turn.usage.completion_tokens = part.completion_tokens
-            turn.usage.total_tokens = part.total_tokens
+            usage = turn.usage
+            usage.prompt_tokens = part.prompt_tokens
+            usage.completion_tokens = part.completion_tokens
+            usage.total_tokens = part.total_tokens
+            usage.cached_tokens = part.cached_tokens
+            usage.cache_write_tokens = part.cache_write_tokens
+            usage.reasoning_tokens = part.reasoning_tokens
+            if self.config.prices and turn.attempts:
+                target = turn.attempts[-1].target
+                turn.cost = self.config.prices.cost(
+                    usage, target, Target.parse(target).model_for(turn.model), turn.model)
 
     def _repair(self, turn: Turn, note: Note) -> None:
         """A repair to the stream: recorded and announced now, unless an attempt made it."""
@@ -657,7 +680,9 @@ class Pipeline:
         self.bus.publish(TurnFinished(
             turn_id=turn.id, finish_reason=turn.finish_reason,
             prompt_tokens=turn.usage.prompt_tokens, completion_tokens=turn.usage.completion_tokens,
-            duration=turn.duration, tool_calls=len(turn.tool_calls)))
+            duration=turn.duration, tool_calls=len(turn.tool_calls),
+            cached_tokens=turn.usage.cached_tokens, reasoning_tokens=turn.usage.reasoning_tokens,
+            cost=turn.cost))
 
     def _fail(self, turn: Turn, message: str, status: int) -> None:
         turn.finished_at = time.time()

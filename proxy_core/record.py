@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from .capture import WireCapture
+
 TurnState = Literal["live", "finished", "failed"]
 
 #: The version of `Turn.to_dict`'s layout, carried in its `format` key (as mitmproxy's
@@ -78,9 +80,20 @@ class Attempt:
 
 @dataclass(slots=True)
 class Usage:
+    """Tokens the host reported for the turn (zero when it reported none).
+
+    `prompt_tokens` counts every input token, cached or not; `cached_tokens`
+    (read from the host's prompt cache) and `cache_write_tokens` (written to
+    it) are parts of it. `completion_tokens` counts every output token;
+    `reasoning_tokens` is the part spent thinking.
+    """
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -112,6 +125,10 @@ class Turn:
     parent_session_id: str | None = None
     request_bytes: int = 0    # the client's request body, as received
     hedges: int = 0           # hedged attempts started (`[watchdog] hedge_after`)
+    #: What the turn cost, from `[prices]` and the usage (None: no price, or no usage).
+    cost: float | None = None
+    #: Raw upstream bytes per attempt (`capture.py`), until the journal has written them.
+    wire: list[WireCapture] = field(default_factory=list, repr=False)
 
     @property
     def text(self) -> str:
@@ -195,7 +212,7 @@ class Turn:
         return turn
 
 
-_NOT_IN_DICT = frozenset({"text_parts", "reasoning_parts"})
+_NOT_IN_DICT = frozenset({"text_parts", "reasoning_parts", "wire"})
 _RECORD_LISTS = frozenset({"attempts", "tool_calls", "repairs"})
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 _R = TypeVar("_R")

@@ -89,6 +89,8 @@ def delete_session(conn: sqlite3.Connection, session_id: str) -> None:
             "SELECT q.rid FROM turn_requests q JOIN turns t ON t.id = q.id"
             " WHERE t.session_id = ?", (session_id,))]
         release(conn, rids)
+        conn.execute("DELETE FROM wire WHERE id IN (SELECT id FROM turns WHERE session_id = ?)",
+                     (session_id,))
         conn.execute("DELETE FROM turns WHERE session_id = ?", (session_id,))
         conn.execute("DELETE FROM tool_calls WHERE session_id = ?", (session_id,))
         conn.execute("COMMIT")

@@ -31,6 +31,8 @@ class TurnLogger:
         if turn is None:
             return
         extra = f" repairs={len(turn.repairs)}" if turn.repairs else ""
+        if event.cost is not None:
+            extra += f" cost={event.cost:.6f}"
         log.info("turn %s session=%s model=%s target=%s attempts=%d finish=%s tools=%d "
                  "ttfb=%.2fs total=%.2fs tokens=%d/%d%s",
                  turn.id, turn.session_id, turn.model, turn.target, len(turn.attempts),

@@ -44,11 +44,14 @@ class ToolCallPart:
 
 @dataclass(frozen=True, slots=True)
 class UsagePart:
-    """Token usage reported by the upstream."""
+    """Token usage reported by the upstream (see `record.Usage` for what each count means)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

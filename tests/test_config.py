@@ -172,6 +172,8 @@ BAD = [
      ["proxy.journal_max_mb", "greater than 0"]),
     ("negative journal_max_days", "[proxy]\njournal_max_days = -2\n" + MINIMAL,
      ["proxy.journal_max_days", "greater than 0", "-2"]),
+    ("negative journal_wire_kb", "[proxy]\njournal_wire_kb = -1\n" + MINIMAL,
+     ["proxy.journal_wire_kb", "at least 0", "-1"]),
     ("journal_max_mb as text", '[proxy]\njournal_max_mb = "50MB"\n' + MINIMAL,
      ["proxy.journal_max_mb", "must be int or float", "'50MB'"]),
     ("hedge_after not a quantile", '[watchdog]\nhedge_after = "fast"\n' + MINIMAL,

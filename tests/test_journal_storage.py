@@ -23,6 +23,7 @@ import pytest
 
 from proxy_core.contents import encode, split
 from proxy_core import journal as journal_module
+from proxy_core import journal_db
 from proxy_core.journal import Journal
 from proxy_core.record import Turn
 from proxy_core.retention import Retention, used_bytes
@@ -144,7 +145,7 @@ async def test_a_journal_of_the_previous_schema_migrates_on_open(
                 shown_before["details"][turn["id"]]
     assert proxy.journal is not None and proxy.journal.load_call("call_1") is not None
 
-    assert query(journal, "PRAGMA user_version") == [(2,)]
+    assert query(journal, "PRAGMA user_version") == [(journal_db.VERSION,)]
     assert query(journal, "SELECT type FROM sqlite_master WHERE name = 'requests'") == [("view",)]
     # Three turns of one session sent 2, 4 and 6 messages: 6 distinct, plus
     # the lone other turn's one; 3 tool schemas sent three times are stored once.

@@ -6,6 +6,8 @@ harmless reads, globs and test runs) goes through `switchboard serve`;
 then the journal file must be within 3x of the unique bytes the session
 sent — each distinct message and tool schema once, plus each request's
 other fields — while storing every request whole would take many times more.
+The raw upstream answers the journal keeps for repro fixtures are counted
+apart (they are what the host sent, not requests) and must be compressed.
 
 The project folder holds a package of 80 modules besides the task's two
 files, as a real one would, so the globs list something: with nothing in
@@ -17,6 +19,8 @@ its request.
 from __future__ import annotations
 
 import json
+import sqlite3
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +85,14 @@ repairs = "auto"
 
     unique, sent = unique_and_sent(requests)
     size = sum(p.stat().st_size for p in tmp_path.glob("journal.sqlite3*"))
+    # The raw upstream answers kept for repro fixtures (issue 14) are new content, not
+    # requests: counted apart, and they must be stored compressed.
+    with sqlite3.connect(tmp_path / "journal.sqlite3") as conn:
+        rows = [data for (data,) in conn.execute("SELECT data FROM wire")]
+    wire, received = sum(map(len, rows)), sum(len(zlib.decompress(d)) for d in rows)
+    assert len(rows) == len(turns) and wire * 4 < received, (wire, received)
     assert sent > 8 * unique, "the session resent its history many times"
-    assert size <= 3 * unique, f"journal {size} B; unique {unique} B; sent {sent} B"
-    print(f"30-step opencode session: sent {sent} B, unique {unique} B, journal {size} B")
+    assert size - wire <= 3 * unique, \
+        f"journal {size} B ({wire} B raw answers); unique {unique} B; sent {sent} B"
+    print(f"30-step opencode session: sent {sent} B, unique {unique} B, journal {size} B "
+          f"of which {wire} B raw upstream answers ({received} B uncompressed)")

@@ -27,8 +27,12 @@ from support import (
     UPSTREAM_KEY,
     UPSTREAM_KEY_ENV,
     collect_answer,
+    finish_chunk,
     hang_reply,
+    sse,
+    text_chunk,
     text_reply,
+    usage_chunk,
     wait_until,
 )
 
@@ -397,3 +401,25 @@ def test_the_status_line_shows_spans_not_exported_only_when_some_were_lost() -> 
     assert "not exported" not in status_text(StatusInfo("http://127.0.0.1:4141"), p).plain
     lost = status_text(StatusInfo("http://127.0.0.1:4141", spans_dropped=12), p).plain
     assert "12 spans not exported" in lost
+
+
+async def test_cache_reasoning_tokens_and_cost_reach_the_span(
+        proxy_factory: Any, receiver: OtlpReceiver, fake_upstream: Any) -> None:
+    usage = usage_chunk(1000, 200)
+    usage["usage"]["prompt_tokens_details"] = {"cached_tokens": 600}
+    usage["usage"]["completion_tokens_details"] = {"reasoning_tokens": 150}
+    fake_upstream.default = sse(text_chunk("hi"), finish_chunk(), usage)
+    proxy = await proxy_factory(config(receiver.endpoint, [("up", fake_upstream.base_url)],
+                                       repairs="none")
+                                + '\n[prices."kimi-k2.5"]\ninput_per_mtok = 1000\n'
+                                  "output_per_mtok = 1000\n")
+    async with httpx.AsyncClient(timeout=20) as client:
+        answer = await chat(client, proxy.base_url, "Say hello", tools=False)
+    assert answer["error"] is None
+    [span] = await turn_span(receiver)
+    a = span.attrs
+    assert a["gen_ai.usage.input_tokens"] == 1000 and a["gen_ai.usage.output_tokens"] == 200
+    assert a["gen_ai.usage.cache_read.input_tokens"] == 600
+    assert a["switchboard.usage.reasoning_tokens"] == 150
+    assert a["switchboard.cost"] == pytest.approx(1.2)  # 1200 tokens at 1000 per million
+    assert "gen_ai.usage.cache_creation.input_tokens" not in a

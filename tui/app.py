@@ -24,6 +24,7 @@ from textual.widgets import Footer, Input, OptionList, TabbedContent
 from textual.worker import Worker, WorkerState
 
 from proxy_core.scoreboard import Scoreboard
+from proxy_core.usage import UsageTotals
 
 from .keymap import default_keymap_path, load_keymap
 from .messages import (
@@ -50,6 +51,8 @@ DETAIL_INTERVAL = 0.25
 OLDER_PAGE = 100
 #: Journal turns the scoreboard starts from.
 SCOREBOARD_HISTORY = 1000
+#: How often the status line's token and cost totals are summed again at most (seconds).
+USAGE_INTERVAL = 1.0
 
 FILTER_LABELS = {"all": "All turns", "live": "Live turns", "stalled": "Stalled (silent live streams)",
                  "repaired": "Repaired", "retried": "Retried or rerouted", "failed": "Failed"}
@@ -93,6 +96,8 @@ class SwitchboardApp(App[int]):
                 tooltip="Write the selected turn to a JSON file"),
         Binding("E", "export_session", "Export session", id="export-session",
                 tooltip="Write the selected turn's session to a JSON file"),
+        Binding("x", "repro", "Repro", id="repro", show=False,
+                tooltip="Write the selected turn as a repro fixture (switchboard replay FILE)"),
         Binding("c", "copy_url", "Copy URL", id="copy-url",
                 tooltip="Copy the proxy's /v1 URL to the clipboard"),
         Binding("t", "next_theme", "Theme", id="theme", tooltip="Switch to the next theme"),
@@ -137,6 +142,7 @@ class SwitchboardApp(App[int]):
         self._widgets: tuple[TurnTable, StatusLine, TurnDetail, SessionList] | None = None
         self._sessions_at = 0.0
         self._sessions_pending = False
+        self._usage_cache: tuple[str | None, float, UsageTotals, UsageTotals | None] | None = None
 
         found = load_themes(BUILTIN_THEMES_DIR, self.themes_dir)
         for item in found.themes.values():
@@ -267,7 +273,34 @@ class SwitchboardApp(App[int]):
                           filter=self.filter.describe(), connected=self.connected,
                           banner=self.banner, unhealthy=unhealthy,
                           spans_dropped=self._spans_dropped())
+        info.usage, info.session_usage = self._usage_totals()
         self._widgets[1].update(status_text(info, self.palette))
+
+    def _usage_totals(self) -> tuple[UsageTotals, UsageTotals | None]:
+        """Tokens and cost over the turns shown, and the selected turn's session:
+        summed at most every `USAGE_INTERVAL` seconds, not on every redraw."""
+        moment = time.monotonic()
+        cached = self._usage_cache
+        if cached is not None and cached[0] == self.selected_id and \
+                moment - cached[1] < USAGE_INTERVAL:
+            return cached[2], cached[3]
+        entry = self.model.get(self.selected_id) if self.selected_id else None
+        session = entry.turn.session_id if entry is not None else None
+        total, of_session = UsageTotals(), UsageTotals() if session is not None else None
+        for item in self.model.entries.values():
+            turn = item.turn
+            usage = turn.usage
+            for totals in (total, of_session if turn.session_id == session else None):
+                if totals is None:
+                    continue
+                totals.turns += 1
+                totals.prompt_tokens += usage.prompt_tokens
+                totals.completion_tokens += usage.completion_tokens
+                if turn.cost is not None:
+                    totals.cost += turn.cost
+                    totals.priced_turns += 1
+        self._usage_cache = (self.selected_id, moment, total, of_session)
+        return total, of_session
 
     def _spans_dropped(self) -> int:
         """Telemetry export losses of an embedded proxy (0 when attached or export is off)."""
@@ -456,7 +489,7 @@ class SwitchboardApp(App[int]):
     #: What the user is told failed, by worker name.
     FAILED_ACTIONS: ClassVar[dict[str, str]] = {
         "_load_turn": "load", "_load_older": "older", "_retry": "retry", "_targets": "reroute",
-        "_reroute": "reroute", "_export": "export",
+        "_reroute": "reroute", "_export": "export", "_repro": "repro",
         "_load_history": "scoreboard history"}
 
     @on(Worker.StateChanged)
@@ -510,6 +543,14 @@ class SwitchboardApp(App[int]):
         text = self.source.redact(json.dumps(data, indent=2, ensure_ascii=False, default=str))
         path.write_text(text + "\n", encoding="utf-8")
         self.post_message(Exported(what, str(path)))
+
+    @work(group="actions", exit_on_error=False)
+    async def _repro(self, turn_id: str) -> None:
+        fixture = await self.source.repro(turn_id)
+        path = self.export_dir / f"repro-{turn_id}.json"
+        text = self.source.redact(json.dumps(fixture, indent=1, ensure_ascii=False, default=str))
+        path.write_text(text + "\n", encoding="utf-8")
+        self.post_message(Exported("repro", f"{path} (switchboard replay {path.name})"))
 
     # -- actions ----------------------------------------------------------------------------------------
 
@@ -596,6 +637,11 @@ class SwitchboardApp(App[int]):
         entry = self.model.get(turn_id) if turn_id else None
         if entry is not None:
             self._export("session", entry.turn.session_id)
+
+    def action_repro(self) -> None:
+        turn_id = self._require_selection()
+        if turn_id:
+            self._repro(turn_id)
 
     def action_copy_url(self) -> None:
         url = f"{self.source.base_url}/v1"

@@ -72,6 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
     attach.add_argument("--port", type=int, default=argparse.SUPPRESS,
                         help="the proxy's port, when no URL is given (default from config)")
     _add_theme(attach, argparse.SUPPRESS)
+    repro = sub.add_parser("repro", help="write a turn from the journal as a self-contained, "
+                                         "redacted fixture (replay it with `switchboard replay`)")
+    repro.add_argument("turn_id", metavar="TURN_ID", help="the turn's id (turn_...)")
+    repro.add_argument("-o", "--output", metavar="FILE", type=Path, default=None,
+                       help="where to write it (default: ./repro-TURN_ID.json)")
+    repro.add_argument("--journal", metavar="PATH", type=Path, default=None,
+                       help="the journal to read (default: the config's)")
+    repro.add_argument("--config", metavar="PATH", type=Path, default=argparse.SUPPRESS,
+                       help="config TOML (for the journal's path and the route's settings)")
+    replay = sub.add_parser("replay", help="play a repro fixture through the repair pipeline, "
+                                           "offline, and print what the client received")
+    replay.add_argument("fixture", metavar="FILE", type=Path)
+    replay.add_argument("--instant", action="store_true",
+                        help="no gaps between the recorded reads (a stall still waits for "
+                             "the recorded watchdog limit)")
     return parser
 
 
@@ -107,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         return _dashboard("demo", args, None)
+    if args.command == "replay":
+        return _replay(args.fixture, instant=args.instant)
     try:
-        config = load_config(args.config, check_env=args.command not in ("opencode-config", "attach"))
+        config = load_config(args.config,
+                             check_env=args.command not in ("opencode-config", "attach", "repro"))
     except ConfigError as exc:
         print(f"switchboard: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -118,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         shown = f"[{host}]" if ":" in host else host
         print(json.dumps(opencode_config(config, f"http://{shown}:{port}", args.provider), indent=2))
         return 0
+    if args.command == "repro":
+        return _repro(args.turn_id, args.output, args.journal or config.proxy.journal, config)
     if args.command in (None, "attach"):
         return _dashboard(args.command or "local", args, config)
     from proxy_core.serve import serve
@@ -132,6 +152,41 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _repro(turn_id: str, output: Path | None, journal: Path, config: Config) -> int:
+    from proxy_core.repro import ReproError, from_journal, write_fixture
+    from proxy_core.secrets import Redactor
+    path = output or Path(f"repro-{turn_id}.json")
+    try:
+        fixture = from_journal(journal.expanduser(), turn_id, config)
+        write_fixture(fixture, path, Redactor(config.secret_env_vars()))
+    except ReproError as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 1
+    attempts = len(fixture["wire"])
+    print(f"wrote {path} ({attempts} attempt(s) of raw upstream bytes"
+          f"{'' if fixture['wire_recorded'] else ', none recorded'}); "
+          f"play it with: switchboard replay {path}", file=sys.stderr)
+    return 0
+
+
+def _replay(path: Path, *, instant: bool) -> int:
+    from proxy_core.replay import replay
+    from proxy_core.repro import ReproError, client_view, differences, read_fixture, recorded_view
+    try:
+        fixture = read_fixture(path)
+        result = run_loop(replay(fixture, instant=instant))
+    except ReproError as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(result.output)
+    sys.stdout.flush()
+    found = differences(client_view(result.output), recorded_view(fixture.get("turn") or {}))
+    print(f"switchboard: replayed {result.requests} attempt(s), HTTP {result.status}; "
+          + ("the client's answer matches the live run" if not found else
+             "differs from the live run: " + "; ".join(found)), file=sys.stderr)
+    return 0 if not found else 3
 
 
 def _dashboard(mode: str, args: argparse.Namespace, config: Config | None) -> int:

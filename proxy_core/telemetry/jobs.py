@@ -60,6 +60,10 @@ class TurnJob:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     tool_calls: int = 0
+    cached_tokens: int = 0        # of prompt_tokens, read from the host's prompt cache
+    cache_write_tokens: int = 0   # of prompt_tokens, written to it
+    reasoning_tokens: int = 0     # of completion_tokens, spent thinking
+    cost: float | None = None     # from `[prices]`
     # failed turns
     error: str | None = None   # redacted
     status: int = 0

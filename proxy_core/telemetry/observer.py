@@ -154,7 +154,10 @@ class OtelExporter:
             outcome = {"finish_reason": finished.finish_reason,
                        "prompt_tokens": finished.prompt_tokens,
                        "completion_tokens": finished.completion_tokens,
-                       "tool_calls": finished.tool_calls}
+                       "tool_calls": finished.tool_calls,
+                       "cached_tokens": turn.usage.cached_tokens,
+                       "cache_write_tokens": turn.usage.cache_write_tokens,
+                       "reasoning_tokens": finished.reasoning_tokens, "cost": finished.cost}
         elif failed is not None:
             outcome = {"error": self.redactor(failed.error), "status": failed.status}
         return TurnJob(

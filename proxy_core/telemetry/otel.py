@@ -181,6 +181,14 @@ class SpanBuilder:
                 "gen_ai.usage.output_tokens": t.completion_tokens,
                 "switchboard.tool_calls": t.tool_calls,
             })
+            if t.cached_tokens:
+                attrs["gen_ai.usage.cache_read.input_tokens"] = t.cached_tokens
+            if t.cache_write_tokens:
+                attrs["gen_ai.usage.cache_creation.input_tokens"] = t.cache_write_tokens
+            if t.reasoning_tokens:
+                attrs["switchboard.usage.reasoning_tokens"] = t.reasoning_tokens
+            if t.cost is not None:
+                attrs["switchboard.cost"] = t.cost
             if t.output_messages is not None:
                 attrs["gen_ai.output.messages"] = t.output_messages
         span = self.tracer.start_span(f"chat {t.model}", kind=SpanKind.CLIENT, attributes=attrs,

@@ -6,15 +6,20 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..capture import WireCapture
 from ..stream import StreamPart
 
 
 @dataclass(frozen=True, slots=True)
 class UpstreamRequest:
-    """One attempt's request: an OpenAI-shaped body, already repaired and re-modelled."""
+    """One attempt's request: an OpenAI-shaped body, already repaired and re-modelled.
+
+    An adapter that reads the wire itself hands each read to `capture`, if given.
+    """
 
     model: str
     body: dict[str, Any]
+    capture: WireCapture | None = None
 
 
 class Upstream(Protocol):

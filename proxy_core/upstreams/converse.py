@@ -581,11 +581,15 @@ def _tool_part(pending: _PendingTool) -> ToolCallPart:
 
 
 def usage_part(usage: Mapping[str, Any]) -> UsagePart:
+    """Converse `usage`. Its `inputTokens` leaves out the tokens read from or written to
+    the prompt cache; Switchboard's `prompt_tokens` counts them in (as OpenAI's does)."""
     def num(key: str) -> int:
         value = usage.get(key)
-        return value if isinstance(value, int) else 0
-    prompt, completion = num("inputTokens"), num("outputTokens")
-    return UsagePart(prompt, completion, num("totalTokens") or prompt + completion)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    cached, written = num("cacheReadInputTokens"), num("cacheWriteInputTokens")
+    prompt, completion = num("inputTokens") + cached + written, num("outputTokens")
+    return UsagePart(prompt, completion, num("totalTokens") or prompt + completion,
+                     cached_tokens=cached, cache_write_tokens=written)
 
 
 def converse_response_parts(response: Mapping[str, Any],

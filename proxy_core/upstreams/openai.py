@@ -101,6 +101,8 @@ class OpenAIUpstream:
     """
 
     kind = "openai"
+    #: Hands each network read to `UpstreamRequest.capture` (`capture.py`).
+    captures_wire = True
 
     def __init__(self, settings: UpstreamSettings, base_url: str | None = None) -> None:
         self.name = settings.name
@@ -170,10 +172,18 @@ class OpenAIUpstream:
                 body = _body_bytes(request.body)
                 response = await session.post(self._url, data=body, headers=self._headers(),
                                               proxy=proxy)
+                capture = request.capture
+                if capture is not None:
+                    capture.answered(response.status, response.headers.get("content-type", ""))
                 if response.status >= 400:
-                    raise await _status_error(response)
+                    error = await _status_error(response)
+                    if capture is not None:
+                        capture.add(error.body.encode())
+                    raise error
                 if "text/event-stream" not in response.headers.get("content-type", ""):
                     raw, clean = await _read_upto(response, _WHOLE_BODY_LIMIT)
+                    if capture is not None:
+                        capture.add(raw)
                     if not clean:
                         raise UpstreamProtocolError(
                             f"the answer is larger than {_WHOLE_BODY_LIMIT} bytes")
@@ -187,6 +197,8 @@ class OpenAIUpstream:
                 finished = done = False
                 while not done:
                     data = await read()
+                    if capture is not None and data:
+                        capture.add(data)
                     for event in events.feed(data) if data else events.close():
                         if event is COMMENT:
                             yield _KEEPALIVE_PART

@@ -19,6 +19,7 @@ from .openai import OpenAIUpstream
 
 class SimulatorUpstream:
     kind = "simulator"
+    captures_wire = True  # through its OpenAI adapter
 
     def __init__(self, settings: UpstreamSettings,
                  models: tuple[str, ...] = ("kimi-k2.5",)) -> None:

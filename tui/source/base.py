@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxy_core.events import Chunk
 from proxy_core.record import Turn
+from proxy_core.usage import summarize
 
 from ..messages import EventsReady
 from ..model import DEFAULT_STALL_RULE, Batch, ChunkTally, StallRule
@@ -144,9 +145,15 @@ class TurnSource(ABC):
         if turns:
             last = await self.load_turn(turns[-1].id)
             last_request = last.request if last is not None else {}
-        return {"session_id": session_id, "proxy": self.base_url,
-                "turns": [t.to_dict(include_request=False) for t in turns],
-                "last_request": last_request}
+        records = [t.to_dict(include_request=False) for t in turns]
+        total, _ = summarize(records)
+        return {"session_id": session_id, "proxy": self.base_url, "usage": total.to_dict(),
+                "turns": records, "last_request": last_request}
+
+    async def repro(self, turn_id: str) -> dict[str, Any]:
+        """The turn as a repro fixture (`proxy_core.repro`): needs a proxy with a journal."""
+        raise SourceError("repro fixtures come from a running proxy's journal; "
+                          "this view has none")
 
     # -- actions ---------------------------------------------------------------------------
 

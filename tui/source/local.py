@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from proxy_core.errors import ClientRequestError
 from proxy_core.record import Turn
+from proxy_core.repro import ReproError, build_fixture
 
 from ..model import StallRule
 from .base import SourceError, TurnSource, config_targets
@@ -67,6 +68,17 @@ class LocalSource(TurnSource):
         journal = self.proxy.journal
         data = journal.turn(turn_id) if journal is not None else None
         return Turn.from_dict(data) if data is not None else None
+
+    async def repro(self, turn_id: str) -> dict[str, Any]:
+        turn = await self.load_turn(turn_id)
+        journal = self.proxy.journal
+        if turn is None:
+            raise SourceError(f"no turn {turn_id!r}")
+        try:
+            return build_fixture(turn.to_dict(), journal.wire(turn_id) if journal else None,
+                                 self.proxy.config)
+        except ReproError as exc:
+            raise SourceError(str(exc)) from None
 
     async def older(self, known: set[str], limit: int, session: str | None = None) -> list[Turn]:
         found = {t.id: t for t in reversed(self.proxy.store.recent(0))

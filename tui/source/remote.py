@@ -209,6 +209,9 @@ class RemoteSource(TurnSource):
         turns.sort(key=lambda t: t.started_at, reverse=True)
         return turns[:limit]
 
+    async def repro(self, turn_id: str) -> dict[str, Any]:
+        return dict(await self._call("GET", f"/turns/{turn_id}/repro"))
+
     async def retry(self, turn_id: str) -> str:
         return str((await self._call("POST", f"/turns/{turn_id}/retry"))["turn_id"])
 

@@ -13,6 +13,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Static, TabbedContent, TabPane
 
 from proxy_core.record import Turn
+from proxy_core.usage import format_cost
 
 from ..model import StallRule, TurnEntry, sparkline
 from ..pairing import CallView, MessageView, conversation, counts
@@ -108,8 +109,20 @@ def heartbeat_text(entry: TurnEntry | None, now: float, stall_after: StallRule, 
     text.append("\n ")
     text.append(f"{target} · {len(turn.attempts)} attempt(s) · TTFB "
                 f"{'—' if ttfb is None else f'{ttfb:.2f}s'} · {chunks} chunks · "
-                f"{turn.usage.prompt_tokens}/{turn.usage.completion_tokens} tokens", style=p.muted)
+                f"{turn.usage.prompt_tokens}/{turn.usage.completion_tokens} tokens"
+                f"{usage_extras(turn)}", style=p.muted)
     return text
+
+
+def usage_extras(turn: Turn) -> str:
+    """What the host said beyond in/out (cached, reasoning), and the cost, when known."""
+    usage, extras = turn.usage, []
+    if usage.cached_tokens:
+        extras.append(f"{usage.cached_tokens} cached")
+    if usage.reasoning_tokens:
+        extras.append(f"{usage.reasoning_tokens} reasoning")
+    text = f" ({', '.join(extras)})" if extras else ""
+    return text + (f" · {format_cost(turn.cost)}" if turn.cost is not None else "")
 
 
 # -- conversation ---------------------------------------------------------------
@@ -210,7 +223,10 @@ def response_dict(turn: Turn) -> dict[str, Any]:
                             "upstream_id": c.upstream_id} for c in turn.tool_calls],
             "usage": {"prompt_tokens": turn.usage.prompt_tokens,
                       "completion_tokens": turn.usage.completion_tokens,
-                      "total_tokens": turn.usage.total_tokens},
+                      "total_tokens": turn.usage.total_tokens,
+                      **{name: getattr(turn.usage, name) for name in
+                         ("cached_tokens", "reasoning_tokens") if getattr(turn.usage, name)}},
+            **({"cost": turn.cost} if turn.cost is not None else {}),
             "status": turn.status, "error": turn.error}
 
 

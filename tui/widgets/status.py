@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from rich.text import Text
 from textual.widgets import Static
 
+from proxy_core.usage import UsageTotals, format_cost, format_tokens
+
 from .palette import Palette
 
 
@@ -23,6 +25,15 @@ class StatusInfo:
     banner: str = ""
     unhealthy: list[str] = field(default_factory=list)
     spans_dropped: int = 0  # OpenTelemetry spans lost (collector down, slow, queue full)
+    usage: UsageTotals | None = None    # over the turns shown
+    session_usage: UsageTotals | None = None  # the selected turn's session
+
+
+def usage_text(totals: UsageTotals) -> str:
+    """`12.3k in / 1.2k out · $0.0123`: tokens, and the cost when prices were given."""
+    cost = format_cost(totals.cost if totals.priced_turns else None)
+    return (f"{format_tokens(totals.prompt_tokens)} in / "
+            f"{format_tokens(totals.completion_tokens)} out" + (f" · {cost}" if cost else ""))
 
 
 def plural(n: int, word: str) -> str:
@@ -44,6 +55,10 @@ def status_text(info: StatusInfo, p: Palette) -> Text:
     if info.stalled:
         text.append(f" · {info.stalled} stalled", style=f"bold {p.error}")
     text.append(f" · {plural(info.turns, 'turn')}", style=p.muted)
+    if info.usage is not None and info.usage.total_tokens:
+        text.append(f" · tokens {usage_text(info.usage)}", style=p.text)
+        if info.session_usage is not None and info.session_usage.turns < info.usage.turns:
+            text.append(f" (session {usage_text(info.session_usage)})", style=p.muted)
     if info.follow:
         text.append("  FOLLOW", style=f"bold {p.ok}")
     if info.filter:
