@@ -5,7 +5,9 @@ snapshots: every write happens on the journal's own writer thread (`_do`,
 `Writer`: rows first, then requests, each kind in the order the events
 came), so the request path never waits for SQLite, JSON encoding,
 redaction or hashing. A turn's first output and its end wait only for its
-row to be written (`recorded`, which the pipeline awaits). A turn's row is
+row to be written (`recorded`, which the pipeline awaits; a new turn's row is
+written with its request, so that a turn in flight is on disk with what it
+answers). A turn's row is
 written when it starts (state `live`), checkpointed about once a second
 while output arrives (on its `StreamHeartbeat`: the text so far, attempts,
 tool calls), and updated when it finishes or fails. These rows are small:
@@ -428,9 +430,11 @@ class Journal:
             self._keep(row)
             return
         self._unsaved.pop(row.turn_id, None)
-        if inserted and self._worker is not None:  # the request, behind the rows waiting
-            self._worker.submit(partial(self._write_request_of, row), Writer.REQUEST)
-        elif inserted:
+        if inserted:
+            # The request in the same job: a turn's first output waits for its row
+            # (`recorded`), and after kill -9 a turn in flight must be on disk with the
+            # request it was answering. The upstream has the request already; this
+            # overlaps the host's time to first token.
             self._write_request_of(row)
 
     def _write_request_of(self, row: _Row) -> None:
