@@ -239,7 +239,9 @@ class ChunkDecoder:
             finish = choice.get("finish_reason")
             if finish:
                 parts += self._flush_calls()
-                parts.append(FinishPart(str(finish)))
+                answer_id = chunk.get("id")
+                parts.append(FinishPart(str(finish),
+                                        answer_id if type(answer_id) is str and answer_id else None))
         usage = chunk.get("usage")
         if usage and type(usage) is dict:
             parts.append(_usage_part(usage))

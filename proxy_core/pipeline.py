@@ -476,6 +476,8 @@ class Pipeline:
                     raise self._stalled(attempt, target) from None
                 finally:
                     live.timeout = None
+                if type(part) is FinishPart and part.response_id:
+                    attempt.response_id = part.response_id[:200]
                 if isinstance(part, KeepAlivePart):
                     attempt.keepalives += 1
                     self.bus.publish(Heartbeat(turn_id=turn.id))

@@ -68,6 +68,7 @@ class Attempt:
     chunks: int = 0           # model outputs received (text, reasoning, tool calls)
     keepalives: int = 0       # upstream keep-alives seen
     last_output_at: float | None = None
+    response_id: str | None = None  # the host's id for its answer (`chatcmpl-…`), if given
     #: The watchdog deadlines this attempt ran under (seconds before the first
     #: output, and between outputs) and why: "learned from N turns" or "configured ...".
     first_output_deadline: float | None = None

@@ -11,7 +11,7 @@ arguments parse as JSON).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +56,14 @@ class UsagePart:
 
 @dataclass(frozen=True, slots=True)
 class FinishPart:
-    """The upstream said why it stopped (OpenAI `finish_reason` vocabulary)."""
+    """The upstream said why it stopped (OpenAI `finish_reason` vocabulary).
+
+    `response_id` is the host's id for its answer (OpenAI's `chatcmpl-…`), when it
+    gave one; it does not take part in comparisons.
+    """
 
     reason: str
+    response_id: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,7 +130,7 @@ async def test_clean_turn_is_one_client_span_with_genai_attributes_and_metrics(
     assert a["gen_ai.response.model"] == "kimi-k2.5"
     assert a["gen_ai.provider.name"] == "openai"
     assert a["server.address"] == "127.0.0.1"
-    assert a["gen_ai.response.id"] == a["switchboard.turn_id"]
+    assert a["gen_ai.response.id"].startswith("chatcmpl-")  # the host's id, not ours
     assert a["gen_ai.response.finish_reasons"] == [answer["finish"]]
     assert a["gen_ai.usage.input_tokens"] == answer["usage"]["prompt_tokens"] > 0
     assert a["gen_ai.usage.output_tokens"] == answer["usage"]["completion_tokens"] > 0

@@ -31,6 +31,7 @@ class AttemptJob:
     outcome: str
     error: str | None          # redacted
     stall: StallJob | None     # the first heartbeat that found it stalled
+    response_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -129,7 +129,8 @@ class OtelExporter:
              finished: TurnFinished | None, failed: TurnFailed | None) -> TurnJob:
         attempts = tuple(
             AttemptJob(a.number, a.target, a.reason, a.started_at, a.first_byte_at, a.ended_at,
-                       a.outcome, self.redactor(a.error) if a.error else None, stalls.get(a.number))
+                       a.outcome, self.redactor(a.error) if a.error else None, stalls.get(a.number),
+                       a.response_id)
             for a in turn.attempts)
         repairs = tuple(RepairJob(r.kind, self._clean(r.before), self._clean(r.after), r.at)
                         for r in turn.repairs)

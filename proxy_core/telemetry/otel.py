@@ -176,7 +176,9 @@ class SpanBuilder:
         if not t.failed:
             attrs.update({
                 "gen_ai.response.finish_reasons": [t.finish_reason or ""],
-                "gen_ai.response.id": t.turn_id,
+                # The host's id for the answer the client got; the turn's where it gave none.
+                "gen_ai.response.id": next((a.response_id for a in reversed(t.attempts)
+                                            if a.outcome == "ok" and a.response_id), t.turn_id),
                 "gen_ai.usage.input_tokens": t.prompt_tokens,
                 "gen_ai.usage.output_tokens": t.completion_tokens,
                 "switchboard.tool_calls": t.tool_calls,
