@@ -100,11 +100,13 @@ def _cannot_write(exc: sqlite3.Error) -> bool:
 
 
 class Writer:
-    """The journal's writer thread: rows before requests, each kind in the order handed over.
+    """The journal's writer thread: row jobs before other work, each kind in the order
+    handed over.
 
-    Rows are small and are what a client's output waits for (`Journal.recorded`);
-    a request being named and written (milliseconds at agent sizes) holds up
-    the rows behind it no longer than it takes.
+    Row jobs are what a client's output waits for (`Journal.recorded`); a new
+    turn's row job writes its request too (milliseconds at agent sizes). The
+    other work (`REQUEST` priority: raw upstream answers, remembered tool
+    calls, pruning, checkpoints) waits behind the rows.
     """
 
     ROW = 0
