@@ -546,6 +546,10 @@ class Journal:
         self._do(partial(self._write_wire_of, turn.id, captures))
 
     def _write_wire_of(self, turn_id: str, captures: list[WireCapture]) -> None:
+        for capture in captures:
+            if capture.messages is not None:
+                self._guarded("record the messages sent upstream", partial(
+                    self._write_sent_messages, turn_id, capture))
         try:
             data = self._encode_wire(captures)
         except Exception:  # a bug of ours: the turn stays, without its raw answer
@@ -553,14 +557,38 @@ class Journal:
             return
         self._write_wire(turn_id, data)
 
+    def _write_sent_messages(self, turn_id: str, capture: WireCapture) -> None:
+        """The repaired messages an attempt sent, stored as parts like a request's.
+
+        They differ from the client's only where a repair touched them, and a
+        repaired message is the same turn after turn: as parts, a session's
+        sent history is kept about once, where a copy in the raw answer's row
+        would be kept once per turn.
+        """
+        request = {"messages": capture.messages}
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            self._writer.write(conn, journal_db.sent_messages_id(turn_id, capture.attempt),
+                               self.namer.prepare(request),
+                               lambda part: self.namer.body_of(request, part))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._writer.forget()
+            raise
+        self._writer.commit()
+
     def _encode_wire(self, captures: list[WireCapture]) -> bytes:
         """The captures as redacted JSON, compressed (on the worker). orjson: up to 512 KB
-        of reads encode in ~3 ms, where `json` holds the GIL for ~25 ms."""
+        of reads encode in ~3 ms, where `json` holds the GIL for ~25 ms. Repaired
+        messages are not in it: they are parts (`_write_sent_messages`)."""
         attempts = []
         for capture in captures:
             data = capture.encode()
             if capture.messages is not None:
-                data["messages"] = capture.messages
+                data["messages_sent"] = True
             attempts.append(data)
         try:
             text = self.redactor(orjson.dumps({"attempts": attempts}).decode())
@@ -581,7 +609,21 @@ class Journal:
             return None
         if row is None:
             return None
-        return dict(json.loads(zlib.decompress(row[0]).decode("utf-8", "surrogatepass")))
+        data = dict(json.loads(zlib.decompress(row[0]).decode("utf-8", "surrogatepass")))
+        for attempt in data.get("attempts", []):
+            if attempt.pop("messages_sent", False):
+                sent = self._stored_request(journal_db.sent_messages_id(turn_id, attempt.get("attempt")))
+                if sent is not None:
+                    attempt["messages"] = sent.get("messages")
+        return data
+
+    def _stored_request(self, request_id: str) -> dict[str, Any] | None:
+        try:
+            row = self.conn.execute("SELECT request FROM requests WHERE id = ?",
+                                    (request_id,)).fetchone()
+        except sqlite3.Error:
+            return None
+        return dict(json.loads(row[0])) if row else None
 
     # -- retention -------------------------------------------------------------------
 

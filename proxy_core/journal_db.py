@@ -59,7 +59,7 @@ CREATE INDEX IF NOT EXISTS turns_session ON turns(session_id, started_at);
 CREATE INDEX IF NOT EXISTS turns_started ON turns(started_at);
 CREATE TABLE IF NOT EXISTS turn_requests (
     rid INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,          -- the turn's id
+    id TEXT NOT NULL UNIQUE,          -- the turn's id, or sent_messages_id()
     skeleton TEXT NOT NULL,           -- the request, its part lists left empty
     parts TEXT NOT NULL               -- {"messages": [contents.id, ...], ...}
 );
@@ -166,6 +166,12 @@ def release(conn: sqlite3.Connection, rids: list[int]) -> None:
     orphans = [(c,) for (c,) in conn.execute("SELECT id FROM content_refs WHERE n <= 0")]
     conn.executemany("DELETE FROM contents WHERE id = ?", orphans)
     conn.executemany("DELETE FROM content_refs WHERE id = ?", orphans)
+
+
+def sent_messages_id(turn_id: str, attempt: object) -> str:
+    """The `turn_requests` id that keeps the messages an attempt sent, when repairs changed
+    the client's: the turn's id, a slash, and more (`retention` finds them by that)."""
+    return f"{turn_id}/sent/{attempt}"
 
 
 class RequestWriter:

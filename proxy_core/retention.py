@@ -86,7 +86,9 @@ def delete_session(conn: sqlite3.Connection, session_id: str) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         rids = [rid for (rid,) in conn.execute(
-            "SELECT q.rid FROM turn_requests q JOIN turns t ON t.id = q.id"
+            "SELECT q.rid FROM turn_requests q JOIN turns t"
+            # the turn's request, and the messages its attempts sent (`sent_messages_id`)
+            " ON q.id = t.id OR (q.id > t.id || '/' AND q.id < t.id || '0')"
             " WHERE t.session_id = ?", (session_id,))]
         release(conn, rids)
         conn.execute("DELETE FROM wire WHERE id IN (SELECT id FROM turns WHERE session_id = ?)",

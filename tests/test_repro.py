@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +220,43 @@ async def test_a_turn_that_ends_as_the_proxy_stops_keeps_its_raw_answer(
     await proxy.stop()  # at once: the raw answer may still be on the journal's worker
     fixture = from_journal(proxy.config.proxy.journal, turn.id, proxy.config)
     assert fixture["wire_recorded"] is True and fixture["wire"][0]["body"]
+
+
+async def test_repaired_messages_sent_upstream_are_kept_as_parts_once_per_session(
+        proxy_factory: ProxyFactory, client: httpx.AsyncClient, tmp_path: Path) -> None:
+    """Each turn's repaired history is in its fixture, but a session's is stored about once:
+    a copy per turn in the raw answer's row made the journal grow with the square of it."""
+    proxy = await proxy_factory(SIM_CONFIG.replace('faults = ["leak", "hang"]', "faults = []"),
+                                journal=tmp_path / "j.sqlite3")
+    messages = start_messages()
+    turns = []
+    for i in range(8):  # tool calls without reasoning_content: repaired on every turn
+        call = f"functions.read:{i}"
+        messages = messages + [
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": call, "type": "function",
+                 "function": {"name": "read", "arguments": json.dumps({"filePath": f"/f{i}"})}}]},
+            {"role": "tool", "tool_call_id": call, "content": f"contents of file {i} " * 200}]
+        turns.append((await live_turn(client, proxy, messages))[1])
+
+    last = turns[-1]
+    fixture = from_journal(tmp_path / "j.sqlite3", last["id"], proxy.config)
+    sent = fixture["upstream_request"]["messages"]
+    assert len(sent) == len(messages)
+    assert all(m["reasoning_content"] == " " for m in sent if m["role"] == "assistant")
+    assert SECRET not in json.dumps(sent)  # the parts are redacted like a request's
+
+    conn = sqlite3.connect(tmp_path / "j.sqlite3")
+    for (data,) in conn.execute("SELECT data FROM wire"):
+        assert b"contents of file" not in zlib.decompress(data)
+    # Every tool result once, and each repaired assistant message once, not once per turn.
+    assert conn.execute("SELECT count(*) FROM contents WHERE body LIKE '%contents of file%'"
+                        ).fetchone() == (8,)
+    assert conn.execute("SELECT count(*) FROM contents WHERE body LIKE '%reasoning_content%'"
+                        ).fetchone() == (8,)
+
+    conn.execute("PRAGMA foreign_keys = ON")
+    delete_session(conn, "ses_repro")
+    assert conn.execute("SELECT count(*) FROM turn_requests").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM contents").fetchone() == (0,)
+    conn.close()
