@@ -58,7 +58,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
     if not isinstance(messages, list) or not messages:
         raise ClientRequestError("'messages' is required and must be a non-empty array")
     for i, message in enumerate(messages):
-        _check_message(i, message)
+        check_message(i, message)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ClientRequestError("'stream' must be a boolean")
@@ -76,7 +76,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
     return ChatRequest(model, messages, stream, include_usage, body)
 
 
-def _check_message(i: int, message: Any) -> None:
+def check_message(i: int, message: Any) -> None:
     if not isinstance(message, dict):
         raise ClientRequestError(f"messages[{i}] must be an object")
     role = message.get("role")

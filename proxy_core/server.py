@@ -22,7 +22,8 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from .errors import ClientRequestError
-from .openai_wire import ChunkEncoder, CompletionBuilder, error_body, loads_clean, parse_chat_request
+from .openai_wire import ChunkEncoder, CompletionBuilder, error_body
+from .request_parser import RequestParser
 from .pipeline import Pipeline, TurnAborted
 from .secrets import CLIENT_TOKEN_MIN, Redactor
 from .sse import DONE, SSE_HEADERS, comment_line, data_line
@@ -35,15 +36,6 @@ log = logging.getLogger(__name__)
 _DISCONNECTS = (ConnectionResetError, ConnectionError)
 #: Client headers that carry credentials; their values are scrubbed from everything.
 _CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization")
-
-
-def parse_json_body(raw: bytes) -> Any:
-    if not raw:
-        raise ClientRequestError("request body is empty; expected JSON")
-    try:
-        return loads_clean(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ClientRequestError(f"request body is not valid JSON: {exc}", code="invalid_json") from None
 
 
 def body_too_large(limit: int) -> ClientRequestError:
@@ -283,6 +275,8 @@ class OpenAIFront:
     def __init__(self, pipeline: Pipeline, redactor: Redactor) -> None:
         self.pipeline = pipeline
         self.redactor = redactor
+        #: Bodies that extend a recent one are parsed from where that one's messages end.
+        self.requests = RequestParser()
         self._serving: set[asyncio.Task[Any]] = set()  # chat handlers in flight
 
     async def cancel_all(self, timeout: float) -> None:
@@ -334,7 +328,7 @@ class OpenAIFront:
         try:
             self._learn_credentials(exchange.headers)
             raw = await exchange.read_body()
-            chat = parse_chat_request(parse_json_body(raw))
+            chat = self.requests.parse(raw)
             turn, route = self.pipeline.open_turn(chat, exchange.headers, len(raw))
         except ClientRequestError as exc:
             return exchange.reply(exc.status, error_body(exc.message, type_=exc.type, code=exc.code))

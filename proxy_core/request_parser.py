@@ -1,0 +1,185 @@
+"""Chat requests parsed once per message, however many turns resend them.
+
+An agent sends its whole conversation on every turn, and each turn's body
+is the previous one with a message or two added: byte for byte the same up
+to the end of the last message it had, then the new messages, then the
+same closing fields (`tools`, `stream`, ...). `RequestParser` keeps, for a
+few recent bodies, where the last message ended and where the messages
+array closed. A body that starts with the first part of one of them and
+ends with the second is that request plus what lies between: only the new
+messages are parsed and checked, and the request reuses the earlier one's
+parsed messages, which are then the same objects in both turns.
+
+Exact, not heuristic: identical bytes up to the end of a complete value
+leave a JSON parser in the same state, so the prefix means what it meant
+before; the new messages must parse on their own as a comma-led list of
+values, and the suffix then closes the array as it did before. Anything
+else (an edited or compacted history, another model, a changed option)
+is parsed whole, as the first request of a session is.
+
+Where a body's messages sit is learned from that whole parse: msgspec
+splits the top-level object into raw values, and the positions are checked
+byte for byte against the body. That needs the top level written compactly
+with plain keys, as `JSON.stringify` (opencode, the Vercel AI SDK) and most
+clients write it; for other bodies nothing is kept and every turn is parsed
+whole, which is correct, only slower.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import msgspec
+import orjson
+
+from .errors import ClientRequestError
+from .openai_wire import ChatRequest, check_message, loads_clean, parse_chat_request
+
+#: JSON's whitespace (bytes.strip() would also take \x0b and \x0c, which JSON refuses).
+_WS = b" \t\n\r"
+_SPLIT: msgspec.json.Decoder[dict[str, msgspec.Raw]] = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def parse_json_body(raw: bytes) -> object:
+    """The body as JSON, or a `ClientRequestError` that says why not."""
+    if not raw:
+        raise ClientRequestError("request body is empty; expected JSON")
+    try:
+        return loads_clean(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ClientRequestError(f"request body is not valid JSON: {exc}",
+                                 code="invalid_json") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """A body seen recently, and where in it its messages end."""
+
+    raw: bytes
+    end: int      # just after the last message
+    close: int    # the `]` that closes the messages array: raw[close:] is the suffix
+    request: ChatRequest
+
+
+class RequestParser:
+    """Parses chat request bodies, reusing the parse of a recent body each extends.
+
+    Remembers up to `max_bodies` bodies (most recently used kept), and none
+    larger than `max_body_bytes`, so at most their sum in raw bytes plus
+    the parsed requests, which the turns in memory hold anyway. `hits` and
+    `misses` count the requests that reused an earlier parse and those
+    parsed whole. Used from the event loop only.
+    """
+
+    def __init__(self, max_bodies: int = 16, max_body_bytes: int = 8 * 1024 * 1024) -> None:
+        self.max_bodies = max_bodies
+        self.max_body_bytes = max_body_bytes
+        self.hits = 0
+        self.misses = 0
+        self._known: OrderedDict[int, _Known] = OrderedDict()
+        self._next = 0
+
+    def parse(self, raw: bytes) -> ChatRequest:
+        """The request in `raw`; raises `ClientRequestError` for a body that is not one."""
+        for slot in reversed(self._known):
+            known = self._known[slot]
+            extended = _extend(known, raw)
+            if extended is not None:
+                request, end, close = extended
+                del self._known[slot]
+                self._remember(_Known(raw, end, close, request))
+                self.hits += 1
+                return request
+        request = parse_chat_request(parse_json_body(raw))
+        self.misses += 1
+        if len(raw) <= self.max_body_bytes:
+            where = _locate_messages(raw)
+            if where is not None:
+                self._remember(_Known(raw, *where, request))
+        return request
+
+    def clear(self) -> None:
+        self._known.clear()
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def _remember(self, known: _Known) -> None:
+        self._known[self._next] = known
+        self._next += 1
+        while len(self._known) > self.max_bodies:
+            self._known.popitem(last=False)
+
+
+def _extend(known: _Known, raw: bytes) -> tuple[ChatRequest, int, int] | None:
+    """`raw` as `known`'s request plus messages, with where they end; None if it is not."""
+    old = known.raw
+    suffix = len(old) - known.close
+    stop = len(raw) - suffix
+    if stop < known.end:
+        return None
+    view = memoryview(old)
+    if not (raw.startswith(view[:known.end]) and raw.endswith(view[known.close:])):
+        return None
+    middle = raw[known.end:stop]
+    added = middle.strip(_WS)
+    before = known.request
+    if not added:
+        messages = before.messages
+        end = known.end
+    else:
+        if added[:1] != b",":
+            return None
+        try:
+            new = loads_clean(b"[" + added[1:] + b"]")
+        except (ValueError, UnicodeDecodeError):
+            return None  # parsed whole, for the error message a whole parse gives
+        if not new:  # "[...,]": a trailing comma is not JSON
+            return None
+        for i, message in enumerate(new, start=len(before.messages)):
+            check_message(i, message)
+        messages = before.messages + new
+        end = known.end + len(middle.rstrip(_WS))
+    body = dict(before.body)
+    body["messages"] = messages
+    request = ChatRequest(before.model, messages, before.stream, before.include_usage, body)
+    return request, end, stop
+
+
+def _locate_messages(raw: bytes) -> tuple[int, int] | None:
+    """Where the messages end and their array closes in `raw`, if it is written compactly.
+
+    The top level is split into raw values by msgspec, then walked as
+    `{"key":value,...}` with each key and value compared in place: any
+    whitespace, escaped key or repeated key at the top level fails the
+    comparison, and the body is simply not remembered.
+    """
+    try:
+        fields = _SPLIT.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    pos = 1
+    where: tuple[int, int] | None = None
+    if raw[:1] != b"{":
+        return None
+    for i, (key, value) in enumerate(fields.items()):
+        lead = (b"," if i else b"") + orjson.dumps(key) + b":"
+        if not raw.startswith(lead, pos):
+            return None
+        pos += len(lead)
+        data = memoryview(value)
+        if not raw.startswith(data, pos):
+            return None
+        if key == "messages":
+            close = pos + len(data) - 1
+            if raw[close:close + 1] != b"]":
+                return None
+            end = close
+            while raw[end - 1:end] in (b" ", b"\t", b"\n", b"\r"):
+                end -= 1
+            where = (end, close)
+        pos += len(data)
+    if raw[pos:] != b"}":
+        return None
+    return where

@@ -1,0 +1,206 @@
+"""`RequestParser`: a body that extends a recent one is parsed from where that one ended.
+
+The property that matters is that reuse never changes the answer: for any
+sequence of bodies — a session growing turn by turn, histories edited,
+options changed, bodies cut or corrupted anywhere, written compactly or
+not — the parser returns exactly what a whole parse returns, or the same
+error. Hypothesis drives that over generated sessions; the other tests pin
+down that reuse actually happens where agents make it possible.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from proxy_core.errors import ClientRequestError
+from proxy_core.openai_wire import ChatRequest, parse_chat_request
+from proxy_core.request_parser import RequestParser, parse_json_body
+
+
+def whole(raw: bytes) -> tuple[Any, ...]:
+    """What parsing `raw` from scratch gives: the request, or the error."""
+    try:
+        return ("ok", parse_chat_request(parse_json_body(raw)))
+    except ClientRequestError as exc:
+        return ("error", exc.status, exc.code, exc.message)
+
+
+def reused(parser: RequestParser, raw: bytes) -> tuple[Any, ...]:
+    try:
+        return ("ok", parser.parse(raw))
+    except ClientRequestError as exc:
+        return ("error", exc.status, exc.code, exc.message)
+
+
+def compact(body: dict[str, Any]) -> bytes:
+    """As `JSON.stringify` writes it (opencode, the Vercel AI SDK)."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def step(i: int) -> list[dict[str, Any]]:
+    call = f"functions.read:{i}"
+    return [{"role": "assistant", "content": "", "reasoning_content": f"look at {i}",
+             "tool_calls": [{"id": call, "type": "function",
+                             "function": {"name": "read", "arguments": json.dumps({"n": i})}}]},
+            {"role": "tool", "tool_call_id": call, "content": f"line {i}\n" * 20}]
+
+
+def session_body(steps: int, **extra: Any) -> dict[str, Any]:
+    messages = [{"role": "system", "content": "you are an agent"},
+                {"role": "user", "content": "fix the bug"}]
+    for i in range(steps):
+        messages += step(i)
+    return {"model": "kimi", "max_tokens": 100, "messages": messages,
+            "tools": [{"type": "function", "function": {"name": "read", "parameters": {}}}],
+            "stream": True, "stream_options": {"include_usage": True}, **extra}
+
+
+def test_a_growing_session_is_parsed_from_where_the_last_turn_ended() -> None:
+    parser = RequestParser()
+    previous: ChatRequest | None = None
+    for turn in range(12):
+        raw = compact(session_body(turn))
+        request = parser.parse(raw)
+        assert request == parse_chat_request(json.loads(raw))
+        if previous is not None:  # the history is the same objects, not a copy
+            assert all(a is b for a, b in zip(previous.messages, request.messages[:len(previous.messages)], strict=True))
+        previous = request
+    assert (parser.hits, parser.misses) == (11, 1)
+
+
+def test_the_same_body_again_is_a_hit_with_nothing_new() -> None:
+    parser = RequestParser()
+    raw = compact(session_body(3))
+    first, second = parser.parse(raw), parser.parse(raw)
+    assert first == second and second.messages is first.messages
+    assert second.body is not first.body  # each turn gets its own top level
+    assert parser.hits == 1
+
+
+def test_a_new_message_that_is_wrong_gets_the_index_a_whole_parse_gives() -> None:
+    parser = RequestParser()
+    parser.parse(compact(session_body(2)))
+    body = session_body(2)
+    body["messages"].append({"role": "wizard", "content": "x"})
+    raw = compact(body)
+    assert reused(parser, raw) == whole(raw)
+    assert whole(raw)[3].startswith("messages[6].role 'wizard'")
+
+
+@pytest.mark.parametrize("tail", [b",]", b",", b", ", b",{}", b',"x', b",{]"])
+def test_bad_json_between_the_old_messages_and_the_suffix_is_a_whole_parse_error(
+        tail: bytes) -> None:
+    parser = RequestParser()
+    raw = compact(session_body(2))
+    parser.parse(raw)
+    end = raw.index(b'],"tools"')
+    bad = raw[:end] + tail + raw[end:]
+    assert reused(parser, bad) == whole(bad)
+    assert reused(parser, bad)[0] == "error"
+
+
+def test_bodies_that_are_not_written_compactly_are_parsed_whole_and_right() -> None:
+    parser = RequestParser()
+    for turn in range(4):
+        raw = json.dumps(session_body(turn), indent=1).encode()
+        assert reused(parser, raw) == whole(raw)
+    assert parser.hits == 0 and len(parser) == 0
+
+
+def test_a_repeated_top_level_key_is_never_learned_from() -> None:
+    parser = RequestParser()
+    raw = compact(session_body(1))
+    twice = raw[:-1] + b',"messages":[{"role":"user","content":"other"}]}'
+    assert reused(parser, twice) == whole(twice)
+    assert len(parser) == 0
+
+
+def test_remembers_a_bounded_number_of_bodies() -> None:
+    parser = RequestParser(max_bodies=3)
+    for model in "abcde":
+        parser.parse(compact({**session_body(1), "model": model}))
+    assert len(parser) == 3
+    parser.parse(compact({**session_body(2), "model": "a"}))  # forgotten: parsed whole
+    assert parser.hits == 0
+    parser.parse(compact({**session_body(2), "model": "e"}))
+    assert parser.hits == 1
+
+
+def test_interleaved_sessions_each_extend_their_own() -> None:
+    parser = RequestParser()
+    for turn in range(5):
+        for model in ("main", "subagent"):
+            raw = compact({**session_body(turn), "model": model})
+            assert parser.parse(raw) == parse_chat_request(json.loads(raw))
+    assert parser.misses == 2 and parser.hits == 8
+
+
+# -- generated sessions ------------------------------------------------------------
+
+_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30) | \
+    st.sampled_from(['"', "\\", "]", "},{", '","tools":[', "\\u00e9", "\n", "", "𝄞"])
+_value = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | _text,
+                      lambda inner: st.lists(inner, max_size=3)
+                      | st.dictionaries(_text, inner, max_size=3), max_leaves=6)
+_message = st.fixed_dictionaries(
+    {"role": st.sampled_from(["system", "user", "assistant", "tool"]),
+     "content": _text | st.none() | st.lists(st.fixed_dictionaries(
+         {"type": st.just("text"), "text": _text}), max_size=2)},
+    optional={"tool_call_id": _text, "name": _text, "extra": _value})
+_extra_keys = st.dictionaries(st.sampled_from(["temperature", "top_p", "tool_choice", "user",
+                                               "metadata", "stream_options"]),
+                              _value, max_size=3)
+
+
+@st.composite
+def sessions(draw: st.DrawFn) -> list[bytes]:
+    """The bodies of one session, turn by turn, with what clients and accidents do to them."""
+    head = draw(_extra_keys)
+    tail = draw(_extra_keys)
+    messages = draw(st.lists(_message, min_size=1, max_size=4))
+    bodies: list[bytes] = []
+    for _ in range(draw(st.integers(1, 6))):
+        action = draw(st.sampled_from(["grow", "grow", "grow", "same", "edit", "option",
+                                       "cut", "corrupt", "pretty"]))
+        if action == "grow":
+            messages = messages + draw(st.lists(_message, min_size=1, max_size=3))
+        elif action == "edit" and messages:
+            i = draw(st.integers(0, len(messages) - 1))
+            messages = [*messages[:i], draw(_message), *messages[i + 1:]]
+        elif action == "option":
+            tail = {**tail, "temperature": draw(st.integers(0, 2))}
+        body = {"model": "m", **head, "messages": messages, **tail}
+        raw = (json.dumps(body, indent=1).encode() if action == "pretty"
+               else orjson.dumps(body) if draw(st.booleans()) else compact(body))
+        if action == "cut":
+            raw = raw[:draw(st.integers(0, len(raw)))]
+        elif action == "corrupt" and raw:
+            at = draw(st.integers(0, len(raw) - 1))
+            raw = raw[:at] + draw(st.binary(max_size=4)) + raw[at + draw(st.integers(0, 4)):]
+        bodies.append(raw)
+    return bodies
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sessions())
+def test_reuse_never_changes_what_a_body_means(bodies: list[bytes]) -> None:
+    parser = RequestParser()
+    for raw in bodies:
+        assert reused(parser, raw) == whole(raw)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_message, min_size=1, max_size=5), st.lists(_message, min_size=1, max_size=5))
+def test_compact_growth_is_always_reused(first: list[Any], more: list[Any]) -> None:
+    parser = RequestParser()
+    before = {"model": "m", "messages": first, "stream": True}
+    parser.parse(compact(before))
+    after = compact({**before, "messages": first + more})
+    assert reused(parser, after) == whole(after)
+    assert parser.hits == 1
