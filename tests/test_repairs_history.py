@@ -154,3 +154,43 @@ def test_profiles() -> None:
     assert plan_for("auto", "anything", "simulator") == KIMI
     out, notes = repair_history([{"role": "assistant", "content": ""}], NONE)
     assert out == [{"role": "assistant", "content": ""}] and notes == []
+
+
+def _session(turns: int) -> list[dict]:
+    """A history that needs every kind of repair on every turn."""
+    messages: list[dict] = [{"role": "system", "content": "agent"},
+                            {"role": "user", "content": [{"type": "text", "text": "go"},
+                                                         {"type": "text", "text": " "}]}]
+    for i in range(turns):
+        messages += [{"role": "assistant", "content": "", "tool_calls": [
+            {"id": f"call_{i}", "type": "function",
+             "function": {"name": "read", "arguments": "{'path': 'a'"}}]},
+            {"role": "tool", "tool_call_id": f"call_{i}", "content": f"file {i}"}]
+    messages.append({"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_last", "type": "function", "function": {"name": "bash", "arguments": "{}"}}]})
+    return messages
+
+
+def test_the_same_message_repaired_again_is_the_same_object() -> None:
+    """An agent resends its history: each turn's repairs give back the objects of the turn
+    before for the messages both sent, so work keyed by identity downstream is done once."""
+    history = _session(4)
+    first, notes = repair_history(history, KIMI)
+    assert {n.kind for n in notes} >= {"tool_arguments", "reasoning_content", "empty_content",
+                                       "missing_tool_result"}
+    longer = history[:-1] + _session(6)[len(history) - 1:]  # the same objects, then more
+    second, _ = repair_history(longer, KIMI)
+    assert second[:len(first) - 2] == first[:len(first) - 2]
+    assert all(a is b for a, b in zip(first[:len(first) - 2], second, strict=False))
+    assert second[-1]["tool_call_id"] == "functions.bash:6"  # the new tail, repaired anew
+    assert all(m is not o for m, o in zip(first, history, strict=False) if m != o)
+
+
+def test_a_message_with_native_ids_already_is_passed_through_as_is() -> None:
+    messages = [{"role": "user", "content": "hi"},
+                {"role": "assistant", "content": None, "reasoning_content": "r", "tool_calls": [
+                    {"id": "functions.read:0", "type": "function",
+                     "function": {"name": "read", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "functions.read:0", "content": "x"}]
+    out, notes = repair_history(messages, KIMI)
+    assert notes == [] and all(a is b for a, b in zip(out, messages, strict=True))

@@ -15,13 +15,21 @@ plan asks for it:
 3. empty — empty text blocks are dropped; an assistant message left empty
    is removed, or its content set to null when it carries tool calls (F5).
 4. native_ids — every tool-call id becomes Kimi's `functions.NAME:IDX`.
+
+A message a step changes becomes a new object, and the same message changed
+the same way gives the same object on every turn (`_Derived`): an agent
+resends its history each turn, and downstream work keyed by identity (the
+upstream body's encodings, the journal's part names) is then done once per
+message, not once per turn.
 """
 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 from .ids import kimi_id
@@ -44,6 +52,40 @@ class Note:
     before: str
     after: str
     call_id: str | None = None
+
+
+class _Derived:
+    """What a step made of a message before: (step, message, how) -> the result.
+
+    Keyed by the message's identity and held with it, so the id cannot be
+    reused while remembered; `how` is whatever else the result depends on.
+    At most `limit` results are kept, least recently used dropped first.
+    """
+
+    def __init__(self, limit: int = 16_384) -> None:
+        self.limit = limit
+        self._items: OrderedDict[tuple[str, int], tuple[Message, Any, Message]] = OrderedDict()
+
+    def get(self, step: str, message: Message, how: Any,
+            make: Callable[[], Message]) -> Message:
+        key = (step, id(message))
+        kept = self._items.get(key)
+        if kept is not None and kept[0] is message and kept[1] == how:
+            self._items.move_to_end(key)
+            return kept[2]
+        result = make()
+        self._items[key] = (message, how, result)
+        self._items.move_to_end(key)
+        if len(self._items) > self.limit:
+            self._items.popitem(last=False)
+        return result
+
+
+_derived = _Derived()
+
+
+def _with(message: Message, key: str, value: Any) -> Message:
+    return {**message, key: value}
 
 
 def excerpt(value: Any, limit: int = 120) -> str:
@@ -147,10 +189,16 @@ def _answer_unanswered(messages: list[Message], notes: list[Note]) -> list[Messa
             out.append(messages[i])
             i += 1
         for call_id in pending:
-            out.append({"role": "tool", "tool_call_id": call_id, "content": PLACEHOLDER_RESULT})
+            out.append(_placeholder_result(call_id))
             notes.append(Note("missing_tool_result", f"call {call_id} has no result",
                               "placeholder result added", call_id))
     return out
+
+
+@lru_cache(maxsize=4096)
+def _placeholder_result(call_id: str) -> Message:
+    """The stand-in result of an unanswered call: one object per call id (never changed)."""
+    return {"role": "tool", "tool_call_id": call_id, "content": PLACEHOLDER_RESULT}
 
 
 def _mend_arguments(messages: list[Message], notes: list[Note]) -> None:
@@ -175,7 +223,8 @@ def _mend_arguments(messages: list[Message], notes: list[Note]) -> None:
                 changed = True
             mended.append(call)
         if changed:
-            messages[index] = {**message, "tool_calls": mended}
+            messages[index] = _derived.get("arguments", message, None,
+                                           partial(_with, message, "tool_calls", mended))
 
 
 @lru_cache(maxsize=8192)
@@ -211,7 +260,9 @@ def _fill_reasoning(messages: list[Message], memory: ToolCallMemory | None,
                 if remembered is not None and remembered.reasoning:
                     reasoning = remembered.reasoning
                     break
-        messages[index] = {**message, "reasoning_content": reasoning or placeholder}
+        filled = reasoning or placeholder
+        messages[index] = _derived.get("reasoning", message, filled,
+                                       partial(_with, message, "reasoning_content", filled))
         notes.append(Note("reasoning_content", "assistant tool-call message without reasoning_content",
                           excerpt(reasoning) if reasoning else f"placeholder {placeholder!r}"))
 
@@ -226,11 +277,11 @@ def _drop_empty(messages: list[Message], notes: list[Note]) -> list[Message]:
     for message in messages:
         content = message.get("content")
         if isinstance(content, list) and any(_is_empty_text_block(b) for b in content):
-            kept = [b for b in content if not _is_empty_text_block(b)]
             notes.append(Note("empty_content", f"{message.get('role')} message with an empty text block",
                               "empty block removed"))
-            message = {**message, "content": kept}
-            content = kept
+            message = _derived.get("blocks", message, None, partial(
+                _with, message, "content", [b for b in content if not _is_empty_text_block(b)]))
+            content = message["content"]
         if message.get("role") != "assistant":
             out.append(message)
             continue
@@ -239,7 +290,8 @@ def _drop_empty(messages: list[Message], notes: list[Note]) -> list[Message]:
             out.append(message)
         elif _calls(message):
             if content is not None:
-                message = {**message, "content": None}
+                message = _derived.get("null_content", message, None,
+                                       partial(_with, message, "content", None))
                 notes.append(Note("empty_content", "assistant tool-call message with empty content",
                                   "content: null"))
             out.append(message)
@@ -254,10 +306,10 @@ def _to_native_ids(messages: list[Message]) -> None:
     for index, message in enumerate(messages):
         role = message.get("role")
         if role == "assistant" and _calls(message):
-            calls = []
+            natives: list[str | None] = []
             for call in _calls(message):
                 if not isinstance(call, dict):
-                    calls.append(call)
+                    natives.append(None)
                     continue
                 function = call.get("function") or {}
                 name = function.get("name", "tool") if isinstance(function, dict) else "tool"
@@ -265,7 +317,19 @@ def _to_native_ids(messages: list[Message]) -> None:
                 counter += 1
                 if isinstance(call.get("id"), str):
                     mapping[call["id"]] = native
-                calls.append({**call, "id": native})
-            messages[index] = {**message, "tool_calls": calls}
+                natives.append(native)
+            if any(n is not None and call.get("id") != n
+                   for call, n in zip(_calls(message), natives, strict=True)):
+                messages[index] = _derived.get("native_ids", message, tuple(natives),
+                                               partial(_renamed, message, natives))
         elif role == "tool" and message.get("tool_call_id") in mapping:
-            messages[index] = {**message, "tool_call_id": mapping[message["tool_call_id"]]}
+            native = mapping[message["tool_call_id"]]
+            if native != message["tool_call_id"]:
+                messages[index] = _derived.get("native_ids", message, native,
+                                               partial(_with, message, "tool_call_id", native))
+
+
+def _renamed(message: Message, natives: list[str | None]) -> Message:
+    calls = [call if native is None else {**call, "id": native}
+             for call, native in zip(_calls(message), natives, strict=True)]
+    return {**message, "tool_calls": calls}
