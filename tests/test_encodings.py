@@ -1,0 +1,62 @@
+"""`PartEncodings`: the upstream body is byte for byte what encoding it whole gives,
+however the parts are shared between turns, and only new parts are encoded."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from unittest import mock
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy_core.encodings import PartEncodings
+
+_text = st.text(max_size=20)
+_value = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(
+    allow_nan=False) | _text, lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(_text, inner, max_size=3), max_leaves=8)
+_part = st.dictionaries(_text, _value, max_size=4) | _value
+
+
+def whole(body: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_part, max_size=6), st.lists(_part, max_size=6),
+       st.dictionaries(st.sampled_from(["model", "stream", "temperature"]), _value))
+def test_a_body_sharing_parts_with_the_last_encodes_as_a_whole_body_does(
+        first: list[Any], more: list[Any], top: dict[str, Any]) -> None:
+    encodings = PartEncodings()
+    turn1 = {**top, "messages": first, "tools": first[:2]}
+    turn2 = {**top, "messages": first + more, "tools": first[:2]}
+    assert encodings.body(turn1) == whole(turn1)
+    assert encodings.body(turn2) == whole(turn2)
+
+
+def test_only_parts_not_seen_before_are_encoded() -> None:
+    encodings = PartEncodings()
+    history = [{"role": "user", "content": f"message {i}"} for i in range(50)]
+    encodings.body({"model": "m", "messages": history})
+    with mock.patch("proxy_core.encodings.orjson.dumps", wraps=orjson.dumps) as dumps:
+        new = {"role": "user", "content": "new"}
+        out = encodings.body({"model": "m", "messages": [*history, new]})
+    assert out == orjson.dumps({"model": "m", "messages": [*history, new]})
+    assert dumps.call_count == 2  # the new message, and the body around the kept ones
+
+
+def test_kept_encodings_are_bounded() -> None:
+    encodings = PartEncodings(max_bytes=4096)
+    for i in range(200):
+        encodings.body({"messages": [{"role": "user", "content": f"{i:0>100}"}]})
+    assert encodings.bytes <= 4096 and len(encodings) < 200
+
+
+def test_a_lone_surrogate_is_escaped_as_before() -> None:
+    body = {"messages": [{"role": "user", "content": "bad \ud800 half"}]}
+    assert PartEncodings().body(body) == json.dumps(body, separators=(",", ":")).encode()
