@@ -94,19 +94,26 @@ class Namer:
 
     A part seen before (by its encoding, compared whole) is neither hashed,
     redacted nor kept as text again: an agent resends its history on every
-    turn, and that work is done once per part, not once per turn. Up to
-    `max_bytes` of encodings are remembered, least recently used dropped
-    first (parts above `max_bytes / 16` are not). It starts afresh when the
-    redactor learns a secret (text redacted before may hold it) and after
-    `forget()` (the journal dropped parts). Runs on one thread at a time
-    (the journal's writer); `forget` may come from any.
+    turn, and that work is done once per part, not once per turn. A part
+    that is the very object named before (`RequestParser` hands each turn
+    the earlier turn's parsed messages) is not even encoded again: message
+    objects are never changed once parsed, and the object is held while
+    remembered, so its id cannot be reused. Up to `max_bytes` of encodings
+    are remembered, least recently used dropped first (parts above
+    `max_bytes / 16` are not). It starts afresh when the redactor learns a
+    secret (text redacted before may hold it) and after `forget()` (the
+    journal dropped parts). Runs on one thread at a time (the journal's
+    writer); `forget` may come from any.
     """
 
     def __init__(self, redactor: Redactor, max_bytes: int = 32 * 1024 * 1024) -> None:
         self.redactor = redactor
         self.max_bytes = max_bytes
         self.bytes = 0
+        self.object_bytes = 0
         self._known: OrderedDict[bytes, tuple[str, str]] = OrderedDict()  # -> (key, name)
+        #: id(item) -> (item, its Part), for parts named as that very object
+        self._objects: OrderedDict[int, tuple[Any, Part]] = OrderedDict()
         self._generation = redactor.generation
         self._forget = False
 
@@ -118,12 +125,23 @@ class Namer:
             self._forget = False
             self._generation = self.redactor.generation
             self._known.clear()
-            self.bytes = 0
+            self._objects.clear()
+            self.bytes = self.object_bytes = 0
         skeleton, fields = split(request)
         parts: list[Part] = []
         known = self._known
+        objects = self._objects
         for field_name, items in fields.items():
             for position, item in enumerate(items):
+                same = objects.get(id(item))
+                if same is not None and same[0] is item:
+                    objects.move_to_end(id(item))
+                    part = same[1]  # as it was named last time: usually at the same place
+                    if part.position != position or part.field != field_name:
+                        part = Part(field_name, position, part.key, part.name, None, part.size)
+                        objects[id(item)] = (item, part)
+                    parts.append(part)
+                    continue
                 data = encode(item)
                 seen = known.get(data)
                 body: str | None = None
@@ -136,8 +154,23 @@ class Namer:
                 else:
                     key, name = seen
                     known.move_to_end(data)
-                parts.append(Part(field_name, position, key, name, body, len(data)))
+                part = Part(field_name, position, key, name, body, len(data))
+                if isinstance(item, dict) and len(data) <= self.max_bytes // 16:
+                    self._hold(item, part if body is None else Part(
+                        field_name, position, key, name, None, len(data)))
+                parts.append(part)
         return PreparedRequest(self.redactor(encode(skeleton).decode()), tuple(parts))
+
+    def _hold(self, item: Any, part: Part) -> None:
+        """Remember `item` by identity, as `part` (with no body: it is stored by then)."""
+        old = self._objects.pop(id(item), None)
+        if old is not None:
+            self.object_bytes -= old[1].size
+        self._objects[id(item)] = (item, part)
+        self.object_bytes += part.size
+        while self.object_bytes > self.max_bytes:
+            _, (_, dropped) = self._objects.popitem(last=False)
+            self.object_bytes -= dropped.size
 
     def _remember(self, data: bytes, key: str, name: str) -> None:
         if len(data) > self.max_bytes // 16:

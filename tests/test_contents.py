@@ -1,0 +1,55 @@
+"""`Namer`: parts are named once, and the very objects named before are not even encoded
+again — but never at the cost of a name, a body or a redaction that differs."""
+
+from __future__ import annotations
+
+from typing import Any
+from unittest import mock
+
+from proxy_core import contents
+from proxy_core.contents import Namer
+from proxy_core.secrets import Redactor
+
+SECRET = "correct-horse-battery-staple-42"  # no pattern finds it: learnt by name
+
+
+def request(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"model": "m", "messages": messages, "stream": True}
+
+
+def history(n: int) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": f"message {i} mentions {SECRET}"} for i in range(n)]
+
+
+def test_parts_named_before_as_the_same_objects_are_not_encoded_again() -> None:
+    namer = Namer(Redactor())
+    messages = history(30)
+    first = namer.prepare(request(messages))
+    new = {"role": "user", "content": "new"}
+    with mock.patch.object(contents, "encode", wraps=contents.encode) as encode:
+        second = namer.prepare(request([*messages, new]))
+    assert encode.call_count == 2  # the new message, and the skeleton
+    assert [(p.key, p.name, p.size, p.position) for p in second.parts[:30]] == \
+        [(p.key, p.name, p.size, p.position) for p in first.parts]
+    fresh = Namer(Redactor()).prepare(request([*messages, new]))
+    assert [(p.key, p.name, p.size) for p in second.parts] == \
+        [(p.key, p.name, p.size) for p in fresh.parts]
+
+
+def test_a_secret_learnt_later_renames_and_redacts_parts_already_named() -> None:
+    redactor = Redactor()
+    namer = Namer(redactor)
+    messages = history(5)
+    before = namer.prepare(request(messages))
+    assert all(SECRET in (p.body or "") for p in before.parts)
+    redactor.add(SECRET)
+    after = namer.prepare(request(messages))
+    assert all(p.body is not None and SECRET not in p.body for p in after.parts)
+    assert [p.name for p in after.parts] != [p.name for p in before.parts]
+
+
+def test_objects_held_for_naming_are_bounded() -> None:
+    namer = Namer(Redactor(), max_bytes=2048)
+    for i in range(100):
+        namer.prepare(request([{"role": "user", "content": f"{i:0>200}"}]))
+    assert namer.object_bytes <= 2048 and namer.bytes <= 2048
