@@ -127,6 +127,24 @@ def agent_request_bytes(kb: int, model: str) -> bytes:
     return json.dumps(agent_request(kb, model), separators=(",", ":")).encode()
 
 
+def agent_session_bytes(kb: int, model: str, turns: int = 10) -> list[bytes]:
+    """`turns` consecutive requests of one session, the middle one about `kb` KB.
+
+    Each is the one before plus one agent step (a tool call and its
+    result), as an agent sends them turn after turn. `kb=0` gives the
+    one-line prompt alone.
+    """
+    if kb <= 0:
+        return [agent_request_bytes(0, model)]
+    body = agent_request(kb, model)
+    messages = body["messages"]
+    steps = (len(messages) - 2) // 2
+    first = max(0, steps - turns // 2)
+    history = messages + [m for i in range(steps, first + turns) for m in _step(i)]
+    return [json.dumps({**body, "messages": history[:2 + 2 * (first + k)]},
+                       separators=(",", ":")).encode() for k in range(turns)]
+
+
 if __name__ == "__main__":
     for kb in (0, 100, 500, 1000):
         raw = agent_request_bytes(kb, "m")

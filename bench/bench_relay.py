@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 import aiohttp  # noqa: E402
 
-from agent_request import agent_request_bytes  # noqa: E402  (bench/, next to this script)
+from agent_request import agent_session_bytes  # noqa: E402  (bench/, next to this script)
 
 # ---------------------------------------------------------------------------
 # The fake upstream (runs in its own process)
@@ -355,27 +355,34 @@ class Run:
 
 #: The size of every request's conversation (`--context-kb`): 0 is a one-line prompt.
 _CONTEXT_KB = 0
-_BODIES: dict[str, bytes] = {}
+#: Each target's session at that size: its requests, and which one goes next.
+_SESSIONS: dict[tuple[str, str], tuple[list[bytes], int]] = {}
 
 
 def set_context(kb: int) -> None:
     global _CONTEXT_KB
     _CONTEXT_KB = kb
-    _BODIES.clear()
+    _SESSIONS.clear()
 
 
-def request_body(model: str) -> bytes:
-    """The request sent for `model` at the current context size (made once per model)."""
-    body = _BODIES.get(model)
-    if body is None:
-        body = _BODIES[model] = agent_request_bytes(_CONTEXT_KB, model)
-    return body
+def request_body(base: str, model: str) -> bytes:
+    """The next request of `base`'s session for `model` at the current context size.
+
+    A session of ten turns, each the one before plus an agent step, then
+    it starts again from the first: what an agent sends, and what lets a
+    proxy reuse the previous turn's work (a restart cannot). Every target
+    walks the same ten bodies, so each sees the same sizes.
+    """
+    key = (base, model)
+    bodies, turn = _SESSIONS.get(key) or (agent_session_bytes(_CONTEXT_KB, model), 0)
+    _SESSIONS[key] = (bodies, (turn + 1) % len(bodies))
+    return bodies[turn]
 
 
 async def one_stream(session: aiohttp.ClientSession, base: str, model: str, chunks: int,
                      first: asyncio.Event | None = None) -> Run:
     """One streamed completion, checked: every content delta and `[DONE]` arrived."""
-    body = request_body(model)
+    body = request_body(base, model)
     pieces: list[bytes] = []
     ttfb = None
     tail = b""
@@ -739,7 +746,8 @@ async def run_agent_sizes(plan: AgentPlan, sizes: list[int], delay_ms: int,
             throughput = await interleaved(plan.throughput_reps, targets, batch)
             requests = plan.throughput_reps * plan.clients * plan.per_client
             per_request = {name: cpu / requests for name, cpu in upstream_cpu.items()}
-            actual = len(request_body(targets[0].model(10, delay_ms))) / 1024
+            bodies = agent_session_bytes(kb, targets[0].model(10, delay_ms))
+            actual = sum(map(len, bodies)) / len(bodies) / 1024  # the session's mean
             out.append(AgentSize(kb, actual, ttfb, throughput, per_request))
             print(f"  {kb} KB done", file=sys.stderr, flush=True)
     return out
