@@ -10,12 +10,14 @@ not hold turns up; what is lost shows on the health endpoint.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import pytest
@@ -423,3 +425,34 @@ async def test_cache_reasoning_tokens_and_cost_reach_the_span(
     assert a["switchboard.usage.reasoning_tokens"] == 150
     assert a["switchboard.cost"] == pytest.approx(1.2)  # 1200 tokens at 1000 per million
     assert "gen_ai.usage.cache_creation.input_tokens" not in a
+
+
+async def test_turns_ending_together_go_to_the_telemetry_process_in_batches(
+        proxy_factory: Any, receiver: OtlpReceiver) -> None:
+    """A busy proxy wakes the queue's feeder thread and the child once per batch, not once
+    per turn; every turn still arrives, each as its turn span and attempt span."""
+    sim = await start_simulator(SimulatorConfig(seed=3, chunk_delay=0.0))
+    try:
+        proxy = await proxy_factory(config(receiver.endpoint, [("sim", sim.base_url)]))
+        jobs = proxy.telemetry._jobs
+        with mock.patch.object(jobs, "put_nowait", wraps=jobs.put_nowait) as put:
+            async with httpx.AsyncClient(timeout=20) as client:
+                answers = await asyncio.gather(*(chat(client, proxy.base_url, f"hi {i}",
+                                                      tools=False) for i in range(24)))
+            assert all(a["error"] is None for a in answers)
+            await wait_until(lambda: len([s for s in receiver.spans if s.name.startswith("chat ")])
+                             >= 24, timeout=10.0, what="24 turn spans")
+        assert 1 <= put.call_count < 12  # 24 turns, ending within a few batches' time
+        assert len([s for s in receiver.spans if s.name.startswith("chat ")]) == 24
+    finally:
+        await sim.close()
+
+
+async def test_the_telemetry_process_only_takes_cpu_nothing_else_wants(
+        proxy_factory: Any, receiver: OtlpReceiver) -> None:
+    before = _children(os.getpid())
+    proxy = await proxy_factory(config(receiver.endpoint, [("sim", "http://127.0.0.1:9")]))
+    child = proxy.telemetry._child.pid
+    assert child in _children(os.getpid()) - before
+    await wait_until(lambda: os.sched_getscheduler(child) == os.SCHED_IDLE, timeout=10.0,
+                     what="the telemetry process to lower its CPU priority")

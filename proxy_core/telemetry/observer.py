@@ -6,8 +6,11 @@ OpenTelemetry SDK some hundreds of µs of Python per turn. Done in the proxy
 (on the loop, or on a thread that shares its interpreter lock) that is time
 taken from relaying; so the SDK runs in a child process (`otel.serve`), and
 the proxy's part per turn is a copy of a few redacted fields into a
-`TurnJob` and one put on a bounded queue (pickled by the queue's own feeder
-thread). The child builds the spans from those fields, so times are exact.
+`TurnJob`. Jobs go to the child in batches, at most `FLUSH_DELAY` apart, on
+a bounded queue (pickled by the queue's own feeder thread): one wake-up of
+that thread and of the child per batch, not per turn, which is what a busy
+proxy on a small machine notices. The child builds the spans from those
+fields, so times are exact.
 
 A full queue (the child stuck on a slow collector) drops the turn and counts
 its spans; the child counts spans exported and spans whose export failed in
@@ -42,6 +45,9 @@ EXCERPT = 200
 CONTENT_LIMIT = 64 * 1024
 #: How long stop() waits for the child to export what it holds.
 SHUTDOWN_WAIT = 2.0
+#: Most turns handed over together, and longest a turn waits to be handed over (s).
+BATCH = 32
+FLUSH_DELAY = 0.05
 
 
 def _child_main(*args: Any) -> None:
@@ -59,8 +65,12 @@ class OtelExporter:
         # The queue holds turns; its bound is the configured span count, at two spans
         # (the turn and one attempt) a turn.
         self.max_turns = max(1, plan.settings.max_queue_size // 2)
+        self._batch = min(BATCH, self.max_turns)
         ctx = multiprocessing.get_context("spawn")  # no fork of a process with an event loop
-        self._jobs: multiprocessing.Queue[TurnJob | None] = ctx.Queue(self.max_turns)
+        self._jobs: multiprocessing.Queue[list[TurnJob] | None] = ctx.Queue(
+            -(-self.max_turns // self._batch))  # batches, holding at most max_turns turns
+        self._pending: list[TurnJob] = []
+        self._timer: asyncio.TimerHandle | None = None
         self._counts = ctx.Array("q", 3, lock=False)
         self._dropped = 0
         self._stalls: dict[str, dict[int, StallJob]] = {}
@@ -84,6 +94,7 @@ class OtelExporter:
 
     async def aclose(self) -> None:
         """Tell the child to export what it holds and stop; wait a bounded time."""
+        self._flush()
         try:
             self._jobs.put_nowait(None)
         except queue.Full:
@@ -115,11 +126,25 @@ class OtelExporter:
         turn = self.store.get(turn_id)
         if turn is None:
             return
-        job = self._job(turn, stalls, at, duration, finished=finished, failed=failed)
+        self._pending.append(self._job(turn, stalls, at, duration, finished=finished,
+                                       failed=failed))
+        if len(self._pending) >= self._batch:
+            self._flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush)
+
+    def _flush(self) -> None:
+        """Hand the pending turns to the child; if its queue is full, count their spans lost."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
         try:
-            self._jobs.put_nowait(job)
+            self._jobs.put_nowait(batch)
         except queue.Full:
-            self._dropped += job.spans
+            self._dropped += sum(job.spans for job in batch)
 
     def _clean(self, text: str, limit: int = EXCERPT) -> str:
         text = self.redactor(text)
