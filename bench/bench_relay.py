@@ -299,6 +299,49 @@ def _pipe_main(ready: mp.Queue, stop: mp.Event, upstream_port: int) -> None:
         ready.put(("error", repr(exc)))
 
 
+# ---------------------------------------------------------------------------
+# The store-and-forward floor: aiohttp alone, reading the request before sending
+# it on (runs in its own process)
+# ---------------------------------------------------------------------------
+
+def _relay_main(ready: mp.Queue, stop: mp.Event, upstream_url: str) -> None:
+    """An HTTP relay with nothing of Switchboard's: read the whole body, post it upstream,
+    stream the answer back. A proxy that must see the request before choosing where it
+    goes (to route, repair or record it) cannot add less than this on these libraries;
+    the bare TCP pipe, which never waits for a whole request, can."""
+    from aiohttp import web
+
+    async def main() -> None:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+        async def chat(request: web.Request) -> web.StreamResponse:
+            body = await request.read()
+            async with session.post(upstream_url + "/chat/completions", data=body,
+                                    headers={"Content-Type": "application/json"}) as answer:
+                response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+                await response.prepare(request)
+                async for piece in answer.content.iter_any():
+                    await response.write(piece)
+                return response
+
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", chat)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        await site.start()
+        ready.put(("ok", site._server.sockets[0].getsockname()[1]))  # type: ignore[union-attr]
+        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
+        await runner.cleanup()
+        await session.close()
+
+    from proxy_core.runner import run as run_loop
+    try:
+        run_loop(main())  # the loop the proxy uses
+    except Exception as exc:
+        ready.put(("error", repr(exc)))
+
+
 def start_child(ctx, target, *args):  # type: ignore[no-untyped-def]
     ready, stop = ctx.Queue(), ctx.Event()
     proc = ctx.Process(target=target, args=(ready, stop, *args), daemon=True)
@@ -759,7 +802,7 @@ AGENT_P50_PER_KB_US = 2.0
 
 def _labels() -> dict[str, str]:
     """Column names; `before2`... are further `--before` checkouts."""
-    names = {"direct": "direct", "floor": "tcp-pipe", "proxy": "proxy",
+    names = {"direct": "direct", "floor": "tcp-pipe", "relay": "aiohttp-relay", "proxy": "proxy",
              "repairs": "proxy+repairs", "before": "before+repairs"}
     names.update({f"before{i}": f"before{i}+repairs" for i in range(2, 10)})
     return names
@@ -855,8 +898,9 @@ def main() -> None:
     parser.add_argument("--no-repairs", action="store_true",
                         help="skip the proxy+repairs column")
     parser.add_argument("--no-floor", action="store_true",
-                        help="skip the tcp-pipe column (a bare TCP pipe: what any extra "
-                             "hop costs)")
+                        help="skip the floor columns: tcp-pipe (a bare TCP pipe: what any "
+                             "extra hop costs) and, at agent sizes, aiohttp-relay (what reading "
+                             "the whole request before sending it on costs)")
     parser.add_argument("--only", default=",".join(SCENARIOS),
                         help=f"comma-separated scenarios to run (default: all of {','.join(SCENARIOS)})")
     parser.add_argument("--profile", choices=("cprofile", "pyinstrument"),
@@ -882,6 +926,11 @@ def main() -> None:
             if not args.no_floor:
                 pipe_proc, pipe_stop, pipe_port = start_child(ctx, _pipe_main, up_port)
                 targets.append(Target("floor", f"http://127.0.0.1:{pipe_port}", False, None))
+            if sizes is not None and not args.no_floor:  # what reading the request first costs
+                relay_proc, relay_stop, relay_port = start_child(ctx, _relay_main, f"{direct}/v1")
+                befores.append((relay_proc, relay_stop))
+                targets.append(Target("relay", f"http://127.0.0.1:{relay_port}", False,
+                                      relay_proc.pid))
             px_proc, px_stop, px_port = start_child(
                 ctx, _proxy_main, f"{direct}/v1", str(Path(tmp) / "journal.sqlite3"),
                 args.profile, profile_out)
