@@ -484,7 +484,7 @@ class Journal:
         if prepared is None:
             prepared = self.namer.prepare(request)
             self._share(row.turn_id, request, prepared)
-        self._write_request(row.turn_id, request, prepared)
+        self._write_request(row.turn_id, row.session_id, request, prepared)
 
     def _maybe_checkpoint(self) -> None:
         """Have the writer copy the WAL into the database, at most every `CHECKPOINT_INTERVAL`."""
@@ -504,12 +504,12 @@ class Journal:
         except sqlite3.Error as exc:  # the next write will say so if the journal is broken
             log.debug("journal: checkpoint failed: %s", exc)
 
-    def _write_request(self, turn_id: str, request: dict[str, Any],
+    def _write_request(self, turn_id: str, session_id: str, request: dict[str, Any],
                        prepared: PreparedRequest) -> None:
         conn = self.conn
         conn.execute("BEGIN")
         try:
-            self._writer.write(conn, turn_id, prepared,
+            self._writer.write(conn, turn_id, session_id, prepared,
                                lambda part: self.namer.body_of(request, part))
             conn.execute("COMMIT")
         except BaseException:
@@ -543,13 +543,13 @@ class Journal:
         """Hand the turn's captured upstream bytes to the writer, which encodes, redacts,
         compresses and writes them behind the rows. The turn lets go of them now."""
         captures, turn.wire = turn.wire, []
-        self._do(partial(self._write_wire_of, turn.id, captures))
+        self._do(partial(self._write_wire_of, turn.id, turn.session_id, captures))
 
-    def _write_wire_of(self, turn_id: str, captures: list[WireCapture]) -> None:
+    def _write_wire_of(self, turn_id: str, session_id: str, captures: list[WireCapture]) -> None:
         for capture in captures:
             if capture.messages is not None:
                 self._guarded("record the messages sent upstream", partial(
-                    self._write_sent_messages, turn_id, capture))
+                    self._write_sent_messages, turn_id, session_id, capture))
         try:
             data = self._encode_wire(captures)
         except Exception:  # a bug of ours: the turn stays, without its raw answer
@@ -557,7 +557,7 @@ class Journal:
             return
         self._write_wire(turn_id, data)
 
-    def _write_sent_messages(self, turn_id: str, capture: WireCapture) -> None:
+    def _write_sent_messages(self, turn_id: str, session_id: str, capture: WireCapture) -> None:
         """The repaired messages an attempt sent, stored as parts like a request's.
 
         They differ from the client's only where a repair touched them, and a
@@ -570,7 +570,7 @@ class Journal:
         conn.execute("BEGIN")
         try:
             self._writer.write(conn, journal_db.sent_messages_id(turn_id, capture.attempt),
-                               self.namer.prepare(request),
+                               session_id, self.namer.prepare(request),
                                lambda part: self.namer.body_of(request, part))
             conn.execute("COMMIT")
         except BaseException:

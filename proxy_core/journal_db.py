@@ -5,9 +5,12 @@ is a skeleton (`turn_requests.skeleton`) and, for each of its part lists,
 the ids of its parts in `contents` (`turn_requests.parts`, JSON such as
 `{"messages": [1, 2, 5], "tools": [3, 4]}`), where each distinct part is
 stored once (see `contents.py`). A session of N turns thus stores its
-history about once, plus a few bytes per part per turn. `content_refs`
-counts the places that refer to each part, so pruning a session can drop
-the parts no other turn uses without reading every turn.
+history about once, plus a few bytes per part per turn. `session_parts`
+lists the parts each session's turns refer to, and `content_refs` counts
+the sessions that refer to each part: a turn adds only the pairs its
+session did not have (a message or two), not one count per part it sent,
+and pruning a session (retention prunes whole sessions) drops the parts no
+other session uses without reading every turn.
 
 New journals use 1 KB pages: most rows are small, and a large row's last
 overflow page is on average half empty, so smaller pages waste less.
@@ -16,8 +19,8 @@ overflow page is on average half empty, so smaller pages waste less.
 table of that name did before (schema version 1): whoever reads the file
 with SQLite alone still finds `SELECT request FROM requests WHERE id = ?`.
 
-`migrate` brings a journal of version 1 (or the older one with the request
-in `turns.request`) to this schema when it is opened.
+`create` brings a journal of an older version (version 1, or the older one
+with the request in `turns.request`) to this schema when it is opened.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable
 
 from .contents import PART_FIELDS, Namer, Part, PreparedRequest
@@ -33,7 +36,7 @@ from .secrets import Redactor
 
 log = logging.getLogger(__name__)
 
-VERSION = 3
+VERSION = 4
 
 #: Version 3: each turn's raw upstream answer, per attempt (`capture.py`), as redacted
 #: JSON compressed with zlib (SSE framing repeats itself: 10-20 times smaller).
@@ -42,6 +45,14 @@ CREATE TABLE IF NOT EXISTS wire (
     id TEXT PRIMARY KEY,              -- the turn's id
     data BLOB NOT NULL                -- zlib({"attempts": [WireCapture.encode(), ...]})
 )"""
+
+#: Version 4: the parts each session refers to; `content_refs.n` counts sessions.
+SESSION_PARTS_TABLE = """
+CREATE TABLE IF NOT EXISTS session_parts (
+    session_id TEXT NOT NULL,
+    content INTEGER NOT NULL,         -- contents.id
+    PRIMARY KEY (session_id, content)
+) WITHOUT ROWID"""
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS turns (
@@ -70,7 +81,7 @@ CREATE TABLE IF NOT EXISTS contents (
 );
 CREATE TABLE IF NOT EXISTS content_refs (
     id INTEGER PRIMARY KEY,           -- contents.id
-    n INTEGER NOT NULL                -- places in turn_requests.parts that name it
+    n INTEGER NOT NULL                -- sessions whose turns name it (session_parts)
 );
 CREATE TABLE IF NOT EXISTS tool_calls (
     id TEXT PRIMARY KEY,
@@ -104,11 +115,18 @@ def create(conn: sqlite3.Connection, redactor: Redactor) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version >= VERSION:
         return
-    if version == 2:  # version 3 only adds a table
+    if version in (2, 3):  # version 3 adds a table; version 4 one more, and recounts
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute(WIRE_TABLE)
-        conn.execute(f"PRAGMA user_version = {VERSION}")
-        conn.execute("COMMIT")
+        try:
+            conn.execute(WIRE_TABLE)
+            conn.execute(SESSION_PARTS_TABLE)
+            _count_by_session(conn)
+            conn.execute(f"PRAGMA user_version = {VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
         return
     tables = {name for (name,) in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -118,6 +136,7 @@ def create(conn: sqlite3.Connection, redactor: Redactor) -> None:
             if statement.strip():
                 conn.execute(statement)
         conn.execute(WIRE_TABLE)
+        conn.execute(SESSION_PARTS_TABLE)
         migrated = _migrate(conn, tables, redactor) if "turns" in tables else 0
         conn.execute(REQUESTS_VIEW)
         conn.execute(f"PRAGMA user_version = {VERSION}")
@@ -135,17 +154,17 @@ def create(conn: sqlite3.Connection, redactor: Redactor) -> None:
 
 def _migrate(conn: sqlite3.Connection, tables: set[str], redactor: Redactor) -> int:
     """Move version-1 requests (table `requests`, or `turns.request`) into parts."""
-    source = ("SELECT t.id, coalesce(r.request, t.request) FROM turns t"
+    source = ("SELECT t.id, t.session_id, coalesce(r.request, t.request) FROM turns t"
               " LEFT JOIN requests r ON r.id = t.id" if "requests" in tables
-              else "SELECT id, request FROM turns")
+              else "SELECT id, session_id, request FROM turns")
     namer = Namer(redactor)  # redacted when written; again, for secrets learnt since
     writer = RequestWriter()
     count = 0
-    for turn_id, raw in conn.execute(source).fetchall():
+    for turn_id, session_id, raw in conn.execute(source).fetchall():
         request = json.loads(raw)
         if not request:
             continue
-        writer.write(conn, turn_id, namer.prepare(request), lambda part: "")
+        writer.write(conn, turn_id, session_id, namer.prepare(request), lambda part: "")
         count += 1
     if "requests" in tables:
         conn.execute("DROP TABLE requests")
@@ -153,16 +172,28 @@ def _migrate(conn: sqlite3.Connection, tables: set[str], redactor: Redactor) -> 
     return count
 
 
-def release(conn: sqlite3.Connection, rids: list[int]) -> None:
-    """Delete these turn requests, and the parts no other turn refers to (in a transaction)."""
-    counts: Counter[int] = Counter()
-    for rid in rids:
-        row = conn.execute("SELECT parts FROM turn_requests WHERE rid = ?", (rid,)).fetchone()
-        if row is not None:
-            counts.update(c for ids in json.loads(row[0]).values() for c in ids)
+def _count_by_session(conn: sqlite3.Connection) -> None:
+    """Fill `session_parts` from every stored request and count sessions per part."""
+    turn_of = ("CASE WHEN instr(q.id, '/') THEN substr(q.id, 1, instr(q.id, '/') - 1)"
+               " ELSE q.id END")
+    conn.execute(
+        "INSERT OR IGNORE INTO session_parts (session_id, content)"
+        " SELECT t.session_id, e.value FROM turn_requests q"
+        f" JOIN turns t ON t.id = {turn_of}, json_each(q.parts) f, json_each(f.value) e")
+    conn.execute("UPDATE content_refs SET n = 0")
+    conn.executemany("UPDATE content_refs SET n = ? WHERE id = ?", [
+        (n, c) for c, n in conn.execute(
+            "SELECT content, count(*) FROM session_parts GROUP BY content")])
+
+
+def release_session(conn: sqlite3.Connection, session_id: str, rids: list[int]) -> None:
+    """Delete these requests of a session, and the parts no other session refers to
+    (in a transaction)."""
+    contents = [(c,) for (c,) in conn.execute(
+        "SELECT content FROM session_parts WHERE session_id = ?", (session_id,))]
     conn.executemany("DELETE FROM turn_requests WHERE rid = ?", [(rid,) for rid in rids])
-    conn.executemany("UPDATE content_refs SET n = n - ? WHERE id = ?",
-                     [(n, c) for c, n in counts.items()])
+    conn.execute("DELETE FROM session_parts WHERE session_id = ?", (session_id,))
+    conn.executemany("UPDATE content_refs SET n = n - 1 WHERE id = ?", contents)
     orphans = [(c,) for (c,) in conn.execute("SELECT id FROM content_refs WHERE n <= 0")]
     conn.executemany("DELETE FROM contents WHERE id = ?", orphans)
     conn.executemany("DELETE FROM content_refs WHERE id = ?", orphans)
@@ -175,19 +206,23 @@ def sent_messages_id(turn_id: str, attempt: object) -> str:
 
 
 class RequestWriter:
-    """Writes prepared requests, remembering which parts are on disk (by name → row id).
+    """Writes prepared requests, remembering which parts are on disk (by name → row id)
+    and which parts each recent session already refers to (`session_parts`).
 
     Call `commit()` after the transaction commits and `forget()` after a
     rollback or after parts were deleted: the memory is only of committed rows.
     """
 
-    def __init__(self, capacity: int = 50_000) -> None:
+    def __init__(self, capacity: int = 50_000, sessions: int = 64) -> None:
         self.capacity = capacity
+        self.sessions = sessions
         self._ids: OrderedDict[str, int] = OrderedDict()
         self._new: dict[str, int] = {}
+        self._pairs: OrderedDict[str, set[int]] = OrderedDict()  # session -> its parts
+        self._new_pairs: dict[str, set[int]] = {}
 
-    def write(self, conn: sqlite3.Connection, turn_id: str, prepared: PreparedRequest,
-              body_of: Callable[[Part], str]) -> bool:
+    def write(self, conn: sqlite3.Connection, turn_id: str, session_id: str,
+              prepared: PreparedRequest, body_of: Callable[[Part], str]) -> bool:
         """Insert the request of `turn_id` unless it is there; False if it was."""
         if conn.execute("SELECT 1 FROM turn_requests WHERE id = ?", (turn_id,)).fetchone():
             return False
@@ -209,10 +244,20 @@ class RequestWriter:
             fields.setdefault(part.field, []).append(content)
         conn.execute("INSERT INTO turn_requests (id, skeleton, parts) VALUES (?, ?, ?)",
                      (turn_id, prepared.skeleton, json.dumps(fields, separators=(",", ":"))))
-        counts = Counter(c for ids in fields.values() for c in ids)
-        conn.executemany("UPDATE content_refs SET n = n + ? WHERE id = ?",
-                         [(n, c) for c, n in counts.items()])
+        self._refer(conn, session_id, {c for ids in fields.values() for c in ids})
         return True
+
+    def _refer(self, conn: sqlite3.Connection, session_id: str, contents: set[int]) -> None:
+        """Note that the session refers to these parts: only pairs it did not have count."""
+        known = self._pairs.get(session_id)
+        added = self._new_pairs.setdefault(session_id, set())
+        for content in contents:
+            if (known is not None and content in known) or content in added:
+                continue
+            if conn.execute("INSERT OR IGNORE INTO session_parts (session_id, content)"
+                            " VALUES (?, ?)", (session_id, content)).rowcount:
+                conn.execute("UPDATE content_refs SET n = n + 1 WHERE id = ?", (content,))
+            added.add(content)
 
     def commit(self) -> None:
         ids = self._ids
@@ -222,7 +267,16 @@ class RequestWriter:
         self._new.clear()
         while len(ids) > self.capacity:
             ids.popitem(last=False)
+        pairs = self._pairs
+        for session_id, added in self._new_pairs.items():
+            pairs.setdefault(session_id, set()).update(added)
+            pairs.move_to_end(session_id)
+        self._new_pairs.clear()
+        while len(pairs) > self.sessions:
+            pairs.popitem(last=False)
 
     def forget(self) -> None:
         self._ids.clear()
         self._new.clear()
+        self._pairs.clear()
+        self._new_pairs.clear()

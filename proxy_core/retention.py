@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from .config import ProxySettings
-from .journal_db import release
+from .journal_db import release_session
 
 #: Pruning for size goes down to this fraction of the limit, so it runs in batches.
 LOW_WATER = 0.9
@@ -90,7 +90,7 @@ def delete_session(conn: sqlite3.Connection, session_id: str) -> None:
             # the turn's request, and the messages its attempts sent (`sent_messages_id`)
             " ON q.id = t.id OR (q.id > t.id || '/' AND q.id < t.id || '0')"
             " WHERE t.session_id = ?", (session_id,))]
-        release(conn, rids)
+        release_session(conn, session_id, rids)
         conn.execute("DELETE FROM wire WHERE id IN (SELECT id FROM turns WHERE session_id = ?)",
                      (session_id,))
         conn.execute("DELETE FROM turns WHERE session_id = ?", (session_id,))

@@ -150,7 +150,48 @@ async def test_a_journal_of_the_previous_schema_migrates_on_open(
     # Three turns of one session sent 2, 4 and 6 messages: 6 distinct, plus
     # the lone other turn's one; 3 tool schemas sent three times are stored once.
     assert query(journal, "SELECT count(*) FROM contents") == [(7 + 3,)]
-    assert query(journal, "SELECT sum(n) FROM content_refs") == [((2 + 4 + 6 + 1) + 9,)]
+    # Each part is counted once per session that refers to it: the three-turn session
+    # refers to its 6 messages and the 3 schemas, the other session to its one message.
+    assert query(journal, "SELECT sum(n) FROM content_refs") == [(6 + 3 + 1,)]
+    assert query(journal, "SELECT count(*) FROM session_parts") == [(6 + 3 + 1,)]
+
+
+def test_a_version_3_journal_counts_its_parts_by_session_on_open(tmp_path: Path) -> None:
+    """Version 3 counted every place a part was sent; version 4 counts sessions. After the
+    migration, pruning a session still drops exactly the parts no other session uses."""
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal.open(path, Redactor(), TurnStore())
+    sent = write_sessions(journal, 3, 4, start=time.time() - 3600)
+    journal.close()
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:  # back to version 3
+        conn.execute("DROP TABLE session_parts")
+        places: dict[int, int] = {}
+        for (parts,) in conn.execute("SELECT parts FROM turn_requests"):
+            for ids in json.loads(parts).values():
+                for c in ids:
+                    places[c] = places.get(c, 0) + 1
+        conn.executemany("UPDATE content_refs SET n = ? WHERE id = ?",
+                         [(n, c) for c, n in places.items()])
+        conn.execute("PRAGMA user_version = 3")
+
+    journal = Journal.open(path, Redactor(), TurnStore())
+    assert query(path, "PRAGMA user_version") == [(journal_db.VERSION,)]
+    shared = query(path, "SELECT content FROM session_parts GROUP BY content"
+                         " HAVING count(*) = 3")
+    assert len(shared) == 1 + len(TOOLS)  # the system prompt and the tool schemas
+    assert query(path, "SELECT count(*) FROM content_refs r WHERE n != (SELECT count(*)"
+                       " FROM session_parts s WHERE s.content = r.id)") == [(0,)]
+    journal.retention = Retention(max_bytes=1)  # nothing fits: all but the newest go
+    assert journal.prune() == 2
+    referenced = {c for (parts,) in query(path, "SELECT parts FROM turn_requests")
+                  for ids in json.loads(parts).values() for c in ids}
+    assert {c for (c,) in query(path, "SELECT id FROM contents")} == referenced
+    for turn_id, request in sent.items():
+        record = journal.turn(turn_id)
+        assert (record is not None) == turn_id.startswith("turn_2_")
+        if record is not None:
+            assert record["request"]["tools"] == request["tools"]
+    journal.close()
 
 
 # -- retention -----------------------------------------------------------------------

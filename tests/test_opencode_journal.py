@@ -40,7 +40,14 @@ def compact(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def unique_and_sent(requests: list[dict[str, Any]]) -> tuple[int, int]:
+def unique_and_sent(requests: list[dict[str, Any]], upstream: list[dict[str, Any]]
+                    ) -> tuple[int, int]:
+    """The unique bytes the journal must keep, and the bytes the client sent.
+
+    Unique: each distinct message and tool schema the client sent, each
+    distinct message Switchboard sent upstream in their place after history
+    repairs (kept for repro fixtures), and each request's other fields.
+    """
     parts: set[bytes] = set()
     unique = sent = 0
     for request in requests:
@@ -49,6 +56,8 @@ def unique_and_sent(requests: list[dict[str, Any]]) -> tuple[int, int]:
         unique += len(compact(rest))
         for name in ("messages", "tools"):
             parts.update(compact(item) for item in request.get(name) or [])
+    for request in upstream:
+        parts.update(compact(item) for item in request.get("messages") or [])
     return unique + sum(len(p) for p in parts), sent
 
 
@@ -79,11 +88,13 @@ repairs = "auto"
         assert all(t["state"] == "finished" for t in turns), report
         requests = [httpx.get(f"{served.base_url}/switchboard/api/turns/{t['id']}",
                               timeout=10).json()["request"] for t in turns]
+        upstream = [httpx.get(f"{served.base_url}/switchboard/api/turns/{t['id']}/repro",
+                              timeout=10).json()["upstream_request"] for t in turns]
     finally:
         assert served.stop() == 0
     assert len(requests) >= STEPS + 1  # the agent's calls (and opencode's title request)
 
-    unique, sent = unique_and_sent(requests)
+    unique, sent = unique_and_sent(requests, upstream)
     size = sum(p.stat().st_size for p in tmp_path.glob("journal.sqlite3*"))
     # The raw upstream answers kept for repro fixtures (issue 14) are new content, not
     # requests: counted apart, and they must be stored compressed.
