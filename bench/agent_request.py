@@ -123,8 +123,15 @@ def agent_request(kb: int, model: str) -> dict[str, Any]:
     return body
 
 
+def _as_sent(body: dict[str, Any]) -> bytes:
+    """As `JSON.stringify` writes it: compact, and UTF-8 rather than `\\u` escapes (the
+    system prompt has a few non-ASCII characters; a body of pure escapes would parse
+    faster in the fake upstream than what an agent or Switchboard sends)."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def agent_request_bytes(kb: int, model: str) -> bytes:
-    return json.dumps(agent_request(kb, model), separators=(",", ":")).encode()
+    return _as_sent(agent_request(kb, model))
 
 
 def agent_session_bytes(kb: int, model: str, turns: int = 10) -> list[bytes]:
@@ -141,8 +148,8 @@ def agent_session_bytes(kb: int, model: str, turns: int = 10) -> list[bytes]:
     steps = (len(messages) - 2) // 2
     first = max(0, steps - turns // 2)
     history = messages + [m for i in range(steps, first + turns) for m in _step(i)]
-    return [json.dumps({**body, "messages": history[:2 + 2 * (first + k)]},
-                       separators=(",", ":")).encode() for k in range(turns)]
+    return [_as_sent({**body, "messages": history[:2 + 2 * (first + k)]})
+            for k in range(turns)]
 
 
 if __name__ == "__main__":
