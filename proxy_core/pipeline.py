@@ -446,7 +446,7 @@ class Pipeline:
             if repaired_messages:
                 capture.messages = body["messages"]
             turn.wire.append(capture)
-        repairer = StreamRepairer(plan, ToolCatalog.from_openai(body.get("tools")),
+        repairer = StreamRepairer(plan, ToolCatalog.for_tools(body.get("tools")),
                                   lambda note: self._repair(turn, note))
         answered = False  # text or a call reached the client (reasoning alone does not count)
         finished = False

@@ -118,3 +118,18 @@ def test_leaked_arguments_that_are_no_object_go_on_as_text() -> None:
     out, notes = run([TextPart(leak), FinishPart("stop")])
     assert calls(out) == [] and text(out) == "functions.read:0garbage"
     assert notes[0].kind == "call_as_text"
+
+
+def test_a_tools_list_gets_its_catalog_made_once() -> None:
+    """An agent's turns share one parsed tools list: its catalog is made once, and a list
+    that is another object (even an equal one) gets a catalog of its own."""
+    tools = [{"type": "function", "function": {"name": "read", "parameters": {
+        "type": "object", "properties": {"path": {}}, "required": ["path"]}}}]
+    first = ToolCatalog.for_tools(tools)
+    assert ToolCatalog.for_tools(tools) is first and "read" in first
+    other = ToolCatalog.for_tools([dict(tools[0])])
+    assert other is not first and "read" in other
+    for _ in range(40):  # bounded: old lists are let go
+        ToolCatalog.for_tools([dict(tools[0])])
+    from proxy_core.repairs import tool_names
+    assert len(tool_names._CATALOGS) <= 16

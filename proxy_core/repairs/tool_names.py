@@ -65,6 +65,10 @@ class Resolution:
     how: str
 
 
+#: id(tools list) -> (that list, its catalog), oldest first (`ToolCatalog.for_tools`).
+_CATALOGS: dict[int, tuple[object, ToolCatalog]] = {}
+
+
 class ToolCatalog:
     """The tools a request offered, ready to resolve calls against."""
 
@@ -77,6 +81,19 @@ class ToolCatalog:
             key = tool_key(name)
             by_key[key] = None if key in by_key else name  # None: two tools fold alike
         self._by_key = by_key
+
+    @classmethod
+    def for_tools(cls, tools: object) -> ToolCatalog:
+        """`from_openai(tools)`, made once per tools list object: an agent's turns share one
+        (`RequestParser`), and a catalog is never changed once made."""
+        kept = _CATALOGS.get(id(tools))
+        if kept is not None and kept[0] is tools:
+            return kept[1]
+        catalog = cls.from_openai(tools)
+        _CATALOGS[id(tools)] = (tools, catalog)  # held, so its id names it while kept
+        while len(_CATALOGS) > 16:
+            _CATALOGS.pop(next(iter(_CATALOGS)))
+        return catalog
 
     @classmethod
     def from_openai(cls, tools: object) -> ToolCatalog:
