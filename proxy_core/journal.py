@@ -458,10 +458,10 @@ class Journal:
 
     def _put(self, row: _Row, full: bool) -> bool:
         """Write a turn's row (`full`: the whole row). True if it was inserted, not updated."""
-        try:
-            data = self._json(row.data)
-            data.encode()
-        except UnicodeEncodeError:  # a lone surrogate: SQLite stores UTF-8, so escape it
+        try:  # orjson: a few times faster than `json` for a record, on every row write
+            data = self.redactor(orjson.dumps(row.data, default=str).decode())
+        except (orjson.JSONEncodeError, TypeError):
+            # a lone surrogate (SQLite stores UTF-8, so escape it) or a huge integer
             data = self._json(row.data, True)
         if not full:
             cursor = self.conn.execute(

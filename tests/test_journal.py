@@ -220,3 +220,25 @@ async def test_secrets_reach_no_journal_log_api_or_event(
     assert_clean("the /events stream", bytes(events))
     for answer in client_saw:
         assert_clean("the client's answers", answer)
+
+
+def test_a_record_orjson_refuses_is_written_by_json_instead(tmp_path: Path) -> None:
+    """Rows are encoded with orjson; a lone surrogate in a reply (UTF-8 cannot hold it) or
+    an integer beyond 64 bits still gets written, escaped, and read back as it was."""
+    from proxy_core.journal import Journal
+    from proxy_core.record import Turn
+    from proxy_core.secrets import Redactor
+    from proxy_core.store import TurnStore
+
+    journal = Journal.open(tmp_path / "j.sqlite3", Redactor(), TurnStore())
+    turn = Turn(id="turn_odd", session_id="ses_odd", model="m", route="m", stream=True,
+                request={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                state="finished")
+    turn.text_parts.append("half a pair: \ud83d, then more")
+    turn.usage.prompt_tokens = 2**70
+    journal.save(turn)
+    record = journal.turn("turn_odd")
+    assert record is not None
+    assert record["text"] == "half a pair: \ud83d, then more"
+    assert record["usage"]["prompt_tokens"] == 2**70
+    journal.close()
