@@ -65,16 +65,17 @@ class _Known:
 class RequestParser:
     """Parses chat request bodies, reusing the parse of a recent body each extends.
 
-    Remembers up to `max_bodies` bodies (most recently used kept), and none
-    larger than `max_body_bytes`, so at most their sum in raw bytes plus
-    the parsed requests, which the turns in memory hold anyway. `hits` and
+    Remembers up to `max_bodies` bodies and `max_bytes` of them (most
+    recently used kept; none larger than a quarter of that), plus the
+    parsed requests, which the turns in memory hold anyway. `hits` and
     `misses` count the requests that reused an earlier parse and those
     parsed whole. Used from the event loop only.
     """
 
-    def __init__(self, max_bodies: int = 16, max_body_bytes: int = 8 * 1024 * 1024) -> None:
+    def __init__(self, max_bodies: int = 16, max_bytes: int = 32 * 1024 * 1024) -> None:
         self.max_bodies = max_bodies
-        self.max_body_bytes = max_body_bytes
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self.hits = 0
         self.misses = 0
         self._known: OrderedDict[int, _Known] = OrderedDict()
@@ -87,13 +88,13 @@ class RequestParser:
             extended = _extend(known, raw)
             if extended is not None:
                 request, end, close = extended
-                del self._known[slot]
+                self._forget(slot)
                 self._remember(_Known(raw, end, close, request))
                 self.hits += 1
                 return request
         request = parse_chat_request(parse_json_body(raw))
         self.misses += 1
-        if len(raw) <= self.max_body_bytes:
+        if len(raw) <= self.max_bytes // 4:
             where = _locate_messages(raw)
             if where is not None:
                 self._remember(_Known(raw, *where, request))
@@ -101,15 +102,22 @@ class RequestParser:
 
     def clear(self) -> None:
         self._known.clear()
+        self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._known)
 
+    def _forget(self, slot: int) -> None:
+        self.bytes -= len(self._known.pop(slot).raw)
+
     def _remember(self, known: _Known) -> None:
+        if len(known.raw) > self.max_bytes // 4:
+            return
         self._known[self._next] = known
         self._next += 1
-        while len(self._known) > self.max_bodies:
-            self._known.popitem(last=False)
+        self.bytes += len(known.raw)
+        while len(self._known) > self.max_bodies or self.bytes > self.max_bytes:
+            self._forget(next(iter(self._known)))
 
 
 def _extend(known: _Known, raw: bytes) -> tuple[ChatRequest, int, int] | None:

@@ -204,3 +204,13 @@ def test_compact_growth_is_always_reused(first: list[Any], more: list[Any]) -> N
     after = compact({**before, "messages": first + more})
     assert reused(parser, after) == whole(after)
     assert parser.hits == 1
+
+
+def test_remembers_a_bounded_number_of_bytes() -> None:
+    parser = RequestParser(max_bytes=4 * len(compact(session_body(6))))
+    for model in "abcdefgh":
+        parser.parse(compact({**session_body(5), "model": model}))
+    assert parser.bytes <= parser.max_bytes and len(parser) < 8
+    assert parser.bytes == sum(len(k.raw) for k in parser._known.values())
+    parser.parse(compact({**session_body(200), "model": "big"}))  # over a quarter: not kept
+    assert all(b"big" not in k.raw[:40] for k in parser._known.values())
