@@ -194,3 +194,25 @@ def test_a_message_with_native_ids_already_is_passed_through_as_is() -> None:
                 {"role": "tool", "tool_call_id": "functions.read:0", "content": "x"}]
     out, notes = repair_history(messages, KIMI)
     assert notes == [] and all(a is b for a, b in zip(out, messages, strict=True))
+
+
+def test_a_call_unknown_to_memory_and_journal_is_looked_up_once_until_delivered() -> None:
+    class Store:
+        def __init__(self) -> None:
+            self.loads = 0
+            self.saved: dict[str, RememberedCall] = {}
+
+        def save_call(self, call: RememberedCall) -> None:
+            self.saved[call.id] = call
+
+        def load_call(self, call_id: str) -> RememberedCall | None:
+            self.loads += 1
+            return self.saved.get(call_id)
+
+    store = Store()
+    memory = ToolCallMemory(store)
+    assert memory.recall("call_x") is None and memory.recall("call_x") is None
+    assert store.loads == 1
+    call = RememberedCall("call_x", "read", "{}", "thought")
+    memory.remember(call)
+    assert memory.recall("call_x") is call
