@@ -47,7 +47,7 @@ from .health import TargetHealth
 from .learned import DeadlinePlan, LearnedDeadlines, Limits
 from .openai_wire import ChatRequest
 from .record import Attempt, RepairRecord, ToolCallRecord, Turn, new_turn_id
-from .repairs.history import Note, repair_history
+from .repairs.history import HistoryRepairs, Note
 from .repairs.memory import RememberedCall, ToolCallMemory
 from .repairs.profiles import plan_for
 from .repairs.stream_repair import StreamRepairer
@@ -133,6 +133,8 @@ class Pipeline:
         self.bus = bus
         self.store = store
         self.memory = memory or ToolCallMemory()
+        #: History repairs, each turn's from where the last turn's left off.
+        self.history = HistoryRepairs(self.memory)
         self.lookup = lookup
         self.recorded = recorded
         self.health = TargetHealth(config.watchdog.cooldown, config.watchdog.cooldown_after,
@@ -432,8 +434,8 @@ class Pipeline:
         repaired_messages = False
         if plan.any:
             placeholder = self.config.upstreams[target.upstream].reasoning_placeholder
-            body["messages"], notes = repair_history(body["messages"], plan, self.memory,
-                                                     placeholder=placeholder)
+            body["messages"], notes = self.history.repair(body["messages"], plan,
+                                                          placeholder=placeholder)
             if notes:  # recorded and announced once the request is out
                 self.bus.defer(lambda: self._history_repaired(turn, notes))
             repaired_messages = bool(notes)

@@ -34,7 +34,7 @@ from typing import Any
 
 from .ids import kimi_id
 from .json_args import repair_json_arguments
-from .memory import ToolCallMemory
+from .memory import RememberedCall, ToolCallMemory
 from .profiles import RepairPlan
 
 Message = dict[str, Any]
@@ -102,19 +102,138 @@ def repair_history(messages: list[Message], plan: RepairPlan,
                    memory: ToolCallMemory | None = None, *,
                    placeholder: str = DEFAULT_REASONING_PLACEHOLDER
                    ) -> tuple[list[Message], list[Note]]:
-    notes: list[Note] = []
+    out, notes = _run(messages, plan, _State(memory), placeholder)
+    return out, [note for step in notes for note in step]
+
+
+class _State:
+    """What the steps carry from one stretch of a history to the next, and the memory's
+    answers they used (`HistoryRepairs` checks those are still the answers)."""
+
+    __slots__ = ("memory", "known", "counter", "mapping", "answers")
+
+    def __init__(self, memory: ToolCallMemory | None) -> None:
+        self.memory = memory
+        self.known: set[str] = set()         # call ids of the assistant messages so far
+        self.counter = 0                     # native ids given so far
+        self.mapping: dict[str, str] = {}    # a call's id as sent -> its native id
+        self.answers: list[tuple[str, RememberedCall | None]] = []
+
+    def recall(self, call_id: str) -> RememberedCall | None:
+        if self.memory is None:
+            return None
+        answer = self.memory.recall(call_id)
+        self.answers.append((call_id, answer))
+        return answer
+
+    def copy(self) -> _State:
+        other = _State(self.memory)
+        other.known, other.counter = set(self.known), self.counter
+        other.mapping, other.answers = dict(self.mapping), list(self.answers)
+        return other
+
+
+#: The notes of a run, one list per step, in the order the steps run.
+_STEPS = 5
+
+
+def _run(messages: list[Message], plan: RepairPlan, state: _State,
+         placeholder: str) -> tuple[list[Message], list[list[Note]]]:
+    """Every step over a stretch of history that starts where a group starts (a message
+    that is not a tool result): the steps never reach across such a boundary, except
+    through `state`, so stretches run one after the other give what the whole gives."""
+    notes: list[list[Note]] = [[] for _ in range(_STEPS)]
     out = list(messages)
     if plan.structure:
-        out = _restore_orphans(out, memory, notes)
-        out = _answer_unanswered(out, notes)
-        _mend_arguments(out, notes)
+        out = _restore_orphans(out, state, notes[0])
+        out = _answer_unanswered(out, notes[1])
+        _mend_arguments(out, notes[2])
     if plan.reasoning:
-        _fill_reasoning(out, memory, notes, placeholder)
+        _fill_reasoning(out, state, notes[3], placeholder)
     if plan.empty:
-        out = _drop_empty(out, notes)
+        out = _drop_empty(out, notes[4])
     if plan.native_ids:
-        _to_native_ids(out)
+        _to_native_ids(out, state)
     return out, notes
+
+
+def _group_start(messages: list[Message], lo: int) -> int:
+    """Where the last group of `messages` starts (its last message that is not a tool
+    result), or `lo` if none after it."""
+    for i in range(len(messages) - 1, lo - 1, -1):
+        if messages[i].get("role") != "tool":
+            return i
+    return lo
+
+
+class HistoryRepairs:
+    """`repair_history` for agents: the part of a history repaired on an earlier turn is
+    not repaired again.
+
+    An agent's history each turn is the last one with a message or two
+    added, as the very objects (`RequestParser`). For a few recent
+    histories this keeps the repaired messages and notes of all groups but
+    the last, and the steps' state after them. A history that starts with
+    those very messages, where a group starts right after them, and for
+    which the memory still gives the answers the steps used, is repaired
+    from there on only. Exact, not approximate: each step works group by
+    group, carrying only `_State` across (see `_run`).
+    """
+
+    def __init__(self, memory: ToolCallMemory | None, histories: int = 16) -> None:
+        self.memory = memory
+        self.histories = histories
+        self.reused = 0
+        self._kept: OrderedDict[tuple[int, RepairPlan, str], _Kept] = OrderedDict()
+
+    def repair(self, messages: list[Message], plan: RepairPlan, *,
+               placeholder: str = DEFAULT_REASONING_PLACEHOLDER
+               ) -> tuple[list[Message], list[Note]]:
+        if not messages:
+            return repair_history(messages, plan, self.memory, placeholder=placeholder)
+        key = (id(messages[0]), plan, placeholder)
+        kept = self._kept.pop(key, None)
+        if kept is not None and kept.fits(messages, self.memory):
+            start, out = kept.end, list(kept.out)
+            notes, state = [list(step) for step in kept.notes], kept.state.copy()
+            self.reused += 1
+        else:
+            start, out = 0, []
+            notes, state = [[] for _ in range(_STEPS)], _State(self.memory)
+        end = _group_start(messages, start)
+        done, more = _run(messages[start:end], plan, state, placeholder)
+        out += done
+        for step, added in zip(notes, more, strict=True):
+            step += added
+        self._kept[key] = _Kept(messages[:end], end, list(out),
+                                [list(step) for step in notes], state.copy())
+        while len(self._kept) > self.histories:
+            self._kept.popitem(last=False)
+        rest, more = _run(messages[end:], plan, state, placeholder)
+        return out + rest, [note for step, added in zip(notes, more, strict=True)
+                            for note in step + added]
+
+
+class _Kept:
+    """A history's repair up to where its last group starts."""
+
+    __slots__ = ("messages", "end", "out", "notes", "state")
+
+    def __init__(self, messages: list[Message], end: int, out: list[Message],
+                 notes: list[list[Note]], state: _State) -> None:
+        self.messages, self.end, self.out, self.notes, self.state = (
+            messages, end, out, notes, state)
+
+    def fits(self, messages: list[Message], memory: ToolCallMemory | None) -> bool:
+        end = self.end
+        if len(messages) < end or (len(messages) > end and messages[end].get("role") == "tool"):
+            return False
+        for a, b in zip(self.messages, messages[:end], strict=True):
+            if a is not b:
+                return False
+        return memory is self.state.memory and all(
+            (memory.recall(call_id) if memory is not None else None) is answer
+            for call_id, answer in self.state.answers)
 
 
 def _calls(message: Message) -> list[Any]:
@@ -126,10 +245,10 @@ def _call_id(call: Any) -> str | None:
     return call.get("id") if isinstance(call, dict) and isinstance(call.get("id"), str) else None
 
 
-def _restore_orphans(messages: list[Message], memory: ToolCallMemory | None,
+def _restore_orphans(messages: list[Message], state: _State,
                      notes: list[Note]) -> list[Message]:
     out: list[Message] = []
-    known: set[str] = set()
+    known = state.known
     for message in messages:
         role = message.get("role")
         if role == "assistant":
@@ -141,7 +260,7 @@ def _restore_orphans(messages: list[Message], memory: ToolCallMemory | None,
         if isinstance(call_id, str) and call_id in known:
             out.append(message)
             continue
-        remembered = memory.recall(call_id) if memory and isinstance(call_id, str) else None
+        remembered = state.recall(call_id) if isinstance(call_id, str) else None
         if remembered is None:
             text = f"[Result of an earlier tool call ({call_id}) whose call is not in the history]\n"
             content = message.get("content")
@@ -245,7 +364,7 @@ def _same_json(a: str, b: str) -> bool:
         return False
 
 
-def _fill_reasoning(messages: list[Message], memory: ToolCallMemory | None,
+def _fill_reasoning(messages: list[Message], state: _State,
                     notes: list[Note], placeholder: str) -> None:
     for index, message in enumerate(messages):
         if message.get("role") != "assistant" or not _calls(message):
@@ -254,9 +373,9 @@ def _fill_reasoning(messages: list[Message], memory: ToolCallMemory | None,
         if isinstance(current, str) and current:
             continue
         reasoning = ""
-        if memory is not None:
+        if state.memory is not None:
             for call_id in map(_call_id, _calls(message)):
-                remembered = memory.recall(call_id) if call_id else None
+                remembered = state.recall(call_id) if call_id else None
                 if remembered is not None and remembered.reasoning:
                     reasoning = remembered.reasoning
                     break
@@ -300,9 +419,9 @@ def _drop_empty(messages: list[Message], notes: list[Note]) -> list[Message]:
     return out
 
 
-def _to_native_ids(messages: list[Message]) -> None:
-    mapping: dict[str, str] = {}
-    counter = 0
+def _to_native_ids(messages: list[Message], state: _State) -> None:
+    mapping = state.mapping
+    counter = state.counter
     for index, message in enumerate(messages):
         role = message.get("role")
         if role == "assistant" and _calls(message):
@@ -327,6 +446,7 @@ def _to_native_ids(messages: list[Message]) -> None:
             if native != message["tool_call_id"]:
                 messages[index] = _derived.get("native_ids", message, native,
                                                partial(_with, message, "tool_call_id", native))
+    state.counter = counter
 
 
 def _renamed(message: Message, natives: list[str | None]) -> Message:

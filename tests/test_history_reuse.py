@@ -1,0 +1,138 @@
+"""`HistoryRepairs` reuses the repair of the part of a history it saw last turn; that must
+never change the answer. Hypothesis grows sessions turn by turn out of every kind of
+message the repairs act on (orphan results, unanswered calls, mangled arguments,
+missing reasoning, empty content, foreign ids), edits and cuts them, and changes the
+tool-call memory between turns; each turn's messages and notes must be exactly what a
+repair from scratch gives, for every plan."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy_core.repairs.history import HistoryRepairs, repair_history
+from proxy_core.repairs.memory import RememberedCall, ToolCallMemory
+from proxy_core.repairs.profiles import KIMI, STRUCTURAL, RepairPlan
+
+PLANS = [KIMI, STRUCTURAL, RepairPlan(native_ids=True), RepairPlan(reasoning=True, empty=True)]
+IDS = ["call_1", "call_2", "functions.read:0", "functions.bash:3", "toolu_x", "call_9"]
+
+_content = st.sampled_from(["", " ", "text", None, [], [{"type": "text", "text": ""}],
+                            [{"type": "text", "text": "hi"}, {"type": "text", "text": " "}]])
+_arguments = st.sampled_from(['{"path": "a"}', "{'path': 'a'", "", "{}", '{"n": 1'])
+
+
+@st.composite
+def groups(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """A user turn, or an assistant message with its tool results (some missing or extra)."""
+    if draw(st.booleans()):
+        return [{"role": "user", "content": draw(st.sampled_from(["go on", "next", ""]))}]
+    ids = draw(st.lists(st.sampled_from(IDS), min_size=0, max_size=2, unique=True))
+    assistant: dict[str, Any] = {"role": "assistant", "content": draw(_content)}
+    if ids:
+        assistant["tool_calls"] = [
+            {"id": i, "type": "function",
+             "function": {"name": draw(st.sampled_from(["read", "bash"])),
+                          "arguments": draw(_arguments)}} for i in ids]
+    if draw(st.booleans()):
+        assistant["reasoning_content"] = draw(st.sampled_from(["", "thinking"]))
+    answered = draw(st.lists(st.sampled_from(IDS), max_size=3))  # may answer others: orphans
+    return [assistant] + [{"role": "tool", "tool_call_id": i, "content": f"result of {i}"}
+                          for i in answered]
+
+
+@st.composite
+def sessions(draw: st.DrawFn) -> list[tuple[list[dict[str, Any]], list[RememberedCall]]]:
+    """Each turn's messages (the same objects as the turn before where unchanged), and the
+    calls the memory learns before that turn."""
+    history: list[dict[str, Any]] = [{"role": "system", "content": "agent"}]
+    turns = []
+    for _ in range(draw(st.integers(1, 6))):
+        action = draw(st.sampled_from(["grow", "grow", "grow", "more results", "edit", "cut",
+                                       "result anywhere"]))
+        if action == "grow":
+            for group in draw(st.lists(groups(), min_size=1, max_size=3)):
+                history = history + group
+        elif action == "more results":  # the last group gets a result it lacked
+            history = history + [{"role": "tool", "tool_call_id": draw(st.sampled_from(IDS)),
+                                  "content": "late"}]
+        elif action == "edit" and len(history) > 1:
+            i = draw(st.integers(1, len(history) - 1))
+            history = [*history[:i], *draw(groups()), *history[i + 1:]]
+        elif action == "result anywhere" and len(history) > 1:  # where a group started, say
+            i = draw(st.integers(1, len(history)))
+            history = [*history[:i], {"role": "tool", "tool_call_id": draw(st.sampled_from(IDS)),
+                                      "content": "moved"}, *history[i:]]
+        elif action == "cut":
+            history = history[:draw(st.integers(1, len(history)))]
+        learned = [RememberedCall(i, "read", json.dumps({"path": i}), draw(
+            st.sampled_from(["", "remembered thought"]))) for i in draw(
+            st.lists(st.sampled_from(IDS), max_size=2))]
+        turns.append((history, learned))
+    return turns
+
+
+@settings(max_examples=300, deadline=None)
+@given(sessions(), st.sampled_from(PLANS))
+def test_reusing_the_last_turns_repair_never_changes_the_result(
+        turns: list[tuple[list[dict[str, Any]], list[RememberedCall]]], plan: RepairPlan) -> None:
+    memory = ToolCallMemory()
+    repairs = HistoryRepairs(memory)
+    for messages, learned in turns:
+        for call in learned:
+            memory.remember(call)
+        assert repairs.repair(messages, plan) == repair_history(messages, plan, memory)
+
+
+def test_a_growing_session_is_repaired_from_its_last_group_on() -> None:
+    memory = ToolCallMemory()
+    repairs = HistoryRepairs(memory)
+    history: list[dict[str, Any]] = [{"role": "user", "content": "fix it"}]
+    for i in range(30):
+        history = history + [
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"id": f"call_{i}", "type": "function",
+                 "function": {"name": "read", "arguments": "{'path': 'a'"}}]},
+            {"role": "tool", "tool_call_id": f"call_{i}", "content": f"file {i}"}]
+        assert repairs.repair(history, KIMI) == repair_history(history, KIMI, memory)
+    assert repairs.reused == 29
+
+
+def test_a_remembered_answer_that_changed_means_repairing_afresh() -> None:
+    memory = ToolCallMemory()
+    repairs = HistoryRepairs(memory)
+    call = {"id": "call_1", "type": "function", "function": {"name": "read", "arguments": "{}"}}
+    history = [{"role": "user", "content": "go"},
+               {"role": "assistant", "content": None, "tool_calls": [call]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "x"},
+               {"role": "user", "content": "again"}]
+    first, _ = repairs.repair(history, KIMI)
+    assert first[1]["reasoning_content"] == " "
+    memory.remember(RememberedCall("call_1", "read", "{}", "I read it first"))
+    second, _ = repairs.repair(history + [{"role": "user", "content": "more"}], KIMI)
+    assert second[1]["reasoning_content"] == "I read it first"
+    assert repairs.reused == 0
+
+
+def test_a_result_inserted_where_the_kept_part_ended_is_not_cut_off_from_its_call() -> None:
+    """The kept part ended with a call whose result was missing (so it got a placeholder);
+    a history that brings the result right there must be repaired with it, not with the
+    kept placeholder."""
+    memory = ToolCallMemory()
+    repairs = HistoryRepairs(memory)
+    calls = [{"id": i, "type": "function", "function": {"name": "read", "arguments": "{}"}}
+             for i in ("call_a", "call_b")]
+    system = {"role": "system", "content": "agent"}
+    assistant = {"role": "assistant", "content": None, "tool_calls": calls}
+    result_a = {"role": "tool", "tool_call_id": "call_a", "content": "a"}
+    user = {"role": "user", "content": "go on"}
+    before = [system, assistant, result_a, user]
+    repairs.repair(before, STRUCTURAL)
+    after = [system, assistant, result_a,
+             {"role": "tool", "tool_call_id": "call_b", "content": "b"}, user]
+    out, notes = repairs.repair(after, STRUCTURAL)
+    assert (out, notes) == repair_history(after, STRUCTURAL, memory)
+    assert not any(n.kind == "missing_tool_result" for n in notes)
