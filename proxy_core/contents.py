@@ -98,7 +98,9 @@ class Namer:
     that is the very object named before (`RequestParser` hands each turn
     the earlier turn's parsed messages) is not even encoded again: message
     objects are never changed once parsed, and the object is held while
-    remembered, so its id cannot be reused. Up to `max_bytes` of encodings
+    remembered, so its id cannot be reused; and a part list that starts with
+    the very items of a list named lately takes their parts whole (the last
+    16 lists are kept). Up to `max_bytes` of encodings
     are remembered, least recently used dropped first (parts above
     `max_bytes / 16` are not). It starts afresh when the redactor learns a
     secret (text redacted before may hold it) and after `forget()` (the
@@ -114,6 +116,10 @@ class Namer:
         self._known: OrderedDict[bytes, tuple[str, str]] = OrderedDict()  # -> (key, name)
         #: id(item) -> (item, its Part), for parts named as that very object
         self._objects: OrderedDict[int, tuple[Any, Part]] = OrderedDict()
+        #: (field, id(first item)) -> (a part list named lately, its parts): the next
+        #: turn's list starts with those very items, whose parts are then taken whole
+        self._lists: OrderedDict[tuple[str, int], tuple[list[Any], tuple[Part, ...]]] = \
+            OrderedDict()
         self._generation = redactor.generation
         self._forget = False
 
@@ -127,12 +133,16 @@ class Namer:
             self._known.clear()
             self._objects.clear()
             self.bytes = self.object_bytes = 0
+            self._lists.clear()
         skeleton, fields = split(request)
         parts: list[Part] = []
         known = self._known
         objects = self._objects
         for field_name, items in fields.items():
-            for position, item in enumerate(items):
+            first = len(parts)
+            start = self._named_start(field_name, items, parts)
+            for position in range(start, len(items)):
+                item = items[position]
                 same = objects.get(id(item))
                 if same is not None and same[0] is item:
                     objects.move_to_end(id(item))
@@ -159,7 +169,32 @@ class Namer:
                     self._hold(item, part if body is None else Part(
                         field_name, position, key, name, None, len(data)))
                 parts.append(part)
+            if items:
+                self._keep_list(field_name, items, parts[first:])
         return PreparedRequest(self.redactor(encode(skeleton).decode()), tuple(parts))
+
+    def _named_start(self, field_name: str, items: list[Any], parts: list[Part]) -> int:
+        """How many of `items` a list named before starts with (their parts go to `parts`)."""
+        if not items:
+            return 0
+        kept = self._lists.get((field_name, id(items[0])))
+        if kept is None or len(kept[0]) > len(items):
+            return 0
+        for a, b in zip(kept[0], items, strict=False):
+            if a is not b:
+                return 0
+        self._lists.move_to_end((field_name, id(items[0])))
+        parts.extend(kept[1])
+        return len(kept[0])
+
+    def _keep_list(self, field_name: str, items: list[Any], parts: list[Part]) -> None:
+        """Remember a part list as named (its first item held, so its id stays its own)."""
+        named = tuple(p if p.body is None else Part(p.field, p.position, p.key, p.name, None,
+                                                   p.size) for p in parts)
+        self._lists[(field_name, id(items[0]))] = (list(items), named)
+        self._lists.move_to_end((field_name, id(items[0])))
+        while len(self._lists) > 16:
+            self._lists.popitem(last=False)
 
     def _hold(self, item: Any, part: Part) -> None:
         """Remember `item` by identity, as `part` (with no body: it is stored by then)."""

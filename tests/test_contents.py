@@ -53,3 +53,20 @@ def test_objects_held_for_naming_are_bounded() -> None:
     for i in range(100):
         namer.prepare(request([{"role": "user", "content": f"{i:0>200}"}]))
     assert namer.object_bytes <= 2048 and namer.bytes <= 2048
+
+
+def test_a_list_that_extends_one_named_lately_takes_its_parts_whole() -> None:
+    namer = Namer(Redactor())
+    messages = history(40)
+    namer.prepare(request(messages))
+    longer = [*messages, {"role": "user", "content": "one more"}]
+    with mock.patch.object(Namer, "_hold", wraps=namer._hold) as hold:
+        prepared = namer.prepare(request(longer))
+    assert hold.call_count == 1  # only the new message was named one by one
+    fresh = Namer(Redactor()).prepare(request(longer))
+    assert [(p.field, p.position, p.key, p.name, p.size) for p in prepared.parts] == \
+        [(p.field, p.position, p.key, p.name, p.size) for p in fresh.parts]
+    assert all(p.body is None for p in prepared.parts[:40])  # stored by then
+    shorter = messages[:10]  # not an extension: named one by one, the same names
+    assert [p.name for p in namer.prepare(request(shorter)).parts] == \
+        [p.name for p in fresh.parts[:10]]
