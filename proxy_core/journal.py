@@ -506,17 +506,25 @@ class Journal:
 
     def _write_request(self, turn_id: str, session_id: str, request: dict[str, Any],
                        prepared: PreparedRequest) -> None:
+        try:
+            self._write_parts(turn_id, session_id, request, prepared)
+        except BaseException:
+            self._unwritten[turn_id] = (request, prepared)
+            raise
+
+    def _write_parts(self, request_id: str, session_id: str, request: dict[str, Any],
+                     prepared: PreparedRequest) -> None:
+        """Write a prepared request as parts, in a transaction of its own."""
         conn = self.conn
         conn.execute("BEGIN")
         try:
-            self._writer.write(conn, turn_id, session_id, prepared,
+            self._writer.write(conn, request_id, session_id, prepared,
                                lambda part: self.namer.body_of(request, part))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._writer.forget()
-            self._unwritten[turn_id] = (request, prepared)
             raise
         self._writer.commit()
 
@@ -566,19 +574,8 @@ class Journal:
         would be kept once per turn.
         """
         request = {"messages": capture.messages}
-        conn = self.conn
-        conn.execute("BEGIN")
-        try:
-            self._writer.write(conn, journal_db.sent_messages_id(turn_id, capture.attempt),
-                               session_id, self.namer.prepare(request),
-                               lambda part: self.namer.body_of(request, part))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._writer.forget()
-            raise
-        self._writer.commit()
+        self._write_parts(journal_db.sent_messages_id(turn_id, capture.attempt), session_id,
+                          request, self.namer.prepare(request))
 
     def _encode_wire(self, captures: list[WireCapture]) -> bytes:
         """The captures as redacted JSON, compressed (on the worker). orjson: up to 512 KB
