@@ -115,30 +115,23 @@ def create(conn: sqlite3.Connection, redactor: Redactor) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version >= VERSION:
         return
-    if version in (2, 3):  # version 3 adds a table; version 4 one more, and recounts
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+    tables = {name for (name,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    migrated = 0
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if version in (2, 3):  # version 3 adds a table; version 4 one more, and recounts
             conn.execute(WIRE_TABLE)
             conn.execute(SESSION_PARTS_TABLE)
             _count_by_session(conn)
-            conn.execute(f"PRAGMA user_version = {VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return
-    tables = {name for (name,) in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for statement in TABLES.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        conn.execute(WIRE_TABLE)
-        conn.execute(SESSION_PARTS_TABLE)
-        migrated = _migrate(conn, tables, redactor) if "turns" in tables else 0
-        conn.execute(REQUESTS_VIEW)
+        else:
+            for statement in TABLES.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(WIRE_TABLE)
+            conn.execute(SESSION_PARTS_TABLE)
+            migrated = _migrate(conn, tables, redactor) if "turns" in tables else 0
+            conn.execute(REQUESTS_VIEW)
         conn.execute(f"PRAGMA user_version = {VERSION}")
         conn.execute("COMMIT")
     except BaseException:
