@@ -35,6 +35,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without installing
@@ -83,6 +84,23 @@ def _stream_lines(model: str, chunks: int) -> list[bytes]:
     return lines
 
 
+async def _serve_chat(chat: Callable[..., Awaitable[Any]], ready: mp.Queue,
+                      stop: mp.Event) -> None:
+    """Serve `chat` at /v1/chat/completions on a free port until `stop` is set; the port
+    goes to `ready`."""
+    from aiohttp import web
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)  # agent-sized requests
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+    await site.start()
+    ready.put(("ok", site._server.sockets[0].getsockname()[1]))  # type: ignore[union-attr]
+    await asyncio.get_running_loop().run_in_executor(None, stop.wait)
+    await runner.cleanup()
+
+
 def _upstream_main(ready: mp.Queue, stop: mp.Event) -> None:
     from aiohttp import web
 
@@ -109,19 +127,8 @@ def _upstream_main(ready: mp.Queue, stop: mp.Event) -> None:
                 await asyncio.sleep(hold_ms / 1000)
         return response
 
-    async def main() -> None:
-        app = web.Application(client_max_size=64 * 1024 * 1024)  # agent-sized requests
-        app.router.add_post("/v1/chat/completions", chat)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        ready.put(("ok", site._server.sockets[0].getsockname()[1]))  # type: ignore[union-attr]
-        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
-        await runner.cleanup()
-
     try:
-        asyncio.run(main())
+        asyncio.run(_serve_chat(chat, ready, stop))
     except Exception as exc:  # report instead of leaving the parent waiting
         ready.put(("error", repr(exc)))
 
@@ -324,15 +331,7 @@ def _relay_main(ready: mp.Queue, stop: mp.Event, upstream_url: str) -> None:
                     await response.write(piece)
                 return response
 
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/v1/chat/completions", chat)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        ready.put(("ok", site._server.sockets[0].getsockname()[1]))  # type: ignore[union-attr]
-        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
-        await runner.cleanup()
+        await _serve_chat(chat, ready, stop)
         await session.close()
 
     from proxy_core.runner import run as run_loop
