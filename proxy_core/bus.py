@@ -83,21 +83,29 @@ class EventBus:
         self._deliver(event)
 
     def publish_soon(self, event: Event) -> None:
-        """Deliver `event` when the running task next yields, or before the next `publish`."""
+        """Deliver `event` once the running task has yielded (see `defer`), or before the next
+        `publish`."""
         self.defer(lambda: self._deliver(event))
 
     def defer(self, work: Callable[[], None]) -> None:
         """Run `work` (which may publish) at the same point as a `publish_soon` made now.
 
         For bookkeeping that can wait until the upstream request is out:
-        building an event, grouping a turn into its session.
+        building an event, grouping a turn into its session. It runs two
+        passes of the loop later, not one: aiohttp's client (on Python 3.11)
+        writes a request's body from a task it starts as it sends the
+        headers, and that task first runs on the pass after the one a single
+        `call_soon` would flush on. One pass put ~0.2 ms of bookkeeping
+        before the request left.
         """
         self._deferred.append(work)
         if len(self._deferred) == 1:
             try:
-                asyncio.get_running_loop().call_soon(self.flush)
+                loop = asyncio.get_running_loop()
             except RuntimeError:  # no loop running: now
                 self.flush()
+            else:
+                loop.call_soon(loop.call_soon, self.flush)
 
     def flush(self) -> None:
         """Deliver deferred events (run deferred work) now, in order."""

@@ -72,8 +72,25 @@ async def test_publish_soon_waits_for_the_task_to_yield() -> None:
     bus.publish_soon(chunk("a"))
     bus.publish_soon(chunk("b"))
     assert seen == []  # not yet: the request goes out first
-    await asyncio.sleep(0)  # the task yields (as it does waiting for the host)
+    for _ in range(2):  # the task yields (as it does waiting for the host)
+        await asyncio.sleep(0)
     assert seen == ["a", "b"]
+
+
+async def test_deferred_work_runs_after_a_task_started_on_the_way_out() -> None:
+    """aiohttp's client writes a request body from a task it starts as it sends the
+    headers: the deferred bookkeeping must not run before that task's first step."""
+    bus, seen = text_recorder()
+    bus.publish_soon(chunk("a"))  # the turn's events, deferred as the request is made
+
+    async def write_body() -> None:
+        seen.append("body written")
+
+    writer = asyncio.get_running_loop().create_task(write_body())
+    await writer
+    for _ in range(2):
+        await asyncio.sleep(0)
+    assert seen == ["body written", "a"]
 
 
 async def test_a_publish_delivers_what_was_deferred_before_it_first() -> None:
@@ -107,7 +124,8 @@ async def test_an_observer_publishing_from_a_handler_is_delivered_after_the_curr
     bus.subscribe(echo)
     bus.subscribe(lambda e: seen.append(f"last saw {type(e).__name__}"))
     bus.publish(TurnStarted(turn_id="t1", session_id="s", model="m", route="m", stream=True))
-    await asyncio.sleep(0)
+    for _ in range(2):
+        await asyncio.sleep(0)
     assert seen == ["echo saw TurnStarted", "last saw TurnStarted",
                     "echo saw Chunk", "last saw Chunk"]
 
