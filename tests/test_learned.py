@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy_core.learned import (
-    MARGIN, MIN_SAMPLES, FirstOutputFit, LearnedDeadlines, Limits, first_output_deadline,
+    MARGIN, MIN_SAMPLES, REFIT_SHARE, FirstOutputFit, LearnedDeadlines, Limits, first_output_deadline,
     idle_deadline, quantile, sample_of,
 )
 
@@ -121,6 +121,41 @@ def test_figures_agree_with_the_plan(points: list[tuple[int, float]], size: int)
     assert figures["first_output"]["deadline_at"]["10 KB"] == round(
         learned.plan("t:m", 10_000, FIRST, IDLE).first_output, 2)
     assert figures["idle"]["basis"] == f"configured; 0 of {MIN_SAMPLES} turns learned"
+
+
+@settings(max_examples=60)
+@given(st.integers(1, 40), st.lists(st.tuples(sizes, st.one_of(st.none(), st.floats(0.0, 60.0)),
+                                              st.one_of(st.none(), st.floats(0.0, 60.0))),
+                                    max_size=150))
+def test_the_kept_fit_and_gaps_follow_the_window(window: int, observations: list[
+        tuple[int, float | None, float | None]]) -> None:
+    """The gaps stay sorted exactly as they enter and leave the window; the fit is the
+    fit of the window as it was at most `1 / REFIT_SHARE` of its samples ago."""
+    learned = LearnedDeadlines(window=window, min_samples=1)
+    windows: list[list[tuple[int, float]]] = []  # the first-output window after each sample
+    firsts: list[tuple[int, float]] = []
+    gaps: list[float] = []
+    for size, ttfb, gap in observations:
+        learned.observe("t:m", size, ttfb, gap)
+        if ttfb is not None or gap is not None:
+            if ttfb is not None:
+                firsts = [*firsts, (size, ttfb)][-window:]
+                windows.append(firsts)
+            if gap is not None:
+                gaps = [*gaps, gap][-window:]
+        history = learned._targets.get("t:m")
+        if history is None:
+            continue
+        assert history.sorted_gaps() == sorted(gaps)
+        fit = history.fit()
+        if not windows:
+            assert fit is None
+            continue
+        lag = len(windows[-1]) // REFIT_SHARE  # samples the fit may not have seen yet
+        assert fit in [FirstOutputFit.of(w) for w in windows[-1 - lag:]]
+        # and the deadline follows from that fit
+        assert learned.plan("t:m", 10_000, FIRST, IDLE).first_output == first_output_deadline(
+            fit, 10_000, FIRST, 1)[0]
 
 
 def test_samples_from_journaled_attempts() -> None:
