@@ -87,6 +87,43 @@ def test_reusing_the_last_turns_repair_never_changes_the_result(
         assert repairs.repair(messages, plan) == repair_history(messages, plan, memory)
 
 
+@settings(max_examples=200, deadline=None)
+@given(sessions(), st.sampled_from(PLANS), st.randoms(use_true_random=False))
+def test_turns_repaired_out_of_order_give_what_a_repair_from_scratch_gives(
+        turns: list[tuple[list[dict[str, Any]], list[RememberedCall]]], plan: RepairPlan,
+        rng: Any) -> None:
+    """Overlapping turns of one conversation arrive in any order (parallel requests):
+    the kept repairs that fit are used, and never change an answer."""
+    memory = ToolCallMemory()
+    for _, learned in turns:
+        for call in learned:
+            memory.remember(call)
+    repairs = HistoryRepairs(memory, per_history=2)
+    order = [messages for messages, _ in turns] * 2
+    rng.shuffle(order)
+    for messages in order:
+        assert repairs.repair(messages, plan) == repair_history(messages, plan, memory)
+
+
+def test_overlapping_turns_of_one_session_reuse_the_longest_kept_repair() -> None:
+    """Clients replaying one growing session, each a few turns behind another: after the
+    first two turns (the second is shorter than the only one kept), every repair starts
+    from a kept one."""
+    repairs = HistoryRepairs(None)
+    history: list[dict[str, Any]] = [{"role": "user", "content": "fix it"}]
+    turns = []
+    for i in range(12):
+        history = history + [
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"id": f"call_{i}", "type": "function",
+                 "function": {"name": "read", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": f"call_{i}", "content": f"file {i}"}]
+        turns.append(history)
+    for n in (4, 2, 5, 3, 6, 4, 8, 5, 9, 7, 11, 10):  # late and early turns interleaved
+        assert repairs.repair(turns[n], KIMI) == repair_history(turns[n], KIMI)
+    assert repairs.reused == 10
+
+
 def test_a_growing_session_is_repaired_from_its_last_group_on() -> None:
     memory = ToolCallMemory()
     repairs = HistoryRepairs(memory)

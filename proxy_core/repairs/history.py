@@ -178,13 +178,21 @@ class HistoryRepairs:
     which the memory still gives the answers the steps used, is repaired
     from there on only. Exact, not approximate: each step works group by
     group, carrying only `_State` across (see `_run`).
+
+    Up to `per_history` such repairs are kept for each history start (its
+    first message), and the longest one that fits is used: turns of one
+    conversation that overlap (an agent's parallel requests, several
+    clients replaying one history) arrive out of order, and a kept repair
+    longer than the history at hand does not fit it.
     """
 
-    def __init__(self, memory: ToolCallMemory | None, histories: int = 16) -> None:
+    def __init__(self, memory: ToolCallMemory | None, histories: int = 16,
+                 per_history: int = 4) -> None:
         self.memory = memory
         self.histories = histories
+        self.per_history = per_history
         self.reused = 0
-        self._kept: OrderedDict[tuple[int, RepairPlan, str], _Kept] = OrderedDict()
+        self._kept: OrderedDict[tuple[int, RepairPlan, str], list[_Kept]] = OrderedDict()
 
     def repair(self, messages: list[Message], plan: RepairPlan, *,
                placeholder: str = DEFAULT_REASONING_PLACEHOLDER
@@ -192,21 +200,30 @@ class HistoryRepairs:
         if not messages:
             return repair_history(messages, plan, self.memory, placeholder=placeholder)
         key = (id(messages[0]), plan, placeholder)
-        kept = self._kept.pop(key, None)
-        if kept is not None and kept.fits(messages, self.memory):
-            start, out = kept.end, list(kept.out)
-            notes, state = [list(step) for step in kept.notes], kept.state.copy()
+        kept_here = self._kept.pop(key, None) or []
+        best = max((k for k in kept_here if k.fits(messages, self.memory)),
+                   key=lambda k: k.end, default=None)
+        if best is not None:
+            start, out = best.end, list(best.out)
+            notes, state = [list(step) for step in best.notes], best.state.copy()
             self.reused += 1
         else:
             start, out = 0, []
             notes, state = [[] for _ in range(_STEPS)], _State(self.memory)
         end = _group_start(messages, start)
-        done, more = _run(messages[start:end], plan, state, placeholder)
-        out += done
-        for step, added in zip(notes, more, strict=True):
-            step += added
-        self._kept[key] = _Kept(messages[:end], end, list(out),
-                                [list(step) for step in notes], state.copy())
+        if end > start:
+            done, more = _run(messages[start:end], plan, state, placeholder)
+            out += done
+            for step, added in zip(notes, more, strict=True):
+                step += added
+            kept_here = [k for k in kept_here if k.end != end and k is not best]
+            if best is not None:
+                kept_here.append(best)  # most recently used last
+            kept_here.append(_Kept(messages[:end], end, list(out),
+                                   [list(step) for step in notes], state.copy()))
+        elif best is not None:  # nothing new before the last group: `best` is this repair
+            kept_here = [k for k in kept_here if k is not best] + [best]
+        self._kept[key] = kept_here[-self.per_history:]
         while len(self._kept) > self.histories:
             self._kept.popitem(last=False)
         rest, more = _run(messages[end:], plan, state, placeholder)
