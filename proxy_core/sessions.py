@@ -39,9 +39,24 @@ def conversation_fingerprint(messages: list[Any]) -> str:
     head: list[Any] = []
     for message in messages:
         if isinstance(message, dict) and message.get("role") in ("system", "developer"):
-            head.append(message.get("content"))
+            head.append(message)
         elif isinstance(message, dict) and message.get("role") == "user":
-            head.append(message.get("content"))
+            head.append(message)
             break
-    blob = json.dumps(head, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
+    key = tuple(map(id, head))
+    kept = _fingerprints.get(key)
+    if kept is not None and all(a is b for a, b in zip(kept[0], head, strict=True)):
+        return kept[1]
+    blob = json.dumps([m.get("content") for m in head], sort_keys=True, default=str).encode()
+    fingerprint = hashlib.sha256(blob).hexdigest()[:12]
+    # An agent resends the same message objects each turn (`RequestParser`): the
+    # fingerprint of its ~10 KB system prompt is worked out once, not every turn.
+    # The messages are held with it, so their ids cannot name other objects meanwhile.
+    _fingerprints[key] = (tuple(head), fingerprint)
+    if len(_fingerprints) > _FINGERPRINTS_KEPT:
+        del _fingerprints[next(iter(_fingerprints))]
+    return fingerprint
+
+
+_FINGERPRINTS_KEPT = 64
+_fingerprints: dict[tuple[int, ...], tuple[tuple[Any, ...], str]] = {}
