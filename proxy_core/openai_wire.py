@@ -331,6 +331,12 @@ _compact_ascii = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _json_bytes(value: Any) -> bytes:
+    """Compact UTF-8 JSON: orjson's (a tenth of `json`'s time on a chunk); what orjson
+    refuses (a lone surrogate, a huge integer) `json` writes, escaping surrogates."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        pass
     try:
         return _compact(value).encode()
     except UnicodeEncodeError:  # a lone surrogate: escape it instead
