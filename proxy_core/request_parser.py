@@ -19,14 +19,16 @@ is parsed whole, as the first request of a session is.
 
 Where a body's messages sit is learned from that whole parse: msgspec
 splits the top-level object into raw values, and the positions are checked
-byte for byte against the body. That needs the top level written compactly
-with plain keys, as `JSON.stringify` (opencode, the Vercel AI SDK) and most
-clients write it; for other bodies nothing is kept and every turn is parsed
-whole, which is correct, only slower.
+byte for byte against the body. That needs the top level's keys written
+plainly (no escapes, none repeated), as `JSON.stringify` (opencode, the
+Vercel AI SDK) and Python's `json.dumps` (with or without spaces) write
+them; for other bodies nothing is kept and every turn is parsed whole,
+which is correct, only slower.
 """
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -156,26 +158,38 @@ def _extend(known: _Known, raw: bytes) -> tuple[ChatRequest, int, int] | None:
 
 
 def _locate_messages(raw: bytes) -> tuple[int, int] | None:
-    """Where the messages end and their array closes in `raw`, if it is written compactly.
+    """Where the messages end and their array closes in `raw`; None if not found.
 
     The top level is split into raw values by msgspec, then walked as
-    `{"key":value,...}` with each key and value compared in place: any
-    whitespace, escaped key or repeated key at the top level fails the
-    comparison, and the body is simply not remembered.
+    `{"key": value, ...}` with each key and value compared in place, JSON
+    whitespace allowed around the top level's braces, colons and commas
+    (`JSON.stringify` writes none; Python's `json.dumps`, which `requests`
+    and aiohttp send, writes `", "` and `": "`). An escaped or repeated key
+    at the top level fails the comparison, and the body is simply not
+    remembered.
     """
     try:
         fields = _SPLIT.decode(raw)
     except msgspec.DecodeError:
         return None
-    pos = 1
-    where: tuple[int, int] | None = None
-    if raw[:1] != b"{":
+    pos = _skip(raw, 0)
+    if raw[pos:pos + 1] != b"{":
         return None
+    pos += 1
+    where: tuple[int, int] | None = None
     for i, (key, value) in enumerate(fields.items()):
-        lead = (b"," if i else b"") + orjson.dumps(key) + b":"
-        if not raw.startswith(lead, pos):
+        pos = _skip(raw, pos)
+        if i:
+            if raw[pos:pos + 1] != b",":
+                return None
+            pos = _skip(raw, pos + 1)
+        name = orjson.dumps(key)
+        if not raw.startswith(name, pos):
             return None
-        pos += len(lead)
+        pos = _skip(raw, pos + len(name))
+        if raw[pos:pos + 1] != b":":
+            return None
+        pos = _skip(raw, pos + 1)
         data = memoryview(value)
         if not raw.startswith(data, pos):
             return None
@@ -188,6 +202,17 @@ def _locate_messages(raw: bytes) -> tuple[int, int] | None:
                 end -= 1
             where = (end, close)
         pos += len(data)
-    if raw[pos:] != b"}":
+    pos = _skip(raw, pos)
+    if raw[pos:pos + 1] != b"}" or _skip(raw, pos + 1) != len(raw):
         return None
     return where
+
+
+_WHITESPACE = re.compile(rb"[ \t\n\r]*")
+
+
+def _skip(raw: bytes, pos: int) -> int:
+    """The first position at or after `pos` that is not JSON whitespace."""
+    match = _WHITESPACE.match(raw, pos)
+    assert match is not None  # `*` matches the empty run
+    return match.end()

@@ -105,12 +105,22 @@ def test_bad_json_between_the_old_messages_and_the_suffix_is_a_whole_parse_error
     assert reused(parser, bad)[0] == "error"
 
 
-def test_bodies_that_are_not_written_compactly_are_parsed_whole_and_right() -> None:
+def test_bodies_with_whitespace_at_the_top_level_are_reused_too() -> None:
+    """Python's `json.dumps` (which `requests` and aiohttp send) writes `", "` and `": "`;
+    pretty printers indent: both are learned from, and each turn reuses the last."""
+    for dumps in (lambda b: json.dumps(b), lambda b: json.dumps(b, indent=1) + "\n"):
+        parser = RequestParser()
+        for turn in range(4):
+            raw = dumps(session_body(turn)).encode()
+            assert reused(parser, raw) == whole(raw)
+        assert parser.hits == 3 and parser.misses == 1
+
+
+def test_an_escaped_top_level_key_is_never_learned_from() -> None:
     parser = RequestParser()
-    for turn in range(4):
-        raw = json.dumps(session_body(turn), indent=1).encode()
-        assert reused(parser, raw) == whole(raw)
-    assert parser.hits == 0 and len(parser) == 0
+    raw = compact(session_body(1)).replace(b'"messages"', b'"\\u006dessages"')
+    assert reused(parser, raw) == whole(raw)
+    assert len(parser) == 0
 
 
 def test_a_repeated_top_level_key_is_never_learned_from() -> None:
