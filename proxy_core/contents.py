@@ -99,14 +99,17 @@ class Namer:
     the earlier turn's parsed messages) is not even encoded again: message
     objects are never changed once parsed, and the object is held while
     remembered, so its id cannot be reused; and a part list that starts with
-    the very items of a list named lately takes their parts whole (the last
-    16 lists are kept). Up to `max_bytes` of encodings
+    the very items of a list named lately takes their parts whole (lists
+    are kept for the last 16 first items, up to `LISTS_PER_START` each). Up to `max_bytes` of encodings
     are remembered, least recently used dropped first (parts above
     `max_bytes / 16` are not). It starts afresh when the redactor learns a
     secret (text redacted before may hold it) and after `forget()` (the
     journal dropped parts). Runs on one thread at a time (the journal's
     writer); `forget` may come from any.
     """
+
+    #: Part lists kept per first item (see `_lists`).
+    LISTS_PER_START = 4
 
     def __init__(self, redactor: Redactor, max_bytes: int = 32 * 1024 * 1024) -> None:
         self.redactor = redactor
@@ -116,9 +119,11 @@ class Namer:
         self._known: OrderedDict[bytes, tuple[str, str]] = OrderedDict()  # -> (key, name)
         #: id(item) -> (item, its Part), for parts named as that very object
         self._objects: OrderedDict[int, tuple[Any, Part]] = OrderedDict()
-        #: (field, id(first item)) -> (a part list named lately, its parts): the next
-        #: turn's list starts with those very items, whose parts are then taken whole
-        self._lists: OrderedDict[tuple[str, int], tuple[list[Any], tuple[Part, ...]]] = \
+        #: (field, id(first item)) -> part lists named lately, with their parts: the next
+        #: turn's list starts with the very items of one, whose parts are then taken whole.
+        #: Several per first item: a turn's request and the repaired messages it sent
+        #: start with the same system prompt and part ways at the first repaired message.
+        self._lists: OrderedDict[tuple[str, int], list[tuple[list[Any], tuple[Part, ...]]]] = \
             OrderedDict()
         self._generation = redactor.generation
         self._forget = False
@@ -177,22 +182,35 @@ class Namer:
         """How many of `items` a list named before starts with (their parts go to `parts`)."""
         if not items:
             return 0
-        kept = self._lists.get((field_name, id(items[0])))
-        if kept is None or len(kept[0]) > len(items):
+        kept_here = self._lists.get((field_name, id(items[0])))
+        if kept_here is None:
             return 0
-        for a, b in zip(kept[0], items, strict=False):
-            if a is not b:
-                return 0
+        best: tuple[list[Any], tuple[Part, ...]] | None = None
+        for kept in kept_here:
+            named = kept[0]
+            if (len(named) <= len(items) and (best is None or len(named) > len(best[0]))
+                    and named[-1] is items[len(named) - 1]
+                    and all(a is b for a, b in zip(named, items, strict=False))):
+                best = kept
+        if best is None:
+            return 0
         self._lists.move_to_end((field_name, id(items[0])))
-        parts.extend(kept[1])
-        return len(kept[0])
+        parts.extend(best[1])
+        return len(best[0])
 
     def _keep_list(self, field_name: str, items: list[Any], parts: list[Part]) -> None:
-        """Remember a part list as named (its first item held, so its id stays its own)."""
+        """Remember a part list as named (its first item held, so its id stays its own);
+        lists it extends are dropped, and at most `LISTS_PER_START` kept per first item."""
         named = tuple(p if p.body is None else Part(p.field, p.position, p.key, p.name, None,
                                                    p.size) for p in parts)
-        self._lists[(field_name, id(items[0]))] = (list(items), named)
-        self._lists.move_to_end((field_name, id(items[0])))
+        key = (field_name, id(items[0]))
+        kept_here = [kept for kept in self._lists.get(key, ())
+                     if not (len(kept[0]) <= len(items)
+                             and kept[0][-1] is items[len(kept[0]) - 1]
+                             and all(a is b for a, b in zip(kept[0], items, strict=False)))]
+        kept_here.append((list(items), named))
+        self._lists[key] = kept_here[-self.LISTS_PER_START:]
+        self._lists.move_to_end(key)
         while len(self._lists) > 16:
             self._lists.popitem(last=False)
 

@@ -70,3 +70,35 @@ def test_a_list_that_extends_one_named_lately_takes_its_parts_whole() -> None:
     shorter = messages[:10]  # not an extension: named one by one, the same names
     assert [p.name for p in namer.prepare(request(shorter)).parts] == \
         [p.name for p in fresh.parts[:10]]
+
+
+def test_a_request_and_the_repaired_messages_it_sent_each_take_their_lists_whole() -> None:
+    """Both lists start with the same system prompt and part ways at the first repaired
+    message; named turn after turn, in turn, neither may push the other out."""
+    namer = Namer(Redactor())
+    system = {"role": "system", "content": "agent"}
+    client = [system, *history(20)]
+    repaired_of: dict[int, dict[str, Any]] = {}
+
+    def repaired(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [m if m is system else repaired_of.setdefault(
+            id(m), {**m, "content": m["content"] + " (repaired)"}) for m in messages]
+
+    taken: list[int] = []  # how many items each list took whole
+    named_start = Namer._named_start
+
+    def spy(self: Namer, field: str, items: list[Any], parts: list[Any]) -> int:
+        taken.append(named_start(self, field, items, parts))
+        return taken[-1]
+
+    namer.prepare(request(client))
+    namer.prepare(request(repaired(client)))
+    for turn in range(3):
+        client = [*client, {"role": "user", "content": f"turn {turn}"}]
+        for messages in (client, repaired(client)):
+            with mock.patch.object(Namer, "_named_start", spy):
+                prepared = namer.prepare(request(messages))
+            assert taken[-1] == len(messages) - 1  # all but the newest message, whole
+            fresh = Namer(Redactor()).prepare(request(messages))
+            assert [(p.position, p.key, p.name, p.size) for p in prepared.parts] == \
+                [(p.position, p.key, p.name, p.size) for p in fresh.parts]
