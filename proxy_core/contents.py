@@ -100,9 +100,9 @@ class Namer:
     objects are never changed once parsed, and the object is held while
     remembered, so its id cannot be reused; and a part list that starts with
     the very items of a list named lately takes their parts whole (lists
-    are kept for the last 16 first items, up to `LISTS_PER_START` each). Up to `max_bytes` of encodings
-    are remembered, least recently used dropped first (parts above
-    `max_bytes / 16` are not). It starts afresh when the redactor learns a
+    are kept for the last 16 first items, up to `LISTS_PER_START` each).
+    Up to `max_bytes` of encodings are remembered, least recently used
+    dropped first (parts above `max_bytes / 16` are not). It starts afresh when the redactor learns a
     secret (text redacted before may hold it) and after `forget()` (the
     journal dropped parts). Runs on one thread at a time (the journal's
     writer); `forget` may come from any.
@@ -185,13 +185,8 @@ class Namer:
         kept_here = self._lists.get((field_name, id(items[0])))
         if kept_here is None:
             return 0
-        best: tuple[list[Any], tuple[Part, ...]] | None = None
-        for kept in kept_here:
-            named = kept[0]
-            if (len(named) <= len(items) and (best is None or len(named) > len(best[0]))
-                    and named[-1] is items[len(named) - 1]
-                    and all(a is b for a, b in zip(named, items, strict=False))):
-                best = kept
+        best = max((kept for kept in kept_here if _starts_with(items, kept[0])),
+                   key=lambda kept: len(kept[0]), default=None)
         if best is None:
             return 0
         self._lists.move_to_end((field_name, id(items[0])))
@@ -205,9 +200,7 @@ class Namer:
                                                    p.size) for p in parts)
         key = (field_name, id(items[0]))
         kept_here = [kept for kept in self._lists.get(key, ())
-                     if not (len(kept[0]) <= len(items)
-                             and kept[0][-1] is items[len(kept[0]) - 1]
-                             and all(a is b for a, b in zip(kept[0], items, strict=False)))]
+                     if not _starts_with(items, kept[0])]
         kept_here.append((list(items), named))
         self._lists[key] = kept_here[-self.LISTS_PER_START:]
         self._lists.move_to_end(key)
@@ -237,6 +230,12 @@ class Namer:
     def body_of(self, request: dict[str, Any], part: Part) -> str:
         """The stored text of one part, made again (the journal lost the one it had)."""
         return self.redactor(encode(request[part.field][part.position]).decode())
+
+
+def _starts_with(items: list[Any], named: list[Any]) -> bool:
+    """Whether `items` starts with the very objects of `named` (not empty)."""
+    return (len(named) <= len(items) and named[-1] is items[len(named) - 1]
+            and all(a is b for a, b in zip(named, items, strict=False)))
 
 
 class Interner:

@@ -110,15 +110,7 @@ def test_overlapping_turns_of_one_session_reuse_the_longest_kept_repair() -> Non
     first two turns (the second is shorter than the only one kept), every repair starts
     from a kept one."""
     repairs = HistoryRepairs(None)
-    history: list[dict[str, Any]] = [{"role": "user", "content": "fix it"}]
-    turns = []
-    for i in range(12):
-        history = history + [
-            {"role": "assistant", "content": "", "tool_calls": [
-                {"id": f"call_{i}", "type": "function",
-                 "function": {"name": "read", "arguments": "{}"}}]},
-            {"role": "tool", "tool_call_id": f"call_{i}", "content": f"file {i}"}]
-        turns.append(history)
+    turns = growing_session(12, "{}")
     for n in (4, 2, 5, 3, 6, 4, 8, 5, 9, 7, 11, 10):  # late and early turns interleaved
         assert repairs.repair(turns[n], KIMI) == repair_history(turns[n], KIMI)
     assert repairs.reused == 10
@@ -127,15 +119,23 @@ def test_overlapping_turns_of_one_session_reuse_the_longest_kept_repair() -> Non
 def test_a_growing_session_is_repaired_from_its_last_group_on() -> None:
     memory = ToolCallMemory()
     repairs = HistoryRepairs(memory)
+    for history in growing_session(30, "{'path': 'a'"):
+        assert repairs.repair(history, KIMI) == repair_history(history, KIMI, memory)
+    assert repairs.reused == 29
+
+
+def growing_session(turns: int, arguments: str) -> list[list[dict[str, Any]]]:
+    """Each turn's history: the one before (the very objects) plus a call and its result."""
     history: list[dict[str, Any]] = [{"role": "user", "content": "fix it"}]
-    for i in range(30):
+    out = []
+    for i in range(turns):
         history = history + [
             {"role": "assistant", "content": "", "tool_calls": [
                 {"id": f"call_{i}", "type": "function",
-                 "function": {"name": "read", "arguments": "{'path': 'a'"}}]},
+                 "function": {"name": "read", "arguments": arguments}}]},
             {"role": "tool", "tool_call_id": f"call_{i}", "content": f"file {i}"}]
-        assert repairs.repair(history, KIMI) == repair_history(history, KIMI, memory)
-    assert repairs.reused == 29
+        out.append(history)
+    return out
 
 
 def test_a_remembered_answer_that_changed_means_repairing_afresh() -> None:

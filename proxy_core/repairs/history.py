@@ -210,19 +210,18 @@ class HistoryRepairs:
         else:
             start, out = 0, []
             notes, state = [[] for _ in range(_STEPS)], _State(self.memory)
+        if best is not None:  # most recently used last
+            kept_here.remove(best)
+            kept_here.append(best)
         end = _group_start(messages, start)
         if end > start:
             done, more = _run(messages[start:end], plan, state, placeholder)
             out += done
             for step, added in zip(notes, more, strict=True):
                 step += added
-            kept_here = [k for k in kept_here if k.end != end and k is not best]
-            if best is not None:
-                kept_here.append(best)  # most recently used last
+            kept_here = [k for k in kept_here if k.end != end]
             kept_here.append(_Kept(messages[:end], end, list(out),
                                    [list(step) for step in notes], state.copy()))
-        elif best is not None:  # nothing new before the last group: `best` is this repair
-            kept_here = [k for k in kept_here if k is not best] + [best]
         self._kept[key] = kept_here[-self.per_history:]
         while len(self._kept) > self.histories:
             self._kept.popitem(last=False)
