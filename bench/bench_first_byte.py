@@ -148,29 +148,10 @@ def _install_marks(marks: list[tuple[str, float]]) -> None:
 
 def _proxy_main(ready: mp.Queue, stop: mp.Event, upstream_url: str, journal: str,
                 out: str) -> None:
-    import logging
-
-    logging.basicConfig(level=logging.WARNING)
-    from proxy_core.app import SwitchboardProxy
-    from proxy_core.config import parse_config
-    from proxy_core.runner import run as run_loop
-
     marks: list[tuple[str, float]] = []
     _install_marks(marks)
-    config = parse_config(bench_relay.proxy_config(upstream_url, journal), "<bench>")
-
-    async def main() -> None:
-        proxy = SwitchboardProxy(config, host="127.0.0.1", port=0, journal=True)
-        await proxy.start()
-        ready.put(("ok", proxy.port))
-        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
-        await proxy.stop()
-        Path(out).write_text(json.dumps(marks))
-
-    try:
-        run_loop(main())
-    except Exception as exc:  # report instead of leaving the parent waiting
-        ready.put(("error", repr(exc)))
+    bench_relay.serve_proxy(ready, stop, upstream_url, journal)
+    Path(out).write_text(json.dumps(marks))
 
 
 async def _send(base: str, kb: int, requests: int, repairs: bool) -> None:

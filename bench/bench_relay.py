@@ -159,15 +159,15 @@ repairs = "none"
 """
 
 
-def _proxy_main(ready: mp.Queue, stop: mp.Event, upstream_url: str, journal: str,
-                profile: str | None, profile_out: str, tree: str | None = None) -> None:
+def serve_proxy(ready: mp.Queue, stop: mp.Event, upstream_url: str, journal: str) -> None:
+    """Run the bench's proxy (journal on) on the loop `switchboard serve` uses until `stop`
+    is set; its port goes to `ready`, or the error that kept it from starting."""
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    if tree is not None:  # `--before`: the proxy of another checkout
-        sys.path.insert(0, tree)
     from proxy_core.app import SwitchboardProxy
     from proxy_core.config import parse_config
+    from proxy_core.runner import run as run_loop
 
     config = parse_config(proxy_config(upstream_url, journal), "<bench>")
 
@@ -178,6 +178,16 @@ def _proxy_main(ready: mp.Queue, stop: mp.Event, upstream_url: str, journal: str
         await asyncio.get_running_loop().run_in_executor(None, stop.wait)
         await proxy.stop()
 
+    try:
+        run_loop(main())
+    except Exception as exc:  # report instead of leaving the parent waiting
+        ready.put(("error", repr(exc)))
+
+
+def _proxy_main(ready: mp.Queue, stop: mp.Event, upstream_url: str, journal: str,
+                profile: str | None, profile_out: str, tree: str | None = None) -> None:
+    if tree is not None:  # `--before`: the proxy of another checkout
+        sys.path.insert(0, tree)
     profiler = None
     if profile == "cprofile":
         import cProfile
@@ -187,11 +197,8 @@ def _proxy_main(ready: mp.Queue, stop: mp.Event, upstream_url: str, journal: str
         from pyinstrument import Profiler
         profiler = Profiler(async_mode="disabled")
         profiler.start()
-    from proxy_core.runner import run as run_loop
     try:
-        run_loop(main())  # the loop `switchboard serve` uses
-    except Exception as exc:
-        ready.put(("error", repr(exc)))
+        serve_proxy(ready, stop, upstream_url, journal)
     finally:
         if profile == "cprofile":
             profiler.disable()
