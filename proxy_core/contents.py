@@ -18,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import is_
 from typing import Any
 
 import orjson
@@ -68,25 +70,34 @@ class Part:
     """One part, ready for the journal.
 
     `key` names the part as the client sent it (for sharing in memory);
-    `name` names what is stored, after redaction. `body` is the stored,
-    redacted text, or None when an earlier request already had this part
-    (the journal then knows it by `name`). `size` is its encoded size.
+    `name` names what is stored, after redaction. `size` is its encoded
+    size. The stored text of a part no earlier request had is in its
+    request's `PreparedRequest.bodies`: a part is the same object turn
+    after turn while its list is remembered (`Namer`), so the journal can
+    tell a list it wrote before by identity.
     """
 
     field: str
     position: int
     key: str
     name: str
-    body: str | None
     size: int
 
 
 @dataclass(frozen=True, slots=True)
 class PreparedRequest:
-    """A request as the journal writes it: the redacted skeleton and its parts."""
+    """A request as the journal writes it: the redacted skeleton, its parts per field
+    (in `PART_FIELDS` order), and the redacted text of the parts new to the namer
+    (by name; the others were stored by then)."""
 
     skeleton: str
-    parts: tuple[Part, ...]
+    fields: dict[str, tuple[Part, ...]]
+    bodies: dict[str, str]
+
+    @property
+    def parts(self) -> tuple[Part, ...]:
+        """Every part, field after field."""
+        return tuple(part for parts in self.fields.values() for part in parts)
 
 
 class Namer:
@@ -140,75 +151,73 @@ class Namer:
             self.bytes = self.object_bytes = 0
             self._lists.clear()
         skeleton, fields = split(request)
-        parts: list[Part] = []
+        named: dict[str, tuple[Part, ...]] = {}
+        bodies: dict[str, str] = {}
         known = self._known
         objects = self._objects
         for field_name, items in fields.items():
-            first = len(parts)
-            start = self._named_start(field_name, items, parts)
-            for position in range(start, len(items)):
+            prefix = self._named_prefix(field_name, items)
+            parts: list[Part] = []
+            for position in range(len(prefix), len(items)):
                 item = items[position]
                 same = objects.get(id(item))
                 if same is not None and same[0] is item:
                     objects.move_to_end(id(item))
                     part = same[1]  # as it was named last time: usually at the same place
                     if part.position != position or part.field != field_name:
-                        part = Part(field_name, position, part.key, part.name, None, part.size)
+                        part = Part(field_name, position, part.key, part.name, part.size)
                         objects[id(item)] = (item, part)
                     parts.append(part)
                     continue
                 data = encode(item)
                 seen = known.get(data)
-                body: str | None = None
                 if seen is None:
                     key = digest(data)
                     text = data.decode()
                     body = self.redactor(text)
                     name = key if body == text else digest(body.encode())
                     self._remember(data, key, name)
+                    bodies[name] = body
                 else:
                     key, name = seen
                     known.move_to_end(data)
-                part = Part(field_name, position, key, name, body, len(data))
+                part = Part(field_name, position, key, name, len(data))
                 if isinstance(item, dict) and len(data) <= self.max_bytes // 16:
-                    self._hold(item, part if body is None else Part(
-                        field_name, position, key, name, None, len(data)))
+                    self._hold(item, part)
                 parts.append(part)
+            named[field_name] = prefix + tuple(parts) if parts else prefix
             if items:
-                self._keep_list(field_name, items, parts[first:])
-        return PreparedRequest(self.redactor(encode(skeleton).decode()), tuple(parts))
+                self._keep_list(field_name, items, named[field_name])
+        return PreparedRequest(self.redactor(encode(skeleton).decode()), named, bodies)
 
-    def _named_start(self, field_name: str, items: list[Any], parts: list[Part]) -> int:
-        """How many of `items` a list named before starts with (their parts go to `parts`)."""
+    def _named_prefix(self, field_name: str, items: list[Any]) -> tuple[Part, ...]:
+        """The parts of the longest list named lately that `items` starts with (or none)."""
         if not items:
-            return 0
+            return ()
         kept_here = self._lists.get((field_name, id(items[0])))
         if kept_here is None:
-            return 0
-        best = max((kept for kept in kept_here if _starts_with(items, kept[0])),
+            return ()
+        best = max((kept for kept in kept_here if starts_with(items, kept[0])),
                    key=lambda kept: len(kept[0]), default=None)
         if best is None:
-            return 0
+            return ()
         self._lists.move_to_end((field_name, id(items[0])))
-        parts.extend(best[1])
-        return len(best[0])
+        return best[1]
 
-    def _keep_list(self, field_name: str, items: list[Any], parts: list[Part]) -> None:
+    def _keep_list(self, field_name: str, items: list[Any], parts: tuple[Part, ...]) -> None:
         """Remember a part list as named (its first item held, so its id stays its own);
         lists it extends are dropped, and at most `LISTS_PER_START` kept per first item."""
-        named = tuple(p if p.body is None else Part(p.field, p.position, p.key, p.name, None,
-                                                   p.size) for p in parts)
         key = (field_name, id(items[0]))
         kept_here = [kept for kept in self._lists.get(key, ())
-                     if not _starts_with(items, kept[0])]
-        kept_here.append((list(items), named))
+                     if not starts_with(items, kept[0])]
+        kept_here.append((list(items), parts))
         self._lists[key] = kept_here[-self.LISTS_PER_START:]
         self._lists.move_to_end(key)
         while len(self._lists) > 16:
             self._lists.popitem(last=False)
 
     def _hold(self, item: Any, part: Part) -> None:
-        """Remember `item` by identity, as `part` (with no body: it is stored by then)."""
+        """Remember `item` by identity, as `part`."""
         old = self._objects.pop(id(item), None)
         if old is not None:
             self.object_bytes -= old[1].size
@@ -232,10 +241,10 @@ class Namer:
         return self.redactor(encode(request[part.field][part.position]).decode())
 
 
-def _starts_with(items: list[Any], named: list[Any]) -> bool:
-    """Whether `items` starts with the very objects of `named` (not empty)."""
+def starts_with(items: Sequence[Any], named: Sequence[Any]) -> bool:
+    """Whether `items` starts with the very objects of `named` (not empty); compared in C."""
     return (len(named) <= len(items) and named[-1] is items[len(named) - 1]
-            and all(a is b for a, b in zip(named, items, strict=False)))
+            and all(map(is_, named, items)))
 
 
 class Interner:

@@ -537,11 +537,12 @@ class Journal:
         if turn is None or turn.request is not request:
             return
         fields: dict[str, list[Any]] = {}
-        for part in prepared.parts:
-            items = fields.get(part.field)
-            if items is None:
-                items = fields[part.field] = list(request[part.field])
-            items[part.position] = self.interner.intern(part.key, items[part.position], part.size)
+        intern = self.interner.intern
+        for field, parts in prepared.fields.items():
+            if parts:
+                items = fields[field] = list(request[field])
+                for part in parts:
+                    items[part.position] = intern(part.key, items[part.position], part.size)
         if fields:
             turn.request = {**request, **fields}
 

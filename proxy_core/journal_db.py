@@ -30,8 +30,11 @@ import logging
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from .contents import PART_FIELDS, Namer, Part, PreparedRequest
+import orjson
+
+from .contents import PART_FIELDS, Namer, Part, PreparedRequest, starts_with
 from .secrets import Redactor
 
 log = logging.getLogger(__name__)
@@ -158,6 +161,9 @@ def _migrate(conn: sqlite3.Connection, tables: set[str], redactor: Redactor) -> 
         if not request:
             continue
         writer.write(conn, turn_id, session_id, namer.prepare(request), lambda part: "")
+        # One transaction for all: a failure drops this writer with it, so what it
+        # remembers may count as committed (and stays bounded).
+        writer.commit()
         count += 1
     if "requests" in tables:
         conn.execute("DROP TABLE requests")
@@ -198,13 +204,33 @@ def sent_messages_id(turn_id: str, attempt: object) -> str:
     return f"{turn_id}/sent/{attempt}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """A part list as written: its parts (held, so their ids stay theirs) and row ids."""
+
+    field: str
+    parts: tuple[Part, ...]
+    ids: list[int]
+    session_id: str
+
+
 class RequestWriter:
     """Writes prepared requests, remembering which parts are on disk (by name → row id)
     and which parts each recent session already refers to (`session_parts`).
 
+    A session's next request starts with the very part objects of its last
+    one (`Namer` keeps them), so each field's part list is also remembered
+    with its row ids (a few per first part, for a turn's request and the
+    repaired messages it sent): a list that starts with one written before
+    takes those ids whole, and only its new parts are looked up one by one.
+
     Call `commit()` after the transaction commits and `forget()` after a
     rollback or after parts were deleted: the memory is only of committed rows.
     """
+
+    #: Part lists remembered per (field, first part), and first parts remembered.
+    LISTS_PER_START = 4
+    STARTS = 16
 
     def __init__(self, capacity: int = 50_000, sessions: int = 64) -> None:
         self.capacity = capacity
@@ -213,6 +239,9 @@ class RequestWriter:
         self._new: dict[str, int] = {}
         self._pairs: OrderedDict[str, set[int]] = OrderedDict()  # session -> its parts
         self._new_pairs: dict[str, set[int]] = {}
+        #: (field, id(first part)) -> [(parts, their row ids, session)], most recent last
+        self._lists: OrderedDict[tuple[str, int], list[_Written]] = OrderedDict()
+        self._new_lists: list[_Written] = []
 
     def write(self, conn: sqlite3.Connection, turn_id: str, session_id: str,
               prepared: PreparedRequest, body_of: Callable[[Part], str]) -> bool:
@@ -220,25 +249,49 @@ class RequestWriter:
         if conn.execute("SELECT 1 FROM turn_requests WHERE id = ?", (turn_id,)).fetchone():
             return False
         fields: dict[str, list[int]] = {}
-        for part in prepared.parts:
-            content = self._ids.get(part.name) or self._new.get(part.name)
-            if content is None:
-                digest = bytes.fromhex(part.name)
-                found = conn.execute("SELECT id FROM contents WHERE hash = ?", (digest,)).fetchone()
-                if found is not None:
-                    content = int(found[0])
-                else:
-                    body = part.body if part.body is not None else body_of(part)
-                    content = int(conn.execute(
-                        "INSERT INTO contents (hash, body) VALUES (?, ?) RETURNING id",
-                        (digest, body)).fetchone()[0])
-                    conn.execute("INSERT INTO content_refs (id, n) VALUES (?, 0)", (content,))
-                self._new[part.name] = content
-            fields.setdefault(part.field, []).append(content)
+        referred: set[int] = set()  # the session refers to these already
+        for field, parts in prepared.fields.items():
+            if not parts:
+                continue
+            written = self._written_prefix(field, parts)
+            ids = list(written.ids) if written is not None else []
+            if written is not None and written.session_id == session_id:
+                referred.update(ids)
+            for part in parts[len(ids):]:
+                ids.append(self._content(conn, part, prepared.bodies, body_of))
+            fields[field] = ids
+            self._new_lists.append(_Written(field, parts, ids, session_id))
         conn.execute("INSERT INTO turn_requests (id, skeleton, parts) VALUES (?, ?, ?)",
-                     (turn_id, prepared.skeleton, json.dumps(fields, separators=(",", ":"))))
-        self._refer(conn, session_id, {c for ids in fields.values() for c in ids})
+                     (turn_id, prepared.skeleton, orjson.dumps(fields).decode()))
+        self._refer(conn, session_id, {c for ids in fields.values() for c in ids} - referred)
         return True
+
+    def _content(self, conn: sqlite3.Connection, part: Part, bodies: dict[str, str],
+                 body_of: Callable[[Part], str]) -> int:
+        """The row id of a part's content, inserted if it is not stored."""
+        content = self._ids.get(part.name) or self._new.get(part.name)
+        if content is not None:
+            return content
+        digest = bytes.fromhex(part.name)
+        found = conn.execute("SELECT id FROM contents WHERE hash = ?", (digest,)).fetchone()
+        if found is not None:
+            content = int(found[0])
+        else:
+            body = bodies.get(part.name)
+            content = int(conn.execute(
+                "INSERT INTO contents (hash, body) VALUES (?, ?) RETURNING id",
+                (digest, body if body is not None else body_of(part))).fetchone()[0])
+            conn.execute("INSERT INTO content_refs (id, n) VALUES (?, 0)", (content,))
+        self._new[part.name] = content
+        return content
+
+    def _written_prefix(self, field: str, parts: tuple[Part, ...]) -> _Written | None:
+        """The longest list written lately that `parts` starts with (the very objects)."""
+        kept = self._lists.get((field, id(parts[0])))
+        if not kept:
+            return None
+        return max((w for w in kept if starts_with(parts, w.parts)),
+                   key=lambda w: len(w.parts), default=None)
 
     def _refer(self, conn: sqlite3.Connection, session_id: str, contents: set[int]) -> None:
         """Note that the session refers to these parts: only pairs it did not have count."""
@@ -253,6 +306,16 @@ class RequestWriter:
             added.add(content)
 
     def commit(self) -> None:
+        for written in self._new_lists:
+            key = (written.field, id(written.parts[0]))
+            kept = [w for w in self._lists.get(key, ())
+                    if not starts_with(written.parts, w.parts)]
+            kept.append(written)
+            self._lists[key] = kept[-self.LISTS_PER_START:]
+            self._lists.move_to_end(key)
+        self._new_lists.clear()
+        while len(self._lists) > self.STARTS:
+            self._lists.popitem(last=False)
         ids = self._ids
         ids.update(self._new)
         for name in self._new:
@@ -269,6 +332,8 @@ class RequestWriter:
             pairs.popitem(last=False)
 
     def forget(self) -> None:
+        self._lists.clear()
+        self._new_lists.clear()
         self._ids.clear()
         self._new.clear()
         self._pairs.clear()

@@ -41,10 +41,10 @@ def test_a_secret_learnt_later_renames_and_redacts_parts_already_named() -> None
     namer = Namer(redactor)
     messages = history(5)
     before = namer.prepare(request(messages))
-    assert all(SECRET in (p.body or "") for p in before.parts)
+    assert all(SECRET in before.bodies[p.name] for p in before.parts)
     redactor.add(SECRET)
     after = namer.prepare(request(messages))
-    assert all(p.body is not None and SECRET not in p.body for p in after.parts)
+    assert all(SECRET not in after.bodies[p.name] for p in after.parts)
     assert [p.name for p in after.parts] != [p.name for p in before.parts]
 
 
@@ -58,7 +58,7 @@ def test_objects_held_for_naming_are_bounded() -> None:
 def test_a_list_that_extends_one_named_lately_takes_its_parts_whole() -> None:
     namer = Namer(Redactor())
     messages = history(40)
-    namer.prepare(request(messages))
+    first = namer.prepare(request(messages))
     longer = [*messages, {"role": "user", "content": "one more"}]
     with mock.patch.object(Namer, "_hold", wraps=namer._hold) as hold:
         prepared = namer.prepare(request(longer))
@@ -66,7 +66,8 @@ def test_a_list_that_extends_one_named_lately_takes_its_parts_whole() -> None:
     fresh = Namer(Redactor()).prepare(request(longer))
     assert [(p.field, p.position, p.key, p.name, p.size) for p in prepared.parts] == \
         [(p.field, p.position, p.key, p.name, p.size) for p in fresh.parts]
-    assert all(p.body is None for p in prepared.parts[:40])  # stored by then
+    assert list(prepared.bodies) == [prepared.parts[40].name]  # the others: stored by then
+    assert contents.starts_with(prepared.fields["messages"], first.fields["messages"])
     shorter = messages[:10]  # not an extension: named one by one, the same names
     assert [p.name for p in namer.prepare(request(shorter)).parts] == \
         [p.name for p in fresh.parts[:10]]
@@ -85,18 +86,18 @@ def test_a_request_and_the_repaired_messages_it_sent_each_take_their_lists_whole
             id(m), {**m, "content": m["content"] + " (repaired)"}) for m in messages]
 
     taken: list[int] = []  # how many items each list took whole
-    named_start = Namer._named_start
+    named_prefix = Namer._named_prefix
 
-    def spy(self: Namer, field: str, items: list[Any], parts: list[Any]) -> int:
-        taken.append(named_start(self, field, items, parts))
-        return taken[-1]
+    def spy(self: Namer, field: str, items: list[Any]) -> tuple[Any, ...]:
+        taken.append(len(named_prefix(self, field, items)))
+        return named_prefix(self, field, items)
 
     namer.prepare(request(client))
     namer.prepare(request(repaired(client)))
     for turn in range(3):
         client = [*client, {"role": "user", "content": f"turn {turn}"}]
         for messages in (client, repaired(client)):
-            with mock.patch.object(Namer, "_named_start", spy):
+            with mock.patch.object(Namer, "_named_prefix", spy):
                 prepared = namer.prepare(request(messages))
             assert taken[-1] == len(messages) - 1  # all but the newest message, whole
             fresh = Namer(Redactor()).prepare(request(messages))
