@@ -60,3 +60,47 @@ def test_kept_encodings_are_bounded() -> None:
 def test_a_lone_surrogate_is_escaped_as_before() -> None:
     body = {"messages": [{"role": "user", "content": "bad \ud800 half"}]}
     assert PartEncodings().body(body) == json.dumps(body, separators=(",", ":")).encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_part, min_size=1, max_size=8),
+       st.lists(st.tuples(st.sampled_from(["grow", "cut", "edit", "copy", "other"]),
+                          st.integers(0, 8)), max_size=8))
+def test_lists_that_grow_shrink_and_are_parsed_anew_encode_as_whole_bodies_do(
+        first: list[Any], steps: list[tuple[str, int]]) -> None:
+    """Turn after turn: a list one step longer (the kept encodings plus the new items),
+    cut short, with an item in the middle changed, parsed anew (equal items, new
+    objects), or another list."""
+    encodings = PartEncodings()
+    messages = list(first)
+    for op, n in [("grow", 0), *steps]:
+        if op == "grow":
+            messages = messages + first[:n]
+        elif op == "cut":
+            messages = messages[:n]
+        elif op == "edit" and 0 < n < len(messages) - 1:  # the same first and last item
+            messages = [*messages[:n], {"edited": n}, *messages[n + 1:]]
+        elif op == "copy":
+            messages = json.loads(json.dumps(messages)) if n % 2 else list(messages)
+        else:
+            messages = [{"role": "user", "content": str(n)}, *messages]
+        turn = {"model": "m", "messages": messages, "tools": messages[:1]}
+        assert encodings.body(turn) == whole(turn)
+
+
+def test_a_longer_list_takes_the_last_ones_encodings_and_looks_up_only_its_new_items() -> None:
+    encodings = PartEncodings()
+    history = [{"role": "user", "content": f"message {i}"} for i in range(50)]
+    encodings.body({"model": "m", "messages": history})
+    new = {"role": "user", "content": "new"}
+    with mock.patch.object(PartEncodings, "_fragment", wraps=encodings._fragment) as encoded:
+        out = encodings.body({"model": "m", "messages": [*history, new]})
+    assert out == orjson.dumps({"model": "m", "messages": [*history, new]})
+    assert [call.args for call in encoded.call_args_list] == [(new,)]
+
+
+def test_kept_lists_are_bounded() -> None:
+    encodings = PartEncodings()
+    for i in range(100):  # a new list each time (another first item)
+        encodings.body({"messages": [{"role": "user", "content": f"{i}"}]})
+    assert len(encodings._lists) == encodings.LISTS
