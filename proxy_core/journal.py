@@ -49,8 +49,9 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -323,8 +324,7 @@ class Journal:
                 self._unwritten.pop(turn_id, None)
                 continue
             try:
-                self._put(row, full=True)
-                self._put_request(row)
+                self._put_with_request(row, full=True)
             except sqlite3.Error as exc:
                 self._failed("write a kept turn", exc)
                 return False
@@ -422,26 +422,38 @@ class Journal:
 
     def _write(self, row: _Row, full: bool) -> None:
         full = full or row.turn_id in self._unsaved
-        inserted = False
-
-        def put() -> None:
-            nonlocal inserted
-            inserted = self._put(row, full)
-
-        if not self._guarded("record a turn", put):
+        if self._guarded("record a turn", partial(self._put_with_request, row, full)):
+            self._unsaved.pop(row.turn_id, None)
+        else:
             self._keep(row)
-            return
-        self._unsaved.pop(row.turn_id, None)
-        if inserted:
-            # The request in the same job: a turn's first output waits for its row
-            # (`recorded`), and after kill -9 a turn in flight must be on disk with the
-            # request it was answering. The upstream has the request already; this
-            # overlaps the host's time to first token.
-            self._write_request_of(row)
 
-    def _write_request_of(self, row: _Row) -> None:
-        if not self._guarded("record a request", partial(self._put_request, row)):
-            self._keep(row)
+    def _put_with_request(self, row: _Row, full: bool) -> None:
+        """Write the row and, if it is new, the request: in one transaction.
+
+        A turn's first output waits for its row (`recorded`), and after kill -9
+        a turn in flight must be on disk with the request it was answering:
+        both or neither. The upstream has the request already; this overlaps
+        the host's time to first token.
+        """
+        with self._transaction():
+            if self._put(row, full):
+                self._put_request(row)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN ... COMMIT (one commit for what belongs together), or ROLLBACK on any
+        error; the request writer's memory follows what was committed."""
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._writer.forget()
+            raise
+        self._writer.commit()
 
     def _keep(self, row: _Row) -> None:
         """Keep the turn's latest state until writes work again (while it is in memory)."""
@@ -514,19 +526,9 @@ class Journal:
 
     def _write_parts(self, request_id: str, session_id: str, request: dict[str, Any],
                      prepared: PreparedRequest) -> None:
-        """Write a prepared request as parts, in a transaction of its own."""
-        conn = self.conn
-        conn.execute("BEGIN")
-        try:
-            self._writer.write(conn, request_id, session_id, prepared,
-                               lambda part: self.namer.body_of(request, part))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._writer.forget()
-            raise
-        self._writer.commit()
+        """Write a prepared request as parts (in the caller's transaction)."""
+        self._writer.write(self.conn, request_id, session_id, prepared,
+                           lambda part: self.namer.body_of(request, part))
 
     def _share(self, turn_id: str, request: dict[str, Any], prepared: PreparedRequest) -> None:
         """Let the turn in memory hold the same message objects as earlier turns.
@@ -555,16 +557,23 @@ class Journal:
         self._do(partial(self._write_wire_of, turn.id, turn.session_id, captures))
 
     def _write_wire_of(self, turn_id: str, session_id: str, captures: list[WireCapture]) -> None:
-        for capture in captures:
-            if capture.messages is not None:
-                self._guarded("record the messages sent upstream", partial(
-                    self._write_sent_messages, turn_id, session_id, capture))
+        """The raw answer and the repaired messages sent, in one transaction."""
         try:
-            data = self._encode_wire(captures)
+            data: bytes | None = self._encode_wire(captures)
         except Exception:  # a bug of ours: the turn stays, without its raw answer
             log.exception("journal: could not encode the upstream answer of %s", turn_id)
-            return
-        self._write_wire(turn_id, data)
+            data = None
+
+        def write() -> None:
+            with self._transaction():
+                for capture in captures:
+                    if capture.messages is not None:
+                        self._write_sent_messages(turn_id, session_id, capture)
+                if data is not None:
+                    self.conn.execute("INSERT OR REPLACE INTO wire (id, data) VALUES (?, ?)",
+                                      (turn_id, data))
+
+        self._guarded("record the upstream answer and the messages sent", write)
 
     def _write_sent_messages(self, turn_id: str, session_id: str, capture: WireCapture) -> None:
         """The repaired messages an attempt sent, stored as parts like a request's.
@@ -593,10 +602,6 @@ class Journal:
         except (orjson.JSONEncodeError, TypeError):  # a lone surrogate in the messages
             text = self._json({"attempts": attempts}, True)
         return zlib.compress(text.encode("utf-8", "surrogatepass"), WIRE_COMPRESSION)
-
-    def _write_wire(self, turn_id: str, data: bytes) -> None:
-        self._guarded("record an upstream answer", lambda: self.conn.execute(
-            "INSERT OR REPLACE INTO wire (id, data) VALUES (?, ?)", (turn_id, data)))
 
     def wire(self, turn_id: str) -> dict[str, Any] | None:
         """The raw upstream answer of a turn, per attempt (`capture.WireCapture.encode`)."""

@@ -242,3 +242,33 @@ def test_a_record_orjson_refuses_is_written_by_json_instead(tmp_path: Path) -> N
     assert record["text"] == "half a pair: \ud83d, then more"
     assert record["usage"]["prompt_tokens"] == 2**70
     journal.close()
+
+
+def test_a_turns_row_and_its_request_are_written_together_or_not_at_all(
+        tmp_path: Path) -> None:
+    """One transaction: after kill -9 a turn on disk has its request. A request that
+    cannot be written leaves no row behind; the turn is kept and both go in later."""
+    from unittest import mock
+
+    from proxy_core import journal_db
+    from proxy_core.journal import Journal
+    from proxy_core.record import Turn
+    from proxy_core.secrets import Redactor
+    from proxy_core.store import TurnStore
+
+    store = TurnStore()
+    journal = Journal.open(tmp_path / "j.sqlite3", Redactor(), store)
+    turn = Turn(id="turn_pair", session_id="ses_pair", model="m", route="m", stream=True,
+                request={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    store.add(turn)
+    with mock.patch.object(journal_db.RequestWriter, "write",
+                           side_effect=sqlite3.OperationalError("database or disk is full")):
+        journal.save(turn)
+    assert journal.turn("turn_pair") is None  # not the row without its request
+    assert journal.status()["failed_writes"] == 1
+
+    journal.save(Turn(id="turn_next", session_id="ses_pair", model="m", route="m",
+                      stream=True, request={"model": "m", "messages": []}))
+    record = journal.turn("turn_pair")  # written again once writes work
+    assert record is not None and record["request"] == turn.request
+    journal.close()
