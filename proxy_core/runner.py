@@ -14,11 +14,36 @@ asyncio loop is used.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+#: The cyclic collector's thresholds (`gc.set_threshold`); see `tune_gc`.
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def tune_gc() -> None:
+    """Collect young objects every 10,000 allocations, not 700 (Python's default).
+
+    The proxy keeps recent conversations parsed (hundreds of thousands of
+    objects at agent sizes) and allocates a few containers per relayed
+    chunk: at the default, the collector ran ~30 times a second under load,
+    promoting survivors that then made the full collections rarer but 90 ms
+    long. Measured at 500 KB with 8 clients: collection time 0.53 -> 0.16 ms
+    per request, full (gen2) collections gone from a 10 s run; a young
+    collection takes ~6 ms instead of ~0.6 ms, every ~20 requests instead
+    of every ~3. `SWITCHBOARD_GC=700,10,10` sets other thresholds.
+    """
+    wanted = os.environ.get("SWITCHBOARD_GC", "").strip()
+    try:
+        thresholds = tuple(int(v) for v in wanted.split(",")) if wanted else GC_THRESHOLDS
+        gc.set_threshold(*thresholds)
+    except (ValueError, TypeError):
+        gc.set_threshold(*GC_THRESHOLDS)
 
 
 def loop_name() -> str:
@@ -34,6 +59,7 @@ def loop_name() -> str:
 
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Run `main` to completion on a new loop, like `asyncio.run`."""
+    tune_gc()
     if loop_name() == "uvloop":
         import uvloop
         return uvloop.run(main)
