@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any
 
+from ..contents import starts_with
 from .ids import kimi_id
 from .json_args import repair_json_arguments
 from .memory import RememberedCall, ToolCallMemory
@@ -244,9 +245,8 @@ class _Kept:
         end = self.end
         if len(messages) < end or (len(messages) > end and messages[end].get("role") == "tool"):
             return False
-        for a, b in zip(self.messages, messages[:end], strict=True):
-            if a is not b:
-                return False
+        if not starts_with(messages, self.messages):
+            return False
         return memory is self.state.memory and all(
             (memory.recall(call_id) if memory is not None else None) is answer
             for call_id, answer in self.state.answers)
