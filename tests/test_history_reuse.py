@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy_core.repairs.history import HistoryRepairs, repair_history
+from proxy_core.repairs.history import HistoryRepairs, _Kept, repair_history
 from proxy_core.repairs.memory import RememberedCall, ToolCallMemory
 from proxy_core.repairs.profiles import KIMI, STRUCTURAL, RepairPlan
 
@@ -122,6 +123,28 @@ def test_a_growing_session_is_repaired_from_its_last_group_on() -> None:
     for history in growing_session(30, "{'path': 'a'"):
         assert repairs.repair(history, KIMI) == repair_history(history, KIMI, memory)
     assert repairs.reused == 29
+
+
+def test_only_the_longest_kept_repair_that_fits_asks_the_memory_again() -> None:
+    """Every kept repair of a session starts like its next turn; the longest is checked
+    first, and the shorter ones are not checked at all."""
+    memory = ToolCallMemory()
+    repairs = HistoryRepairs(memory)
+    turns = growing_session(8, "{}")
+    for history in turns[:6]:
+        repairs.repair(history, KIMI)
+    (kept,) = repairs._kept.values()
+    assert len(kept) == repairs.per_history  # all start like the next turn
+    checked: list[int] = []
+    fits = _Kept.fits
+
+    def spy(kept: _Kept, messages: list[dict[str, Any]], memory: Any) -> bool:
+        checked.append(kept.end)
+        return fits(kept, messages, memory)
+
+    with mock.patch.object(_Kept, "fits", spy):
+        assert repairs.repair(turns[7], KIMI) == repair_history(turns[7], KIMI, memory)
+    assert checked == [max(k.end for k in kept)]
 
 
 def growing_session(turns: int, arguments: str) -> list[list[dict[str, Any]]]:

@@ -202,8 +202,10 @@ class HistoryRepairs:
             return repair_history(messages, plan, self.memory, placeholder=placeholder)
         key = (id(messages[0]), plan, placeholder)
         kept_here = self._kept.pop(key, None) or []
-        best = max((k for k in kept_here if k.fits(messages, self.memory)),
-                   key=lambda k: k.end, default=None)
+        # The longest that fits: tried longest first, since all of a session's kept
+        # repairs start like its history and each check asks the memory again.
+        best = next((k for k in sorted(kept_here, key=_end, reverse=True)
+                     if k.fits(messages, self.memory)), None)
         if best is not None:
             start, out = best.end, list(best.out)
             notes, state = [list(step) for step in best.notes], best.state.copy()
@@ -229,6 +231,10 @@ class HistoryRepairs:
         rest, more = _run(messages[end:], plan, state, placeholder)
         return out + rest, [note for step, added in zip(notes, more, strict=True)
                             for note in step + added]
+
+
+def _end(kept: _Kept) -> int:
+    return kept.end
 
 
 class _Kept:
