@@ -252,13 +252,21 @@ class Interner:
 
     Holds up to `max_bytes` of parts (by encoded size), least recently used
     dropped first: a dropped part stays alive in the turns that hold it,
-    later turns just get their own copy.
+    later turns just get their own copy. `share` does a whole part list,
+    and remembers the last `LISTS` it did: a list whose parts start with
+    the very parts of one (`Namer` hands a turn the last turn's) takes that
+    one's shared items whole, and only its new items are looked up.
     """
+
+    LISTS = 16
 
     def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
         self._parts: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        #: (field, id(first part)) -> (the parts, the shared items they stand for)
+        self._lists: OrderedDict[tuple[str, int], tuple[tuple[Part, ...], list[Any]]] = \
+            OrderedDict()
 
     def intern(self, key: str, value: Any, size: int) -> Any:
         held = self._parts.get(key)
@@ -271,6 +279,24 @@ class Interner:
             _, (_, dropped) = self._parts.popitem(last=False)
             self.bytes -= dropped
         return value
+
+    def share(self, field: str, parts: tuple[Part, ...], items: list[Any]) -> list[Any]:
+        """`items` (named as `parts`) with each item replaced by its shared object."""
+        shared = list(items)
+        start = 0
+        key = (field, id(parts[0]))
+        kept = self._lists.get(key)
+        if kept is not None and starts_with(parts, kept[0]):
+            start = len(kept[0])
+            shared[:start] = kept[1]
+        intern = self.intern
+        for part in parts[start:]:
+            shared[part.position] = intern(part.key, shared[part.position], part.size)
+        self._lists[key] = (parts, shared)
+        self._lists.move_to_end(key)
+        while len(self._lists) > self.LISTS:
+            self._lists.popitem(last=False)
+        return shared
 
     def __len__(self) -> int:
         return len(self._parts)

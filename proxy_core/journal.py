@@ -540,13 +540,8 @@ class Journal:
         turn = self.store.get(turn_id)
         if turn is None or turn.request is not request:
             return
-        fields: dict[str, list[Any]] = {}
-        intern = self.interner.intern
-        for field, parts in prepared.fields.items():
-            if parts:
-                items = fields[field] = list(request[field])
-                for part in parts:
-                    items[part.position] = intern(part.key, items[part.position], part.size)
+        fields = {field: self.interner.share(field, parts, request[field])
+                  for field, parts in prepared.fields.items() if parts}
         if fields:
             turn.request = {**request, **fields}
 

@@ -3,11 +3,15 @@ again — but never at the cost of a name, a body or a redaction that differs.""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from unittest import mock
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from proxy_core import contents
-from proxy_core.contents import Namer
+from proxy_core.contents import Interner, Namer
 from proxy_core.secrets import Redactor
 
 SECRET = "correct-horse-battery-staple-42"  # no pattern finds it: learnt by name
@@ -103,3 +107,52 @@ def test_a_request_and_the_repaired_messages_it_sent_each_take_their_lists_whole
             fresh = Namer(Redactor()).prepare(request(messages))
             assert [(p.position, p.key, p.name, p.size) for p in prepared.parts] == \
                 [(p.position, p.key, p.name, p.size) for p in fresh.parts]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["grow", "restart", "cut", "edit", "repaired"]),
+                          st.integers(0, 4)), min_size=1, max_size=12))
+def test_shared_lists_are_equal_to_the_turns_and_hold_one_object_per_part(
+        steps: list[tuple[str, int]]) -> None:
+    """Whatever a session does (grow, be parsed anew, be cut short, have a message
+    edited, be sent repaired),
+    each turn's shared list equals its own and holds, for each distinct message, the
+    one object the interner holds — taken whole for a list that extends the last."""
+    namer, interner = Namer(Redactor()), Interner()
+    messages = [{"role": "system", "content": "agent"}]
+    repaired_of: dict[int, dict[str, Any]] = {}
+    for op, n in steps:
+        if op == "grow":
+            messages = [*messages, *({"role": "user", "content": f"m{len(messages) + i}"}
+                                     for i in range(n))]
+        elif op == "restart":
+            messages = json.loads(json.dumps(messages))
+        elif op == "cut":
+            messages = messages[:n + 1]
+        elif op == "edit" and 0 < n < len(messages):  # the same first message, not a prefix
+            messages = [*messages[:n], {"role": "user", "content": f"edited {n}"},
+                        *messages[n + 1:]]
+        sent = messages if op != "repaired" else [
+            repaired_of.setdefault(id(m), {**m, "content": m["content"] + "!"})
+            for m in messages]
+        prepared = namer.prepare(request(sent))
+        shared = interner.share("messages", prepared.fields["messages"], sent)
+        assert shared == sent
+        for part, item in zip(prepared.fields["messages"], shared, strict=True):
+            assert interner.intern(part.key, {}, part.size) is item
+
+
+def test_a_list_that_extends_one_shared_looks_up_only_its_new_items() -> None:
+    namer, interner = Namer(Redactor()), Interner()
+    messages = history(30)
+    interner.share("messages", namer.prepare(request(messages)).fields["messages"], messages)
+    longer = [*messages, {"role": "user", "content": "new"}]
+    parts = namer.prepare(request(longer)).fields["messages"]
+    with mock.patch.object(Interner, "intern", wraps=interner.intern) as intern:
+        shared = interner.share("messages", parts, longer)
+    assert intern.call_count == 1 and shared == longer
+    assert all(a is b for a, b in zip(shared, messages, strict=False))
+    for i in range(40):  # lists of other conversations: a few are remembered, not all
+        other = [{"role": "user", "content": f"other {i}"}]
+        interner.share("messages", namer.prepare(request(other)).fields["messages"], other)
+    assert len(interner._lists) == interner.LISTS
