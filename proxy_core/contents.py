@@ -18,13 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
-from operator import is_
 from typing import Any
 
 import orjson
 
+from .list_memo import ListMemo
 from .secrets import Redactor
 
 #: The request fields whose list items are stored as parts, in this order.
@@ -134,8 +133,7 @@ class Namer:
         #: turn's list starts with the very items of one, whose parts are then taken whole.
         #: Several per first item: a turn's request and the repaired messages it sent
         #: start with the same system prompt and part ways at the first repaired message.
-        self._lists: OrderedDict[tuple[str, int], list[tuple[list[Any], tuple[Part, ...]]]] = \
-            OrderedDict()
+        self._lists: ListMemo[tuple[Part, ...]] = ListMemo(per_start=self.LISTS_PER_START)
         self._generation = redactor.generation
         self._forget = False
 
@@ -186,35 +184,13 @@ class Namer:
                     self._hold(item, part)
                 parts.append(part)
             named[field_name] = prefix + tuple(parts) if parts else prefix
-            if items:
-                self._keep_list(field_name, items, named[field_name])
+            self._lists.keep(field_name, items, named[field_name])
         return PreparedRequest(self.redactor(encode(skeleton).decode()), named, bodies)
 
     def _named_prefix(self, field_name: str, items: list[Any]) -> tuple[Part, ...]:
         """The parts of the longest list named lately that `items` starts with (or none)."""
-        if not items:
-            return ()
-        kept_here = self._lists.get((field_name, id(items[0])))
-        if kept_here is None:
-            return ()
-        best = max((kept for kept in kept_here if starts_with(items, kept[0])),
-                   key=lambda kept: len(kept[0]), default=None)
-        if best is None:
-            return ()
-        self._lists.move_to_end((field_name, id(items[0])))
-        return best[1]
-
-    def _keep_list(self, field_name: str, items: list[Any], parts: tuple[Part, ...]) -> None:
-        """Remember a part list as named (its first item held, so its id stays its own);
-        lists it extends are dropped, and at most `LISTS_PER_START` kept per first item."""
-        key = (field_name, id(items[0]))
-        kept_here = [kept for kept in self._lists.get(key, ())
-                     if not starts_with(items, kept[0])]
-        kept_here.append((list(items), parts))
-        self._lists[key] = kept_here[-self.LISTS_PER_START:]
-        self._lists.move_to_end(key)
-        while len(self._lists) > 16:
-            self._lists.popitem(last=False)
+        found = self._lists.find(field_name, items)
+        return found[1] if found is not None else ()
 
     def _hold(self, item: Any, part: Part) -> None:
         """Remember `item` by identity, as `part`."""
@@ -241,12 +217,6 @@ class Namer:
         return self.redactor(encode(request[part.field][part.position]).decode())
 
 
-def starts_with(items: Sequence[Any], named: Sequence[Any]) -> bool:
-    """Whether `items` starts with the very objects of `named` (not empty); compared in C."""
-    return (len(named) <= len(items) and named[-1] is items[len(named) - 1]
-            and all(map(is_, named, items)))
-
-
 class Interner:
     """One shared object per distinct part, so turns in memory share their history.
 
@@ -264,9 +234,8 @@ class Interner:
         self.max_bytes = max_bytes
         self.bytes = 0
         self._parts: OrderedDict[str, tuple[Any, int]] = OrderedDict()
-        #: (field, id(first part)) -> (the parts, the shared items they stand for)
-        self._lists: OrderedDict[tuple[str, int], tuple[tuple[Part, ...], list[Any]]] = \
-            OrderedDict()
+        #: part lists shared lately -> the shared items they stand for
+        self._lists: ListMemo[list[Any]] = ListMemo(starts=self.LISTS)
 
     def intern(self, key: str, value: Any, size: int) -> Any:
         held = self._parts.get(key)
@@ -284,18 +253,14 @@ class Interner:
         """`items` (named as `parts`) with each item replaced by its shared object."""
         shared = list(items)
         start = 0
-        key = (field, id(parts[0]))
-        kept = self._lists.get(key)
-        if kept is not None and starts_with(parts, kept[0]):
-            start = len(kept[0])
-            shared[:start] = kept[1]
+        found = self._lists.find(field, parts)
+        if found is not None:
+            start = found[0]
+            shared[:start] = found[1]
         intern = self.intern
         for part in parts[start:]:
             shared[part.position] = intern(part.key, shared[part.position], part.size)
-        self._lists[key] = (parts, shared)
-        self._lists.move_to_end(key)
-        while len(self._lists) > self.LISTS:
-            self._lists.popitem(last=False)
+        self._lists.keep(field, parts, shared)
         return shared
 
     def __len__(self) -> int:

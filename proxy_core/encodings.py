@@ -20,7 +20,8 @@ from typing import Any
 
 import orjson
 
-from .contents import PART_FIELDS, starts_with
+from .contents import PART_FIELDS
+from .list_memo import ListMemo
 
 
 class PartEncodings:
@@ -43,8 +44,8 @@ class PartEncodings:
         self.max_bytes = max_bytes
         self.bytes = 0
         self._kept: OrderedDict[int, tuple[Any, orjson.Fragment, int]] = OrderedDict()
-        #: (field, id(first item)) -> (the list's items, their encodings)
-        self._lists: OrderedDict[tuple[str, int], tuple[list[Any], list[Any]]] = OrderedDict()
+        #: part lists encoded lately -> their encodings
+        self._lists: ListMemo[list[Any]] = ListMemo(starts=self.LISTS)
 
     def body(self, body: dict[str, Any]) -> bytes:
         """`body` as compact JSON (orjson; what orjson refuses, `json` escapes)."""
@@ -62,18 +63,14 @@ class PartEncodings:
         """The list's encodings, from the kept ones of the list it extends."""
         if not items:
             return items
-        key = (field, id(items[0]))
-        kept = self._lists.get(key)
-        if kept is not None and starts_with(items, kept[0]):
-            start, encoded = len(kept[0]), kept[1]
+        found = self._lists.find(field, items)
+        if found is not None:
+            start, encoded = found
             if start < len(items):
                 encoded = encoded + [self._fragment(item) for item in items[start:]]
         else:
             encoded = [self._fragment(item) for item in items]
-        self._lists[key] = (list(items), encoded)
-        self._lists.move_to_end(key)
-        while len(self._lists) > self.LISTS:
-            self._lists.popitem(last=False)
+        self._lists.keep(field, items, encoded)
         return encoded
 
     def _fragment(self, item: Any) -> Any:

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from .contents import PART_FIELDS, Namer, Part, PreparedRequest, starts_with
+from .contents import PART_FIELDS, Namer, Part, PreparedRequest
+from .list_memo import ListMemo
 from .secrets import Redactor
 
 log = logging.getLogger(__name__)
@@ -206,10 +207,8 @@ def sent_messages_id(turn_id: str, attempt: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Written:
-    """A part list as written: its parts (held, so their ids stay theirs) and row ids."""
+    """A part list's row ids, and the session it was written for."""
 
-    field: str
-    parts: tuple[Part, ...]
     ids: list[int]
     session_id: str
 
@@ -239,9 +238,8 @@ class RequestWriter:
         self._new: dict[str, int] = {}
         self._pairs: OrderedDict[str, set[int]] = OrderedDict()  # session -> its parts
         self._new_pairs: dict[str, set[int]] = {}
-        #: (field, id(first part)) -> [(parts, their row ids, session)], most recent last
-        self._lists: OrderedDict[tuple[str, int], list[_Written]] = OrderedDict()
-        self._new_lists: list[_Written] = []
+        self._lists: ListMemo[_Written] = ListMemo(self.STARTS, self.LISTS_PER_START)
+        self._new_lists: list[tuple[str, tuple[Part, ...], _Written]] = []
 
     def write(self, conn: sqlite3.Connection, turn_id: str, session_id: str,
               prepared: PreparedRequest, body_of: Callable[[Part], str]) -> bool:
@@ -253,14 +251,14 @@ class RequestWriter:
         for field, parts in prepared.fields.items():
             if not parts:
                 continue
-            written = self._written_prefix(field, parts)
-            ids = list(written.ids) if written is not None else []
-            if written is not None and written.session_id == session_id:
+            found = self._lists.find(field, parts)
+            ids = list(found[1].ids) if found is not None else []
+            if found is not None and found[1].session_id == session_id:
                 referred.update(ids)
             for part in parts[len(ids):]:
                 ids.append(self._content(conn, part, prepared.bodies, body_of))
             fields[field] = ids
-            self._new_lists.append(_Written(field, parts, ids, session_id))
+            self._new_lists.append((field, parts, _Written(ids, session_id)))
         conn.execute("INSERT INTO turn_requests (id, skeleton, parts) VALUES (?, ?, ?)",
                      (turn_id, prepared.skeleton, orjson.dumps(fields).decode()))
         self._refer(conn, session_id, {c for ids in fields.values() for c in ids} - referred)
@@ -285,14 +283,6 @@ class RequestWriter:
         self._new[part.name] = content
         return content
 
-    def _written_prefix(self, field: str, parts: tuple[Part, ...]) -> _Written | None:
-        """The longest list written lately that `parts` starts with (the very objects)."""
-        kept = self._lists.get((field, id(parts[0])))
-        if not kept:
-            return None
-        return max((w for w in kept if starts_with(parts, w.parts)),
-                   key=lambda w: len(w.parts), default=None)
-
     def _refer(self, conn: sqlite3.Connection, session_id: str, contents: set[int]) -> None:
         """Note that the session refers to these parts: only pairs it did not have count."""
         known = self._pairs.get(session_id)
@@ -306,16 +296,9 @@ class RequestWriter:
             added.add(content)
 
     def commit(self) -> None:
-        for written in self._new_lists:
-            key = (written.field, id(written.parts[0]))
-            kept = [w for w in self._lists.get(key, ())
-                    if not starts_with(written.parts, w.parts)]
-            kept.append(written)
-            self._lists[key] = kept[-self.LISTS_PER_START:]
-            self._lists.move_to_end(key)
+        for field, parts, written in self._new_lists:
+            self._lists.keep(field, parts, written)
         self._new_lists.clear()
-        while len(self._lists) > self.STARTS:
-            self._lists.popitem(last=False)
         ids = self._ids
         ids.update(self._new)
         for name in self._new:

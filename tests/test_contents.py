@@ -10,7 +10,7 @@ from unittest import mock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy_core import contents
+from proxy_core import contents, list_memo
 from proxy_core.contents import Interner, Namer
 from proxy_core.secrets import Redactor
 
@@ -71,7 +71,7 @@ def test_a_list_that_extends_one_named_lately_takes_its_parts_whole() -> None:
     assert [(p.field, p.position, p.key, p.name, p.size) for p in prepared.parts] == \
         [(p.field, p.position, p.key, p.name, p.size) for p in fresh.parts]
     assert list(prepared.bodies) == [prepared.parts[40].name]  # the others: stored by then
-    assert contents.starts_with(prepared.fields["messages"], first.fields["messages"])
+    assert list_memo.starts_with(prepared.fields["messages"], first.fields["messages"])
     shorter = messages[:10]  # not an extension: named one by one, the same names
     assert [p.name for p in namer.prepare(request(shorter)).parts] == \
         [p.name for p in fresh.parts[:10]]
@@ -155,4 +155,4 @@ def test_a_list_that_extends_one_shared_looks_up_only_its_new_items() -> None:
     for i in range(40):  # lists of other conversations: a few are remembered, not all
         other = [{"role": "user", "content": f"other {i}"}]
         interner.share("messages", namer.prepare(request(other)).fields["messages"], other)
-    assert len(interner._lists) == interner.LISTS
+    assert len(interner._lists.sizes()) == interner.LISTS

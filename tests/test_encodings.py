@@ -103,4 +103,4 @@ def test_kept_lists_are_bounded() -> None:
     encodings = PartEncodings()
     for i in range(100):  # a new list each time (another first item)
         encodings.body({"messages": [{"role": "user", "content": f"{i}"}]})
-    assert len(encodings._lists) == encodings.LISTS
+    assert len(encodings._lists.sizes()) == encodings.LISTS

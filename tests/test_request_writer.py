@@ -143,7 +143,7 @@ def test_a_list_that_extends_one_written_takes_its_ids_whole() -> None:
         assert len(looked_up) == (len(body["messages"]) + 1 if turn == 0 else 2)
         looked_up.clear()
     # What it remembers is bounded: a list per field here, none waiting for a commit...
-    assert [len(kept) for kept in writer._lists.values()] == [1, 1]
+    assert writer._lists.sizes() == [1, 1]
     assert not writer._new_lists
     # ... and a few per first part, however many lists part ways after it.
     for branch in range(10):
@@ -152,4 +152,4 @@ def test_a_list_that_extends_one_written_takes_its_ids_whole() -> None:
         writer.write(conn, f"b{branch}", "s", namer.prepare(body), lambda part: "")
         conn.execute("COMMIT")
         writer.commit()
-    assert max(len(kept) for kept in writer._lists.values()) == writer.LISTS_PER_START
+    assert max(writer._lists.sizes()) == writer.LISTS_PER_START

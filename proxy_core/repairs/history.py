@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any
 
-from ..contents import starts_with
+from ..list_memo import starts_with
 from .ids import kimi_id
 from .json_args import repair_json_arguments
 from .memory import RememberedCall, ToolCallMemory
