@@ -112,13 +112,13 @@ class Namer:
     the very items of a list named lately takes their parts whole (lists
     are kept for the last 16 first items, up to `LISTS_PER_START` each).
     Up to `max_bytes` of encodings are remembered, least recently used
-    dropped first (parts above `max_bytes / 16` are not). It starts afresh when the redactor learns a
-    secret (text redacted before may hold it) and after `forget()` (the
+    dropped first (parts above `max_bytes / 16` are not). It starts afresh
+    when the redactor learns a secret (text redacted before may hold it) and after `forget()` (the
     journal dropped parts). Runs on one thread at a time (the journal's
     writer); `forget` may come from any.
     """
 
-    #: Part lists kept per first item (see `_lists`).
+    #: Part lists kept per first item (see `_lists`; 16 first items are kept).
     LISTS_PER_START = 4
 
     def __init__(self, redactor: Redactor, max_bytes: int = 32 * 1024 * 1024) -> None:
@@ -129,10 +129,10 @@ class Namer:
         self._known: OrderedDict[bytes, tuple[str, str]] = OrderedDict()  # -> (key, name)
         #: id(item) -> (item, its Part), for parts named as that very object
         self._objects: OrderedDict[int, tuple[Any, Part]] = OrderedDict()
-        #: (field, id(first item)) -> part lists named lately, with their parts: the next
-        #: turn's list starts with the very items of one, whose parts are then taken whole.
-        #: Several per first item: a turn's request and the repaired messages it sent
-        #: start with the same system prompt and part ways at the first repaired message.
+        #: Part lists named lately, with their parts: the next turn's list starts with the
+        #: very items of one, whose parts are then taken whole. Several per first item: a
+        #: turn's request and the repaired messages it sent start with the same system
+        #: prompt and part ways at the first repaired message.
         self._lists: ListMemo[tuple[Part, ...]] = ListMemo(per_start=self.LISTS_PER_START)
         self._generation = redactor.generation
         self._forget = False
