@@ -113,9 +113,9 @@ class Namer:
     are kept for the last 16 first items, up to `LISTS_PER_START` each).
     Up to `max_bytes` of encodings are remembered, least recently used
     dropped first (parts above `max_bytes / 16` are not). It starts afresh
-    when the redactor learns a secret (text redacted before may hold it) and after `forget()` (the
-    journal dropped parts). Runs on one thread at a time (the journal's
-    writer); `forget` may come from any.
+    when the redactor learns a secret (text redacted before may hold it)
+    and after `forget()` (the journal dropped parts). Runs on one thread at
+    a time (the journal's writer); `forget` may come from any.
     """
 
     #: Part lists kept per first item (see `_lists`; 16 first items are kept).

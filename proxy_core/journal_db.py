@@ -261,7 +261,7 @@ class RequestWriter:
             self._new_lists.append((field, parts, _Written(ids, session_id)))
         conn.execute("INSERT INTO turn_requests (id, skeleton, parts) VALUES (?, ?, ?)",
                      (turn_id, prepared.skeleton, orjson.dumps(fields).decode()))
-        self._refer(conn, session_id, {c for ids in fields.values() for c in ids} - referred)
+        self._refer(conn, session_id, set().union(*fields.values()) - referred)
         return True
 
     def _content(self, conn: sqlite3.Connection, part: Part, bodies: dict[str, str],
