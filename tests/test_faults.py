@@ -339,11 +339,13 @@ async def test_trickle_after_output_is_a_mid_stream_stall(
 async def test_a_slow_but_steady_upstream_is_not_a_stall(
         raw_upstream: RawUpstream, proxy_factory: Any, client: httpx.AsyncClient) -> None:
     """Whole events at a slow pace are progress: only silence counts against the watchdog."""
-    proxy = await raw_proxy(proxy_factory, raw_upstream, first_token_timeout=0.5,
-                            idle_timeout=0.5)
+    # Six gaps of 0.25 s: 1.5 s in all, past one timeout, each well inside one (the
+    # margin left for a loaded machine's scheduling delays; 0.3 s of it once was not).
+    proxy = await raw_proxy(proxy_factory, raw_upstream, first_token_timeout=1.0,
+                            idle_timeout=1.0)
     steps: list[Any] = [SSE_HEAD]
     for i in range(6):
-        steps += [Pause(0.2), text_event(f"{i} ")]
+        steps += [Pause(0.25), text_event(f"{i} ")]
     raw_upstream.scripts = [steps + [finish_events()]]
     response, payloads = await stream_chat(client, proxy.base_url)
     assert content_of(payloads) == "0 1 2 3 4 5 " and stream_errors(payloads) == []
