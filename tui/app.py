@@ -20,6 +20,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.widgets import Footer, Input, OptionList, TabbedContent
 from textual.worker import Worker, WorkerState
 
@@ -216,6 +217,15 @@ class SwitchboardApp(App[int]):
     def redraw(self, *, force: bool = False) -> None:
         if not self._live_ui():
             return  # not mounted yet, or shutting down
+        try:
+            self._redraw(force)
+        except NoMatches:
+            # Every widget is composed once and stays while the app runs, so a missing
+            # one means the teardown has begun pruning them (leaves first) while a last
+            # batch of events is handled: there is nothing left to draw.
+            return
+
+    def _redraw(self, force: bool) -> None:
         assert self._widgets is not None and self.palette is not None
         table, _, _, sessions = self._widgets
         now = self.clock()
