@@ -10,6 +10,14 @@ ends with the second is that request plus what lies between: only the new
 messages are parsed and checked, and the request reuses the earlier one's
 parsed messages, which are then the same objects in both turns.
 
+A body can also be a recent one cut back: the same bytes up to the end of
+one of its messages, then the same closing fields. That is an agent's
+history after an undo (opencode's `/undo`, a revert) or an earlier turn
+sent again. Its messages are the first ones of the earlier request, as
+the same objects, and nothing is parsed. Where each message of the earlier
+body ends is worked out when first needed (msgspec splits the array into
+raw values) and kept.
+
 Exact, not heuristic: identical bytes up to the end of a complete value
 leave a JSON parser in the same state, so the prefix means what it meant
 before; the new messages must parse on their own as a comma-led list of
@@ -28,9 +36,11 @@ which is correct, only slower.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import orjson
@@ -41,6 +51,7 @@ from .openai_wire import ChatRequest, check_message, loads_clean, parse_chat_req
 #: JSON's whitespace (bytes.strip() would also take \x0b and \x0c, which JSON refuses).
 _WS = b" \t\n\r"
 _SPLIT: msgspec.json.Decoder[dict[str, msgspec.Raw]] = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_ITEMS: msgspec.json.Decoder[list[msgspec.Raw]] = msgspec.json.Decoder(list[msgspec.Raw])
 
 
 def parse_json_body(raw: bytes) -> object:
@@ -54,14 +65,17 @@ def parse_json_body(raw: bytes) -> object:
                                  code="invalid_json") from None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Known:
     """A body seen recently, and where in it its messages end."""
 
     raw: bytes
+    open: int     # the `[` that opens the messages array
     end: int      # just after the last message
     close: int    # the `]` that closes the messages array: raw[close:] is the suffix
     request: ChatRequest
+    #: Just after each message, once a cut-back body asked (see `_message_ends`).
+    ends: list[int] | None = None
 
 
 class RequestParser:
@@ -90,8 +104,14 @@ class RequestParser:
             extended = _extend(known, raw)
             if extended is not None:
                 request, end, close = extended
-                self._forget(slot)
-                self._remember(_Known(raw, end, close, request))
+                self._forget(slot)  # what it knew, the new one knows too
+                self._remember(_Known(raw, known.open, end, close, request))
+                self.hits += 1
+                return request
+            cut = _cut_back(known, raw)
+            if cut is not None:  # the longer one stays: the agent may go back to it
+                request, ends, close = cut
+                self._remember(_Known(raw, known.open, ends[-1], close, request, ends))
                 self.hits += 1
                 return request
         request = parse_chat_request(parse_json_body(raw))
@@ -151,14 +171,73 @@ def _extend(known: _Known, raw: bytes) -> tuple[ChatRequest, int, int] | None:
             check_message(i, message)
         messages = before.messages + new
         end = known.end + len(middle.rstrip(_WS))
+    return _with_messages(before, messages), end, stop
+
+
+def _cut_back(known: _Known, raw: bytes) -> tuple[ChatRequest, list[int], int] | None:
+    """`raw` as `known`'s request with only its first messages, with where they end and
+    where the array closes; None if it is not that.
+
+    `raw` must be `known.raw` up to just after one of its messages (not the
+    last: that is `_extend`'s case), JSON whitespace, then its suffix.
+    """
+    old = known.raw
+    stop = len(raw) - (len(old) - known.close)
+    if stop <= known.open or not raw.endswith(memoryview(old)[known.close:]):
+        return None
+    cut = stop
+    while cut > known.open and raw[cut - 1] in _WS:
+        cut -= 1
+    if not (known.open + 1 < cut < known.end and raw.startswith(memoryview(old)[:cut])):
+        return None
+    ends = _message_ends(known)
+    if ends is None:
+        return None
+    count = bisect.bisect_left(ends, cut)
+    if count == len(ends) or ends[count] != cut:
+        return None  # cut inside a message
+    ends = ends[:count + 1]
+    return _with_messages(known.request, known.request.messages[:count + 1]), ends, stop
+
+
+def _message_ends(known: _Known) -> list[int] | None:
+    """Where each message of `known.raw` ends (kept on `known`); None if they cannot be
+    matched to the bytes."""
+    if known.ends is not None:
+        return known.ends
+    raw = known.raw
+    try:
+        items = _ITEMS.decode(memoryview(raw)[known.open:known.close + 1])
+    except msgspec.DecodeError:
+        return None
+    if len(items) != len(known.request.messages):
+        return None
+    ends: list[int] = []
+    pos = known.open + 1
+    for i, item in enumerate(items):
+        pos = _skip(raw, pos)
+        if i:
+            if raw[pos:pos + 1] != b",":
+                return None
+            pos = _skip(raw, pos + 1)
+        data = memoryview(item)
+        if not raw.startswith(data, pos):
+            return None
+        pos += len(data)
+        ends.append(pos)
+    known.ends = ends
+    return ends
+
+
+def _with_messages(before: ChatRequest, messages: list[dict[str, Any]]) -> ChatRequest:
     body = dict(before.body)
     body["messages"] = messages
-    request = ChatRequest(before.model, messages, before.stream, before.include_usage, body)
-    return request, end, stop
+    return ChatRequest(before.model, messages, before.stream, before.include_usage, body)
 
 
-def _locate_messages(raw: bytes) -> tuple[int, int] | None:
-    """Where the messages end and their array closes in `raw`; None if not found.
+def _locate_messages(raw: bytes) -> tuple[int, int, int] | None:
+    """Where the messages array opens, its messages end and it closes in `raw`; None if
+    not found.
 
     The top level is split into raw values by msgspec, then walked as
     `{"key": value, ...}` with each key and value compared in place, JSON
@@ -176,7 +255,7 @@ def _locate_messages(raw: bytes) -> tuple[int, int] | None:
     if raw[pos:pos + 1] != b"{":
         return None
     pos += 1
-    where: tuple[int, int] | None = None
+    where: tuple[int, int, int] | None = None
     for i, (key, value) in enumerate(fields.items()):
         pos = _skip(raw, pos)
         if i:
@@ -200,7 +279,7 @@ def _locate_messages(raw: bytes) -> tuple[int, int] | None:
             end = close
             while raw[end - 1:end] in (b" ", b"\t", b"\n", b"\r"):
                 end -= 1
-            where = (end, close)
+            where = (pos, end, close)
         pos += len(data)
     pos = _skip(raw, pos)
     if raw[pos:pos + 1] != b"}" or _skip(raw, pos + 1) != len(raw):

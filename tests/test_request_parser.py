@@ -83,6 +83,41 @@ def test_the_same_body_again_is_a_hit_with_nothing_new() -> None:
     assert parser.hits == 1
 
 
+def test_a_history_cut_back_is_the_earlier_parse_cut_back() -> None:
+    """An undo, or an earlier turn sent again: the first messages of a body parsed lately,
+    as the very objects, with nothing parsed; and the longer body is still known."""
+    parser = RequestParser()
+    long = parser.parse(compact(session_body(6)))
+    for steps in (2, 0):
+        raw = compact(session_body(steps))
+        request = parser.parse(raw)
+        assert request == parse_chat_request(json.loads(raw))
+        assert all(a is b for a, b in zip(request.messages, long.messages, strict=False))
+    assert (parser.hits, parser.misses) == (2, 1)
+    parser = RequestParser(max_bodies=2)
+    long = parser.parse(compact(session_body(6)))
+    parser.parse(compact(session_body(6, model="other")))
+    again = parser.parse(compact(session_body(3)))  # the longer one stayed
+    assert all(a is b for a, b in zip(again.messages, long.messages, strict=False))
+    assert (parser.hits, parser.misses) == (1, 2)
+
+
+def test_a_cut_back_pretty_body_is_reused_and_a_cut_inside_a_message_is_not() -> None:
+    parser = RequestParser()
+    parser.parse(json.dumps(session_body(4), indent=1).encode())
+    shorter = json.dumps(session_body(1), indent=1).encode()
+    assert reused(parser, shorter) == whole(shorter) and parser.hits == 1
+    parser = RequestParser()
+    raw = compact(session_body(4))
+    parser.parse(raw)
+    close = raw.index(b'],"tools"')
+    for cut in (raw.index(b'"content"', close - 200), raw.index(b"{", close - 200) + 1):
+        inside = raw[:cut] + raw[close:]  # bytes of the earlier body, cut inside a message
+        assert reused(parser, inside) == whole(inside)
+        assert reused(parser, inside)[0] == "error"
+    assert parser.hits == 0
+
+
 def test_a_new_message_that_is_wrong_gets_the_index_a_whole_parse_gives() -> None:
     parser = RequestParser()
     parser.parse(compact(session_body(2)))
@@ -177,9 +212,11 @@ def sessions(draw: st.DrawFn) -> list[bytes]:
     bodies: list[bytes] = []
     for _ in range(draw(st.integers(1, 6))):
         action = draw(st.sampled_from(["grow", "grow", "grow", "same", "edit", "option",
-                                       "cut", "corrupt", "pretty"]))
+                                       "undo", "cut", "cut inside", "corrupt", "pretty"]))
         if action == "grow":
             messages = messages + draw(st.lists(_message, min_size=1, max_size=3))
+        elif action == "undo":  # back to an earlier point of the history, even to nothing
+            messages = messages[:draw(st.integers(0, len(messages)))]
         elif action == "edit" and messages:
             i = draw(st.integers(0, len(messages) - 1))
             messages = [*messages[:i], draw(_message), *messages[i + 1:]]
@@ -190,6 +227,12 @@ def sessions(draw: st.DrawFn) -> list[bytes]:
                else orjson.dumps(body) if draw(st.booleans()) else compact(body))
         if action == "cut":
             raw = raw[:draw(st.integers(0, len(raw)))]
+        elif action == "cut inside":  # the messages array cut anywhere, its closing kept
+            raw = compact(body)
+            empty = compact({**body, "messages": []})
+            start = empty.index(b'"messages":[') + len(b'"messages":[')
+            close = len(raw) - (len(empty) - start)
+            raw = raw[:draw(st.integers(start, close))] + raw[close:]
         elif action == "corrupt" and raw:
             at = draw(st.integers(0, len(raw) - 1))
             raw = raw[:at] + draw(st.binary(max_size=4)) + raw[at + draw(st.integers(0, 4)):]
