@@ -404,8 +404,14 @@ class Run:
 
 #: The size of every request's conversation (`--context-kb`): 0 is a one-line prompt.
 _CONTEXT_KB = 0
-#: Each target's session at that size: its requests, and which one goes next.
-_SESSIONS: dict[tuple[str, str], tuple[list[bytes], int]] = {}
+#: Each target's session at that size: its first history's requests, the current
+#: history's, which one goes next, and how many histories it has begun.
+_SESSIONS: dict[tuple[str, str], tuple[list[bytes], list[bytes], int, int]] = {}
+#: What every ten turns begin (`--restart`): "new", a new history; "undo", the first
+#: request of the same history again.
+_RESTART = "new"
+#: The user's prompt in every agent-sized request; a new history asks it with its number.
+_PROMPT = b"build a small calculator module with tests"
 
 
 def set_context(kb: int) -> None:
@@ -417,14 +423,24 @@ def set_context(kb: int) -> None:
 def request_body(base: str, model: str) -> bytes:
     """The next request of `base`'s session for `model` at the current context size.
 
-    A session of ten turns, each the one before plus an agent step, then
-    it starts again from the first: what an agent sends, and what lets a
-    proxy reuse the previous turn's work (a restart cannot). Every target
-    walks the same ten bodies, so each sees the same sizes.
+    Ten turns, each the one before plus an agent step, as an agent sends
+    them: what lets a proxy reuse the previous turn's work. Then a new
+    history begins: the same ten bodies with the user's prompt numbered,
+    so from the second message on nothing is a request seen before, and
+    the turn is parsed, repaired, encoded and named whole, as an agent's
+    first turn is. (`--restart undo` begins the same history again
+    instead: the first body is then the last one cut back, as after an
+    undo.) Every target walks the same bodies, so each sees the same sizes.
     """
     key = (base, model)
-    bodies, turn = _SESSIONS.get(key) or (agent_session_bytes(_CONTEXT_KB, model), 0)
-    _SESSIONS[key] = (bodies, (turn + 1) % len(bodies))
+    first, bodies, turn, history = _SESSIONS.get(key) or (
+        (made := agent_session_bytes(_CONTEXT_KB, model)), made, 0, 0)
+    if turn == len(bodies):
+        turn, history = 0, history + 1
+        if _RESTART == "new" and len(first) > 1:
+            numbered = _PROMPT + b" (history %d)" % history
+            bodies = [body.replace(_PROMPT, numbered, 1) for body in first]
+    _SESSIONS[key] = (first, bodies, turn + 1, history)
     return bodies[turn]
 
 
@@ -901,6 +917,10 @@ def main() -> None:
                         help="also run the proxy of another checkout (e.g. a worktree of main), "
                              "with repairs, in the same run: a before/after comparison that the "
                              "machine's noise cannot skew; several, comma-separated, for several")
+    parser.add_argument("--restart", choices=("new", "undo"), default="new",
+                        help="at agent sizes, what begins every tenth turn: a new history "
+                             "(default), or the first request of the same one again, as after "
+                             "an undo")
     parser.add_argument("--no-repairs", action="store_true",
                         help="skip the proxy+repairs column")
     parser.add_argument("--no-floor", action="store_true",
@@ -918,6 +938,8 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; known: {', '.join(SCENARIOS)}")
     sizes = [int(v) for v in args.context_kb.split(",")] if args.context_kb else None
+    global _RESTART
+    _RESTART = args.restart
 
     ctx = mp.get_context("spawn")
     started = time.perf_counter()
