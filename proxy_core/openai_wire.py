@@ -14,7 +14,7 @@ import json
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import Any
 
@@ -29,13 +29,19 @@ from .stream import (
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
-    """A validated client request. `body` is the client's JSON, untouched."""
+    """A validated client request. `body` is the client's JSON, untouched.
+
+    `raw` is the body as the client sent it, when `body` is exactly what it
+    says: orjson read it as written (`loads_clean` replaced no lone
+    surrogate). `RequestParser` sets it; None where unknown.
+    """
 
     model: str
     messages: list[dict[str, Any]]
     stream: bool
     include_usage: bool
     body: dict[str, Any]
+    raw: bytes | None = field(default=None, compare=False, repr=False)
 
 
 #: Message roles of the chat-completions API (`function` is the legacy one).

@@ -26,6 +26,7 @@ import asyncio
 import copy
 import itertools
 import logging
+import operator
 import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
@@ -93,9 +94,10 @@ class LiveTurn:
     """The handle on a turn in flight: what manual actions and heartbeats need."""
 
     __slots__ = ("turn", "route", "committed", "action", "timeout", "attempt", "size",
-                 "failures", "timeouts")
+                 "failures", "timeouts", "raw")
 
-    def __init__(self, turn: Turn, route: RouteSettings, size: int) -> None:
+    def __init__(self, turn: Turn, route: RouteSettings, size: int,
+                 raw: bytes | None = None) -> None:
         self.turn = turn
         self.route = route
         self.committed = False
@@ -106,6 +108,7 @@ class LiveTurn:
         self.size = size          # the request's size in bytes, for learned deadlines
         self.failures = 0         # automatic attempts that failed (against max_attempts)
         self.timeouts: dict[str, int] = {}  # target -> attempts the watchdog ended
+        self.raw = raw            # the request as the client sent it (`ChatRequest.raw`)
 
     def interrupt(self, action: ManualAction) -> None:
         """Stop the current attempt at its next wait (or now, if it is waiting)."""
@@ -220,11 +223,16 @@ class Pipeline:
         return itertools.cycle([t for t in ordered for _ in range(per_target)])
 
     async def run(self, turn: Turn, route: RouteSettings, *,
-                  first: Target | None = None, first_reason: str = "initial"
-                  ) -> AsyncGenerator[StreamPart, None]:
-        """Yield the client's parts; raise `TurnAborted` when the turn cannot complete."""
+                  first: Target | None = None, first_reason: str = "initial",
+                  raw: bytes | None = None) -> AsyncGenerator[StreamPart, None]:
+        """Yield the client's parts; raise `TurnAborted` when the turn cannot complete.
+
+        `raw` is the request's body as the client sent it, when it says exactly
+        what `turn.request` says (`ChatRequest.raw`): an attempt whose body is
+        the client's unchanged sends it as is.
+        """
         # A rerun by hand has no body as received: its size is measured once, off the hot path.
-        live = LiveTurn(turn, route, turn.request_bytes or len(encode(turn.request)))
+        live = LiveTurn(turn, route, turn.request_bytes or len(encode(turn.request)), raw)
         self.live[turn.id] = live
         watchdog = route.watchdog
         plan = self._plan(route, first)
@@ -452,7 +460,8 @@ class Pipeline:
                                   lambda note: self._repair(turn, note))
         answered = False  # text or a call reached the client (reasoning alone does not count)
         finished = False
-        parts = upstream.stream(UpstreamRequest(model=model, body=body, capture=capture))
+        raw = live.raw if live.raw is not None and _unchanged(turn.request, body) else None
+        parts = upstream.stream(UpstreamRequest(model=model, body=body, capture=capture, raw=raw))
         idle = attempt.idle_deadline or live.route.watchdog.idle_timeout
         loop = asyncio.get_running_loop()
         watch = Deadline(loop.time() + (attempt.first_output_deadline
@@ -772,6 +781,33 @@ def _answers(part: StreamPart) -> bool:
 
 def _empty_reply(target: Target) -> EmptyReply:
     return EmptyReply(f"empty reply from {target}: the turn ended with no text and no tool call")
+
+
+def _unchanged(client_body: dict[str, Any], body: dict[str, Any]) -> bool:
+    """Whether `body` (an attempt's, re-modelled and repaired) says exactly what the
+    client's body said: the same model, streamed with usage as asked, the same
+    messages (the very objects: repairs make new ones for what they change) and
+    the very same values for everything else. Checked in C for the messages."""
+    if client_body.get("stream") is not True or client_body.get("model") != body.get("model"):
+        return False
+    options = client_body.get("stream_options")
+    if type(options) is not dict or len(options) != 1 or options.get("include_usage") is not True:
+        return False
+    if len(body) != len(client_body):
+        return False
+    for key, value in client_body.items():
+        mine = body.get(key, _MISSING)
+        if mine is value or key in _REMODELLED:
+            continue
+        if key != "messages" or type(mine) is not list or type(value) is not list \
+                or len(mine) != len(value) or not all(map(operator.is_, mine, value)):
+            return False
+    return True
+
+
+#: What `_upstream_body` sets, which `_unchanged` compares by value.
+_REMODELLED = frozenset({"model", "stream", "stream_options"})
+_MISSING = object()
 
 
 def _upstream_body(client_body: dict[str, Any], model: str) -> dict[str, Any]:

@@ -37,6 +37,7 @@ which is correct, only slower.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -114,7 +115,13 @@ class RequestParser:
                 self._remember(_Known(raw, known.open, ends[-1], close, request, ends))
                 self.hits += 1
                 return request
-        request = parse_chat_request(parse_json_body(raw))
+        try:
+            payload, exact = orjson.loads(raw), True
+        except orjson.JSONDecodeError:  # `loads_clean`'s other paths, or the error
+            payload, exact = parse_json_body(raw), False
+        request = parse_chat_request(payload)
+        if exact:  # read as written: the bytes say what the request says
+            request = dataclasses.replace(request, raw=raw)
         self.misses += 1
         if len(raw) <= self.max_bytes // 4:
             where = _locate_messages(raw)
@@ -155,23 +162,29 @@ def _extend(known: _Known, raw: bytes) -> tuple[ChatRequest, int, int] | None:
     middle = raw[known.end:stop]
     added = middle.strip(_WS)
     before = known.request
+    exact = True
     if not added:
         messages = before.messages
         end = known.end
     else:
         if added[:1] != b",":
             return None
+        listed = b"[" + added[1:] + b"]"
         try:
-            new = loads_clean(b"[" + added[1:] + b"]")
-        except (ValueError, UnicodeDecodeError):
-            return None  # parsed whole, for the error message a whole parse gives
+            new = orjson.loads(listed)
+        except orjson.JSONDecodeError:
+            try:
+                new = loads_clean(listed)
+            except (ValueError, UnicodeDecodeError):
+                return None  # parsed whole, for the error message a whole parse gives
+            exact = False
         if not new:  # "[...,]": a trailing comma is not JSON
             return None
         for i, message in enumerate(new, start=len(before.messages)):
             check_message(i, message)
         messages = before.messages + new
         end = known.end + len(middle.rstrip(_WS))
-    return _with_messages(before, messages), end, stop
+    return _with_messages(before, messages, raw if exact else None), end, stop
 
 
 def _cut_back(known: _Known, raw: bytes) -> tuple[ChatRequest, list[int], int] | None:
@@ -197,7 +210,8 @@ def _cut_back(known: _Known, raw: bytes) -> tuple[ChatRequest, list[int], int] |
     if count == len(ends) or ends[count] != cut:
         return None  # cut inside a message
     ends = ends[:count + 1]
-    return _with_messages(known.request, known.request.messages[:count + 1]), ends, stop
+    request = known.request
+    return (_with_messages(request, request.messages[:count + 1], raw), ends, stop)
 
 
 def _message_ends(known: _Known) -> list[int] | None:
@@ -229,10 +243,14 @@ def _message_ends(known: _Known) -> list[int] | None:
     return ends
 
 
-def _with_messages(before: ChatRequest, messages: list[dict[str, Any]]) -> ChatRequest:
+def _with_messages(before: ChatRequest, messages: list[dict[str, Any]], raw: bytes | None
+                   ) -> ChatRequest:
+    """`before` with these messages, read from `raw` (None: not exactly as written, when
+    `before` was not either or the new part was not)."""
     body = dict(before.body)
     body["messages"] = messages
-    return ChatRequest(before.model, messages, before.stream, before.include_usage, body)
+    return ChatRequest(before.model, messages, before.stream, before.include_usage, body,
+                       raw if before.raw is not None else None)
 
 
 def _locate_messages(raw: bytes) -> tuple[int, int, int] | None:

@@ -332,7 +332,7 @@ class OpenAIFront:
             turn, route = self.pipeline.open_turn(chat, exchange.headers, len(raw))
         except ClientRequestError as exc:
             return exchange.reply(exc.status, error_body(exc.message, type_=exc.type, code=exc.code))
-        async with aclosing(self.pipeline.run(turn, route)) as parts:
+        async with aclosing(self.pipeline.run(turn, route, raw=chat.raw)) as parts:
             if not chat.stream:
                 builder = CompletionBuilder(chat.model)
                 try:

@@ -256,6 +256,7 @@ class SeenRequest:
     headers: dict[str, str]  # names lower-cased
     body: Any  # parsed JSON, or the raw text when it is not JSON
     at: float = field(default_factory=time.monotonic)
+    raw: bytes = b""  # the body's bytes as they arrived
 
 
 class FakeUpstream:
@@ -318,7 +319,8 @@ class FakeUpstream:
         except ValueError:
             body = raw.decode("utf-8", "replace")
         self.requests.append(SeenRequest(request.method, request.path,
-                                         {k.lower(): v for k, v in request.headers.items()}, body))
+                                         {k.lower(): v for k, v in request.headers.items()}, body,
+                                         raw=raw))
         reply = self._script.popleft() if self._script else self.default
         try:
             return await reply(request, self)

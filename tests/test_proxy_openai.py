@@ -113,6 +113,64 @@ async def test_request_body_is_forwarded_intact_except_model_and_streaming(
     assert sent == expected
 
 
+def _as_written(body: dict[str, Any]) -> bytes:
+    """`body` in a shape no encoder of ours writes: indented, keys in the client's order."""
+    return json.dumps(body, indent=3, ensure_ascii=True).encode()
+
+
+async def test_a_body_that_needs_no_change_goes_upstream_as_the_client_sent_it(
+        fake_upstream: FakeUpstream, proxy_factory: Any, client: httpx.AsyncClient) -> None:
+    """Nothing to re-model or repair: the client's bytes are sent, not an encoding of them."""
+    proxy = await proxy_factory(openai_config(fake_upstream.base_url, upstream_model=MODEL)
+                                .replace('repairs = "none"', 'repairs = "kimi"'))
+    body = chat_body(stream_options={"include_usage": True}, temperature=0.5)
+    for turn in range(3):  # a whole parse, then turns that extend and cut back the last
+        raw = _as_written(body)
+        response = await client.post(proxy.base_url + CHAT_PATH, content=raw,
+                                     headers={"Content-Type": "application/json"})
+        assert response.status_code == 200
+        assert fake_upstream.chat_requests[-1].raw == raw
+        body = (chat_body(stream_options={"include_usage": True}, temperature=0.5) if turn
+                else {**body, "messages": body["messages"] + [
+                    {"role": "assistant", "content": "Hello"},
+                    {"role": "user", "content": "Again"}]})
+
+
+@pytest.mark.parametrize("change", ["model", "no usage asked", "usage as 1", "lone surrogate",
+                                    "repaired history"])
+async def test_a_body_that_needs_a_change_goes_upstream_changed(
+        change: str, fake_upstream: FakeUpstream, proxy_factory: Any,
+        client: httpx.AsyncClient) -> None:
+    config = openai_config(fake_upstream.base_url,
+                           upstream_model=UPSTREAM_MODEL if change == "model" else MODEL)
+    proxy = await proxy_factory(config.replace('repairs = "none"', 'repairs = "kimi"'))
+    body = chat_body(stream_options={"include_usage": 1 if change == "usage as 1" else True})
+    if change == "no usage asked":
+        del body["stream_options"]
+    if change == "repaired history":  # an assistant tool call without its reasoning
+        call = {"id": "call_x", "type": "function", "function": {"name": "read", "arguments": "{}"}}
+        body["messages"] += [{"role": "assistant", "content": None, "tool_calls": [call]},
+                             {"role": "tool", "tool_call_id": "call_x", "content": "1"}]
+    raw = _as_written(body)
+    if change == "lone surrogate":
+        body["messages"][-1]["content"] += "\ufffd"  # what the lone one is read as
+        raw = raw.replace(b'"Say hello"', b'"Say hello\\ud800"')
+    response = await client.post(proxy.base_url + CHAT_PATH, content=raw,
+                                 headers={"Content-Type": "application/json"})
+    assert response.status_code == 200
+    (seen,) = fake_upstream.chat_requests
+    assert seen.raw != raw
+    sent = dict(seen.body)
+    assert sent.pop("model") == (UPSTREAM_MODEL if change == "model" else MODEL)
+    assert sent.pop("stream_options") == {"include_usage": True}
+    expected = {k: v for k, v in body.items() if k not in ("model", "stream_options")}
+    if change == "repaired history":  # reasoning filled in, the call's id made Kimi's own
+        (call,) = sent["messages"][2]["tool_calls"]
+        assert sent["messages"][2]["reasoning_content"] and call["id"] == "functions.read:0"
+        assert sent.pop("messages")[:2] == expected.pop("messages")[:2]
+    assert sent == expected
+
+
 async def test_tool_call_fragments_are_delivered_whole_in_one_delta(
         fake_upstream: FakeUpstream, proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:
     fake_upstream.script(sse(

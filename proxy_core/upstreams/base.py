@@ -20,6 +20,9 @@ class UpstreamRequest:
     model: str
     body: dict[str, Any]
     capture: WireCapture | None = None
+    #: `body` as the client sent it, when the two say exactly the same: an adapter
+    #: that speaks the client's format may send these bytes instead of encoding `body`.
+    raw: bytes | None = None
 
 
 class Upstream(Protocol):

@@ -163,7 +163,8 @@ class OpenAIUpstream:
         clean = False  # the body was read to its end: the connection can be reused
         try:
             try:
-                body = self._encodings.body(request.body)
+                body = request.raw if request.raw is not None else \
+                    self._encodings.body(request.body)
                 response = await session.post(self._url, data=body, headers=self._headers(),
                                               proxy=proxy)
                 capture = request.capture
