@@ -198,9 +198,7 @@ def _cut_back(known: _Known, raw: bytes) -> tuple[ChatRequest, list[int], int] |
     stop = len(raw) - (len(old) - known.close)
     if stop <= known.open or not raw.endswith(memoryview(old)[known.close:]):
         return None
-    cut = stop
-    while cut > known.open and raw[cut - 1] in _WS:
-        cut -= 1
+    cut = _skip_back(raw, stop, known.open)
     if not (known.open + 1 < cut < known.end and raw.startswith(memoryview(old)[:cut])):
         return None
     ends = _message_ends(known)
@@ -229,15 +227,8 @@ def _message_ends(known: _Known) -> list[int] | None:
     ends: list[int] = []
     pos = known.open + 1
     for i, item in enumerate(items):
-        pos = _skip(raw, pos)
-        if i:
-            if raw[pos:pos + 1] != b",":
-                return None
-            pos = _skip(raw, pos + 1)
-        data = memoryview(item)
-        if not raw.startswith(data, pos):
+        if i and (pos := _after(raw, pos, b",")) < 0 or (pos := _after(raw, pos, item)) < 0:
             return None
-        pos += len(data)
         ends.append(pos)
     known.ends = ends
     return ends
@@ -275,30 +266,18 @@ def _locate_messages(raw: bytes) -> tuple[int, int, int] | None:
     pos += 1
     where: tuple[int, int, int] | None = None
     for i, (key, value) in enumerate(fields.items()):
-        pos = _skip(raw, pos)
-        if i:
-            if raw[pos:pos + 1] != b",":
-                return None
-            pos = _skip(raw, pos + 1)
-        name = orjson.dumps(key)
-        if not raw.startswith(name, pos):
+        if i and (pos := _after(raw, pos, b",")) < 0 \
+                or (pos := _after(raw, pos, orjson.dumps(key))) < 0 \
+                or (pos := _after(raw, pos, b":")) < 0:
             return None
-        pos = _skip(raw, pos + len(name))
-        if raw[pos:pos + 1] != b":":
-            return None
-        pos = _skip(raw, pos + 1)
-        data = memoryview(value)
-        if not raw.startswith(data, pos):
+        start = _skip(raw, pos)
+        if (pos := _after(raw, start, value)) < 0:
             return None
         if key == "messages":
-            close = pos + len(data) - 1
+            close = pos - 1
             if raw[close:close + 1] != b"]":
                 return None
-            end = close
-            while raw[end - 1:end] in (b" ", b"\t", b"\n", b"\r"):
-                end -= 1
-            where = (pos, end, close)
-        pos += len(data)
+            where = (start, _skip_back(raw, close, start + 1), close)
     pos = _skip(raw, pos)
     if raw[pos:pos + 1] != b"}" or _skip(raw, pos + 1) != len(raw):
         return None
@@ -306,6 +285,21 @@ def _locate_messages(raw: bytes) -> tuple[int, int, int] | None:
 
 
 _WHITESPACE = re.compile(rb"[ \t\n\r]*")
+
+
+def _after(raw: bytes, pos: int, token: bytes | msgspec.Raw) -> int:
+    """Just after `token`, if it comes next in `raw` from `pos` (after JSON whitespace);
+    -1 if something else does."""
+    pos = _skip(raw, pos)
+    data = memoryview(token)
+    return pos + len(data) if raw.startswith(data, pos) else -1
+
+
+def _skip_back(raw: bytes, pos: int, floor: int) -> int:
+    """The first position of the JSON whitespace that ends at `pos` (not before `floor`)."""
+    while pos > floor and raw[pos - 1] in _WS:
+        pos -= 1
+    return pos
 
 
 def _skip(raw: bytes, pos: int) -> int:
