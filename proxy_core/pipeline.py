@@ -783,6 +783,11 @@ def _empty_reply(target: Target) -> EmptyReply:
     return EmptyReply(f"empty reply from {target}: the turn ended with no text and no tool call")
 
 
+#: What `_upstream_body` sets, which `_unchanged` compares by value.
+_REMODELLED = frozenset({"model", "stream", "stream_options"})
+_MISSING = object()
+
+
 def _unchanged(client_body: dict[str, Any], body: dict[str, Any]) -> bool:
     """Whether `body` (an attempt's, re-modelled and repaired) says exactly what the
     client's body said: the same model, streamed with usage as asked, the same
@@ -803,11 +808,6 @@ def _unchanged(client_body: dict[str, Any], body: dict[str, Any]) -> bool:
                 or len(mine) != len(value) or not all(map(operator.is_, mine, value)):
             return False
     return True
-
-
-#: What `_upstream_body` sets, which `_unchanged` compares by value.
-_REMODELLED = frozenset({"model", "stream", "stream_options"})
-_MISSING = object()
 
 
 def _upstream_body(client_body: dict[str, Any], model: str) -> dict[str, Any]:

@@ -57,13 +57,27 @@ _ITEMS: msgspec.json.Decoder[list[msgspec.Raw]] = msgspec.json.Decoder(list[msgs
 
 def parse_json_body(raw: bytes) -> object:
     """The body as JSON, or a `ClientRequestError` that says why not."""
+    return _read_body(raw)[0]
+
+
+def _read_body(raw: bytes) -> tuple[object, bool]:
+    """`parse_json_body`, and whether orjson read the body as written."""
     if not raw:
         raise ClientRequestError("request body is empty; expected JSON")
     try:
-        return loads_clean(raw)
+        return _loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ClientRequestError(f"request body is not valid JSON: {exc}",
                                  code="invalid_json") from None
+
+
+def _loads(raw: bytes) -> tuple[Any, bool]:
+    """`loads_clean(raw)`, and whether orjson read it as written: the bytes then say
+    exactly what the value says (`ChatRequest.raw`)."""
+    try:
+        return orjson.loads(raw), True
+    except orjson.JSONDecodeError:  # `loads_clean`'s other paths, or its error
+        return loads_clean(raw), False
 
 
 @dataclass(slots=True)
@@ -115,10 +129,7 @@ class RequestParser:
                 self._remember(_Known(raw, known.open, ends[-1], close, request, ends))
                 self.hits += 1
                 return request
-        try:
-            payload, exact = orjson.loads(raw), True
-        except orjson.JSONDecodeError:  # `loads_clean`'s other paths, or the error
-            payload, exact = parse_json_body(raw), False
+        payload, exact = _read_body(raw)
         request = parse_chat_request(payload)
         if exact:  # read as written: the bytes say what the request says
             request = dataclasses.replace(request, raw=raw)
@@ -162,22 +173,17 @@ def _extend(known: _Known, raw: bytes) -> tuple[ChatRequest, int, int] | None:
     middle = raw[known.end:stop]
     added = middle.strip(_WS)
     before = known.request
-    exact = True
+    exact = True  # nothing new, or the new part read as written
     if not added:
         messages = before.messages
         end = known.end
     else:
         if added[:1] != b",":
             return None
-        listed = b"[" + added[1:] + b"]"
         try:
-            new = orjson.loads(listed)
-        except orjson.JSONDecodeError:
-            try:
-                new = loads_clean(listed)
-            except (ValueError, UnicodeDecodeError):
-                return None  # parsed whole, for the error message a whole parse gives
-            exact = False
+            new, exact = _loads(b"[" + added[1:] + b"]")
+        except (ValueError, UnicodeDecodeError):
+            return None  # parsed whole, for the error message a whole parse gives
         if not new:  # "[...,]": a trailing comma is not JSON
             return None
         for i, message in enumerate(new, start=len(before.messages)):
@@ -207,9 +213,8 @@ def _cut_back(known: _Known, raw: bytes) -> tuple[ChatRequest, list[int], int] |
     count = bisect.bisect_left(ends, cut)
     if count == len(ends) or ends[count] != cut:
         return None  # cut inside a message
-    ends = ends[:count + 1]
     request = known.request
-    return (_with_messages(request, request.messages[:count + 1], raw), ends, stop)
+    return _with_messages(request, request.messages[:count + 1], raw), ends[:count + 1], stop
 
 
 def _message_ends(known: _Known) -> list[int] | None:
