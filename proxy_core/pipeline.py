@@ -437,7 +437,7 @@ class Pipeline:
         turn = live.turn
         upstream = self.upstreams[target.upstream]
         model = target.model_for(turn.model)
-        body = _upstream_body(turn.request, model)
+        body, remodelled = _upstream_body(turn.request, model)
         plan = plan_for(live.route.repairs, model, upstream.kind)
         repaired_messages = False
         if plan.any:
@@ -460,7 +460,11 @@ class Pipeline:
                                   lambda note: self._repair(turn, note))
         answered = False  # text or a call reached the client (reasoning alone does not count)
         finished = False
-        raw = live.raw if live.raw is not None and _unchanged(turn.request, body) else None
+        # The client's bytes say it all when only the repairs could have changed it, and
+        # they changed no message (they make new objects for what they change).
+        sent, asked = body["messages"], turn.request["messages"]
+        raw = live.raw if live.raw is not None and not remodelled and (sent is asked or (
+            len(sent) == len(asked) and all(map(operator.is_, sent, asked)))) else None
         parts = upstream.stream(UpstreamRequest(model=model, body=body, capture=capture, raw=raw))
         idle = attempt.idle_deadline or live.route.watchdog.idle_timeout
         loop = asyncio.get_running_loop()
@@ -783,39 +787,18 @@ def _empty_reply(target: Target) -> EmptyReply:
     return EmptyReply(f"empty reply from {target}: the turn ended with no text and no tool call")
 
 
-#: What `_upstream_body` sets, which `_unchanged` compares by value.
-_REMODELLED = frozenset({"model", "stream", "stream_options"})
-_MISSING = object()
-
-
-def _unchanged(client_body: dict[str, Any], body: dict[str, Any]) -> bool:
-    """Whether `body` (an attempt's, re-modelled and repaired) says exactly what the
-    client's body said: the same model, streamed with usage as asked, the same
-    messages (the very objects: repairs make new ones for what they change) and
-    the very same values for everything else. Checked in C for the messages."""
-    if client_body.get("stream") is not True or client_body.get("model") != body.get("model"):
-        return False
-    options = client_body.get("stream_options")
-    if type(options) is not dict or len(options) != 1 or options.get("include_usage") is not True:
-        return False
-    if len(body) != len(client_body):
-        return False
-    for key, value in client_body.items():
-        mine = body.get(key, _MISSING)
-        if mine is value or key in _REMODELLED:
-            continue
-        if key != "messages" or type(mine) is not list or type(value) is not list \
-                or len(mine) != len(value) or not all(map(operator.is_, mine, value)):
-            return False
-    return True
-
-
-def _upstream_body(client_body: dict[str, Any], model: str) -> dict[str, Any]:
-    """The client's body, re-modelled for the target and always streamed."""
+def _upstream_body(client_body: dict[str, Any], model: str) -> tuple[dict[str, Any], bool]:
+    """The client's body, re-modelled for the target and always streamed with usage; and
+    whether that changed what it says (another model, or a stream or usage not asked
+    for exactly so)."""
     body = copy.copy(client_body)
+    options = client_body.get("stream_options")
+    remodelled = (client_body.get("model") != model or client_body.get("stream") is not True
+                  or type(options) is not dict or len(options) != 1
+                  or options.get("include_usage") is not True)
     body["model"] = model
     body["stream"] = True
-    options = dict(body.get("stream_options") or {})
+    options = dict(options or {})
     options["include_usage"] = True
     body["stream_options"] = options
-    return body
+    return body, remodelled
