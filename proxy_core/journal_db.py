@@ -284,16 +284,27 @@ class RequestWriter:
         return content
 
     def _refer(self, conn: sqlite3.Connection, session_id: str, contents: set[int]) -> None:
-        """Note that the session refers to these parts: only pairs it did not have count."""
+        """Note that the session refers to these parts: only pairs it did not have count.
+
+        Three statements whatever the number of parts: a new history refers to a
+        few hundred at once, and a statement per pair cost ~5 ms of the writer's
+        time on each at 500 KB. `RETURNING` gives the pairs the insert did not
+        ignore: those the session had on disk (a writer that forgot) count once.
+        """
         known = self._pairs.get(session_id)
         added = self._new_pairs.setdefault(session_id, set())
-        for content in contents:
-            if (known is not None and content in known) or content in added:
-                continue
-            if conn.execute("INSERT OR IGNORE INTO session_parts (session_id, content)"
-                            " VALUES (?, ?)", (session_id, content)).rowcount:
-                conn.execute("UPDATE content_refs SET n = n + 1 WHERE id = ?", (content,))
-            added.add(content)
+        fresh = [c for c in contents if c not in added and (known is None or c not in known)]
+        if not fresh:
+            return
+        added.update(fresh)
+        inserted = conn.execute(
+            "INSERT OR IGNORE INTO session_parts (session_id, content)"
+            " SELECT ?, value FROM json_each(?) RETURNING content",
+            (session_id, orjson.dumps(fresh).decode())).fetchall()
+        if inserted:
+            conn.execute("UPDATE content_refs SET n = n + 1 WHERE id IN"
+                         " (SELECT value FROM json_each(?))",
+                         (orjson.dumps([c for (c,) in inserted]).decode(),))
 
     def commit(self) -> None:
         for field, parts, written in self._new_lists:
