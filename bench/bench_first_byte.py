@@ -14,7 +14,8 @@ each step's p50 is printed:
     route, start attempt    -> history repairs start (open the turn, plan, deadlines)
     history repairs         the repairs' work (reusing the last turn's)
     set up the stream       -> the body is encoded (stream repairer, tool catalog)
-    encode                  the body for the upstream (reusing each message's encoding)
+    encode                  the body for the upstream (reusing each message's encoding;
+                               nothing when the client's bytes go as sent)
     build and write         -> the request's first socket write (aiohttp's client)
     model and network       -> the first network read of the answer (20 ms of it the model)
     chunk to first part     -> the pipeline records the first part (decode, watchdog, stream
@@ -75,13 +76,13 @@ def _install_marks(marks: list[tuple[str, float]]) -> None:
     from aiohttp import http_writer
 
     from proxy_core.bus import EventBus
-    from proxy_core.encodings import PartEncodings
     from proxy_core.openai_wire import ChunkEncoder
     from proxy_core.pipeline import Pipeline
     from proxy_core.repairs.history import HistoryRepairs
     from proxy_core.request_parser import RequestParser
     from proxy_core.server import OpenAIFront
     from proxy_core.sse import SSEDecoder
+    from proxy_core.upstreams.openai import OpenAIUpstream
 
     clock = time.perf_counter
     seen: set[str] = set()  # marks this turn already has (only the first of each counts)
@@ -109,7 +110,10 @@ def _install_marks(marks: list[tuple[str, float]]) -> None:
     around(OpenAIFront, "_learn_credentials", "entry", None)
     around(RequestParser, "parse", "parse called", "parsed")
     around(HistoryRepairs, "repair", "repairs called", "repaired")
-    around(PartEncodings, "body", "encode called", "encoded")
+    # The adapter opens its session, then makes the body (encoded, or the client's bytes
+    # when nothing changed them), then its headers: the encode step lies between.
+    around(OpenAIUpstream, "_open_session", "encode called", None)
+    around(OpenAIUpstream, "_headers", "encoded", None)
     around(ChunkEncoder, "event", "first part", None)
     around(Pipeline, "_record", "first part recorded", None)
 
