@@ -14,6 +14,7 @@ import json
 import sqlite3
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -60,13 +61,18 @@ def request(messages: list[dict[str, Any]]) -> dict[str, Any]:
     return {"model": "m", "messages": messages, "tools": TOOLS, "stream": True}
 
 
+# A session's new parts are counted one by one or in a batch, by how many there are:
+# each way alone, then as it chooses.
+@pytest.mark.parametrize("batch_from", [1, 10**6, journal_db.RequestWriter.BATCH_FROM])
 @settings(max_examples=150, deadline=None)
-@given(OPS)
-def test_requests_read_back_as_written_and_parts_are_counted_per_session(ops: Any) -> None:
+@given(ops=OPS)
+def test_requests_read_back_as_written_and_parts_are_counted_per_session(
+        batch_from: int, ops: Any) -> None:
     redactor = Redactor()
     conn = sqlite3.connect(":memory:", isolation_level=None)
     journal_db.create(conn, redactor)
     namer, writer, sessions = Namer(redactor), journal_db.RequestWriter(), Sessions()
+    writer.BATCH_FROM = batch_from
     written: dict[str, tuple[str, dict[str, Any]]] = {}  # request id -> (session, request)
     for number, (op, session, more) in enumerate(ops):
         if op == "prune":  # as retention prunes a whole session: the writer forgets
