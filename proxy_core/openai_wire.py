@@ -48,8 +48,9 @@ class ChatRequest:
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
 
-def parse_chat_request(body: Any) -> ChatRequest:
+def parse_chat_request(body: Any, raw: bytes | None = None) -> ChatRequest:
     """Check the shape of a chat-completions body; raise `ClientRequestError` if wrong.
+    `raw`: the bytes it was read from exactly as written, if known (`ChatRequest.raw`).
 
     Only what Switchboard itself relies on is checked (it forwards the rest
     untouched): the model, the stream flags, and each message's role, content
@@ -80,7 +81,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
             if not isinstance(tool, dict):
                 raise ClientRequestError(f"tools[{i}] must be an object")
     include_usage = bool(options and options.get("include_usage"))
-    return ChatRequest(model, messages, stream, include_usage, body)
+    return ChatRequest(model, messages, stream, include_usage, body, raw)
 
 
 def check_message(i: int, message: Any) -> None:

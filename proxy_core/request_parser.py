@@ -37,7 +37,6 @@ which is correct, only slower.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -130,9 +129,8 @@ class RequestParser:
                 self.hits += 1
                 return request
         payload, exact = _read_body(raw)
-        request = parse_chat_request(payload)
-        if exact:  # read as written: the bytes say what the request says
-            request = dataclasses.replace(request, raw=raw)
+        # Read as written (`exact`): the bytes say what the request says.
+        request = parse_chat_request(payload, raw if exact else None)
         self.misses += 1
         if len(raw) <= self.max_bytes // 4:
             where = _locate_messages(raw)
