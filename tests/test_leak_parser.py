@@ -30,6 +30,7 @@ from proxy_core.repairs.leak_parser import (
     schemas_from_openai_tools,
     strip_markers,
 )
+from proxy_core.repairs.leak_parser import _TRAIL_REV_MAX  # the longest id and its blanks
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -454,18 +455,40 @@ def test_holds_back_only_a_possible_partial_marker() -> None:
     assert p.feed(" and more") == [TextSegment("<|tool_x and ")]
 
 
-def test_plain_text_is_held_back_by_at_most_one_delta_or_one_word() -> None:
+def held_back(fed: str, shown: str) -> str:
+    assert fed.startswith(shown)
+    return fed[len(shown):]
+
+
+def test_plain_text_waits_for_at_most_its_last_word() -> None:
     p = LeakParser()
-    fed, shown, last = "", "", ""
-    for delta in ["Hello", " wor", "ld, a < b", " and c > d", " and", " more\n", "x", "y" * 300]:
+    # A host that sends several words a delta: all but the last go out at once.
+    assert texts(p.feed(" the quick brown fox")) == " the quick brown "
+    assert texts(p.feed(" jumps")) == "fox"  # a token: what was held goes, it waits
+    assert texts(p.feed(" over the lazy dog ")) == " jumps over the lazy "
+    assert p.buffered == len("dog ")
+    assert texts(p.feed("y" * 300)) == "dog " + "y" * (300 - _TRAIL_REV_MAX)
+    assert p.buffered == _TRAIL_REV_MAX  # a word longer than any id is not held whole
+    assert texts(p.finish()) == "y" * _TRAIL_REV_MAX
+
+
+plain_words = st.text(st.sampled_from(list("ab.:_- \n\t")), max_size=60)
+
+
+@given(st.lists(plain_words, max_size=12))
+@settings(max_examples=300)
+def test_property_plain_text_holds_back_only_its_last_word(deltas: list[str]) -> None:
+    """Whatever the deltas, text with no marker in it is shown up to its last word (a
+    token's leading blank may wait with it): that word, and the blanks after it, is what
+    an argument-begin marker in the next delta would take as its id."""
+    p = LeakParser()
+    fed = shown = ""
+    for delta in deltas:
         fed += delta
         shown += texts(p.feed(delta))
-        held = fed[len(shown):]
-        assert fed.startswith(shown)
-        # The last delta, or the last word with what continued it (never more than the longest id).
-        assert held in (delta, last + delta) or " " not in held.strip(), (shown, held)
-        assert len(held) <= 300
-        last = delta
+        held = held_back(fed, shown)
+        assert " " not in held.strip(), (fed, shown)
+        assert len(held) <= _TRAIL_REV_MAX
     assert shown + texts(p.finish()) == fed and p.buffered == 0
 
 

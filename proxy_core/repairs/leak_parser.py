@@ -555,18 +555,26 @@ class LeakParser:
         """Add a stream delta; return the segments that are now certain."""
         if self._word and (("<" not in delta and "{" not in delta) or _inert(delta)):
             # Fast path, plain text. An argument-begin marker in a later delta
-            # would take the word before it as its id, so that word must still
-            # be here: hold this whole delta when a word starts in it (text
-            # goes out one delta late, and nothing is copied), or add it to
-            # what is held when it only continues one (up to the longest id).
-            # No marker can open the held text (any "<" or "{" in it is inert),
-            # so `_prev` needs no update here.
+            # would take the word before it as its id, so that word (and the
+            # blanks after it) must still be here; all before it goes out now.
+            # A delta that starts one word (a token: " quick") is held whole,
+            # and what was held goes out as it is: nothing is copied. A delta of
+            # several words goes out but for its last; one that continues a
+            # word joins what is held (up to the longest id). No marker can
+            # open the held text (any "<" or "{" in it is inert), so `_prev`
+            # needs no update here.
             held = self._buf
-            if " " in delta.rstrip() and len(delta) <= _TRAIL_REV_MAX:
-                self._buf = delta
-                if not held:
-                    return []
-                shown = held
+            space = delta.rstrip().rfind(" ")  # the delta's last word starts after it
+            if space >= 0 and len(delta) <= _TRAIL_REV_MAX:
+                head = delta[:space + 1]
+                if head.isspace():  # one word starts here (a token: " quick")
+                    self._buf = delta
+                    if not held:
+                        return []
+                    shown = held
+                else:
+                    shown = held + head if held else head
+                    self._buf = delta[space + 1:]
             else:
                 text = held + delta
                 k = max(text.rstrip().rfind(" ") + 1, len(text) - _TRAIL_REV_MAX)
