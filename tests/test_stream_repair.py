@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from proxy_core.repairs.history import Note
 from proxy_core.repairs.profiles import KIMI, STRUCTURAL
 from proxy_core.repairs.stream_repair import StreamRepairer
@@ -133,3 +136,19 @@ def test_a_tools_list_gets_its_catalog_made_once() -> None:
         ToolCatalog.for_tools([dict(tools[0])])
     from proxy_core.repairs import tool_names
     assert len(tool_names._CATALOGS) <= 16
+
+
+@given(st.lists(st.tuples(st.booleans(), st.text(st.sampled_from(list("ab. \n")), max_size=40)),
+                max_size=12))
+@settings(max_examples=300)
+def test_property_prose_keeps_its_channels_however_the_words_are_held(
+        deltas: list[tuple[bool, str]]) -> None:
+    """The leak parser shows a delta's words but its last at once and holds the last: the
+    pieces it gives back cut across deltas, and each still goes to the channel (reasoning
+    or content) its characters came from."""
+    parts: list[StreamPart] = [ReasoningPart(t) if thinking else TextPart(t)
+                               for thinking, t in deltas]
+    out, notes = run([*parts, FinishPart("stop")])
+    assert text(out, ReasoningPart) == "".join(t for thinking, t in deltas if thinking)
+    assert text(out) == "".join(t for thinking, t in deltas if not thinking)
+    assert not notes and out[-1] == FinishPart("stop")
