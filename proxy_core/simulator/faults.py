@@ -195,17 +195,22 @@ def render_leak(reply: Reply, variant: LeakVariant) -> LeakedText:
     return LeakedText(f"<think>{reasoning}\n{_kimi_tokens(call, sep=' ', section=_PLURAL)}", "")
 
 
-def render_wild_leak(reply: Reply, rng: random.Random) -> tuple[LeakedText, WildLeak]:
+def render_wild_leak(reply: Reply, seed: int, seen: int) -> tuple[LeakedText, WildLeak]:
     """Render the reply's tool call in a shape drawn from the mutated grammar.
 
     A leak that starts in the reasoning ends the reasoning and opens the
     content; otherwise it follows the reply's text. A newline always
-    separates it from the prose before it.
+    separates it from the prose before it. The shape is drawn for the step
+    (its call's index, as `leak` picks its variant), not for the request's
+    text: a task leaks the same shapes for a seed whatever the client's
+    prompt says about its machine (opencode's names its working directory).
     """
     call = reply.tool_call
     if call is None:
         raise ValueError("only a tool-call reply can leak")
-    leak = wild_leak(call.name, call.arguments, call_index(call), rng)
+    index = call_index(call)
+    rng = request_rng(seed, f"call {index}", seen, "wild_shape")
+    leak = wild_leak(call.name, call.arguments, index, rng)
     if leak.reasoning:
         return LeakedText(leak.content, f"{reply.reasoning}\n{leak.reasoning}"), leak
     return LeakedText(f"{reply.text}\n{leak.content}", reply.reasoning), leak

@@ -63,7 +63,7 @@ def _outgoing(config: SimulatorConfig, body: Mapping[str, object], reply: Reply,
         content, reasoning, call, finish = leaked.content, leaked.reasoning, None, "stop"
         keep_reasoning = keep_reasoning or decision.leak == "reasoning"
     elif decision.wild:
-        leaked, leak = render_wild_leak(reply, request_rng(config.seed, fp, seen, "wild_shape"))
+        leaked, leak = render_wild_leak(reply, config.seed, seen)
         content, reasoning, call, finish = leaked.content, leaked.reasoning, None, "stop"
         keep_reasoning = keep_reasoning or bool(leak.reasoning)
     elif decision.empty_reply:  # it thinks, then says nothing (Kimi K2.6)
