@@ -298,6 +298,8 @@ class RequestWriter:
         known = self._pairs.get(session_id)
         added = self._new_pairs.setdefault(session_id, set())
         fresh = [c for c in contents if c not in added and (known is None or c not in known)]
+        if not fresh:  # most requests: every part already counted for the session
+            return
         added.update(fresh)
         if len(fresh) < self.BATCH_FROM:
             inserted = [c for c in fresh if conn.execute(
