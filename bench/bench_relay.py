@@ -414,11 +414,14 @@ _CONTEXT_KB = 0
 #: Each target's session at that size: its first history's requests, the current
 #: history's, which one goes next, and how many histories it has begun.
 _SESSIONS: dict[tuple[str, str], tuple[list[bytes], list[bytes], int, int]] = {}
-#: What every ten turns begin (`--restart`): "new", a new history; "undo", the first
-#: request of the same history again.
+#: What every ten turns begin (`--restart`): "new", a new history; "fresh", a new history
+#: with every message new; "undo", the first request of the same history again.
 _RESTART = "new"
 #: The user's prompt in every agent-sized request; a new history asks it with its number.
 _PROMPT = b"build a small calculator module with tests"
+#: Text in every assistant message and every tool result (`agent_request.py`); a fresh
+#: history numbers them too.
+_IN_EVERY_STEP = (b"The user wants the failing test fixed.", b"<file>")
 
 
 def set_context(kb: int) -> None:
@@ -433,20 +436,28 @@ def request_body(base: str, model: str) -> bytes:
     Ten turns, each the one before plus an agent step, as an agent sends
     them: what lets a proxy reuse the previous turn's work. Then a new
     history begins: the same ten bodies with the user's prompt numbered,
-    so from the second message on nothing is a request seen before, and
-    the turn is parsed, repaired, encoded and named whole, as an agent's
-    first turn is. (`--restart undo` begins the same history again
-    instead: the first body is then the last one cut back, as after an
-    undo.) Every target walks the same bodies, so each sees the same sizes.
+    so from the second message on nothing is a request seen before (as
+    when a user edits the first prompt, or the date in opencode's system
+    prompt turns), though the messages after it are. `--restart fresh`
+    numbers those too, in every assistant message and tool result: no
+    message of the new history was seen before, and its first turn is
+    parsed, repaired, encoded, named and stored whole, as a session's
+    first turn that somehow starts at this size would be. `--restart undo`
+    begins the same history again: the first body is then the last one
+    cut back, as after an undo. Every target walks the same bodies, so
+    each sees the same sizes.
     """
     key = (base, model)
     first, bodies, turn, history = _SESSIONS.get(key) or (
         (made := agent_session_bytes(_CONTEXT_KB, model)), made, 0, 0)
     if turn == len(bodies):
         turn, history = 0, history + 1
-        if _RESTART == "new" and len(first) > 1:
+        if _RESTART in ("new", "fresh") and len(first) > 1:
             numbered = _PROMPT + b" (history %d)" % history
             bodies = [body.replace(_PROMPT, numbered, 1) for body in first]
+            if _RESTART == "fresh":
+                for text in _IN_EVERY_STEP:
+                    bodies = [body.replace(text, text + b" (%d)" % history) for body in bodies]
     _SESSIONS[key] = (first, bodies, turn + 1, history)
     return bodies[turn]
 
@@ -926,9 +937,10 @@ def main() -> None:
                         help="also run the proxy of another checkout (e.g. a worktree of main), "
                              "with repairs, in the same run: a before/after comparison that the "
                              "machine's noise cannot skew; several, comma-separated, for several")
-    parser.add_argument("--restart", choices=("new", "undo"), default="new",
-                        help="at agent sizes, what begins every tenth turn: a new history "
-                             "(default), or the first request of the same one again, as after "
+    parser.add_argument("--restart", choices=("new", "fresh", "undo"), default="new",
+                        help="at agent sizes, what begins every tenth turn: a new history, "
+                             "its first prompt changed (default); a fresh one, every message "
+                             "changed; or the first request of the same one again, as after "
                              "an undo")
     parser.add_argument("--no-repairs", action="store_true",
                         help="skip the proxy+repairs column")

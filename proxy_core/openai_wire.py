@@ -48,9 +48,11 @@ class ChatRequest:
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
 
-def parse_chat_request(body: Any, raw: bytes | None = None) -> ChatRequest:
+def parse_chat_request(body: Any, raw: bytes | None = None, *,
+                       messages_checked: bool = False) -> ChatRequest:
     """Check the shape of a chat-completions body; raise `ClientRequestError` if wrong.
     `raw`: the bytes it was read from exactly as written, if known (`ChatRequest.raw`).
+    `messages_checked`: each message passed `check_message` already (`RequestParser`).
 
     Only what Switchboard itself relies on is checked (it forwards the rest
     untouched): the model, the stream flags, and each message's role, content
@@ -65,8 +67,9 @@ def parse_chat_request(body: Any, raw: bytes | None = None) -> ChatRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ClientRequestError("'messages' is required and must be a non-empty array")
-    for i, message in enumerate(messages):
-        check_message(i, message)
+    if not messages_checked:
+        for i, message in enumerate(messages):
+            check_message(i, message)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ClientRequestError("'stream' must be a boolean")

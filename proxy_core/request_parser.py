@@ -25,6 +25,17 @@ values, and the suffix then closes the array as it did before. Anything
 else (an edited or compacted history, another model, a changed option)
 is parsed whole, as the first request of a session is.
 
+Such a body is parsed whole, but message by message: msgspec
+splits its messages array into each message's bytes, and a message whose
+bytes were read lately (new messages of an extended body too) is that very
+object again, not parsed again. That is a history whose early message
+changed (an edited first prompt, the date in opencode's system prompt
+turning at midnight) or a session whose body is no longer kept (more
+than `max_bodies` at once): its known messages keep their identity, so
+what was worked out for each message object downstream (its repairs,
+encoding and name in the journal) is found again. Identical bytes of a
+complete value parse to an equal value; anything else is read as before.
+
 Where a body's messages sit is learned from that whole parse: msgspec
 splits the top-level object into raw values, and the positions are checked
 byte for byte against the body. That needs the top level's keys written
@@ -40,6 +51,7 @@ import bisect
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -70,6 +82,12 @@ def _read_body(raw: bytes) -> tuple[object, bool]:
                                  code="invalid_json") from None
 
 
+def _whole(raw: bytes) -> tuple[object, bytes | None]:
+    """The body, and `raw` if orjson read it as written (else None)."""
+    payload, exact = _read_body(raw)
+    return payload, raw if exact else None
+
+
 def _loads(raw: bytes) -> tuple[Any, bool]:
     """`loads_clean(raw)`, and whether orjson read it as written: the bytes then say
     exactly what the value says (`ChatRequest.raw`)."""
@@ -97,12 +115,17 @@ class RequestParser:
 
     Remembers up to `max_bodies` bodies and `max_bytes` of them (most
     recently used kept; none larger than a quarter of that), plus the
-    parsed requests, which the turns in memory hold anyway. `hits` and
-    `misses` count the requests that reused an earlier parse and those
-    parsed whole. Used from the event loop only.
+    parsed requests, which the turns in memory hold anyway; and the
+    messages read lately by their bytes, up to `max_message_bytes` of
+    bytes (least recently used dropped first; none larger than a
+    sixteenth), with the parsed messages, which those requests hold too.
+    `hits` and `misses` count the requests that reused an earlier parse
+    and those parsed whole; `reused_messages` the messages found by their
+    bytes. Used from the event loop only.
     """
 
-    def __init__(self, max_bodies: int = 16, max_bytes: int = 32 * 1024 * 1024) -> None:
+    def __init__(self, max_bodies: int = 16, max_bytes: int = 32 * 1024 * 1024,
+                 max_message_bytes: int = 16 * 1024 * 1024) -> None:
         self.max_bodies = max_bodies
         self.max_bytes = max_bytes
         self.bytes = 0
@@ -110,12 +133,17 @@ class RequestParser:
         self.misses = 0
         self._known: OrderedDict[int, _Known] = OrderedDict()
         self._next = 0
+        #: messages read lately, by their bytes as written (up to `max_message_bytes`)
+        self._messages: OrderedDict[bytes, Any] = OrderedDict()
+        self.max_message_bytes = max_message_bytes
+        self.message_bytes = 0
+        self.reused_messages = 0
 
     def parse(self, raw: bytes) -> ChatRequest:
         """The request in `raw`; raises `ClientRequestError` for a body that is not one."""
         for slot in reversed(self._known):
             known = self._known[slot]
-            extended = _extend(known, raw)
+            extended = _extend(known, raw, self._read_messages)
             if extended is not None:
                 request, end, close = extended
                 self._forget(slot)  # what it knew, the new one knows too
@@ -128,19 +156,73 @@ class RequestParser:
                 self._remember(_Known(raw, known.open, ends[-1], close, request, ends))
                 self.hits += 1
                 return request
-        payload, exact = _read_body(raw)
-        # Read as written (`exact`): the bytes say what the request says.
-        request = parse_chat_request(payload, raw if exact else None)
+        top = _top_level(raw)
+        split = self._by_message(raw, top[0]) if top is not None else None
+        # Not split, or wrong: the whole parse says what it says.
+        request = split or parse_chat_request(*_whole(raw))
         self.misses += 1
-        if len(raw) <= self.max_bytes // 4:
-            where = _locate_messages(raw)
-            if where is not None:
-                self._remember(_Known(raw, *where, request))
+        if top is not None:
+            self._remember(_Known(raw, *top[1], request))
         return request
+
+    def _by_message(self, raw: bytes, fields: dict[str, msgspec.Raw]) -> ChatRequest | None:
+        """A whole parse of the split top level, each message read or found by its bytes;
+        None for a body that is not a request or that orjson cannot read outside its
+        messages (the whole parse then says what is wrong, or reads it)."""
+        try:
+            messages, exact = self._read_messages(fields["messages"], 0)
+            body = {name: messages if name == "messages" else orjson.loads(memoryview(value))
+                    for name, value in fields.items()}
+        except (ValueError, UnicodeDecodeError, ClientRequestError):
+            return None
+        return parse_chat_request(body, raw if exact else None, messages_checked=True)
+
+    def _read_messages(self, array: bytes | msgspec.Raw, first: int) -> tuple[list[Any], bool]:
+        """The messages of a JSON array (the first one at index `first` of its request),
+        checked, and whether each was read as written. A message whose bytes were read
+        lately is that very object again. Raises `ValueError` for an array that is not
+        JSON and `ClientRequestError` for an item that is not a message."""
+        try:
+            items = _ITEMS.decode(array)
+        except msgspec.DecodeError:  # what only `loads_clean` reads (a lone surrogate)
+            messages, exact = _loads(bytes(array))
+            if not isinstance(messages, list):
+                raise ValueError("not an array") from None
+            for i, message in enumerate(messages, start=first):
+                check_message(i, message)
+            return messages, exact
+        kept = self._messages
+        messages = []
+        exact = True
+        for i, item in enumerate(items, start=first):
+            data = bytes(item)
+            message = kept.get(data)
+            if message is not None:
+                kept.move_to_end(data)
+                self.reused_messages += 1
+            else:
+                message, as_written = _loads(data)
+                check_message(i, message)
+                if as_written:
+                    self._keep_message(data, message)
+                exact = exact and as_written
+            messages.append(message)
+        return messages, exact
+
+    def _keep_message(self, data: bytes, message: Any) -> None:
+        if len(data) > self.max_message_bytes // 16:
+            return
+        self._messages[data] = message
+        self.message_bytes += len(data)
+        while self.message_bytes > self.max_message_bytes:
+            dropped, _ = self._messages.popitem(last=False)
+            self.message_bytes -= len(dropped)
 
     def clear(self) -> None:
         self._known.clear()
         self.bytes = 0
+        self._messages.clear()
+        self.message_bytes = 0
 
     def __len__(self) -> int:
         return len(self._known)
@@ -158,7 +240,11 @@ class RequestParser:
             self._forget(next(iter(self._known)))
 
 
-def _extend(known: _Known, raw: bytes) -> tuple[ChatRequest, int, int] | None:
+_ReadMessages = Callable[[bytes | msgspec.Raw, int], tuple[list[Any], bool]]
+
+
+def _extend(known: _Known, raw: bytes, read: _ReadMessages
+            ) -> tuple[ChatRequest, int, int] | None:
     """`raw` as `known`'s request plus messages, with where they end; None if it is not."""
     old = known.raw
     suffix = len(old) - known.close
@@ -179,13 +265,11 @@ def _extend(known: _Known, raw: bytes) -> tuple[ChatRequest, int, int] | None:
         if added[:1] != b",":
             return None
         try:
-            new, exact = _loads(b"[" + added[1:] + b"]")
+            new, exact = read(b"[" + added[1:] + b"]", len(before.messages))
         except (ValueError, UnicodeDecodeError):
             return None  # parsed whole, for the error message a whole parse gives
         if not new:  # "[...,]": a trailing comma is not JSON
             return None
-        for i, message in enumerate(new, start=len(before.messages)):
-            check_message(i, message)
         messages = before.messages + new
         end = known.end + len(middle.rstrip(_WS))
     return _with_messages(before, messages, raw if exact else None), end, stop
@@ -247,9 +331,9 @@ def _with_messages(before: ChatRequest, messages: list[dict[str, Any]], raw: byt
                        raw if before.raw is not None else None)
 
 
-def _locate_messages(raw: bytes) -> tuple[int, int, int] | None:
-    """Where the messages array opens, its messages end and it closes in `raw`; None if
-    not found.
+def _top_level(raw: bytes) -> tuple[dict[str, msgspec.Raw], tuple[int, int, int]] | None:
+    """The top level's raw values, and where the messages array opens, its messages end
+    and it closes in `raw`; None if not found.
 
     The top level is split into raw values by msgspec, then walked as
     `{"key": value, ...}` with each key and value compared in place, JSON
@@ -282,9 +366,9 @@ def _locate_messages(raw: bytes) -> tuple[int, int, int] | None:
                 return None
             where = (start, _skip_back(raw, close, start + 1), close)
     pos = _skip(raw, pos)
-    if raw[pos:pos + 1] != b"}" or _skip(raw, pos + 1) != len(raw):
+    if where is None or raw[pos:pos + 1] != b"}" or _skip(raw, pos + 1) != len(raw):
         return None
-    return where
+    return fields, where
 
 
 _WHITESPACE = re.compile(rb"[ \t\n\r]*")

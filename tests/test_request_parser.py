@@ -295,3 +295,61 @@ def test_remembers_a_bounded_number_of_bytes() -> None:
     assert parser.bytes == sum(len(k.raw) for k in parser._known.values())
     parser.parse(compact({**session_body(200), "model": "big"}))  # over a quarter: not kept
     assert all(b"big" not in k.raw[:40] for k in parser._known.values())
+
+
+# -- messages found again by their bytes ------------------------------------------------
+
+def test_an_edited_history_keeps_the_very_objects_of_the_messages_it_did_not_change() -> None:
+    """The first prompt edited (or the date in the system prompt turned): no body seen
+    before starts like it, but every other message is the object read last time."""
+    parser = RequestParser()
+    for turn in range(4):
+        before = parser.parse(compact(session_body(turn)))
+    body = session_body(3)
+    body["messages"][1] = {"role": "user", "content": "fix the other bug"}
+    raw = compact(body)
+    after = parser.parse(raw)
+    assert after == parse_chat_request(json.loads(raw)) and after.raw is raw
+    assert parser.misses == 2  # parsed whole, not as an extension
+    assert after.messages[1] is not before.messages[1]
+    same = [i for i, (a, b) in enumerate(zip(after.messages, before.messages, strict=True)) if a is b]
+    assert same == [0, *range(2, len(before.messages))]
+    assert parser.reused_messages == len(before.messages) - 1
+
+
+def test_a_session_no_longer_kept_finds_its_messages_by_their_bytes() -> None:
+    parser = RequestParser(max_bodies=1)
+    first = parser.parse(compact(session_body(3)))
+    parser.parse(compact({**session_body(1), "model": "other"}))  # pushes the first out
+    again = parser.parse(compact(session_body(4)))
+    assert parser.hits == 0
+    assert all(a is b for a, b in zip(again.messages, first.messages, strict=False))
+    assert again.messages[len(first.messages)] not in first.messages
+
+
+def test_a_message_orjson_cannot_read_is_never_found_by_its_bytes() -> None:
+    """`1e400` is read by `loads_clean` as infinity: what the message says is not what
+    its bytes say, so they name no kept message, and the body is not sent as is."""
+    parser = RequestParser()
+    body = session_body(1)
+    body["messages"][1] = {"role": "user", "content": "big", "n": 1}
+    raw = compact(body).replace(b'"n":1', b'"n":1e400')
+    first = parser.parse(raw)
+    other = raw.replace(b'"model":"kimi"', b'"model":"other"')  # extends nothing
+    second = parser.parse(other)
+    for request, sent in ((first, raw), (second, other)):
+        assert request == parse_chat_request(json.loads(sent)) and request.raw is None
+    assert parser.misses == 2 and second.messages[1] is not first.messages[1]
+    assert second.messages[0] is first.messages[0] and second.messages[2] is first.messages[2]
+
+
+def test_the_messages_kept_are_bounded_by_their_bytes() -> None:
+    one = len(compact(step(0)[1]))
+    parser = RequestParser(max_message_bytes=40 * one)
+    for turn in range(0, 60, 6):
+        parser.parse(compact({**session_body(turn), "model": f"m{turn}"}))
+    assert 0 < parser.message_bytes <= parser.max_message_bytes
+    assert parser.message_bytes == sum(map(len, parser._messages))
+    huge = {"role": "user", "content": "x" * (3 * one)}  # over a sixteenth: never kept
+    parser.parse(compact({"model": "m", "messages": [huge]}))
+    assert all(len(data) <= parser.max_message_bytes // 16 for data in parser._messages)
