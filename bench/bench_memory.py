@@ -181,6 +181,14 @@ targets = ["fake:up"]
     return held, private
 
 
+def _numbered(message: dict[str, Any], session_number: int) -> dict[str, Any]:
+    """The message with its text (the reasoning of a call, else the content) marked as
+    session `session_number`'s."""
+    field = "reasoning_content" if message.get("reasoning_content") else "content"
+    text = message.get(field)
+    return {**message, field: f"(session {session_number}) {text}"} if text else message
+
+
 async def run(concurrent: int, request_kb: int, turns: int, session_kb: int) -> int:
     upstream = Upstream()
     app = web.Application(client_max_size=256 * MB)
@@ -193,6 +201,9 @@ async def run(concurrent: int, request_kb: int, turns: int, session_kb: int) -> 
     bodies = [next(session(1, request_kb, 1, f"model-{i}")) for i in range(concurrent)]
     for i, body in enumerate(bodies):  # 16 sessions: nothing shared but prompt and tools
         body["messages"][1] = {"role": "user", "content": f"task {i}: make the tests pass"}
+        # Every step's text numbered too: the proxy finds a message it read lately by its
+        # bytes, so histories that were the same but for the prompt would be held once.
+        body["messages"][2:] = [_numbered(message, i) for message in body["messages"][2:]]
 
     async def concurrent_requests(client: aiohttp.ClientSession, base: str, pid: int) -> tuple[int, int]:
         await post(client, base, session(1, 1, 1, "warm").__next__(), "ses_warm")
