@@ -50,8 +50,8 @@ from __future__ import annotations
 import bisect
 import re
 from collections import OrderedDict
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -159,7 +159,7 @@ class RequestParser:
         top = _top_level(raw)
         split = self._by_message(raw, top[0]) if top is not None else None
         # Not split, or wrong: the whole parse says what it says.
-        request = split or parse_chat_request(*_whole(raw))
+        request = split if split is not None else parse_chat_request(*_whole(raw))
         self.misses += 1
         if top is not None:
             self._remember(_Known(raw, *top[1], request))
