@@ -96,6 +96,10 @@ _CANNOT_WRITE = {"SQLITE_READONLY", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_BUSY"
                  "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_PERM"}
 
 
+def _nothing() -> None:
+    """A job that only marks its place in the writer's queue."""
+
+
 def _cannot_write(exc: sqlite3.Error) -> bool:
     name = getattr(exc, "sqlite_errorname", "") or ""
     return any(name.startswith(code) for code in _CANNOT_WRITE) or \
@@ -127,6 +131,10 @@ class Writer:
         future: Future[None] = Future()
         self._queue.put((priority, next(self._order), job, future))
         return future
+
+    def backlog(self) -> int:
+        """Jobs handed over and not yet started."""
+        return self._queue.qsize()
 
     def _main(self) -> None:
         while True:
@@ -174,6 +182,9 @@ class _Row:
 class Journal:
     """SQLite-backed record of turns. Use `Journal.open(path, ...)`."""
 
+    #: Jobs waiting for the writer above which turns wait for it (see `recorded`).
+    BACKLOG = 256
+
     def __init__(self, conn: sqlite3.Connection, path: Path, redactor: Redactor,
                  store: TurnStore, retention: Retention | None = None) -> None:
         self.conn = conn
@@ -202,6 +213,10 @@ class Journal:
         self._lost = 0                        # of those, turns evicted from memory meanwhile
         self.recovered_unfinished = 0         # live turns of a previous run, marked at open
         self._checkpoints: dict[str, tuple[int, int]] = {}  # live turn -> (attempt, chunks) on disk
+        # Back-pressure (`recorded`): the marker turns wait for while the writer is behind.
+        self._catch_up: Future[None] | None = None
+        self.waited_turns = 0                 # outputs that waited for the writer to catch up
+        self._backlog_said = -REMINDER_INTERVAL
 
     @classmethod
     def open(cls, path: Path, redactor: Redactor, store: TurnStore,
@@ -260,7 +275,9 @@ class Journal:
         `ok` is False while writes fail; `error` is the latest failure,
         `failed_writes` counts them since start, `unsaved_turns` are turns
         kept in memory until a write succeeds, `lost_turns` those evicted
-        from memory before that happened. Waits for the writes handed over so far.
+        from memory before that happened, `waited_turns` the outputs that
+        waited for a writer that had fallen behind (`recorded`). Waits for the
+        writes handed over so far.
         """
         self.settle()
         return {
@@ -271,6 +288,7 @@ class Journal:
             "failed_writes": self._failed_writes,
             "unsaved_turns": len(self._unsaved),
             "lost_turns": self._lost,
+            "waited_turns": self.waited_turns,
         }
 
     @property
@@ -388,12 +406,38 @@ class Journal:
         end reach the client: as when the journal wrote on the event loop, a
         turn is on disk as `live` before its client sees output, and as
         finished before its client sees the end.
+
+        When more than `BACKLOG` jobs wait for the writer, it is the writing of
+        everything handed over so far instead. Rows go first, so without this
+        the rest (raw answers, requests of turns that started meanwhile) could
+        pile up for as long as the proxy is busier than its one writer thread
+        can follow, holding memory; with it, turns wait for the journal and
+        the proxy serves at the rate the journal writes (`status()` counts
+        the outputs that waited).
         """
         written = self._recorded.get(turn_id)
+        worker = self._worker
+        if worker is not None and worker.backlog() > self.BACKLOG:
+            written = self._caught_up(worker)
         if written is None or written.done():
             return None
         # Shielded: a waiter cancelled (its client left) must not cancel the write.
         return asyncio.shield(asyncio.wrap_future(written))
+
+    def _caught_up(self, worker: Writer) -> Future[None]:
+        """The writer's having done every job handed over so far (one marker at a time:
+        while it is pending, the turns that wait share it). Said in the log at most
+        every `REMINDER_INTERVAL`."""
+        self.waited_turns += 1
+        marker = self._catch_up
+        if marker is None or marker.done():
+            now = time.monotonic()
+            if now - self._backlog_said >= REMINDER_INTERVAL:
+                self._backlog_said = now
+                log.warning("journal: %d writes are waiting for the writer; turns wait for it"
+                            " to catch up (%d so far)", worker.backlog(), self.waited_turns)
+            marker = self._catch_up = worker.submit(_nothing, Writer.REQUEST)
+        return marker
 
     def save(self, turn: Turn) -> None:
         """Write the turn's row and its request (on the writer, after what came before)."""

@@ -123,6 +123,42 @@ def test_a_wait_given_up_does_not_stop_the_writer() -> None:
     assert done == ["row", "next"]
 
 
+async def test_turns_wait_for_a_writer_that_has_fallen_behind(tmp_path: Path) -> None:
+    """Rows jump the queue, so the rest could pile up for as long as the proxy outpaces
+    its writer, holding memory. Past `BACKLOG` waiting jobs, a turn's output waits until
+    the writer has done all that was handed over before it."""
+    from proxy_core.journal import Journal
+    from proxy_core.secrets import Redactor
+    from proxy_core.store import TurnStore
+
+    journal = Journal.open(tmp_path / "j.sqlite3", Redactor(), TurnStore())
+    journal.BACKLOG = 3
+    started, busy = threading.Event(), threading.Event()
+    done: list[int] = []
+
+    def slow_write() -> None:
+        started.set()
+        busy.wait()
+
+    journal._do(slow_write)  # the writer is stuck on a slow write
+    assert started.wait(10)
+    for i in range(3):
+        journal._do(lambda i=i: done.append(i))
+    assert journal.recorded("turn_a") is None  # three waiting: not behind yet
+    journal._do(lambda: done.append(3))
+    first, second = journal.recorded("turn_a"), journal.recorded("turn_b")
+    assert first is not None and second is not None and journal.waited_turns == 2
+    waits = asyncio.gather(first, second)
+    await asyncio.sleep(0)
+    assert not waits.done()
+    busy.set()
+    await asyncio.wait_for(waits, 10)
+    assert done == [0, 1, 2, 3]  # everything handed over before the waits was written
+    assert journal.recorded("turn_a") is None
+    assert journal.status()["waited_turns"] == 2
+    journal.close()
+
+
 # -- secrets -------------------------------------------------------------------------
 
 UPSTREAM_SECRET = "sk-test-PLANTED-SECRET-123456789"
