@@ -111,8 +111,9 @@ class Namer:
     remembered, so its id cannot be reused; and a part list that starts with
     the very items of a list named lately takes their parts whole (lists
     are kept for the last 16 first items, up to `LISTS_PER_START` each).
-    Up to `max_bytes` of encodings are remembered, least recently used
-    dropped first (parts above `max_bytes / 16` are not). It starts afresh
+    Up to `max_bytes` of encodings and `max_items` parts are remembered,
+    each way, least recently used dropped first (parts above
+    `max_bytes / 16` are not). It starts afresh
     when the redactor learns a secret (text redacted before may hold it)
     and after `forget()` (the journal dropped parts). Runs on one thread at
     a time (the journal's writer); `forget` may come from any.
@@ -121,9 +122,11 @@ class Namer:
     #: Part lists kept per first item (see `_lists`; 16 first items are kept).
     LISTS_PER_START = 4
 
-    def __init__(self, redactor: Redactor, max_bytes: int = 32 * 1024 * 1024) -> None:
+    def __init__(self, redactor: Redactor, max_bytes: int = 32 * 1024 * 1024,
+                 max_items: int = 16_384) -> None:
         self.redactor = redactor
         self.max_bytes = max_bytes
+        self.max_items = max_items
         self.bytes = 0
         self.object_bytes = 0
         self._known: OrderedDict[bytes, tuple[str, str]] = OrderedDict()  # -> (key, name)
@@ -199,7 +202,7 @@ class Namer:
             self.object_bytes -= old[1].size
         self._objects[id(item)] = (item, part)
         self.object_bytes += part.size
-        while self.object_bytes > self.max_bytes:
+        while self.object_bytes > self.max_bytes or len(self._objects) > self.max_items:
             _, (_, dropped) = self._objects.popitem(last=False)
             self.object_bytes -= dropped.size
 
@@ -208,7 +211,7 @@ class Namer:
             return
         self._known[data] = (key, name)
         self.bytes += len(data)
-        while self.bytes > self.max_bytes:
+        while self.bytes > self.max_bytes or len(self._known) > self.max_items:
             dropped, _ = self._known.popitem(last=False)
             self.bytes -= len(dropped)
 
@@ -220,8 +223,8 @@ class Namer:
 class Interner:
     """One shared object per distinct part, so turns in memory share their history.
 
-    Holds up to `max_bytes` of parts (by encoded size), least recently used
-    dropped first: a dropped part stays alive in the turns that hold it,
+    Holds up to `max_bytes` of parts (by encoded size) and `max_items`
+    parts, least recently used dropped first: a dropped part stays alive in the turns that hold it,
     later turns just get their own copy. `share` does a whole part list,
     and remembers the last `LISTS` it did: a list whose parts start with
     the very parts of one (`Namer` hands a turn the last turn's) takes that
@@ -230,8 +233,9 @@ class Interner:
 
     LISTS = 16
 
-    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024, max_items: int = 16_384) -> None:
         self.max_bytes = max_bytes
+        self.max_items = max_items
         self.bytes = 0
         self._parts: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         #: part lists shared lately -> the shared items they stand for
@@ -244,7 +248,8 @@ class Interner:
             return held[0]
         self._parts[key] = (value, size)
         self.bytes += size
-        while self.bytes > self.max_bytes and len(self._parts) > 1:
+        while (self.bytes > self.max_bytes or len(self._parts) > self.max_items) \
+                and len(self._parts) > 1:
             _, (_, dropped) = self._parts.popitem(last=False)
             self.bytes -= dropped
         return value

@@ -27,8 +27,10 @@ from .list_memo import ListMemo
 class PartEncodings:
     """Encodes request bodies, reusing the encodings of part objects seen before.
 
-    Keeps up to `max_bytes` of part encodings, least recently used dropped
-    first; parts larger than `max_bytes / 16` are encoded each time. The
+    Keeps up to `max_bytes` of part encodings and `max_items` parts, least
+    recently used dropped first (the count bounds what the kept objects hold
+    in memory, which for small messages is several times their encoding);
+    parts larger than `max_bytes / 16` are encoded each time. The
     last `LISTS` part lists (by field and first item) are kept with their
     encodings: the next turn's list, which starts with the very items of
     one, takes those whole (a copy of pointers, compared in C) and only its
@@ -40,8 +42,9 @@ class PartEncodings:
 
     LISTS = 16
 
-    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024, max_items: int = 16_384) -> None:
         self.max_bytes = max_bytes
+        self.max_items = max_items
         self.bytes = 0
         self._kept: OrderedDict[int, tuple[Any, orjson.Fragment, int]] = OrderedDict()
         #: part lists encoded lately -> their encodings
@@ -85,7 +88,7 @@ class PartEncodings:
         if len(data) <= self.max_bytes // 16:
             self._kept[id(item)] = (item, fragment, len(data))
             self.bytes += len(data)
-            while self.bytes > self.max_bytes:
+            while self.bytes > self.max_bytes or len(self._kept) > self.max_items:
                 _, (_, _, size) = self._kept.popitem(last=False)
                 self.bytes -= size
         return fragment

@@ -117,15 +117,16 @@ class RequestParser:
     recently used kept; none larger than a quarter of that), plus the
     parsed requests, which the turns in memory hold anyway; and the
     messages read lately by their bytes, up to `max_message_bytes` of
-    bytes (least recently used dropped first; none larger than a
-    sixteenth), with the parsed messages, which those requests hold too.
+    bytes and `max_messages` messages (least recently used dropped first;
+    none larger than a sixteenth of the bytes), with the parsed messages,
+    which those requests hold too.
     `hits` and `misses` count the requests that reused an earlier parse
     and those parsed whole; `reused_messages` the messages found by their
     bytes. Used from the event loop only.
     """
 
     def __init__(self, max_bodies: int = 16, max_bytes: int = 32 * 1024 * 1024,
-                 max_message_bytes: int = 16 * 1024 * 1024) -> None:
+                 max_message_bytes: int = 16 * 1024 * 1024, max_messages: int = 16_384) -> None:
         self.max_bodies = max_bodies
         self.max_bytes = max_bytes
         self.bytes = 0
@@ -136,6 +137,7 @@ class RequestParser:
         #: messages read lately, by their bytes as written (up to `max_message_bytes`)
         self._messages: OrderedDict[bytes, Any] = OrderedDict()
         self.max_message_bytes = max_message_bytes
+        self.max_messages = max_messages
         self.message_bytes = 0
         self.reused_messages = 0
 
@@ -212,10 +214,11 @@ class RequestParser:
     def _keep_message(self, data: bytes, message: Any) -> None:
         if len(data) > self.max_message_bytes // 16:
             return
-        self._messages[data] = message
+        kept = self._messages
+        kept[data] = message
         self.message_bytes += len(data)
-        while self.message_bytes > self.max_message_bytes:
-            dropped, _ = self._messages.popitem(last=False)
+        while self.message_bytes > self.max_message_bytes or len(kept) > self.max_messages:
+            dropped, _ = kept.popitem(last=False)
             self.message_bytes -= len(dropped)
 
     def clear(self) -> None:

@@ -59,6 +59,17 @@ def test_objects_held_for_naming_are_bounded() -> None:
     assert namer.object_bytes <= 2048 and namer.bytes <= 2048
 
 
+def test_small_parts_are_bounded_by_count_too() -> None:
+    """A small message's objects take several times its encoding in memory, so many
+    small sessions would fill a byte bound with far more memory than it says."""
+    namer, interner = Namer(Redactor(), max_items=10), Interner(max_items=10)
+    for i in range(100):
+        items = [{"role": "user", "content": f"task {i}"}]
+        prepared = namer.prepare(request(items))
+        interner.share("messages", prepared.fields["messages"], items)
+    assert len(namer._objects) == 10 and len(namer._known) == 10 and len(interner) == 10
+
+
 def test_a_list_that_extends_one_named_lately_takes_its_parts_whole() -> None:
     namer = Namer(Redactor())
     messages = history(40)

@@ -55,6 +55,10 @@ def test_kept_encodings_are_bounded() -> None:
     for i in range(200):
         encodings.body({"messages": [{"role": "user", "content": f"{i:0>100}"}]})
     assert encodings.bytes <= 4096 and len(encodings) < 200
+    by_count = PartEncodings(max_items=10)
+    for i in range(200):
+        by_count.body({"messages": [{"role": "user", "content": f"{i}"}]})
+    assert len(by_count) == 10
 
 
 def test_a_lone_surrogate_is_escaped_as_before() -> None:

@@ -353,3 +353,8 @@ def test_the_messages_kept_are_bounded_by_their_bytes() -> None:
     huge = {"role": "user", "content": "x" * (3 * one)}  # over a sixteenth: never kept
     parser.parse(compact({"model": "m", "messages": [huge]}))
     assert all(len(data) <= parser.max_message_bytes // 16 for data in parser._messages)
+    few = RequestParser(max_messages=10)
+    for turn in range(0, 60, 6):
+        few.parse(compact({**session_body(turn), "model": f"m{turn}"}))
+    assert len(few._messages) == 10
+    assert few.message_bytes == sum(map(len, few._messages))
