@@ -224,11 +224,12 @@ class Interner:
     """One shared object per distinct part, so turns in memory share their history.
 
     Holds up to `max_bytes` of parts (by encoded size) and `max_items`
-    parts, least recently used dropped first: a dropped part stays alive in the turns that hold it,
-    later turns just get their own copy. `share` does a whole part list,
-    and remembers the last `LISTS` it did: a list whose parts start with
-    the very parts of one (`Namer` hands a turn the last turn's) takes that
-    one's shared items whole, and only its new items are looked up.
+    parts, least recently used dropped first: a dropped part stays alive
+    in the turns that hold it, later turns just get their own copy.
+    `share` does a whole part list, and remembers the last `LISTS` it did:
+    a list whose parts start with the very parts of one (`Namer` hands a
+    turn the last turn's) takes that one's shared items whole, and only its
+    new items are looked up.
     """
 
     LISTS = 16

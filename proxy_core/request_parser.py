@@ -82,12 +82,6 @@ def _read_body(raw: bytes) -> tuple[object, bool]:
                                  code="invalid_json") from None
 
 
-def _whole(raw: bytes) -> tuple[object, bytes | None]:
-    """The body, and `raw` if orjson read it as written (else None)."""
-    payload, exact = _read_body(raw)
-    return payload, raw if exact else None
-
-
 def _loads(raw: bytes) -> tuple[Any, bool]:
     """`loads_clean(raw)`, and whether orjson read it as written: the bytes then say
     exactly what the value says (`ChatRequest.raw`)."""
@@ -159,13 +153,14 @@ class RequestParser:
                 self.hits += 1
                 return request
         top = _top_level(raw)
-        split = self._by_message(raw, top[0]) if top is not None else None
-        # Not split, or wrong: the whole parse says what it says.
-        request = split if split is not None else parse_chat_request(*_whole(raw))
+        whole = self._by_message(raw, top[0]) if top is not None else None
+        if whole is None:  # not split, or wrong: the whole parse says what it says
+            payload, exact = _read_body(raw)
+            whole = parse_chat_request(payload, raw if exact else None)
         self.misses += 1
         if top is not None:
-            self._remember(_Known(raw, *top[1], request))
-        return request
+            self._remember(_Known(raw, *top[1], whole))
+        return whole
 
     def _by_message(self, raw: bytes, fields: dict[str, msgspec.Raw]) -> ChatRequest | None:
         """A whole parse of the split top level, each message read or found by its bytes;
