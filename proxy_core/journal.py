@@ -96,14 +96,14 @@ _CANNOT_WRITE = {"SQLITE_READONLY", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_BUSY"
                  "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_PERM"}
 
 
-def _nothing() -> None:
-    """A job that only marks its place in the writer's queue."""
-
-
 def _cannot_write(exc: sqlite3.Error) -> bool:
     name = getattr(exc, "sqlite_errorname", "") or ""
     return any(name.startswith(code) for code in _CANNOT_WRITE) or \
         "readonly" in str(exc) or "disk" in str(exc)
+
+
+def _nothing() -> None:
+    """A job that only marks its place in the writer's queue (`Writer.caught_up`)."""
 
 
 class Writer:
@@ -149,9 +149,13 @@ class Writer:
             if job is None and self._queue.empty():
                 return
 
+    def caught_up(self) -> Future[None]:
+        """Done when every job handed over so far is: a job that does nothing, behind them."""
+        return self.submit(_nothing, self.REQUEST)
+
     def settle(self) -> None:
         """Wait until every job handed over so far is done."""
-        self.submit(lambda: None, self.REQUEST).result()
+        self.caught_up().result()
 
     def close(self) -> None:
         self.submit(None, self._LAST).result()
@@ -436,7 +440,7 @@ class Journal:
                 self._backlog_said = now
                 log.warning("journal: %d writes are waiting for the writer; turns wait for it"
                             " to catch up (%d so far)", worker.backlog(), self.waited_turns)
-            marker = self._catch_up = worker.submit(_nothing, Writer.REQUEST)
+            marker = self._catch_up = worker.caught_up()
         return marker
 
     def save(self, turn: Turn) -> None:
