@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from .list_memo import ListMemo
+from .lru import LRU
 from .secrets import Redactor
 
 #: The request fields whose list items are stored as parts, in this order.
@@ -125,13 +125,10 @@ class Namer:
     def __init__(self, redactor: Redactor, max_bytes: int = 32 * 1024 * 1024,
                  max_items: int = 16_384) -> None:
         self.redactor = redactor
-        self.max_bytes = max_bytes
-        self.max_items = max_items
-        self.bytes = 0
-        self.object_bytes = 0
-        self._known: OrderedDict[bytes, tuple[str, str]] = OrderedDict()  # -> (key, name)
+        #: a part's encoding -> (key, name)
+        self._known: LRU[bytes, tuple[str, str]] = LRU(max_bytes, max_items)
         #: id(item) -> (item, its Part), for parts named as that very object
-        self._objects: OrderedDict[int, tuple[Any, Part]] = OrderedDict()
+        self._objects: LRU[int, tuple[Any, Part]] = LRU(max_bytes, max_items)
         #: Part lists named lately, with their parts: the next turn's list starts with the
         #: very items of one, whose parts are then taken whole. Several per first item: a
         #: turn's request and the repaired messages it sent start with the same system
@@ -149,7 +146,6 @@ class Namer:
             self._generation = self.redactor.generation
             self._known.clear()
             self._objects.clear()
-            self.bytes = self.object_bytes = 0
             self._lists.clear()
         skeleton, fields = split(request)
         named: dict[str, tuple[Part, ...]] = {}
@@ -163,11 +159,10 @@ class Namer:
                 item = items[position]
                 same = objects.get(id(item))
                 if same is not None and same[0] is item:
-                    objects.move_to_end(id(item))
                     part = same[1]  # as it was named last time: usually at the same place
                     if part.position != position or part.field != field_name:
                         part = Part(field_name, position, part.key, part.name, part.size)
-                        objects[id(item)] = (item, part)
+                        objects.put(id(item), (item, part), part.size)
                     parts.append(part)
                     continue
                 data = encode(item)
@@ -177,14 +172,13 @@ class Namer:
                     text = data.decode()
                     body = self.redactor(text)
                     name = key if body == text else digest(body.encode())
-                    self._remember(data, key, name)
+                    known.put(data, (key, name), len(data))
                     bodies[name] = body
                 else:
                     key, name = seen
-                    known.move_to_end(data)
                 part = Part(field_name, position, key, name, len(data))
-                if isinstance(item, dict) and len(data) <= self.max_bytes // 16:
-                    self._hold(item, part)
+                if isinstance(item, dict):
+                    objects.put(id(item), (item, part), part.size)
                 parts.append(part)
             named[field_name] = prefix + tuple(parts) if parts else prefix
             self._lists.keep(field_name, items, named[field_name])
@@ -194,26 +188,6 @@ class Namer:
         """The parts of the longest list named lately that `items` starts with (or none)."""
         found = self._lists.find(field_name, items)
         return found[1] if found is not None else ()
-
-    def _hold(self, item: Any, part: Part) -> None:
-        """Remember `item` by identity, as `part`."""
-        old = self._objects.pop(id(item), None)
-        if old is not None:
-            self.object_bytes -= old[1].size
-        self._objects[id(item)] = (item, part)
-        self.object_bytes += part.size
-        while self.object_bytes > self.max_bytes or len(self._objects) > self.max_items:
-            _, (_, dropped) = self._objects.popitem(last=False)
-            self.object_bytes -= dropped.size
-
-    def _remember(self, data: bytes, key: str, name: str) -> None:
-        if len(data) > self.max_bytes // 16:
-            return
-        self._known[data] = (key, name)
-        self.bytes += len(data)
-        while self.bytes > self.max_bytes or len(self._known) > self.max_items:
-            dropped, _ = self._known.popitem(last=False)
-            self.bytes -= len(dropped)
 
     def body_of(self, request: dict[str, Any], part: Part) -> str:
         """The stored text of one part, made again (the journal lost the one it had)."""
@@ -235,24 +209,16 @@ class Interner:
     LISTS = 16
 
     def __init__(self, max_bytes: int = 64 * 1024 * 1024, max_items: int = 16_384) -> None:
-        self.max_bytes = max_bytes
-        self.max_items = max_items
-        self.bytes = 0
-        self._parts: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        #: a part's key -> its shared object
+        self._parts: LRU[str, Any] = LRU(max_bytes, max_items, largest=max_bytes)
         #: part lists shared lately -> the shared items they stand for
         self._lists: ListMemo[list[Any]] = ListMemo(starts=self.LISTS)
 
     def intern(self, key: str, value: Any, size: int) -> Any:
         held = self._parts.get(key)
         if held is not None:
-            self._parts.move_to_end(key)
-            return held[0]
-        self._parts[key] = (value, size)
-        self.bytes += size
-        while (self.bytes > self.max_bytes or len(self._parts) > self.max_items) \
-                and len(self._parts) > 1:
-            _, (_, dropped) = self._parts.popitem(last=False)
-            self.bytes -= dropped
+            return held
+        self._parts.put(key, value, size)
         return value
 
     def share(self, field: str, parts: tuple[Part, ...], items: list[Any]) -> list[Any]:

@@ -15,13 +15,13 @@ a turn's messages are the last turn's plus one or two.
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from typing import Any
 
 import orjson
 
 from .contents import PART_FIELDS
 from .list_memo import ListMemo
+from .lru import LRU
 
 
 class PartEncodings:
@@ -43,10 +43,8 @@ class PartEncodings:
     LISTS = 16
 
     def __init__(self, max_bytes: int = 32 * 1024 * 1024, max_items: int = 16_384) -> None:
-        self.max_bytes = max_bytes
-        self.max_items = max_items
-        self.bytes = 0
-        self._kept: OrderedDict[int, tuple[Any, orjson.Fragment, int]] = OrderedDict()
+        #: id(item) -> (item, its encoding); the item is held, so its id stays its own
+        self._kept: LRU[int, tuple[Any, orjson.Fragment]] = LRU(max_bytes, max_items)
         #: part lists encoded lately -> their encodings
         self._lists: ListMemo[list[Any]] = ListMemo(starts=self.LISTS)
 
@@ -81,14 +79,8 @@ class PartEncodings:
             return item
         kept = self._kept.get(id(item))
         if kept is not None and kept[0] is item:
-            self._kept.move_to_end(id(item))
             return kept[1]
         data = orjson.dumps(item)
         fragment = orjson.Fragment(data)
-        if len(data) <= self.max_bytes // 16:
-            self._kept[id(item)] = (item, fragment, len(data))
-            self.bytes += len(data)
-            while self.bytes > self.max_bytes or len(self._kept) > self.max_items:
-                _, (_, _, size) = self._kept.popitem(last=False)
-                self.bytes -= size
+        self._kept.put(id(item), (item, fragment), len(data))
         return fragment

@@ -58,6 +58,7 @@ import msgspec
 import orjson
 
 from .errors import ClientRequestError
+from .lru import LRU
 from .openai_wire import ChatRequest, check_message, loads_clean, parse_chat_request
 
 #: JSON's whitespace (bytes.strip() would also take \x0b and \x0c, which JSON refuses).
@@ -128,11 +129,8 @@ class RequestParser:
         self.misses = 0
         self._known: OrderedDict[int, _Known] = OrderedDict()
         self._next = 0
-        #: messages read lately, by their bytes as written (up to `max_message_bytes`)
-        self._messages: OrderedDict[bytes, Any] = OrderedDict()
-        self.max_message_bytes = max_message_bytes
-        self.max_messages = max_messages
-        self.message_bytes = 0
+        #: messages read lately, by their bytes as written
+        self._messages: LRU[bytes, Any] = LRU(max_message_bytes, max_messages)
         self.reused_messages = 0
 
     def parse(self, raw: bytes) -> ChatRequest:
@@ -195,32 +193,20 @@ class RequestParser:
             data = bytes(item)
             message = kept.get(data)
             if message is not None:
-                kept.move_to_end(data)
                 self.reused_messages += 1
             else:
                 message, as_written = _loads(data)
                 check_message(i, message)
                 if as_written:
-                    self._keep_message(data, message)
+                    kept.put(data, message, len(data))
                 exact = exact and as_written
             messages.append(message)
         return messages, exact
-
-    def _keep_message(self, data: bytes, message: Any) -> None:
-        if len(data) > self.max_message_bytes // 16:
-            return
-        kept = self._messages
-        kept[data] = message
-        self.message_bytes += len(data)
-        while self.message_bytes > self.max_message_bytes or len(kept) > self.max_messages:
-            dropped, _ = kept.popitem(last=False)
-            self.message_bytes -= len(dropped)
 
     def clear(self) -> None:
         self._known.clear()
         self.bytes = 0
         self._messages.clear()
-        self.message_bytes = 0
 
     def __len__(self) -> int:
         return len(self._known)

@@ -53,10 +53,11 @@ def test_a_secret_learnt_later_renames_and_redacts_parts_already_named() -> None
 
 
 def test_objects_held_for_naming_are_bounded() -> None:
-    namer = Namer(Redactor(), max_bytes=2048)
+    namer = Namer(Redactor(), max_bytes=16 * 256)  # each ~230-byte message fits its share
     for i in range(100):
         namer.prepare(request([{"role": "user", "content": f"{i:0>200}"}]))
-    assert namer.object_bytes <= 2048 and namer.bytes <= 2048
+    assert namer._objects.bytes <= 16 * 256 and namer._known.bytes <= 16 * 256
+    assert len(namer._objects) > 1 and len(namer._known) > 1
 
 
 def test_small_parts_are_bounded_by_count_too() -> None:
@@ -75,9 +76,9 @@ def test_a_list_that_extends_one_named_lately_takes_its_parts_whole() -> None:
     messages = history(40)
     first = namer.prepare(request(messages))
     longer = [*messages, {"role": "user", "content": "one more"}]
-    with mock.patch.object(Namer, "_hold", wraps=namer._hold) as hold:
+    with mock.patch.object(contents, "encode", wraps=contents.encode) as encode:
         prepared = namer.prepare(request(longer))
-    assert hold.call_count == 1  # only the new message was named one by one
+    assert encode.call_count == 2  # the new message, and the request around the messages
     fresh = Namer(Redactor()).prepare(request(longer))
     assert [(p.field, p.position, p.key, p.name, p.size) for p in prepared.parts] == \
         [(p.field, p.position, p.key, p.name, p.size) for p in fresh.parts]

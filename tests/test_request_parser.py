@@ -348,13 +348,13 @@ def test_the_messages_kept_are_bounded_by_their_bytes() -> None:
     parser = RequestParser(max_message_bytes=40 * one)
     for turn in range(0, 60, 6):
         parser.parse(compact({**session_body(turn), "model": f"m{turn}"}))
-    assert 0 < parser.message_bytes <= parser.max_message_bytes
-    assert parser.message_bytes == sum(map(len, parser._messages))
+    kept = parser._messages
+    assert 0 < kept.bytes <= 40 * one and kept.bytes == sum(map(len, kept))
     huge = {"role": "user", "content": "x" * (3 * one)}  # over a sixteenth: never kept
     parser.parse(compact({"model": "m", "messages": [huge]}))
-    assert all(len(data) <= parser.max_message_bytes // 16 for data in parser._messages)
+    assert all(len(data) <= 40 * one // 16 for data in kept)
     few = RequestParser(max_messages=10)
     for turn in range(0, 60, 6):
         few.parse(compact({**session_body(turn), "model": f"m{turn}"}))
     assert len(few._messages) == 10
-    assert few.message_bytes == sum(map(len, few._messages))
+    assert few._messages.bytes == sum(map(len, few._messages))
