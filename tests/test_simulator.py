@@ -545,6 +545,24 @@ def test_odd_but_well_formed_requests_never_crash_the_host(messages: list[dict[s
     decide(config, reply, messages, fingerprint(messages), 0)
 
 
+def test_the_same_task_in_another_folder_on_another_day_meets_the_same_faults() -> None:
+    """The fingerprint that draws every fault leaves out the system prompt (opencode's
+    names the folder and the date) and the folder wherever the dialog repeats it."""
+
+    def dialog(folder: str, date: str, result: str = "ok 2") -> list[dict[str, object]]:
+        system, user = start_messages(folder)
+        system["content"] = f"{system['content']}\nToday's date: {date}"
+        call = {"id": "functions.bash:0", "type": "function",
+                "function": {"name": "bash", "arguments": json.dumps({"command": f"cd {folder} && ls"})}}
+        return [system, user, {"role": "assistant", "content": "", "tool_calls": [call]},
+                tool_result("functions.bash:0", f"{folder}/calc.py\n{result}")]
+
+    here = fingerprint(dialog("/tmp/pytest-1/work", "Sat Nov 21 2026"))
+    assert fingerprint(dialog("/home/dev/other place", "Sun Nov 22 2026")) == here
+    assert fingerprint(dialog("/tmp/pytest-1/work", "Sat Nov 21 2026", "ok 1")) != here
+    assert fingerprint(dialog("/tmp/pytest-1/work", "x")[1:]) != here, "no folder stated: kept"
+
+
 async def test_models_are_listed(make_sim, client) -> None:
     sim = await make_sim(models=("kimi-k2.5", "moonshotai.kimi-k2.5"))
     data = (await client.get(f"{sim.base_url}/models")).json()

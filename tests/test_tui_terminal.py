@@ -52,8 +52,7 @@ max_attempts = 4
 [upstreams.sim]
 kind = "simulator"
 faults = ["hang"]
-# Which requests hang depends on their content (tmp paths, dates), so it varies by
-# run: at 0.7 over ten requests after tool results, none hanging is a 1-in-170,000 run.
+# Which requests hang depends on the seed and the dialog, not on the folder or the date.
 fault_rate = 0.7
 seed = 4
 [[routes]]

@@ -1,9 +1,12 @@
 """Fault injection: which faults fire on a request, and what they look like.
 
 Every decision is a pure function of the seed, a fingerprint of the
-request's messages and how many times that same fingerprint was seen
+request's conversation and how many times that same fingerprint was seen
 before, so a run repeats byte for byte and a retry of an identical request
-can succeed where the first attempt hung.
+can succeed where the first attempt hung. The fingerprint leaves out where
+and when the agent runs (its system prompt, which names the working folder
+and the date, and the folder wherever the conversation repeats it): the
+same task in any folder, on any day, meets the same faults.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Literal, get_args
 
 from .config import SimulatorConfig
 from .leak_grammar import WildLeak, wild_leak
-from .script import Reply, ToolCall, text_of
+from .script import Reply, ToolCall, text_of, working_directory
 
 LeakVariant = Literal[
     "canonical",
@@ -92,8 +95,13 @@ class LeakedText:
 
 
 def fingerprint(messages: Sequence[Mapping[str, object]]) -> str:
-    """A stable digest of the request's messages."""
-    canonical = json.dumps(messages, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    """A stable digest of the request's conversation: its messages but the system
+    prompt, with the working folder written as `{workdir}`."""
+    conversation = [m for m in messages if m.get("role") != "system"]
+    canonical = json.dumps(conversation, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    folder = working_directory(messages)
+    if folder and folder != "/":
+        canonical = canonical.replace(json.dumps(folder, ensure_ascii=False)[1:-1], "{workdir}")
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
