@@ -273,17 +273,22 @@ class Journal:
 
     # -- health ----------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self, *, settle: bool = True) -> dict[str, Any]:
         """Whether turns are being recorded, for `/health` and the dashboard.
 
         `ok` is False while writes fail; `error` is the latest failure,
         `failed_writes` counts them since start, `unsaved_turns` are turns
         kept in memory until a write succeeds, `lost_turns` those evicted
         from memory before that happened, `waited_turns` the outputs that
-        waited for a writer that had fallen behind (`recorded`). Waits for the
-        writes handed over so far.
+        waited for a writer that had fallen behind (`recorded`), `queued_writes`
+        the writes waiting for the writer now, and `behind` whether that is
+        more than `BACKLOG`, so that turns wait for it. Waits for the writes
+        handed over so far first, unless `settle` is False (the dashboard,
+        which redraws every second whatever the writer is doing).
         """
-        self.settle()
+        if settle:
+            self.settle()
+        queued = self._worker.backlog() if self._worker is not None else 0
         return {
             "path": str(self.path),
             "ok": self._failing_since is None,
@@ -293,6 +298,8 @@ class Journal:
             "unsaved_turns": len(self._unsaved),
             "lost_turns": self._lost,
             "waited_turns": self.waited_turns,
+            "queued_writes": queued,
+            "behind": queued > self.BACKLOG,
         }
 
     @property

@@ -145,7 +145,10 @@ async def test_turns_wait_for_a_writer_that_has_fallen_behind(tmp_path: Path) ->
     for i in range(3):
         journal._do(lambda i=i: done.append(i))
     assert journal.recorded("turn_a") is None  # three waiting: not behind yet
+    assert journal.status(settle=False)["behind"] is False
     journal._do(lambda: done.append(3))
+    now = journal.status(settle=False)  # what the dashboard shows: it does not wait
+    assert now["behind"] is True and now["queued_writes"] == 4 and now["ok"]
     first, second = journal.recorded("turn_a"), journal.recorded("turn_b")
     assert first is not None and second is not None and journal.waited_turns == 2
     marker = journal._catch_up  # what both wait for: still pending behind the slow write
@@ -154,7 +157,9 @@ async def test_turns_wait_for_a_writer_that_has_fallen_behind(tmp_path: Path) ->
     await asyncio.wait_for(asyncio.gather(first, second), 10)
     assert done == [0, 1, 2, 3]  # everything handed over before the waits was written
     assert journal.recorded("turn_a") is None
-    assert journal.status()["waited_turns"] == 2
+    status = journal.status()
+    assert status["waited_turns"] == 2 and status["queued_writes"] == 0
+    assert status["behind"] is False
     journal.close()
 
 

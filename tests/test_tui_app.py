@@ -268,6 +268,31 @@ async def test_export_keys_write_redacted_json(
     assert secret not in turn_file.read_text() + session_file.read_text()
 
 
+async def test_the_status_line_says_when_the_journal_cannot_write(
+        proxy: SwitchboardProxy, client: httpx.AsyncClient, make_app: AppFactory) -> None:
+    """The logs go to a file while the dashboard owns the screen, so a journal that
+    stopped writing (disk full, read-only) says so on the status line until it writes
+    again; the turns go on meanwhile."""
+    journal = proxy.journal
+    assert journal is not None
+    app = make_app(proxy)
+    async with running(app) as pilot:
+        assert "journal" not in screen_text(app)
+        journal.settle()
+        journal.conn.execute("PRAGMA query_only = ON")
+        response, payloads = await stream_chat(client, proxy.base_url, chat_body("read-only"))
+        assert response.status_code == 200 and content_of(payloads) == "Hello world"
+        await wait_for(pilot, lambda: "journal NOT WRITING" in screen_text(app)
+                       and "1 turn kept in memory" in screen_text(app),
+                       what="the journal's failure on the status line")
+        assert "readonly" in screen_text(app)
+        journal.conn.execute("PRAGMA query_only = OFF")
+        await stream_chat(client, proxy.base_url, chat_body("writable again"))
+        await wait_for(pilot, lambda: "journal" not in screen_text(app),
+                       what="the status line clear again")
+    assert journal.status()["ok"] and journal.status()["unsaved_turns"] == 0
+
+
 async def test_copy_url_key(proxy: SwitchboardProxy, make_app: AppFactory) -> None:
     app = make_app(proxy)
     async with running(app) as pilot:

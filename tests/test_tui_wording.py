@@ -52,6 +52,16 @@ def test_one_turn_is_not_turns() -> None:
     assert "1 turns" not in session_prompt(SessionInfo("ses_a", turns=1), P).plain
 
 
+def test_the_journal_is_named_on_the_status_line_only_when_something_is_wrong() -> None:
+    assert "journal" not in status_text(StatusInfo("http://x"), P).plain
+    failing = status_text(StatusInfo("http://x", journal_error="database or disk is full",
+                                     journal_kept=2, journal_queued=300), P).plain
+    assert "journal NOT WRITING (database or disk is full, 2 turns kept in memory)" in failing
+    assert "behind" not in failing  # the failure is what to say
+    behind = status_text(StatusInfo("http://x", journal_queued=300), P).plain
+    assert "journal behind: 300 writes queued, turns wait" in behind
+
+
 def test_attach_help_speaks_of_the_proxy_to_reach_not_an_address_to_bind(
         capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):

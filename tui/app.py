@@ -283,6 +283,12 @@ class SwitchboardApp(App[int]):
                           filter=self.filter.describe(), connected=self.connected,
                           banner=self.banner, unhealthy=unhealthy,
                           spans_dropped=self._spans_dropped())
+        journal = getattr(getattr(self.source, "proxy", None), "journal", None)
+        if journal is not None:  # an embedded proxy's: never waits for its writer
+            health = journal.status(settle=False)
+            info.journal_error = "" if health["ok"] else str(health["error"])
+            info.journal_kept = int(health["unsaved_turns"])
+            info.journal_queued = int(health["queued_writes"]) if health["behind"] else 0
         info.usage, info.session_usage = self._usage_totals()
         self._widgets[1].update(status_text(info, self.palette))
 

@@ -25,6 +25,9 @@ class StatusInfo:
     banner: str = ""
     unhealthy: list[str] = field(default_factory=list)
     spans_dropped: int = 0  # OpenTelemetry spans lost (collector down, slow, queue full)
+    journal_error: str = ""  # while the journal cannot write (disk full, read-only)
+    journal_kept: int = 0    # turns kept in memory meanwhile
+    journal_queued: int = 0  # writes waiting, when so many that turns wait for them
     usage: UsageTotals | None = None    # over the turns shown
     session_usage: UsageTotals | None = None  # the selected turn's session
 
@@ -55,6 +58,14 @@ def status_text(info: StatusInfo, p: Palette) -> Text:
     if info.stalled:
         text.append(f" · {info.stalled} stalled", style=f"bold {p.error}")
     text.append(f" · {plural(info.turns, 'turn')}", style=p.muted)
+    # Logs go to a file while the dashboard owns the screen: the journal says it here.
+    if info.journal_error:
+        kept = f", {plural(info.journal_kept, 'turn')} kept in memory" if info.journal_kept else ""
+        text.append(f"  ⚠ journal NOT WRITING ({info.journal_error}{kept})",
+                    style=f"bold {p.error}")
+    elif info.journal_queued:
+        text.append(f"  ⚠ journal behind: {info.journal_queued} writes queued, turns wait",
+                    style=p.warn)
     if info.usage is not None and info.usage.total_tokens:
         text.append(f" · tokens {usage_text(info.usage)}", style=p.text)
         if info.session_usage is not None and info.session_usage.turns < info.usage.turns:
