@@ -127,7 +127,8 @@ class ControlAPI:
         return web.Response(text=text, status=status, content_type="application/json")
 
     async def health(self, request: web.Request) -> web.Response:
-        journal = self.journal.status() if self.journal is not None else None
+        # Never waits for the journal's writer: a health check must not stall the proxy.
+        journal = self.journal.status(settle=False) if self.journal is not None else None
         return self._json({
             # degraded: still proxying, but turns are not reaching the journal
             "status": "ok" if journal is None or journal["ok"] else "degraded",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
 import httpx
@@ -50,6 +51,29 @@ async def test_health_says_degraded_while_the_journal_cannot_write(
     await chat(client, proxy)  # a write succeeds again, and the backlog with it
     health = (await client.get(proxy.base_url + API + "/health")).json()
     assert health["status"] == "ok" and health["journal"]["unsaved_turns"] == 0
+
+
+async def test_health_answers_while_the_journal_writer_is_busy(
+        proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:
+    """A health check reads the journal's state as it is: waiting for its writer would
+    stall the proxy's event loop for as long as the writer is behind."""
+    journal = proxy.journal
+    assert journal is not None
+    started, busy, ended = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_write() -> None:
+        started.set()
+        busy.wait(10)
+        ended.set()
+
+    journal._do(slow_write)
+    assert await asyncio.to_thread(started.wait, 10)
+    try:
+        health = (await client.get(proxy.base_url + API + "/health")).json()
+        assert not ended.is_set()  # answered while the writer is still stuck
+        assert health["journal"]["queued_writes"] == 0 and health["journal"]["behind"] is False
+    finally:
+        busy.set()
 
 
 async def test_turns_lists_recent_turns_oldest_first_with_limit(

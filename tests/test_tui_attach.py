@@ -116,6 +116,30 @@ async def test_an_attached_dashboard_holds_the_cores_own_records(
     await app.source.stop()
 
 
+async def test_an_attached_dashboard_says_when_the_journal_cannot_write(
+        proxy: SwitchboardProxy, client: httpx.AsyncClient, tmp_path: Path) -> None:
+    """`serve` logs to its own terminal: the dashboard attached to it reads the journal's
+    health from `/switchboard/api/health`, asked every `health_interval`."""
+    journal = proxy.journal
+    assert journal is not None
+    app = SwitchboardApp(RemoteSource(proxy.base_url, health_interval=0.05),
+                         themes_dir=tmp_path / "themes", keymap_path=tmp_path / "keymap.toml",
+                         export_dir=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: proxy.base_url in screen_text(app), what="the status line")
+        journal.settle()
+        journal.conn.execute("PRAGMA query_only = ON")
+        await stream_chat(client, proxy.base_url)
+        await wait_for(pilot, lambda: "journal NOT WRITING" in screen_text(app)
+                       and "1 turn kept in memory" in screen_text(app),
+                       what="the journal's failure, attached")
+        journal.conn.execute("PRAGMA query_only = OFF")
+        await stream_chat(client, proxy.base_url)
+        await wait_for(pilot, lambda: "journal" not in screen_text(app),
+                       what="the status line clear again")
+    await app.source.stop()
+
+
 async def test_attach_to_nothing_shows_disconnected_and_keeps_running(tmp_path: Path,
                                                                      unused_tcp_port: int) -> None:
     messages: list[Message] = []

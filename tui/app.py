@@ -281,14 +281,15 @@ class SwitchboardApp(App[int]):
         info = StatusInfo(base_url=self.source.base_url, source=self.source.describe(),
                           live=len(live), stalled=stalled, turns=len(self.model), follow=self.follow,
                           filter=self.filter.describe(), connected=self.connected,
-                          banner=self.banner, unhealthy=unhealthy,
-                          spans_dropped=self._spans_dropped())
-        journal = getattr(getattr(self.source, "proxy", None), "journal", None)
-        if journal is not None:  # an embedded proxy's: never waits for its writer
-            health = journal.status(settle=False)
-            info.journal_error = "" if health["ok"] else str(health["error"])
-            info.journal_kept = int(health["unsaved_turns"])
-            info.journal_queued = int(health["queued_writes"]) if health["behind"] else 0
+                          banner=self.banner, unhealthy=unhealthy)
+        health = self.source.health()
+        telemetry, journal = health.get("telemetry") or {}, health.get("journal") or {}
+        info.spans_dropped = int(telemetry.get("spans_dropped") or 0)
+        if journal:
+            info.journal_error = "" if journal.get("ok", True) else str(journal.get("error"))
+            info.journal_kept = int(journal.get("unsaved_turns") or 0)
+            info.journal_queued = int(journal.get("queued_writes") or 0) \
+                if journal.get("behind") else 0
         info.usage, info.session_usage = self._usage_totals()
         self._widgets[1].update(status_text(info, self.palette))
 
@@ -317,11 +318,6 @@ class SwitchboardApp(App[int]):
                     totals.priced_turns += 1
         self._usage_cache = (self.selected_id, moment, total, of_session)
         return total, of_session
-
-    def _spans_dropped(self) -> int:
-        """Telemetry export losses of an embedded proxy (0 when attached or export is off)."""
-        telemetry = getattr(getattr(self.source, "proxy", None), "telemetry", None)
-        return int(telemetry.status()["spans_dropped"]) if telemetry is not None else 0
 
     def _draw_detail(self, now: float, *, force: bool, immediate: bool = False) -> None:
         """The heartbeat bar on every redraw; the tab's body (a whole conversation, maybe)

@@ -58,6 +58,11 @@ class TurnSource(ABC):
     def describe(self) -> str:
         return self.kind
 
+    def health(self) -> dict[str, Any]:
+        """The proxy's health as `/switchboard/api/health` says it, as far as known: the
+        status line reads `journal` and `telemetry` from it. No I/O, never waits."""
+        return {}
+
     @property
     def owns_proxy(self) -> bool:
         """Quitting the dashboard stops the proxy (it runs in this process)."""

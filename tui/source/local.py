@@ -42,6 +42,11 @@ class LocalSource(TurnSource):
     def describe(self) -> str:
         return f"config {self.proxy.config.source}"
 
+    def health(self) -> dict[str, Any]:
+        journal, telemetry = self.proxy.journal, self.proxy.telemetry
+        return {"journal": journal.status(settle=False) if journal is not None else None,
+                "telemetry": telemetry.status() if telemetry is not None else None}
+
     def redact(self, text: str) -> str:
         return self.proxy.redactor(text)
 

@@ -25,6 +25,8 @@ from .base import SourceError, TurnSource, config_targets
 log = logging.getLogger(__name__)
 
 API = "/switchboard/api"
+#: How often an attached dashboard asks the proxy's health (seconds).
+HEALTH_INTERVAL = 2.0
 
 
 def parse_event(name: str, data: dict[str, Any]) -> Event | ForeignEvent:
@@ -44,7 +46,8 @@ class RemoteSource(TurnSource):
     kind = "remote"
 
     def __init__(self, url: str, *, max_turns: int = 500,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 health_interval: float = HEALTH_INTERVAL) -> None:
         super().__init__()
         url = url.rstrip("/")
         for suffix in ("/v1", API):
@@ -52,11 +55,13 @@ class RemoteSource(TurnSource):
                 url = url[: -len(suffix)]
         self.url = url
         self.max_turns = max_turns
+        self.health_interval = health_interval
         self._client = httpx.AsyncClient(base_url=url, transport=transport,
                                          timeout=httpx.Timeout(10.0, read=None))
         self._replicas: dict[str, Turn] = {}
         self._task: asyncio.Task[None] | None = None
-        self.health: dict[str, Any] = {}
+        self._health_task: asyncio.Task[None] | None = None
+        self._health: dict[str, Any] = {}
         self.connected = False
 
     @property
@@ -64,19 +69,37 @@ class RemoteSource(TurnSource):
         return self.url
 
     def describe(self) -> str:
-        config = self.health.get("config")
+        config = self._health.get("config")
         state = "attached" if self.connected else "disconnected"
         return f"{state}; config {config}" if config else state
+
+    def health(self) -> dict[str, Any]:
+        return self._health
 
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._read_events(), name="switchboard-attach")
+            self._health_task = asyncio.create_task(self._poll_health(),
+                                                    name="switchboard-attach-health")
 
     async def stop(self) -> None:
         await super().stop()
-        await cancel_and_wait(self._task)
-        self._task = None
+        for task in (self._task, self._health_task):
+            await cancel_and_wait(task)
+        self._task = self._health_task = None
         await self._client.aclose()
+
+    async def _poll_health(self) -> None:
+        """The proxy's health every `health_interval` seconds; what cannot be read leaves
+        the last known (the event stream says whether the proxy is reachable)."""
+        while True:
+            await asyncio.sleep(self.health_interval)
+            try:
+                response = await self._client.get(f"{API}/health")
+                response.raise_for_status()
+                self._health = response.json()
+            except (httpx.HTTPError, ValueError):
+                pass
 
     def _status(self, connected: bool, detail: str) -> None:
         self.connected = connected
@@ -84,7 +107,7 @@ class RemoteSource(TurnSource):
             self._target.post_message(SourceStatus(connected, detail))
 
     async def _sync(self) -> None:
-        self.health = (await self._client.get(f"{API}/health")).json()
+        self._health = (await self._client.get(f"{API}/health")).json()
         response = await self._client.get(f"{API}/turns", params={"limit": self.max_turns})
         response.raise_for_status()
         for data in response.json()["turns"]:
@@ -226,5 +249,5 @@ class RemoteSource(TurnSource):
             if "does not offer" not in str(exc):
                 raise
         turn = self._replicas.get(turn_id)
-        routes = [(r["model"], list(r["targets"])) for r in self.health.get("routes", [])]
+        routes = [(r["model"], list(r["targets"])) for r in self._health.get("routes", [])]
         return config_targets(routes, turn.route if turn else None)
