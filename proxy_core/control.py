@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -156,7 +157,9 @@ class ControlAPI:
         if len(turns) < limit and self.journal is not None:
             # Older turns (or turns from before a restart) come from the journal.
             known = {t.id for t in turns}
-            older = [d for d in self.journal.turns(limit, session) if d["id"] not in known]
+            journal = self.journal
+            older = [d for d in await journal.fetch(partial(journal.turns, limit, session))
+                     if d["id"] not in known]
             items = older + [t.to_dict(include_request=False) for t in turns]
         else:
             items = [t.to_dict(include_request=False) for t in turns]
@@ -166,7 +169,7 @@ class ControlAPI:
         """Tokens and cost in total and per session (`?session=ID`: that one only):
         over the journal, and the turns in memory it has not heard of yet."""
         journal = self.journal
-        sessions = journal.usage() if journal is not None else {}
+        sessions = await journal.fetch(journal.usage) if journal is not None else {}
         if journal is None or not journal.ok:
             _, sessions = summarize(t.to_dict(include_request=False)
                                     for t in self.store.recent(0))
@@ -185,21 +188,24 @@ class ControlAPI:
         turn_id = request.match_info["turn_id"]
         journal = self.journal
         turn = self.store.get(turn_id)
-        data = turn.to_dict() if turn else (journal.turn(turn_id) if journal else None)
+        data = turn.to_dict() if turn else None
+        if data is None and journal is not None:
+            data = await journal.fetch(partial(journal.turn, turn_id))
         if data is None:
             return self._error(f"no turn {turn_id!r}", 404, "turn_not_found")
+        wire = await journal.fetch(partial(journal.wire, turn_id)) if journal else None
         try:
-            fixture = build_fixture(data, journal.wire(turn_id) if journal else None,
-                                    self.config)
+            fixture = build_fixture(data, wire, self.config)
         except ReproError as exc:
             return self._error(str(exc), 409, "turn_live")
         return self._json(fixture)
 
     async def turn(self, request: web.Request) -> web.Response:
         turn_id = request.match_info["turn_id"]
-        turn = self.store.get(turn_id)
-        data = turn.to_dict() if turn else (
-            self.journal.turn(turn_id) if self.journal else None)
+        turn, journal = self.store.get(turn_id), self.journal
+        data = turn.to_dict() if turn else None
+        if data is None and journal is not None:
+            data = await journal.fetch(partial(journal.turn, turn_id))
         if data is None:
             return self._json({"error": {"message": f"no turn {turn_id!r}",
                                          "type": "not_found", "code": "turn_not_found"}}, 404)

@@ -17,8 +17,10 @@ turns send it (`journal_db.py`, `contents.py`); the writer encodes every
 part but names, redacts and stores only those not seen before, and the
 turn in memory then shares its messages with the turns before it
 (`contents.Interner`). Reads
-(`turns`, `turn`, `status`) first wait for the writes handed over so far
-(`settle`), so they see every turn that has ended. The database runs in WAL
+(`turns`, `turn`, `wire`, `usage`) see every write handed over before them:
+the control API and the dashboard run them on the writer, behind those
+writes (`fetch`), so that the event loop waits for neither; called directly
+(tools, start-up) they wait for the writer first (`settle`). The database runs in WAL
 mode, so after `kill -9` every turn whose client saw its end is on disk as
 finished, and a turn that was in flight is there as `live`, with what it
 had produced up to its last checkpoint; the next start marks such turns
@@ -55,7 +57,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -91,6 +93,7 @@ WIRE_COMPRESSION = 1
 PRUNE_INTERVAL = 60.0
 #: The writer thread's name.
 _WRITER = "switchboard-journal"
+R = TypeVar("R")
 #: SQLite result codes that mean "cannot write here now", not "this is not a journal".
 _CANNOT_WRITE = {"SQLITE_READONLY", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_BUSY",
                  "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_PERM"}
@@ -476,6 +479,27 @@ class Journal:
         """Wait until the writer has done every job handed to it so far (before a read)."""
         if self._worker is not None and threading.current_thread().name != _WRITER:
             self._worker.settle()
+
+    async def fetch(self, read: Callable[[], R]) -> R:
+        """`read()` (`turns`, `turn`, `wire`, `usage`...) run on the writer thread, after
+        the writes handed over so far: what the control API and the dashboard use, so
+        that the event loop, which serves every turn, waits neither for a writer that
+        is behind nor for SQLite. The sync reads settle on the loop instead."""
+        out: list[R] = []
+        failed: list[BaseException] = []
+
+        def job() -> None:
+            try:
+                out.append(read())
+            except BaseException as exc:  # raised again to the caller, on the loop
+                failed.append(exc)
+
+        done = self._do(job)
+        if done is not None:
+            await asyncio.wrap_future(done)
+        if failed:
+            raise failed[0]
+        return out[0]
 
     def _write(self, row: _Row, full: bool) -> None:
         full = full or row.turn_id in self._unsaved

@@ -14,6 +14,7 @@ from proxy_core.events import event_from_dict
 from support import (
     API, CHAT_PATH, FakeUpstream, api_turn, api_turns, assert_openai_error, chat_body,
     content_of, finish_chunk, openai_config, sse, stream_chat, text_chunk, tool_call_chunk, usage_chunk,
+    wait_until,
 )
 
 
@@ -74,6 +75,37 @@ async def test_health_answers_while_the_journal_writer_is_busy(
         assert health["journal"]["queued_writes"] == 0 and health["journal"]["behind"] is False
     finally:
         busy.set()
+
+
+async def test_reads_from_the_journal_wait_for_its_writer_without_holding_the_proxy(
+        proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:
+    """A turn read from the journal comes after the writes handed over before it, and
+    the event loop serves everything else meanwhile (`Journal.fetch`)."""
+    journal = proxy.journal
+    assert journal is not None
+    await chat(client, proxy)
+    started, busy, ended = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_write() -> None:
+        started.set()
+        busy.wait(10)
+        ended.set()
+
+    journal._do(slow_write)
+    assert await asyncio.to_thread(started.wait, 10)
+    try:
+        read = asyncio.ensure_future(client.get(proxy.base_url + API + "/turns/turn_elsewhere"))
+        listed = asyncio.ensure_future(client.get(proxy.base_url + API + "/usage"))
+        worker = journal._worker
+        assert worker is not None
+        await wait_until(lambda: worker.backlog() == 2, what="both reads queued for the writer")
+        health = await client.get(proxy.base_url + API + "/health")  # served meanwhile
+        assert health.status_code == 200 and health.json()["journal"]["queued_writes"] == 2
+        assert not ended.is_set() and not read.done() and not listed.done()
+    finally:
+        busy.set()
+    assert (await read).status_code == 404
+    assert (await listed).json()["total"]["turns"] == 1
 
 
 async def test_turns_lists_recent_turns_oldest_first_with_limit(

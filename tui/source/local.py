@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from proxy_core.errors import ClientRequestError
@@ -71,7 +72,7 @@ class LocalSource(TurnSource):
         if turn is not None:
             return turn
         journal = self.proxy.journal
-        data = journal.turn(turn_id) if journal is not None else None
+        data = await journal.fetch(partial(journal.turn, turn_id)) if journal else None
         return Turn.from_dict(data) if data is not None else None
 
     async def repro(self, turn_id: str) -> dict[str, Any]:
@@ -79,9 +80,9 @@ class LocalSource(TurnSource):
         journal = self.proxy.journal
         if turn is None:
             raise SourceError(f"no turn {turn_id!r}")
+        wire = await journal.fetch(partial(journal.wire, turn_id)) if journal else None
         try:
-            return build_fixture(turn.to_dict(), journal.wire(turn_id) if journal else None,
-                                 self.proxy.config)
+            return build_fixture(turn.to_dict(), wire, self.proxy.config)
         except ReproError as exc:
             raise SourceError(str(exc)) from None
 
@@ -90,7 +91,8 @@ class LocalSource(TurnSource):
                  if t.id not in known and (not session or t.session_id == session)}
         journal = self.proxy.journal
         if journal is not None and len(found) < limit:
-            for data in reversed(journal.turns(limit + len(known), session)):
+            kept = await journal.fetch(partial(journal.turns, limit + len(known), session))
+            for data in reversed(kept):
                 if data["id"] not in known and data["id"] not in found:
                     found[data["id"]] = Turn.from_dict(data)
         turns = sorted(found.values(), key=lambda t: t.started_at, reverse=True)
