@@ -74,6 +74,7 @@ from .store import TurnStore
 from .usage import COUNTS, UsageTotals
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")  # what a read gives (`Journal.fetch`)
 
 #: What a turn that was in flight when Switchboard died is marked with at the next start.
 UNFINISHED_ERROR = ("unfinished: Switchboard stopped (killed, crashed or lost power) before "
@@ -93,7 +94,6 @@ WIRE_COMPRESSION = 1
 PRUNE_INTERVAL = 60.0
 #: The writer thread's name.
 _WRITER = "switchboard-journal"
-R = TypeVar("R")
 #: SQLite result codes that mean "cannot write here now", not "this is not a journal".
 _CANNOT_WRITE = {"SQLITE_READONLY", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_BUSY",
                  "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_PERM"}

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 
 from proxy_core.app import SwitchboardProxy
+from proxy_core.journal import Journal
 from proxy_core.events import event_from_dict
 from support import (
     API, CHAT_PATH, FakeUpstream, api_turn, api_turns, assert_openai_error, chat_body,
@@ -54,12 +57,10 @@ async def test_health_says_degraded_while_the_journal_cannot_write(
     assert health["status"] == "ok" and health["journal"]["unsaved_turns"] == 0
 
 
-async def test_health_answers_while_the_journal_writer_is_busy(
-        proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:
-    """A health check reads the journal's state as it is: waiting for its writer would
-    stall the proxy's event loop for as long as the writer is behind."""
-    journal = proxy.journal
-    assert journal is not None
+@asynccontextmanager
+async def writer_held(journal: Journal) -> AsyncIterator[threading.Event]:
+    """The journal's writer stuck on a slow write for the block; yields the event set
+    once that write has ended (only after the block, unless something waited for it)."""
     started, busy, ended = threading.Event(), threading.Event(), threading.Event()
 
     def slow_write() -> None:
@@ -70,11 +71,21 @@ async def test_health_answers_while_the_journal_writer_is_busy(
     journal._do(slow_write)
     assert await asyncio.to_thread(started.wait, 10)
     try:
+        yield ended
+    finally:
+        busy.set()
+
+
+async def test_health_answers_while_the_journal_writer_is_busy(
+        proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:
+    """A health check reads the journal's state as it is: waiting for its writer would
+    stall the proxy's event loop for as long as the writer is behind."""
+    journal = proxy.journal
+    assert journal is not None
+    async with writer_held(journal) as ended:
         health = (await client.get(proxy.base_url + API + "/health")).json()
         assert not ended.is_set()  # answered while the writer is still stuck
         assert health["journal"]["queued_writes"] == 0 and health["journal"]["behind"] is False
-    finally:
-        busy.set()
 
 
 async def test_reads_from_the_journal_wait_for_its_writer_without_holding_the_proxy(
@@ -84,16 +95,7 @@ async def test_reads_from_the_journal_wait_for_its_writer_without_holding_the_pr
     journal = proxy.journal
     assert journal is not None
     await chat(client, proxy)
-    started, busy, ended = threading.Event(), threading.Event(), threading.Event()
-
-    def slow_write() -> None:
-        started.set()
-        busy.wait(10)
-        ended.set()
-
-    journal._do(slow_write)
-    assert await asyncio.to_thread(started.wait, 10)
-    try:
+    async with writer_held(journal) as ended:
         read = asyncio.ensure_future(client.get(proxy.base_url + API + "/turns/turn_elsewhere"))
         listed = asyncio.ensure_future(client.get(proxy.base_url + API + "/usage"))
         worker = journal._worker
@@ -102,8 +104,6 @@ async def test_reads_from_the_journal_wait_for_its_writer_without_holding_the_pr
         health = await client.get(proxy.base_url + API + "/health")  # served meanwhile
         assert health.status_code == 200 and health.json()["journal"]["queued_writes"] == 2
         assert not ended.is_set() and not read.done() and not listed.done()
-    finally:
-        busy.set()
     assert (await read).status_code == 404
     assert (await listed).json()["total"]["turns"] == 1
 

@@ -90,16 +90,17 @@ class RemoteSource(TurnSource):
         await self._client.aclose()
 
     async def _poll_health(self) -> None:
-        """The proxy's health every `health_interval` seconds; what cannot be read leaves
-        the last known (the event stream says whether the proxy is reachable)."""
+        """The proxy's health (its config and routes too), now and every `health_interval`
+        seconds; what cannot be read leaves the last known (the event stream says
+        whether the proxy is reachable)."""
         while True:
-            await asyncio.sleep(self.health_interval)
             try:
                 response = await self._client.get(f"{API}/health")
                 response.raise_for_status()
                 self._health = response.json()
             except (httpx.HTTPError, ValueError):
                 pass
+            await asyncio.sleep(self.health_interval)
 
     def _status(self, connected: bool, detail: str) -> None:
         self.connected = connected
@@ -107,7 +108,6 @@ class RemoteSource(TurnSource):
             self._target.post_message(SourceStatus(connected, detail))
 
     async def _sync(self) -> None:
-        self._health = (await self._client.get(f"{API}/health")).json()
         response = await self._client.get(f"{API}/turns", params={"limit": self.max_turns})
         response.raise_for_status()
         for data in response.json()["turns"]:
