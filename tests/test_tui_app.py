@@ -34,7 +34,7 @@ from tui.messages import EventsReady, Exported, OlderLoaded, TurnActionDone
 from tui.source import LocalSource
 from tui.widgets.screens import HelpScreen, PickerScreen
 from tui.widgets.sessions import SessionList
-from tui_support import screen_text, wait_for
+from tui_support import journal_trouble_shown_and_cleared, screen_text, wait_for
 
 SIZE = (170, 50)
 AppFactory = Callable[..., SwitchboardApp]
@@ -276,20 +276,14 @@ async def test_the_status_line_says_when_the_journal_cannot_write(
     journal = proxy.journal
     assert journal is not None
     app = make_app(proxy)
+
+    async def chat() -> None:
+        response, payloads = await stream_chat(client, proxy.base_url)
+        assert response.status_code == 200 and content_of(payloads) == "Hello world"
+
     async with running(app) as pilot:
         assert "journal" not in screen_text(app)
-        journal.settle()
-        journal.conn.execute("PRAGMA query_only = ON")
-        response, payloads = await stream_chat(client, proxy.base_url, chat_body("read-only"))
-        assert response.status_code == 200 and content_of(payloads) == "Hello world"
-        await wait_for(pilot, lambda: "journal NOT WRITING" in screen_text(app)
-                       and "1 turn kept in memory" in screen_text(app),
-                       what="the journal's failure on the status line")
-        assert "readonly" in screen_text(app)
-        journal.conn.execute("PRAGMA query_only = OFF")
-        await stream_chat(client, proxy.base_url, chat_body("writable again"))
-        await wait_for(pilot, lambda: "journal" not in screen_text(app),
-                       what="the status line clear again")
+        await journal_trouble_shown_and_cleared(pilot, app, journal, chat)
     assert journal.status()["ok"] and journal.status()["unsaved_turns"] == 0
 
 

@@ -23,7 +23,7 @@ from tui.app import SwitchboardApp
 from tui.messages import SourceStatus, TurnActionDone
 from tui.source import RemoteSource
 from tui.widgets.screens import PickerScreen
-from tui_support import screen_text, wait_for
+from tui_support import journal_trouble_shown_and_cleared, screen_text, wait_for
 
 SIZE = (170, 50)
 
@@ -127,16 +127,8 @@ async def test_an_attached_dashboard_says_when_the_journal_cannot_write(
                          export_dir=tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: proxy.base_url in screen_text(app), what="the status line")
-        journal.settle()
-        journal.conn.execute("PRAGMA query_only = ON")
-        await stream_chat(client, proxy.base_url)
-        await wait_for(pilot, lambda: "journal NOT WRITING" in screen_text(app)
-                       and "1 turn kept in memory" in screen_text(app),
-                       what="the journal's failure, attached")
-        journal.conn.execute("PRAGMA query_only = OFF")
-        await stream_chat(client, proxy.base_url)
-        await wait_for(pilot, lambda: "journal" not in screen_text(app),
-                       what="the status line clear again")
+        await journal_trouble_shown_and_cleared(
+            pilot, app, journal, lambda: stream_chat(client, proxy.base_url))
     await app.source.stop()
 
 

@@ -35,3 +35,21 @@ async def wait_for(pilot: Any, predicate: Callable[[], Any], *, timeout: float =
                                  f"{screen_text(pilot.app)}")
         await pilot.pause(0.05)
         await asyncio.sleep(0)
+
+
+async def journal_trouble_shown_and_cleared(pilot: Any, app: App[Any], journal: Any,
+                                            chat: Callable[[], Any]) -> None:
+    """Make the journal read-only, have a turn (`chat`) fail to be written, wait for the
+    status line to say so, make it writable, have a turn written, and wait for the
+    status line to name the journal no more."""
+    journal.settle()
+    journal.conn.execute("PRAGMA query_only = ON")
+    await chat()
+    await wait_for(pilot, lambda: "journal NOT WRITING" in screen_text(app)
+                   and "1 turn kept in memory" in screen_text(app),
+                   what="the journal's failure on the status line")
+    assert "readonly" in screen_text(app)
+    journal.conn.execute("PRAGMA query_only = OFF")
+    await chat()
+    await wait_for(pilot, lambda: "journal" not in screen_text(app),
+                   what="the status line clear again")
