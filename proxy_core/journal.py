@@ -208,6 +208,7 @@ class Journal:
         self.retention = retention or Retention()
         self.pruned_sessions = 0
         self._last_prune = 0.0
+        self._reader: sqlite3.Connection | None = None  # the event loop's (`load_call`)
         # Everything below is the writer thread's (`_do`), once it exists.
         self.namer = Namer(redactor)
         self.interner = Interner()
@@ -279,6 +280,8 @@ class Journal:
             self._worker.close()
         if self._checkpointer is not None:
             self._checkpointer.close()
+        if self._reader is not None:
+            self._reader.close()
         self.conn.close()
 
     # -- health ----------------------------------------------------------------
@@ -750,14 +753,29 @@ class Journal:
              call.session_id, call.turn_id, call.upstream_id, call.at))))
 
     def load_call(self, call_id: str) -> RememberedCall | None:
-        self.settle()
+        """A delivered tool call, read without waiting for the writer (the `CallStore` of
+        `ToolCallMemory`, asked on a request's path by history repairs).
+
+        On a read-only connection of its own, which sees what is committed: the
+        calls of earlier runs, and those of this run that `ToolCallMemory` no
+        longer holds, long since written. Waiting for the writer here would hold
+        the event loop, and every turn on it, for as long as the writer is behind,
+        once per call id of the first turn of a session after a restart.
+        """
+        reader = self._reader
         try:
-            row = self.conn.execute(
+            if reader is None:
+                reader = self._reader = sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                    isolation_level=None, check_same_thread=False)
+            # fetchall: the statement runs to its end, so no read stays open to hold
+            # back checkpoints
+            rows = reader.execute(
                 "SELECT id, name, arguments, reasoning, session_id, turn_id, upstream_id, at"
-                " FROM tool_calls WHERE id = ?", (call_id,)).fetchone()
-        except sqlite3.Error:
+                " FROM tool_calls WHERE id = ?", (call_id,)).fetchall()
+        except sqlite3.Error:  # no journal file (it could not be set up): nothing to recall
             return None
-        return RememberedCall(*row) if row else None
+        return RememberedCall(*rows[0]) if rows else None
 
     def turns(self, limit: int = 100, session_id: str | None = None) -> list[dict[str, Any]]:
         """The most recent turns (oldest first), without their requests."""

@@ -163,6 +163,44 @@ async def test_turns_wait_for_a_writer_that_has_fallen_behind(tmp_path: Path) ->
     journal.close()
 
 
+async def test_a_delivered_call_is_recalled_without_waiting_for_the_writer(
+        tmp_path: Path) -> None:
+    """History repairs recall tool calls on a request's path, and after a restart each
+    call of a session's first turn is a journal read. It reads what is committed, on a
+    connection of its own: a writer that is behind holds neither it nor the event loop
+    (which every turn runs on)."""
+    from proxy_core.journal import Journal
+    from proxy_core.repairs.memory import RememberedCall, ToolCallMemory
+    from proxy_core.secrets import Redactor
+    from proxy_core.store import TurnStore
+
+    path = tmp_path / "j.sqlite3"
+    before = Journal.open(path, Redactor(), TurnStore())
+    delivered = RememberedCall("call_1", "read", '{"path": "a.py"}', reasoning="look first",
+                               session_id="ses_1", turn_id="turn_1", at=1.0)
+    await asyncio.to_thread(before.save_call, delivered)  # no loop there: written at once
+    before.close()
+
+    journal = Journal.open(path, Redactor(), TurnStore())  # the restart
+    memory = ToolCallMemory(journal)
+    started, busy, ended = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_write() -> None:
+        started.set()
+        busy.wait(10)
+        ended.set()
+
+    journal._do(slow_write)  # the writer is stuck on a slow write
+    assert await asyncio.to_thread(started.wait, 10)
+    try:
+        assert memory.recall("call_1") == delivered
+        assert memory.recall("call_unknown") is None
+        assert not ended.is_set()  # answered while the writer is still stuck
+    finally:
+        busy.set()
+    journal.close()
+
+
 # -- secrets -------------------------------------------------------------------------
 
 UPSTREAM_SECRET = "sk-test-PLANTED-SECRET-123456789"
