@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -72,8 +73,13 @@ class SwitchboardProxy:
         self._runner: web.AppRunner | None = None
         self.front = OpenAIFront(self.pipeline, self.redactor)
 
-    def _journaled_turn(self, turn_id: str) -> Turn | None:
-        data = self.journal.turn(turn_id) if self.journal is not None else None
+    async def _journaled_turn(self, turn_id: str) -> Turn | None:
+        """A turn no longer in memory (to retry or reroute by hand), read on the journal's
+        writer: the event loop serves turns meanwhile."""
+        journal = self.journal
+        if journal is None:
+            return None
+        data = await journal.fetch(partial(journal.turn, turn_id))
         return Turn.from_dict(data) if data is not None else None
 
     @property

@@ -110,7 +110,7 @@ class ControlAPI:
             targets = list(dict.fromkeys(str(t) for r in self.config.routes for t in r.targets))
         else:
             try:
-                targets = pipeline.targets_for(turn_id)
+                targets = await pipeline.targets_for(turn_id)
             except ClientRequestError as exc:
                 return self._error(exc.message, exc.status, exc.code)
         return self._json({"targets": targets,

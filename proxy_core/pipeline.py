@@ -118,7 +118,7 @@ class LiveTurn:
 
 
 #: Finds a turn that is no longer in memory (the journal), for re-runs.
-TurnLookup = Callable[[str], Turn | None]
+TurnLookup = Callable[[str], Awaitable[Turn | None]]
 #: The writing of a turn's latest record, if one is under way (`Journal.recorded`):
 #: waited for before the turn's first output and its end reach the client.
 Recorded = Callable[[str], Awaitable[None] | None]
@@ -549,7 +549,7 @@ class Pipeline:
 
     async def retry(self, turn_id: str) -> str:
         """Retry a turn on its current target. Returns the id of the turn doing the work."""
-        return self._manual(turn_id, ManualAction("retry"))
+        return await self._manual(turn_id, ManualAction("retry"))
 
     async def reroute(self, turn_id: str, target: str) -> str:
         """Move a turn to `target` ("upstream:model"). Returns the id doing the work."""
@@ -558,7 +558,7 @@ class Pipeline:
             raise ClientRequestError(
                 f"unknown upstream {parsed.upstream!r} in target {target!r}; "
                 f"known: {', '.join(sorted(self.upstreams))}", code="unknown_target")
-        return self._manual(turn_id, ManualAction("reroute", parsed))
+        return await self._manual(turn_id, ManualAction("reroute", parsed))
 
     def watchdog_figures(self, target: str) -> dict[str, Any]:
         """What the deadlines of `target` are learned from, and come to (control API)."""
@@ -572,9 +572,9 @@ class Pipeline:
         figures["hedge_wins"] = self.hedge_wins[target]
         return figures
 
-    def targets_for(self, turn_id: str) -> list[str]:
+    async def targets_for(self, turn_id: str) -> list[str]:
         """Where a turn could be rerouted: its route's targets, then every other upstream."""
-        turn = self._find(turn_id)
+        turn = await self._find(turn_id)
         route = self._route(turn.model)
         targets = [str(t) for t in route.targets]
         models = list(dict.fromkeys(t.model_for(turn.model) for t in route.targets))
@@ -585,18 +585,19 @@ class Pipeline:
                     targets.append(candidate)
         return targets
 
-    def _find(self, turn_id: str) -> Turn:
-        turn = self.store.get(turn_id) or (self.lookup(turn_id) if self.lookup else None)
+    async def _find(self, turn_id: str) -> Turn:
+        """The turn in memory, or else from the journal (`lookup`, read on its writer)."""
+        turn = self.store.get(turn_id) or (await self.lookup(turn_id) if self.lookup else None)
         if turn is None:
             raise ClientRequestError(f"no turn {turn_id!r}", status=404, code="turn_not_found")
         return turn
 
-    def _manual(self, turn_id: str, action: ManualAction) -> str:
+    async def _manual(self, turn_id: str, action: ManualAction) -> str:
         live = self.live.get(turn_id)
         if live is not None and not live.committed:
             live.interrupt(action)  # restarts on the same client stream
             return turn_id
-        original = live.turn if live is not None else self._find(turn_id)
+        original = live.turn if live is not None else await self._find(turn_id)
         rerun = self._rerun(original, action)
         if live is not None:
             live.interrupt(ManualAction(action.kind, action.target, rerun_id=rerun))

@@ -108,6 +108,39 @@ async def test_reads_from_the_journal_wait_for_its_writer_without_holding_the_pr
     assert (await listed).json()["total"]["turns"] == 1
 
 
+
+async def test_a_turn_retried_by_hand_from_the_journal_is_read_without_holding_the_proxy(
+        proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:
+    """Retrying, or listing the targets of, a turn no longer in memory reads it from the
+    journal on its writer: meanwhile the event loop serves everything else."""
+    journal = proxy.journal
+    assert journal is not None
+    proxy.store.capacity = 1
+    await chat(client, proxy, "the one to retry")
+    old = (await api_turns(client, proxy.base_url))[-1]["id"]
+    await chat(client, proxy, "the one that pushes it out of memory")
+    assert proxy.store.get(old) is None
+    async with writer_held(journal) as ended:
+        retried = asyncio.ensure_future(client.post(f"{proxy.base_url}{API}/turns/{old}/retry"))
+        targets = asyncio.ensure_future(
+            client.get(f"{proxy.base_url}{API}/targets", params={"turn": old}))
+        worker = journal._worker
+        assert worker is not None
+        await wait_until(lambda: worker.backlog() == 2, what="both reads queued for the writer")
+        health = await client.get(proxy.base_url + API + "/health")  # served meanwhile
+        assert health.status_code == 200
+        assert not ended.is_set() and not retried.done() and not targets.done()
+    assert (await targets).json()["targets"] == ["primary:up-model"]
+    response = await retried
+    assert response.status_code == 202, response.text  # accepted: the re-run goes on
+    rerun = response.json()["turn_id"]
+    assert rerun != old
+    await wait_until(lambda: (turn := proxy.store.get(rerun)) is not None
+                     and turn.state == "finished", what="the re-run to finish")
+    rerun_turn = proxy.store.get(rerun)
+    assert rerun_turn is not None and rerun_turn.rerun_of == old
+    assert rerun_turn.request["messages"][-1]["content"] == "the one to retry"
+
 async def test_turns_lists_recent_turns_oldest_first_with_limit(
         proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:
     for i in range(3):

@@ -120,7 +120,7 @@ class LocalSource(TurnSource):
         method = getattr(self.proxy.pipeline, "targets_for", None)
         if method is not None:
             try:
-                return list(method(turn_id))
+                return list(await method(turn_id))
             except ClientRequestError as exc:
                 raise SourceError(exc.message) from None
         turn = await self.load_turn(turn_id)
