@@ -62,7 +62,7 @@ class SwitchboardProxy:
             self.scoreboard.count_records(self.journal.turns(SCOREBOARD_SEED))
         self.bus.add_observer(ScoreboardObserver(self.scoreboard, self.store.get))
         self.pipeline = Pipeline(config, self.upstreams, self.bus, self.store, self.memory,
-                                 lookup=self._journaled_turn,
+                                 lookup=self.journaled_turn,
                                  recorded=self.journal.recorded if self.journal else None,
                                  capture_wire=(self.journal is not None
                                                and config.proxy.journal_wire_kb > 0))
@@ -73,9 +73,9 @@ class SwitchboardProxy:
         self._runner: web.AppRunner | None = None
         self.front = OpenAIFront(self.pipeline, self.redactor)
 
-    async def _journaled_turn(self, turn_id: str) -> Turn | None:
-        """A turn no longer in memory (to retry or reroute by hand), read on the journal's
-        writer: the event loop serves turns meanwhile."""
+    async def journaled_turn(self, turn_id: str) -> Turn | None:
+        """A turn as the journal has it (one no longer in memory: to show, retry or
+        reroute), read on the journal's writer: the event loop serves turns meanwhile."""
         journal = self.journal
         if journal is None:
             return None

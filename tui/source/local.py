@@ -68,12 +68,7 @@ class LocalSource(TurnSource):
         return self.proxy.store.recent(limit)
 
     async def load_turn(self, turn_id: str) -> Turn | None:
-        turn = self.proxy.store.get(turn_id)
-        if turn is not None:
-            return turn
-        journal = self.proxy.journal
-        data = await journal.fetch(partial(journal.turn, turn_id)) if journal else None
-        return Turn.from_dict(data) if data is not None else None
+        return self.proxy.store.get(turn_id) or await self.proxy.journaled_turn(turn_id)
 
     async def repro(self, turn_id: str) -> dict[str, Any]:
         turn = await self.load_turn(turn_id)
