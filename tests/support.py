@@ -27,14 +27,18 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from aiohttp import web
+
+from proxy_core.journal import Journal
 
 #: Environment variable holding the upstream key in test configs, and its value.
 UPSTREAM_KEY_ENV = "SWITCHBOARD_TEST_UPSTREAM_KEY"
@@ -64,6 +68,25 @@ async def wait_until(predicate: Callable[[], Any], *, timeout: float = 5.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def writer_held(journal: Journal) -> AsyncIterator[threading.Event]:
+    """The journal's writer stuck on a slow write for the block; yields the event set
+    once that write has ended (only after the block, unless something waited for it)."""
+    started, busy, ended = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_write() -> None:
+        started.set()
+        busy.wait(10)
+        ended.set()
+
+    journal._do(slow_write)
+    assert await asyncio.to_thread(started.wait, 10)
+    try:
+        yield ended
+    finally:
+        busy.set()
 
 
 # -- stream steps -----------------------------------------------------------------

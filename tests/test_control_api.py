@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 
 from proxy_core.app import SwitchboardProxy
-from proxy_core.journal import Journal
 from proxy_core.events import event_from_dict
 from support import (
     API, CHAT_PATH, FakeUpstream, api_turn, api_turns, assert_openai_error, chat_body,
     content_of, finish_chunk, openai_config, sse, stream_chat, text_chunk, tool_call_chunk, usage_chunk,
-    wait_until,
+    wait_until, writer_held,
 )
 
 
@@ -55,25 +51,6 @@ async def test_health_says_degraded_while_the_journal_cannot_write(
     await chat(client, proxy)  # a write succeeds again, and the backlog with it
     health = (await client.get(proxy.base_url + API + "/health")).json()
     assert health["status"] == "ok" and health["journal"]["unsaved_turns"] == 0
-
-
-@asynccontextmanager
-async def writer_held(journal: Journal) -> AsyncIterator[threading.Event]:
-    """The journal's writer stuck on a slow write for the block; yields the event set
-    once that write has ended (only after the block, unless something waited for it)."""
-    started, busy, ended = threading.Event(), threading.Event(), threading.Event()
-
-    def slow_write() -> None:
-        started.set()
-        busy.wait(10)
-        ended.set()
-
-    journal._do(slow_write)
-    assert await asyncio.to_thread(started.wait, 10)
-    try:
-        yield ended
-    finally:
-        busy.set()
 
 
 async def test_health_answers_while_the_journal_writer_is_busy(

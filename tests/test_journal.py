@@ -24,7 +24,7 @@ from fault_support import ServeProcess
 from proxy_core.journal import Writer
 from support import (
     API, CHAT_PATH, UPSTREAM_KEY_ENV, FakeUpstream, Hang, api_turn, api_turns, chat_body,
-    content_of, openai_config, sse, stream_chat, text_chunk, text_reply, wait_until,
+    content_of, openai_config, sse, stream_chat, text_chunk, text_reply, wait_until, writer_held,
 )
 
 
@@ -133,27 +133,20 @@ async def test_turns_wait_for_a_writer_that_has_fallen_behind(tmp_path: Path) ->
 
     journal = Journal.open(tmp_path / "j.sqlite3", Redactor(), TurnStore())
     journal.BACKLOG = 3
-    started, busy = threading.Event(), threading.Event()
     done: list[int] = []
 
-    def slow_write() -> None:
-        started.set()
-        busy.wait()
-
-    journal._do(slow_write)  # the writer is stuck on a slow write
-    assert started.wait(10)
-    for i in range(3):
-        journal._do(lambda i=i: done.append(i))
-    assert journal.recorded("turn_a") is None  # three waiting: not behind yet
-    assert journal.status(settle=False)["behind"] is False
-    journal._do(lambda: done.append(3))
-    now = journal.status(settle=False)  # what the dashboard shows: it does not wait
-    assert now["behind"] is True and now["queued_writes"] == 4 and now["ok"]
-    first, second = journal.recorded("turn_a"), journal.recorded("turn_b")
-    assert first is not None and second is not None and journal.waited_turns == 2
-    marker = journal._catch_up  # what both wait for: still pending behind the slow write
-    assert marker is not None and not marker.done()
-    busy.set()
+    async with writer_held(journal):  # the writer is stuck on a slow write
+        for i in range(3):
+            journal._do(lambda i=i: done.append(i))
+        assert journal.recorded("turn_a") is None  # three waiting: not behind yet
+        assert journal.status(settle=False)["behind"] is False
+        journal._do(lambda: done.append(3))
+        now = journal.status(settle=False)  # what the dashboard shows: it does not wait
+        assert now["behind"] is True and now["queued_writes"] == 4 and now["ok"]
+        first, second = journal.recorded("turn_a"), journal.recorded("turn_b")
+        assert first is not None and second is not None and journal.waited_turns == 2
+        marker = journal._catch_up  # what both wait for: still pending behind the slow write
+        assert marker is not None and not marker.done()
     await asyncio.wait_for(asyncio.gather(first, second), 10)
     assert done == [0, 1, 2, 3]  # everything handed over before the waits was written
     assert journal.recorded("turn_a") is None
@@ -183,21 +176,10 @@ async def test_a_delivered_call_is_recalled_without_waiting_for_the_writer(
 
     journal = Journal.open(path, Redactor(), TurnStore())  # the restart
     memory = ToolCallMemory(journal)
-    started, busy, ended = threading.Event(), threading.Event(), threading.Event()
-
-    def slow_write() -> None:
-        started.set()
-        busy.wait(10)
-        ended.set()
-
-    journal._do(slow_write)  # the writer is stuck on a slow write
-    assert await asyncio.to_thread(started.wait, 10)
-    try:
+    async with writer_held(journal) as ended:
         assert memory.recall("call_1") == delivered
         assert memory.recall("call_unknown") is None
         assert not ended.is_set()  # answered while the writer is still stuck
-    finally:
-        busy.set()
     journal.close()
 
 
