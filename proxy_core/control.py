@@ -187,10 +187,7 @@ class ControlAPI:
         of each attempt with their timing, the repairs, the route and watchdog settings."""
         turn_id = request.match_info["turn_id"]
         journal = self.journal
-        turn = self.store.get(turn_id)
-        data = turn.to_dict() if turn else None
-        if data is None and journal is not None:
-            data = await journal.fetch(partial(journal.turn, turn_id))
+        data = await self._turn_data(turn_id)
         if data is None:
             return self._error(f"no turn {turn_id!r}", 404, "turn_not_found")
         wire = await journal.fetch(partial(journal.wire, turn_id)) if journal else None
@@ -200,12 +197,16 @@ class ControlAPI:
             return self._error(str(exc), 409, "turn_live")
         return self._json(fixture)
 
+    async def _turn_data(self, turn_id: str) -> dict[str, Any] | None:
+        """One turn's record: the one in memory, or else the journal's (read on its writer)."""
+        turn, journal = self.store.get(turn_id), self.journal
+        if turn is not None:
+            return turn.to_dict()
+        return await journal.fetch(partial(journal.turn, turn_id)) if journal else None
+
     async def turn(self, request: web.Request) -> web.Response:
         turn_id = request.match_info["turn_id"]
-        turn, journal = self.store.get(turn_id), self.journal
-        data = turn.to_dict() if turn else None
-        if data is None and journal is not None:
-            data = await journal.fetch(partial(journal.turn, turn_id))
+        data = await self._turn_data(turn_id)
         if data is None:
             return self._json({"error": {"message": f"no turn {turn_id!r}",
                                          "type": "not_found", "code": "turn_not_found"}}, 404)
