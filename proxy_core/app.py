@@ -13,6 +13,7 @@ from functools import partial
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .bus import EventBus
 from .config import Config
@@ -34,6 +35,8 @@ from .upstreams import build_upstreams
 log = logging.getLogger(__name__)
 
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
+#: Where aiohttp's server logs the requests it could not parse.
+_AIOHTTP_SERVER_LOG = "aiohttp.server"
 #: Journal turns the scoreboard starts from.
 SCOREBOARD_SEED = 5000
 
@@ -105,8 +108,12 @@ class SwitchboardProxy:
         # handler_cancellation: a client that goes away cancels its handler, so the
         # pipeline closes the upstream and fails the turn at once (no retries for
         # nobody, no handler outliving stop()).
+        # auto_decompress off: compressed bodies are decoded by `request_body`, within
+        # the body limit and with errors in OpenAI's shape.
+        quiet_malformed_requests()
         self._runner = web.AppRunner(self.make_app(), access_log=None,
-                                     handler_cancellation=True, shutdown_timeout=2.0)
+                                     handler_cancellation=True, shutdown_timeout=2.0,
+                                     auto_decompress=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
         await site.start()
@@ -187,3 +194,34 @@ def _host_name(value: str, *, url: bool = False) -> str:
         return urlsplit(value if url else "//" + value).hostname or ""
     except ValueError:
         return ""
+
+
+class MalformedRequestLog(logging.Filter):
+    """aiohttp's log of a request it could not parse, as one warning line.
+
+    aiohttp's server answers a malformed request (a header line over 8 KB,
+    a bad chunk size, TLS spoken to the plain port) with a plain-text 400
+    before any handler sees it, and logs it as an error with a traceback: a
+    client that keeps sending one would fill the log with tracebacks of
+    aiohttp's parser. What is left is the peer and the parser's reason,
+    without the bytes it quotes (a header line could carry a token).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            reason = (exc.message or type(exc).__name__).strip().splitlines()[0]
+            reason = reason.split(" b'", 1)[0].split(" bytearray(", 1)[0].rstrip(": ")
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg, record.args, record.exc_info, record.exc_text = (
+                "refused a malformed HTTP request from %s: %s (%d)",
+                (peer, reason[:200], exc.code), None, None)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_malformed_requests() -> None:
+    """Put `MalformedRequestLog` on aiohttp's server log (once per process)."""
+    logger = logging.getLogger(_AIOHTTP_SERVER_LOG)
+    if not any(isinstance(f, MalformedRequestLog) for f in logger.filters):
+        logger.addFilter(MalformedRequestLog())

@@ -20,6 +20,7 @@ from .events import Chunk, Event
 from .scoreboard import SORT_KEYS
 from .sse import SSE_HEADERS, comment_line
 from .repro import ReproError, build_fixture
+from .request_body import read_body
 from .usage import UsageTotals, summarize
 
 if TYPE_CHECKING:
@@ -88,8 +89,10 @@ class ControlAPI:
         """Move a turn to `{"target": "upstream:model"}`."""
         turn_id = request.match_info["turn_id"]
         try:
-            body = await request.json()
-        except ValueError:
+            body = json.loads(await read_body(request))
+        except ClientRequestError as exc:
+            return self._error(exc.message, exc.status, exc.code)
+        except (ValueError, RecursionError):
             return self._error('body must be JSON: {"target": "upstream:model"}', 400)
         target = body.get("target") if isinstance(body, dict) else None
         if not isinstance(target, str) or not target:

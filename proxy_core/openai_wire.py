@@ -149,17 +149,22 @@ def loads_clean(raw: bytes | str) -> Any:
     if text[:1] == "\ufeff":  # a byte-order mark, as json.loads(bytes) allows
         text = text[1:]
     try:
-        value, end = _DECODER.raw_decode(text)
-    except ValueError:
-        value, end = json.loads(text), len(text)  # raises, with the position
-    if end != len(text) and text[end:].strip():
-        json.loads(text)  # raises "Extra data"
-    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
-        value = _scrub(value)
+        try:
+            value, end = _DECODER.raw_decode(text)
+        except ValueError:
+            value, end = json.loads(text), len(text)  # raises, with the position
+        if end != len(text) and text[end:].strip():
+            json.loads(text)  # raises "Extra data"
+        if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+            value = _scrub(value)
+    except RecursionError:  # deeper than orjson's 1,024 levels: a ValueError like the rest
+        raise ValueError(f"nested more than {MAX_DEPTH} levels deep") from None
     return value
 
 
 _DECODER = json.JSONDecoder()
+#: The deepest nesting read: orjson's limit (deeper is refused, see `loads_clean`).
+MAX_DEPTH = 1024
 
 
 def _scrub(value: Any) -> Any:

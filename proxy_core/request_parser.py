@@ -179,7 +179,8 @@ class RequestParser:
         JSON and `ClientRequestError` for an item that is not a message."""
         try:
             items = _ITEMS.decode(array)
-        except msgspec.DecodeError:  # what only `loads_clean` reads (a lone surrogate)
+        except (msgspec.DecodeError, RecursionError):  # what only `loads_clean` reads (a
+            # lone surrogate), or nests too deep for msgspec
             messages, exact = _loads(bytes(array))
             if not isinstance(messages, list):
                 raise ValueError("not an array") from None
@@ -329,7 +330,7 @@ def _top_level(raw: bytes) -> tuple[dict[str, msgspec.Raw], tuple[int, int, int]
     """
     try:
         fields = _SPLIT.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # too deep for msgspec: the whole parse
         return None
     pos = _skip(raw, 0)
     if raw[pos:pos + 1] != b"{":

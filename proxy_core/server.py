@@ -23,6 +23,7 @@ from aiohttp import web
 
 from .errors import ClientRequestError
 from .openai_wire import ChunkEncoder, CompletionBuilder, error_body
+from .request_body import read_body
 from .request_parser import RequestParser
 from .pipeline import Pipeline, TurnAborted
 from .secrets import CLIENT_TOKEN_MIN, Redactor
@@ -36,12 +37,6 @@ log = logging.getLogger(__name__)
 _DISCONNECTS = (ConnectionResetError, ConnectionError)
 #: Client headers that carry credentials; their values are scrubbed from everything.
 _CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization")
-
-
-def body_too_large(limit: int) -> ClientRequestError:
-    return ClientRequestError(
-        f"request body too large (limit {limit} bytes; raise [proxy] max_body_mb)",
-        status=413, code="request_too_large")
 
 
 class StreamSink(Protocol):
@@ -59,7 +54,8 @@ class Exchange(Protocol):
     def headers(self) -> Mapping[str, str]: ...
 
     async def read_body(self) -> bytes:
-        """The whole body; raises `ClientRequestError` (413) above the size limit."""
+        """The whole body, its content coding undone (`request_body.py`); raises
+        `ClientRequestError` (413) above the size limit, or if it cannot be decoded."""
 
     async def open_stream(self) -> StreamSink:
         """Start a 200 `text/event-stream` answer."""
@@ -77,10 +73,7 @@ class AiohttpExchange:
         self.response: SSEResponse | None = None
 
     async def read_body(self) -> bytes:
-        try:
-            return await self.request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise body_too_large(self.request.client_max_size) from None
+        return await read_body(self.request)
 
     async def open_stream(self) -> SSEResponse:
         response = SSEResponse(headers=SSE_HEADERS)

@@ -5,14 +5,20 @@ Also the Host/Origin guard: a web page must not be able to drive the proxy.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import sqlite3
+import tracemalloc
+import zlib
 from typing import Any
 
 import httpx
 import pytest
 
+from proxy_core import request_body
 from proxy_core.app import SwitchboardProxy
+from proxy_core.errors import ClientRequestError
 from support import (
     API, CHAT_PATH, FakeUpstream, api_turns, assert_openai_error, chat_body, content_of,
     openai_config, stream_chat,
@@ -94,6 +100,127 @@ async def test_body_over_max_body_mb_gets_413(
     assert len(fake_upstream.chat_requests) == 2
     turns = await api_turns(client, small_proxy.base_url)
     assert len(turns) == 2 and len(journal_states(small_proxy)) == 2
+
+
+def _packed(data: bytes, coding: str) -> bytes:
+    wbits = {"gzip": 31, "deflate": 15, "raw deflate": -15}[coding]
+    packer = zlib.compressobj(6, zlib.DEFLATED, wbits)
+    return packer.compress(data) + packer.flush()
+
+
+@pytest.mark.parametrize(("header", "pack"), [
+    ("gzip", lambda d: _packed(d, "gzip")),
+    ("x-gzip", lambda d: _packed(d, "gzip")),
+    ("gzip", lambda d: _packed(d[:40], "gzip") + _packed(d[40:], "gzip")),  # two members
+    ("deflate", lambda d: _packed(d, "deflate")),
+    ("deflate", lambda d: _packed(d, "raw deflate")),  # as some clients send it
+    ("gzip, deflate", lambda d: _packed(_packed(d, "gzip"), "deflate")),
+    ("identity", lambda d: d),
+], ids=["gzip", "x-gzip", "gzip-members", "deflate", "deflate-raw", "gzip-then-deflate",
+        "identity"])
+async def test_compressed_bodies_are_read_as_sent(
+        fake_upstream: FakeUpstream, proxy: SwitchboardProxy, client: httpx.AsyncClient,
+        header: str, pack: Any) -> None:
+    body = chat_body("packed, then read")
+    response = await client.post(proxy.base_url + CHAT_PATH, content=pack(raw(body)),
+                                 headers={"content-type": "application/json",
+                                          "content-encoding": header})
+    assert response.status_code == 200, response.text
+    assert fake_upstream.chat_requests[-1].body["messages"] == body["messages"]
+    turn, = await api_turns(client, proxy.base_url)
+    detail = (await client.get(f"{proxy.base_url}{API}/turns/{turn['id']}")).json()
+    assert detail["request"]["messages"] == body["messages"]
+
+
+@pytest.mark.parametrize(("header", "body", "status", "code"), [
+    ("br", b"\x0b\x02\x80{}\x03", 415, "unsupported_content_encoding"),
+    ("zstd", b"(\xb5/\xfd", 415, "unsupported_content_encoding"),
+    ("gzip, compress", b"{}", 415, "unsupported_content_encoding"),
+    ("gzip", b'{"model": "test-model"}', 400, "invalid_content_encoding"),
+    ("deflate", b"\x78\x9c\x01\x02", 400, "invalid_content_encoding"),
+    ("gzip", zlib.compress(b"x")[:-3], 400, "invalid_content_encoding"),
+], ids=["br", "zstd", "compress", "not-gzip", "cut-deflate", "cut-gzip"])
+async def test_bodies_that_cannot_be_decoded_get_a_clear_error(
+        fake_upstream: FakeUpstream, proxy: SwitchboardProxy, client: httpx.AsyncClient,
+        header: str, body: bytes, status: int, code: str) -> None:
+    response = await client.post(proxy.base_url + CHAT_PATH, content=body,
+                                 headers={"content-type": "application/json",
+                                          "content-encoding": header})
+    error = assert_openai_error(response, status)
+    assert error["code"] == code and error["type"] == "invalid_request_error"
+    assert fake_upstream.chat_requests == []
+    await good_turn(client, proxy)
+
+
+async def test_a_small_body_that_inflates_past_the_limit_gets_413(
+        fake_upstream: FakeUpstream, small_proxy: SwitchboardProxy,
+        client: httpx.AsyncClient) -> None:
+    bomb = _packed(b" " * (8 << 20), "gzip")
+    assert len(bomb) < 10_000
+    response = await client.post(small_proxy.base_url + CHAT_PATH, content=bomb,
+                                 headers={"content-type": "application/json",
+                                          "content-encoding": "gzip"})
+    assert assert_openai_error(response, 413)["code"] == "request_too_large"
+    await good_turn(client, small_proxy)
+
+
+def test_inflating_never_builds_more_than_the_limit() -> None:
+    """The memory a compressed body can take is the limit's, however far it inflates."""
+    bomb = _packed(b"\0" * (256 << 20), "gzip")  # 256 MB in ~250 KB
+    limit = 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(ClientRequestError) as raised:
+            request_body.decode(bomb, "gzip", limit)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert raised.value.status == 413
+    assert peak < 3 * limit, peak
+    exact = b"x" * limit
+    assert request_body.decode(_packed(exact, "gzip"), "gzip", limit) == exact
+    with pytest.raises(ClientRequestError):
+        request_body.decode(_packed(exact + b"x", "gzip"), "gzip", limit)
+
+
+@pytest.mark.parametrize("where", ["top", "message"])
+async def test_json_nested_past_the_parsers_limit_gets_400(
+        fake_upstream: FakeUpstream, proxy: SwitchboardProxy, client: httpx.AsyncClient,
+        where: str) -> None:
+    deep = "[" * 5000 + "]" * 5000
+    message = '{"role": "user", "content": "hi"%s}' % (f', "meta": {deep}' * (where == "message"))
+    extra = f', "response_format": {deep}' * (where == "top")
+    body = f'{{"model": "test-model", "messages": [{message}]{extra}}}'.encode()
+    response = await client.post(proxy.base_url + CHAT_PATH, content=body,
+                                 headers={"content-type": "application/json"})
+    error = assert_openai_error(response, 400)
+    assert "levels deep" in error["message"], error
+    reroute = await client.post(f"{proxy.base_url}{API}/turns/none/reroute",
+                                content=f'{{"target": {deep}}}')
+    assert reroute.status_code == 400 and "must be JSON" in reroute.json()["error"]["message"]
+    await good_turn(client, proxy)
+
+
+async def test_a_malformed_http_request_is_one_warning_line(
+        proxy: SwitchboardProxy, client: httpx.AsyncClient,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """aiohttp answers it; the log says who and why, without a traceback or the bytes."""
+    secret = "sk-" + "s3cret" * 2000  # a header line over aiohttp's 8 KB
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    with caplog.at_level(logging.INFO):
+        writer.write(f"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     f"Authorization: Bearer {secret}\r\n\r\n".encode())
+        answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.0 400")
+    lines = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert line.levelno == logging.WARNING and line.exc_info is None
+    message = line.getMessage()
+    assert "refused a malformed HTTP request from 127.0.0.1" in message, message
+    assert "s3cret" not in message
+    await good_turn(client, proxy)
 
 
 async def test_unknown_model_gets_404_model_not_found(

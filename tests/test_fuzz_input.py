@@ -12,6 +12,7 @@ upstream, and the journal holds every turn the proxy accepted.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -222,6 +223,121 @@ def test_broken_tool_call_history_is_repaired_before_it_goes_upstream(
             ids = {c["id"] for m in sent["messages"] if m["role"] == "assistant"
                    for c in m.get("tool_calls") or ()}
             assert message["tool_call_id"] in ids, sent["messages"]
+
+
+@st.composite
+def nested(draw: st.DrawFn) -> str:
+    """A JSON value nested to any depth (up to 3,000: past every parser's limit), each
+    level an array or an object, as text: a client's deep tool schema, or an attack."""
+    depth = draw(st.integers(1, 3000))
+    kinds = draw(st.lists(st.sampled_from(["[", "{"]), min_size=1, max_size=8))
+    leaf = draw(st.sampled_from(["1", '"x"', "null", "[]", "{}"]))
+    opens = [kinds[i % len(kinds)] for i in range(depth)]
+    head = "".join('{"k":' if k == "{" else "[" for k in opens)
+    return head + leaf + "".join("}" if k == "{" else "]" for k in reversed(opens))
+
+
+#: Where a deep value goes: a top-level field, a message's content or tool arguments'
+#: place, a tool schema.
+DEEP_PLACES = ["top", "content", "tool_call", "tool_schema", "message"]
+
+
+def deep_request(value: str, place: str, model: str, stream: bool) -> bytes:
+    head = '{"model": "%s", "stream": %s, ' % (model, "true" if stream else "false")
+    user = '{"role": "user", "content": "go"}'
+    if place == "top":
+        return (head + '"messages": [%s], "response_format": %s}' % (user, value)).encode()
+    if place == "content":
+        return (head + '"messages": [{"role": "user", "content": [{"type": "text", "text": '
+                '"go", "extra": %s}]}]}' % value).encode()
+    if place == "tool_call":
+        return (head + '"messages": [%s, {"role": "assistant", "content": null, "tool_calls": '
+                '[{"id": "call_d", "type": "function", "function": {"name": "read", '
+                '"arguments": "{}"}, "extra": %s}]}, {"role": "tool", "tool_call_id": '
+                '"call_d", "content": "ok"}]}' % (user, value)).encode()
+    if place == "tool_schema":
+        return (head + '"messages": [%s], "tools": [{"type": "function", "function": '
+                '{"name": "read", "parameters": %s}}]}' % (user, value)).encode()
+    return (head + '"messages": [%s, {"role": "user", "content": "x", "meta": %s}]}'
+            % (user, value)).encode()
+
+
+@FUZZ
+@given(value=nested(), place=st.sampled_from(DEEP_PLACES), stream=st.booleans(),
+       model=st.sampled_from([MODEL, KIMI_MODEL]))
+def test_values_nested_to_any_depth_are_relayed_or_refused_by_name(
+        bg: BackgroundProxy, client: httpx.Client, value: str, place: str, stream: bool,
+        model: str) -> None:
+    response = post(client, bg, deep_request(value, place, model, stream))
+    check_answer(response)
+    if response.status_code != 200:
+        assert "levels deep" in openai_error(response)["message"], response.text
+
+
+def _deflate(data: bytes, wbits: int) -> bytes:
+    packer = zlib.compressobj(6, zlib.DEFLATED, wbits)
+    return packer.compress(data) + packer.flush()
+
+
+#: Each coding a client might name, and how it packs a body (None: Switchboard refuses it).
+PACKERS: dict[str, Any] = {
+    "gzip": lambda data: _deflate(data, 31),
+    "x-gzip": lambda data: _deflate(data, 31),
+    "deflate": lambda data: _deflate(data, 15),
+    "deflate-raw": lambda data: _deflate(data, -15),  # sent as "deflate", as some clients do
+    "identity": lambda data: data,
+    "br": None, "zstd": None, "compress": None, "x-unknown": None,
+}
+
+
+@st.composite
+def encoded_bodies(draw: st.DrawFn) -> tuple[bytes, str, str, bool]:
+    """A request packed in up to three codings, then maybe damaged: the body, the
+    `Content-Encoding` header, what should happen ("ok", "refused", "damaged",
+    "too large"), and whether the request is over the limit once inflated."""
+    names = draw(st.lists(st.sampled_from(sorted(PACKERS)), min_size=1, max_size=3))
+    big = draw(st.booleans())
+    data = json.dumps(chat_body("z" * (LIMIT_BYTES + 10 if big else 20))).encode()
+    outcome = "too large" if big else "ok"
+    for name in names:
+        packer = PACKERS[name]
+        if packer is None:
+            outcome = "refused"
+            data = data + b"?"
+        else:
+            data = packer(data)
+    damage = draw(st.sampled_from(["none", "truncate", "flip", "append"]))
+    packed = any(PACKERS[n] is not None and n != "identity" for n in names)
+    if damage != "none" and packed and outcome != "refused":
+        if damage == "truncate":
+            data = data[:draw(st.integers(0, max(0, len(data) - 1)))]
+        elif damage == "flip":
+            at = draw(st.integers(0, len(data) - 1))
+            data = data[:at] + bytes([data[at] ^ 0x5A]) + data[at + 1:]
+        else:
+            data = data + draw(st.binary(min_size=1, max_size=8))
+        outcome = "damaged"
+    header = ", ".join("deflate" if n == "deflate-raw" else n for n in names)
+    return data, header, outcome, big
+
+
+@FUZZ
+@given(case=encoded_bodies())
+def test_compressed_bodies_are_decoded_or_refused_by_name(
+        bg: BackgroundProxy, client: httpx.Client, case: tuple[bytes, str, str, bool]) -> None:
+    data, header, outcome, big = case
+    response = post(client, bg, data, {"content-encoding": header})
+    check_answer(response)
+    refused = {"unsupported_content_encoding": 415}
+    too_large = {"request_too_large": 413}
+    if len(data) > LIMIT_BYTES or outcome == "too large":  # as sent, or once inflated
+        assert {openai_error(response)["code"]: response.status_code} == too_large
+    elif outcome == "refused":  # unless the codings undone before it inflate past the limit
+        expected = [refused, too_large] if big else [refused]
+        assert {openai_error(response)["code"]: response.status_code} in expected
+    elif outcome == "ok":
+        assert response.status_code == 200, response.text
+    # "damaged": a flipped bit can leave valid deflate data; any clear answer will do
 
 
 SURROGATES = st.sampled_from(["\\ud800", "\\udfff", "\\ud83d", "x\\udc00y", "\\ud83d\\ude00"])

@@ -1,0 +1,99 @@
+"""A request's body as the handler reads it: within the size limit, its content coding undone.
+
+A client may compress what it sends (`Content-Encoding: gzip`). aiohttp's
+server can undo that itself, but what it cannot undo it answers before any
+handler runs: a plain-text 400 for a corrupt stream, and for `br` or `zstd`
+(optional packages aiohttp would need) a 400 that asks the person to install
+them into Switchboard, each logged with a traceback. And a few hundred bytes
+of gzip inflate to the body limit (`[proxy] max_body_mb`) before the limit is
+checked.
+
+So Switchboard's server leaves bodies as sent (`auto_decompress=False`,
+`app.py`) and they are decoded here, with zlib: `gzip` (`x-gzip`, several
+members too) and `deflate` (zlib-wrapped, or raw as some clients send it),
+in the reverse of the order they were applied. Inflating stops one byte past
+the limit, so a small compressed body never takes more memory than a plain
+one may. What cannot be decoded is a 400 and an unknown or unsupported
+coding a 415, both in OpenAI's error shape; `identity` is no coding.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from aiohttp import web
+
+from .errors import ClientRequestError
+
+#: zlib's `wbits` for each coding: gzip's header, zlib's; `deflate` falls back to raw.
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
+_ZLIB_WBITS = zlib.MAX_WBITS
+_RAW_WBITS = -zlib.MAX_WBITS
+_CODINGS = {"gzip": _GZIP_WBITS, "x-gzip": _GZIP_WBITS, "deflate": _ZLIB_WBITS}
+
+
+def body_too_large(limit: int) -> ClientRequestError:
+    return ClientRequestError(
+        f"request body too large (limit {limit} bytes; raise [proxy] max_body_mb)",
+        status=413, code="request_too_large")
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The body of `request`, decoded; `ClientRequestError` (413, 415, 400) if it can't be."""
+    limit = request.client_max_size
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise body_too_large(limit) from None
+    return decode(raw, request.headers.get("Content-Encoding", ""), limit)
+
+
+def decode(raw: bytes, content_encoding: str, limit: int) -> bytes:
+    """`raw` with the codings named in a `Content-Encoding` header undone, last applied first.
+
+    Never returns (or builds) more than `limit` bytes.
+    """
+    codings = [c.strip().lower() for c in content_encoding.split(",")]
+    for coding in reversed(codings):
+        if coding in ("", "identity"):
+            continue
+        wbits = _CODINGS.get(coding)
+        if wbits is None:
+            raise ClientRequestError(
+                f"Content-Encoding {coding!r} is not supported: send the body uncompressed, "
+                f"or as gzip or deflate", status=415, code="unsupported_content_encoding")
+        try:
+            raw = _inflate(raw, wbits, limit)
+        except zlib.error as exc:
+            if wbits != _ZLIB_WBITS:
+                raise _undecodable(coding, exc) from None
+            try:  # `deflate` as many clients send it: without zlib's header
+                raw = _inflate(raw, _RAW_WBITS, limit)
+            except zlib.error as raw_exc:
+                raise _undecodable(coding, raw_exc) from None
+    return raw
+
+
+def _inflate(data: bytes, wbits: int, limit: int) -> bytes:
+    """Inflate every member of `data` (gzip allows several), at most `limit` bytes."""
+    out: list[bytes] = []
+    size = 0
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        piece = inflater.decompress(data, limit + 1 - size)
+        size += len(piece)
+        if size > limit or inflater.unconsumed_tail:
+            raise body_too_large(limit)
+        out.append(piece)
+        if not inflater.eof:
+            raise zlib.error("the compressed body ends early")
+        data = inflater.unused_data
+        if not data or wbits != _GZIP_WBITS:
+            if data:
+                raise zlib.error("data after the end of the compressed body")
+            return b"".join(out)
+
+
+def _undecodable(coding: str, exc: zlib.error) -> ClientRequestError:
+    return ClientRequestError(f"the request body is not valid {coding}: {exc}",
+                              code="invalid_content_encoding")
