@@ -120,9 +120,12 @@ def chunk_event(delta: dict[str, Any], finish: str | None = None) -> dict[str, A
 
 
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
+#: How deep a value nests: within the JSON parsers' 1,024 levels, or past them (hypothesis
+#: favours small integers, so each side is drawn on its own).
+DEPTHS = st.integers(1, 1024) | st.integers(1025, 3000)
 CORRUPTIONS = st.sampled_from([
     "none", "garbage", "invalid-utf8", "broken-json", "truncate", "drop", "error-event",
-    "non-object", "bad-choices", "keepalive-only-tail",
+    "non-object", "bad-choices", "keepalive-only-tail", "deep",
 ])
 
 
@@ -149,6 +152,9 @@ def upstream_streams(draw: st.DrawFn) -> tuple[list[Any], str, str, bool]:
         "error-event": b'data: {"error": {"message": "overloaded"}}' + nl * 2,
         "non-object": b"data: [1, 2, 3]" + nl * 2,
         "bad-choices": b'data: {"choices": {"delta": 1}}' + nl * 2,
+        # a chunk with a field nested to any depth, past every JSON parser's limit or not
+        "deep": b'data: {"choices": [{"index": 0, "delta": {"content": ""}, "x": %s}]}%s'
+                % (b"[" * (depth := draw(DEPTHS)) + b"]" * depth, nl * 2),
     }.get(corruption)
     if inserted is not None:  # a bad event between two good ones
         blocks.insert(draw(st.integers(0, len(blocks))), inserted)
