@@ -36,3 +36,16 @@ def test_version(capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith("switchboard ")
+
+
+@pytest.mark.parametrize(("port", "says"), [("99999", "between 0 and 65535"), ("-1", "between"),
+                                            ("abc", "not a port number")])
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_port_out_of_range_is_refused_before_anything_starts(
+        port: str, says: str, where: str, capsys) -> None:
+    # Before, `serve --port 99999` reported itself ready on a port that cannot exist.
+    argv = ["--port", port, "serve"] if where == "before" else ["serve", "--port", port]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert says in capsys.readouterr().err

@@ -30,8 +30,19 @@ def _add_common(parser: argparse.ArgumentParser, default: object = None) -> None
                              "if it exists, else the built-in simulator)")
     parser.add_argument("--host", default=default,
                         help="address to bind (default from config: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=default,
-                        help="port to bind (default from config: 4141)")
+    parser.add_argument("--port", type=_port, default=default,
+                        help="port to bind (default from config: 4141; 0: any free port)")
+
+
+def _port(text: str) -> int:
+    """A TCP port number, as `--port` takes it (the config checks its own the same way)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {port}")
+    return port
 
 
 def _add_theme(parser: argparse.ArgumentParser, default: object = None) -> None:
