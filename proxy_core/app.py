@@ -107,9 +107,8 @@ class SwitchboardProxy:
                 self.redactor.add(secret)
         # handler_cancellation: a client that goes away cancels its handler, so the
         # pipeline closes the upstream and fails the turn at once (no retries for
-        # nobody, no handler outliving stop()).
-        # auto_decompress off: compressed bodies are decoded by `request_body`, within
-        # the body limit and with errors in OpenAI's shape.
+        # nobody, no handler outliving stop()). auto_decompress off: compressed bodies
+        # are decoded by `request_body`, within the body limit, errors in OpenAI's shape.
         quiet_malformed_requests()
         self._runner = web.AppRunner(self.make_app(), access_log=None,
                                      handler_cancellation=True, shutdown_timeout=2.0,
