@@ -5,6 +5,8 @@ servers can't live in pytest-asyncio's per-test loop. `BackgroundProxy`
 runs a scripted fake upstream (`support.FakeUpstream`) and a real
 `SwitchboardProxy` on their own event loop in a thread, on 127.0.0.1; tests
 talk to them with a synchronous `httpx.Client`, as any client would.
+Below it, the strategies for what clients send (`conversations`, `JSON`),
+shared by the tests that throw it at the proxy and at the Converse translation.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from hypothesis import strategies as st
 
 from proxy_core.app import SwitchboardProxy
 from proxy_core.config import parse_config
@@ -148,3 +151,47 @@ def openai_error(response: httpx.Response) -> dict[str, Any]:
     assert isinstance(error["type"], str) and error["type"], error
     assert "code" in error
     return error
+
+
+# -- what clients send, right or wrong (hypothesis strategies) --------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=12)
+
+ROLES = st.sampled_from(["system", "user", "assistant", "tool", "developer", "function"])
+ANY_ROLE = ROLES | st.text(max_size=12)
+BROKEN_ARGS = st.sampled_from([
+    '{"path": "a.py"', '{"path": "a.py"}{"path": "b.py"}', "", "null", "[1, 2]",
+    '{"a": 1,}', "```json\n{\"a\": 1}\n```", "{'a': True}", '{"a": "unterminated',
+    '{"a": tru', "not json at all", '{"nested": {"deep": [1, 2, {"x": ',
+]) | st.text(max_size=30)
+
+
+@st.composite
+def conversations(draw: st.DrawFn, roles: st.SearchStrategy[str] = ROLES) -> list[dict[str, Any]]:
+    """Conversations an agent might send, right or wrong: any roles, tool calls with
+    broken arguments, results that answer nothing, empty and odd content."""
+    messages: list[dict[str, Any]] = []
+    for i in range(draw(st.integers(1, 7))):
+        role = draw(roles)
+        message: dict[str, Any] = {"role": role}
+        message["content"] = draw(st.none() | st.text(max_size=40) | st.just("") | st.lists(
+            st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=20)}),
+            max_size=2))
+        if role == "assistant" and draw(st.booleans()):
+            message["tool_calls"] = [
+                {"id": draw(st.sampled_from([f"call_{i}_{j}", f"functions.read:{j}", "x"])),
+                 "type": "function",
+                 "function": {"name": draw(st.sampled_from(["read", "bash", "edit"])),
+                              "arguments": draw(BROKEN_ARGS | st.dictionaries(
+                                  st.text(max_size=5), st.integers(), max_size=2))}}
+                for j in range(draw(st.integers(1, 2)))]
+        if role == "tool":
+            message["tool_call_id"] = draw(st.sampled_from([f"call_{i - 1}_0", "call_nowhere",
+                                                            "functions.read:0"]))
+        messages.append(message)
+    return messages
