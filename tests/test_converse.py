@@ -14,10 +14,15 @@ import re
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
-from proxy_core.errors import UpstreamProtocolError, UpstreamStreamError
-from proxy_core.repairs.history import Note
-from proxy_core.repairs.profiles import KIMI
+from fuzz_support import conversations
+from proxy_core.errors import ClientRequestError, UpstreamProtocolError, UpstreamStreamError
+from proxy_core.openai_wire import parse_chat_request
+from proxy_core.repairs.history import Note, repair_history
+from proxy_core.repairs.profiles import KIMI, STRUCTURAL, RepairPlan
+from proxy_core.simulator import converse_face
 from proxy_core.repairs.stream_repair import StreamRepairer
 from proxy_core.repairs.tool_names import ToolCatalog
 from proxy_core.stream import FinishPart, ReasoningPart, TextPart, ToolCallPart, UsagePart
@@ -481,3 +486,55 @@ def test_leaked_kimi_tokens_in_converse_text_are_repaired_into_a_tool_call() -> 
     assert calls[0].upstream_id == "functions.read:3" and calls[0].id.startswith("call_")
     assert FinishPart("tool_calls") in parts
     assert {n.kind for n in notes} >= {"leaked_tool_call", "finish_reason"}
+
+
+# -- request: any history, generated ------------------------------------------------------
+
+TOOL_LISTS = st.none() | st.just(TOOLS) | st.lists(st.fixed_dictionaries({
+    "type": st.just("function"),
+    "function": st.fixed_dictionaries({"name": st.sampled_from(["read", "bash", "edit", "a b!"]),
+                                       "parameters": st.just({"type": "object"})})}),
+    max_size=3)
+
+
+def _call(call_id: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function",
+            "function": {"name": "read", "arguments": '{"path": "a.py"'}}
+
+
+@settings(max_examples=400, deadline=None)
+@given(messages=conversations(), tools=TOOL_LISTS, plan=st.sampled_from([KIMI, STRUCTURAL]),
+       choice=st.sampled_from([None, "auto", "none", "required"]))
+# What it found first: two calls of one message with one id (their native ids went to
+# one of them, and both results answered it)...
+@example(messages=[{"role": "assistant", "content": None, "tool_calls": [_call("x"), _call("x")]}],
+         tools=TOOLS, plan=KIMI, choice=None)
+# ...and a result that answers a call of an earlier message than the one it follows.
+@example(messages=[{"role": "assistant", "content": None,
+                    "tool_calls": [_call("functions.read:0"), _call("call_2_1")]},
+                   {"role": "assistant", "content": None, "tool_calls": [_call("call_3_0")]},
+                   {"role": "tool", "content": None, "tool_call_id": "functions.read:0"}],
+         tools=TOOLS, plan=KIMI, choice=None)
+def test_any_history_the_proxy_accepts_is_repaired_into_one_bedrock_accepts(
+        messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, plan: RepairPlan,
+        choice: str | None) -> None:
+    """With repairs on, what reaches Converse passes Bedrock's checks (as the simulator's
+    Bedrock face makes them: alternation, no empty content or blank text, tool results
+    answering the previous turn's tool uses, a tool config when tools are used), or
+    the client gets a 400 that names the problem; never a request Bedrock refuses."""
+    body: dict[str, Any] = {"model": "kimi-k2.5", "messages": messages}
+    if tools is not None:
+        body["tools"] = tools
+    if choice is not None:
+        body["tool_choice"] = choice
+    try:
+        request = parse_chat_request(body)
+    except ClientRequestError:
+        return  # refused at the front door, by name
+    sent, _ = repair_history(request.messages, plan)
+    try:
+        call = to_converse({**body, "messages": sent}, MODEL)
+    except ConverseTranslationError:
+        return  # a 400 that says why
+    assert_converse_valid(call.kwargs)
+    converse_face.to_openai(json.loads(json.dumps(call.kwargs)))  # raises as Bedrock would

@@ -5,7 +5,8 @@ mutated) and a note per repair. Steps run in this order, each only when the
 plan asks for it:
 
 1. structure — tool results that answer no call get their call back from
-   memory (F4), or become plain context text when the call is unknown;
+   memory (F4), or become plain context text when the call is unknown or
+   belongs to an earlier message than the one they follow;
    calls left unanswered before the next user message get a placeholder
    result (the AI SDK and strict hosts both reject them); malformed
    argument JSON is mended.
@@ -14,7 +15,8 @@ plan asks for it:
    upstream's placeholder (`reasoning_placeholder`, " " by default) (F3).
 3. empty — empty text blocks are dropped; an assistant message left empty
    is removed, or its content set to null when it carries tool calls (F5).
-4. native_ids — every tool-call id becomes Kimi's `functions.NAME:IDX`.
+4. native_ids — every tool-call id becomes Kimi's `functions.NAME:IDX` (two
+   calls of one message with one id get two, their results taking them in turn).
 
 A message a step changes becomes a new object, and the same message changed
 the same way gives the same object on every turn (`_Derived`): an agent
@@ -117,7 +119,9 @@ class _State:
         self.memory = memory
         self.known: set[str] = set()         # call ids of the assistant messages so far
         self.counter = 0                     # native ids given so far
-        self.mapping: dict[str, str] = {}    # a call's id as sent -> its native id
+        #: A call's id as sent -> the native ids of the calls sent with it, in order (one,
+        #: unless a message repeats an id): its results take them in turn.
+        self.mapping: dict[str, tuple[str, ...]] = {}
         self.answers: list[tuple[str, RememberedCall | None]] = []
 
     def recall(self, call_id: str) -> RememberedCall | None:
@@ -280,16 +284,16 @@ def _restore_orphans(messages: list[Message], state: _State,
             continue
         call_id = message.get("tool_call_id")
         if isinstance(call_id, str) and call_id in known:
-            out.append(message)
+            if call_id in _owned_ids(out):
+                out.append(message)
+                continue
+            # The call is in the history, but not in the message this result follows:
+            # a strict host refuses the result there, and its call gets a placeholder.
+            _as_context(out, message, call_id, "whose call is earlier in the history", notes)
             continue
         remembered = state.recall(call_id) if isinstance(call_id, str) else None
         if remembered is None:
-            text = f"[Result of an earlier tool call ({call_id}) whose call is not in the history]\n"
-            content = message.get("content")
-            out.append({"role": "user", "content": text + (content if isinstance(content, str)
-                                                           else excerpt(content, 100_000))})
-            notes.append(Note("orphan_tool_result", excerpt(message), "tool result turned into context text",
-                              call_id if isinstance(call_id, str) else None))
+            _as_context(out, message, call_id, "whose call is not in the history", notes)
             continue
         call = {"id": remembered.id, "type": "function",
                 "function": {"name": remembered.name, "arguments": remembered.arguments}}
@@ -303,6 +307,23 @@ def _restore_orphans(messages: list[Message], state: _State,
                           f"{remembered.name}({excerpt(remembered.arguments, 80)})", call_id))
         out.append(message)
     return out
+
+
+def _as_context(out: list[Message], message: Message, call_id: Any, why: str,
+                notes: list[Note]) -> None:
+    """A tool result that can stay no tool result, kept as plain context text."""
+    content = message.get("content")
+    text = f"[Result of an earlier tool call ({call_id}) {why}]\n"
+    out.append({"role": "user", "content": text + (content if isinstance(content, str)
+                                                   else excerpt(content, 100_000))})
+    notes.append(Note("orphan_tool_result", excerpt(message), "tool result turned into context text",
+                      call_id if isinstance(call_id, str) else None))
+
+
+def _owned_ids(out: list[Message]) -> set[str]:
+    """The call ids of the assistant message the next tool result would belong to."""
+    owner = _owning_assistant(out)
+    return set() if owner is None else {i for i in map(_call_id, _calls(out[owner])) if i}
 
 
 def _owning_assistant(out: list[Message]) -> int | None:
@@ -448,6 +469,7 @@ def _to_native_ids(messages: list[Message], state: _State) -> None:
         role = message.get("role")
         if role == "assistant" and _calls(message):
             natives: list[str | None] = []
+            sent: dict[str, tuple[str, ...]] = {}
             for call in _calls(message):
                 if not isinstance(call, dict):
                     natives.append(None)
@@ -457,14 +479,20 @@ def _to_native_ids(messages: list[Message], state: _State) -> None:
                 native = kimi_id(name, counter)
                 counter += 1
                 if isinstance(call.get("id"), str):
-                    mapping[call["id"]] = native
+                    sent[call["id"]] = sent.get(call["id"], ()) + (native,)
                 natives.append(native)
+            mapping.update(sent)
             if any(n is not None and call.get("id") != n
                    for call, n in zip(_calls(message), natives, strict=True)):
                 messages[index] = _derived.get("native_ids", message, tuple(natives),
                                                partial(_renamed, message, natives))
         elif role == "tool" and message.get("tool_call_id") in mapping:
-            native = mapping[message["tool_call_id"]]
+            # Two calls of one message with one id (a client's or a host's slip) are two
+            # calls: their results, in order, answer them in order.
+            taken = mapping[message["tool_call_id"]]
+            native = taken[0]
+            if len(taken) > 1:
+                mapping[message["tool_call_id"]] = taken[1:]
             if native != message["tool_call_id"]:
                 messages[index] = _derived.get("native_ids", message, native,
                                                partial(_with, message, "tool_call_id", native))
