@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fuzz_support import conversations
+from proxy_core.errors import ClientRequestError
+from proxy_core.openai_wire import parse_chat_request
 from proxy_core.repairs.history import PLACEHOLDER_RESULT, repair_history
 from proxy_core.repairs.memory import RememberedCall, ToolCallMemory
-from proxy_core.repairs.profiles import KIMI, NONE, STRUCTURAL, plan_for
+from proxy_core.repairs.profiles import KIMI, NONE, STRUCTURAL, RepairPlan, plan_for
+from proxy_core.simulator.config import SimulatorConfig
+from proxy_core.simulator.faults import validate
 
 
 def call(call_id: str, name: str = "bash", args: str = '{"command": "ls"}') -> dict:
@@ -216,3 +225,43 @@ def test_a_call_unknown_to_memory_and_journal_is_looked_up_once_until_delivered(
     call = RememberedCall("call_x", "read", "{}", "thought")
     memory.remember(call)
     assert memory.recall("call_x") is call
+
+
+# -- any history, generated --------------------------------------------------------------
+
+def openai_pairing_errors(messages: list[dict[str, Any]]) -> list[str]:
+    """What OpenAI's API (and a strict host) refuses about tool messages: each must answer
+    a call of the assistant message its group follows, and each of those calls must get
+    exactly one answer before the next message that is not a tool result."""
+    errors: list[str] = []
+    open_calls: list[str] = []
+    for index, message in enumerate(messages):
+        if message.get("role") == "tool":
+            if message.get("tool_call_id") in open_calls:
+                open_calls.remove(message["tool_call_id"])
+            else:
+                errors.append(f"messages[{index}] answers no call of the message it follows")
+            continue
+        if open_calls:
+            errors.append(f"calls {open_calls} unanswered before messages[{index}]")
+        calls = message.get("tool_calls") if message.get("role") == "assistant" else None
+        open_calls = [c["id"] for c in calls or ()]
+    if open_calls:
+        errors.append(f"calls {open_calls} unanswered at the end")
+    return errors
+
+
+@settings(max_examples=400, deadline=None)
+@given(messages=conversations(), plan=st.sampled_from([KIMI, STRUCTURAL]))
+def test_any_history_the_proxy_accepts_is_repaired_into_one_a_strict_host_accepts(
+        messages: list[dict[str, Any]], plan: RepairPlan) -> None:
+    try:
+        request = parse_chat_request({"model": "kimi-k2.5", "messages": messages})
+    except ClientRequestError:
+        return  # refused at the front door, by name
+    sent, _ = repair_history(request.messages, plan)
+    assert openai_pairing_errors(sent) == [], sent
+    # The simulator's OpenAI face, with every rule it has (Moonshot's reasoning rule
+    # only under `kimi`, which fills reasoning_content).
+    rules = ("strict", "orphan", "empty") if plan is KIMI else ("orphan", "empty")
+    assert validate(SimulatorConfig(faults=rules), sent) is None
