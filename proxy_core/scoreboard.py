@@ -35,7 +35,7 @@ from .record import Turn
 LEAK_KINDS = frozenset({"leaked_tool_call"})
 #: Repair kinds made to the conversation history before it went upstream.
 HISTORY_KINDS = frozenset({"orphan_tool_result", "restored_tool_call", "missing_tool_result",
-                           "reasoning_content", "empty_content"})
+                           "reasoning_content", "empty_content", "duplicate_tool_call_id"})
 #: How the pipeline words a watchdog timeout (`Pipeline._stalled`).
 STALL_ERRORS = ("no first token from", "no output from")
 #: Time-to-first-token samples kept per target (for p50/p95).

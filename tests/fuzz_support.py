@@ -174,8 +174,10 @@ BROKEN_ARGS = st.sampled_from([
 @st.composite
 def conversations(draw: st.DrawFn, roles: st.SearchStrategy[str] = ROLES) -> list[dict[str, Any]]:
     """Conversations an agent might send, right or wrong: any roles, tool calls with
-    broken arguments, results that answer nothing, empty and odd content."""
+    broken arguments and repeated ids, results that answer the call before them, an
+    earlier call, a call answered already or nothing, empty and odd content."""
     messages: list[dict[str, Any]] = []
+    call_ids: list[str] = []  # of every call so far, latest last
     for i in range(draw(st.integers(1, 7))):
         role = draw(roles)
         message: dict[str, Any] = {"role": role}
@@ -189,9 +191,10 @@ def conversations(draw: st.DrawFn, roles: st.SearchStrategy[str] = ROLES) -> lis
                  "function": {"name": draw(st.sampled_from(["read", "bash", "edit"])),
                               "arguments": draw(BROKEN_ARGS | st.dictionaries(
                                   st.text(max_size=5), st.integers(), max_size=2))}}
-                for j in range(draw(st.integers(1, 2)))]
+                for j in range(draw(st.integers(1, 3)))]
+            call_ids += [call["id"] for call in message["tool_calls"]]
         if role == "tool":
-            message["tool_call_id"] = draw(st.sampled_from([f"call_{i - 1}_0", "call_nowhere",
-                                                            "functions.read:0"]))
+            message["tool_call_id"] = draw(st.sampled_from(
+                [*call_ids[-3:], f"call_{i - 1}_0", "call_nowhere", "functions.read:0"]))
         messages.append(message)
     return messages

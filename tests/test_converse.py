@@ -515,6 +515,17 @@ def _call(call_id: str) -> dict[str, Any]:
                    {"role": "assistant", "content": None, "tool_calls": [_call("call_3_0")]},
                    {"role": "tool", "content": None, "tool_call_id": "functions.read:0"}],
          tools=TOOLS, plan=KIMI, choice=None)
+# Bedrock's own rules on ids: no two tool uses of a message share one (the structural
+# repairs keep the client's ids), and no two results of a message answer one call.
+@example(messages=[{"role": "assistant", "content": None, "tool_calls": [_call("x"), _call("x")]},
+                   {"role": "tool", "content": "one", "tool_call_id": "x"},
+                   {"role": "tool", "content": "two", "tool_call_id": "x"}],
+         tools=TOOLS, plan=STRUCTURAL, choice=None)
+@example(messages=[{"role": "user", "content": "go"},
+                   {"role": "assistant", "content": None, "tool_calls": [_call("c1")]},
+                   {"role": "tool", "content": "denied", "tool_call_id": "c1"},
+                   {"role": "tool", "content": "denied again", "tool_call_id": "c1"}],
+         tools=TOOLS, plan=KIMI, choice=None)
 def test_any_history_the_proxy_accepts_is_repaired_into_one_bedrock_accepts(
         messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, plan: RepairPlan,
         choice: str | None) -> None:

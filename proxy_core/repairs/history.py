@@ -4,9 +4,11 @@
 mutated) and a note per repair. Steps run in this order, each only when the
 plan asks for it:
 
-1. structure — tool results that answer no call get their call back from
-   memory (F4), or become plain context text when the call is unknown or
-   belongs to an earlier message than the one they follow;
+1. structure — calls of one message that share an id get an id each (the
+   results that follow answer them in order); tool results that answer no
+   call get their call back from memory (F4), or become plain context text
+   when the call is unknown or belongs to an earlier message than the one
+   they follow; a second result for one call becomes context text too;
    calls left unanswered before the next user message get a placeholder
    result (the AI SDK and strict hosts both reject them); malformed
    argument JSON is mended.
@@ -139,7 +141,7 @@ class _State:
 
 
 #: The notes of a run, one list per step, in the order the steps run.
-_STEPS = 5
+_STEPS = 6
 
 
 def _run(messages: list[Message], plan: RepairPlan, state: _State,
@@ -150,13 +152,14 @@ def _run(messages: list[Message], plan: RepairPlan, state: _State,
     notes: list[list[Note]] = [[] for _ in range(_STEPS)]
     out = list(messages)
     if plan.structure:
-        out = _restore_orphans(out, state, notes[0])
-        out = _answer_unanswered(out, notes[1])
-        _mend_arguments(out, notes[2])
+        _unique_call_ids(out, notes[0])
+        out = _restore_orphans(out, state, notes[1])
+        out = _answer_unanswered(out, notes[2])
+        _mend_arguments(out, notes[3])
     if plan.reasoning:
-        _fill_reasoning(out, state, notes[3], placeholder)
+        _fill_reasoning(out, state, notes[4], placeholder)
     if plan.empty:
-        out = _drop_empty(out, notes[4])
+        out = _drop_empty(out, notes[5])
     if plan.native_ids:
         _to_native_ids(out, state)
     return out, notes
@@ -271,6 +274,50 @@ def _call_id(call: Any) -> str | None:
     return call.get("id") if isinstance(call, dict) and isinstance(call.get("id"), str) else None
 
 
+def _unique_call_ids(messages: list[Message], notes: list[Note]) -> None:
+    """Calls of one assistant message that repeat an id become `id`, `id-2`, ... and the
+    results of its group answer them in order: Bedrock refuses repeated ids, and a
+    result could not say which of the calls it answers."""
+    for index, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        ids = [_call_id(call) for call in _calls(message)]
+        named = [i for i in ids if i]
+        if len(set(named)) == len(named):
+            continue
+        taken, seen = set(named), dict.fromkeys(named, 0)
+        renamed: list[str | None] = []
+        order: dict[str, list[str]] = {}
+        for call_id in ids:
+            if call_id is None:
+                renamed.append(None)
+                continue
+            seen[call_id] += 1
+            new, k = call_id, seen[call_id]
+            while k > 1 and new in taken:
+                new, k = f"{call_id}-{k}", k + 1
+            taken.add(new)
+            renamed.append(new)
+            order.setdefault(call_id, []).append(new)
+        messages[index] = _derived.get("unique_ids", message, tuple(renamed),
+                                       partial(_renamed, message, renamed))
+        for call_id, news in order.items():
+            if len(news) > 1:
+                notes.append(Note("duplicate_tool_call_id", f"{len(news)} calls with id {call_id}",
+                                  ", ".join(news), call_id))
+        j = index + 1
+        while j < len(messages) and messages[j].get("role") == "tool":
+            result = messages[j]
+            answered = result.get("tool_call_id")
+            queue = order.get(answered) if isinstance(answered, str) else None
+            if queue:  # results past the calls keep the id: second results (see below)
+                new = queue.pop(0)
+                if new != answered:
+                    messages[j] = _derived.get("unique_ids", result, new,
+                                               partial(_with, result, "tool_call_id", new))
+            j += 1
+
+
 def _restore_orphans(messages: list[Message], state: _State,
                      notes: list[Note]) -> list[Message]:
     out: list[Message] = []
@@ -344,16 +391,24 @@ def _answer_unanswered(messages: list[Message], notes: list[Note]) -> list[Messa
         if message.get("role") != "assistant" or not _calls(message):
             continue
         pending = [c for c in map(_call_id, _calls(message)) if c]
+        seconds: list[Message] = []  # results for a call answered already in this group
         while i < len(messages) and messages[i].get("role") == "tool":
             answered = messages[i].get("tool_call_id")
             if answered in pending:
                 pending.remove(answered)
-            out.append(messages[i])
+                out.append(messages[i])
+            elif answered in map(_call_id, _calls(message)):
+                seconds.append(messages[i])
+            else:
+                out.append(messages[i])
             i += 1
         for call_id in pending:
             out.append(_placeholder_result(call_id))
             notes.append(Note("missing_tool_result", f"call {call_id} has no result",
                               "placeholder result added", call_id))
+        for second in seconds:  # after the group: Bedrock refuses two results for one call
+            _as_context(out, second, second.get("tool_call_id"),
+                        "answered already by the result above", notes)
     return out
 
 

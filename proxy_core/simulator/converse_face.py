@@ -246,6 +246,7 @@ def _assistant(n: int, content: list[Any]) -> tuple[dict[str, Any], list[str]]:
                 reasoning.append(text)
         else:
             raise _invalid(f"{where}: unsupported content block {sorted(block)}")
+    _no_duplicates(uses, f"The toolUse blocks at messages.{n}.content")
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
     if calls:
         message["tool_calls"] = calls
@@ -279,9 +280,17 @@ def _user(n: int, content: list[Any]) -> tuple[list[dict[str, Any]], list[str]]:
             results.append({"role": "tool", "tool_call_id": use_id, "content": "\n".join(texts)})
         else:
             raise _invalid(f"{where}: unsupported content block {sorted(block)}")
+    _no_duplicates(answered, f"The toolResult blocks at messages.{n}.content")
     if parts:
         results.append({"role": "user", "content": parts})
     return results, answered
+
+
+def _no_duplicates(ids: list[Any], where: str) -> None:
+    """Bedrock refuses a message whose tool uses, or tool results, repeat an id."""
+    repeated = sorted({i for i in ids if ids.count(i) > 1}, key=str)
+    if repeated:
+        raise _invalid(f"{where} contain duplicate Ids: {', '.join(map(str, repeated))}")
 
 
 def _image(image: Any, where: str) -> dict[str, Any]:
