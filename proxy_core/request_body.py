@@ -25,11 +25,14 @@ from aiohttp import web
 
 from .errors import ClientRequestError
 
-#: zlib's `wbits` for each coding: gzip's header, zlib's; `deflate` falls back to raw.
+#: zlib's `wbits` for gzip's framing (the only one with several members), zlib's, none.
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 _ZLIB_WBITS = zlib.MAX_WBITS
 _RAW_WBITS = -zlib.MAX_WBITS
-_CODINGS = {"gzip": _GZIP_WBITS, "x-gzip": _GZIP_WBITS, "deflate": _ZLIB_WBITS}
+#: The framings tried for each coding, in order: `deflate` as many clients send it,
+#: without zlib's header, too.
+_CODINGS = {"gzip": (_GZIP_WBITS,), "x-gzip": (_GZIP_WBITS,),
+            "deflate": (_ZLIB_WBITS, _RAW_WBITS)}
 
 
 def body_too_large(limit: int) -> ClientRequestError:
@@ -57,20 +60,20 @@ def decode(raw: bytes, content_encoding: str, limit: int) -> bytes:
     for coding in reversed(codings):
         if coding in ("", "identity"):
             continue
-        wbits = _CODINGS.get(coding)
-        if wbits is None:
+        framings = _CODINGS.get(coding)
+        if framings is None:
             raise ClientRequestError(
                 f"Content-Encoding {coding!r} is not supported: send the body uncompressed, "
                 f"or as gzip or deflate", status=415, code="unsupported_content_encoding")
-        try:
-            raw = _inflate(raw, wbits, limit)
-        except zlib.error as exc:
-            if wbits != _ZLIB_WBITS:
-                raise _undecodable(coding, exc) from None
-            try:  # `deflate` as many clients send it: without zlib's header
-                raw = _inflate(raw, _RAW_WBITS, limit)
-            except zlib.error as raw_exc:
-                raise _undecodable(coding, raw_exc) from None
+        for wbits in framings:
+            try:
+                raw = _inflate(raw, wbits, limit)
+                break
+            except zlib.error as exc:
+                error = exc
+        else:
+            raise ClientRequestError(f"the request body is not valid {coding}: {error}",
+                                     code="invalid_content_encoding")
     return raw
 
 
@@ -88,12 +91,7 @@ def _inflate(data: bytes, wbits: int, limit: int) -> bytes:
         if not inflater.eof:
             raise zlib.error("the compressed body ends early")
         data = inflater.unused_data
-        if not data or wbits != _GZIP_WBITS:
-            if data:
-                raise zlib.error("data after the end of the compressed body")
+        if not data:
             return b"".join(out)
-
-
-def _undecodable(coding: str, exc: zlib.error) -> ClientRequestError:
-    return ClientRequestError(f"the request body is not valid {coding}: {exc}",
-                              code="invalid_content_encoding")
+        if wbits != _GZIP_WBITS:
+            raise zlib.error("data after the end of the compressed body")
