@@ -17,8 +17,7 @@ plan asks for it:
    upstream's placeholder (`reasoning_placeholder`, " " by default) (F3).
 3. empty — empty text blocks are dropped; an assistant message left empty
    is removed, or its content set to null when it carries tool calls (F5).
-4. native_ids — every tool-call id becomes Kimi's `functions.NAME:IDX` (two
-   calls of one message with one id get two, their results taking them in turn).
+4. native_ids — every tool-call id becomes Kimi's `functions.NAME:IDX`.
 
 A message a step changes becomes a new object, and the same message changed
 the same way gives the same object on every turn (`_Derived`): an agent
@@ -121,9 +120,7 @@ class _State:
         self.memory = memory
         self.known: set[str] = set()         # call ids of the assistant messages so far
         self.counter = 0                     # native ids given so far
-        #: A call's id as sent -> the native ids of the calls sent with it, in order (one,
-        #: unless a message repeats an id): its results take them in turn.
-        self.mapping: dict[str, tuple[str, ...]] = {}
+        self.mapping: dict[str, str] = {}    # a call's id as sent -> its native id
         self.answers: list[tuple[str, RememberedCall | None]] = []
 
     def recall(self, call_id: str) -> RememberedCall | None:
@@ -524,7 +521,6 @@ def _to_native_ids(messages: list[Message], state: _State) -> None:
         role = message.get("role")
         if role == "assistant" and _calls(message):
             natives: list[str | None] = []
-            sent: dict[str, tuple[str, ...]] = {}
             for call in _calls(message):
                 if not isinstance(call, dict):
                     natives.append(None)
@@ -534,20 +530,16 @@ def _to_native_ids(messages: list[Message], state: _State) -> None:
                 native = kimi_id(name, counter)
                 counter += 1
                 if isinstance(call.get("id"), str):
-                    sent[call["id"]] = sent.get(call["id"], ()) + (native,)
+                    mapping[call["id"]] = native
                 natives.append(native)
-            mapping.update(sent)
             if any(n is not None and call.get("id") != n
                    for call, n in zip(_calls(message), natives, strict=True)):
                 messages[index] = _derived.get("native_ids", message, tuple(natives),
                                                partial(_renamed, message, natives))
         elif role == "tool" and message.get("tool_call_id") in mapping:
-            # Two calls of one message with one id (a client's or a host's slip) are two
-            # calls: their results, in order, answer them in order.
-            taken = mapping[message["tool_call_id"]]
-            native = taken[0]
-            if len(taken) > 1:
-                mapping[message["tool_call_id"]] = taken[1:]
+            # Unique within a message by now: the plans with native ids also have the
+            # structure step (`_unique_call_ids`).
+            native = mapping[message["tool_call_id"]]
             if native != message["tool_call_id"]:
                 messages[index] = _derived.get("native_ids", message, native,
                                                partial(_with, message, "tool_call_id", native))
