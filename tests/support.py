@@ -29,6 +29,7 @@ import json
 import ssl
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -514,3 +515,11 @@ async def collect_answer(response: httpx.Response) -> dict[str, Any]:
                 out["calls"].append(call)
             out["finish"] = choice.get("finish_reason") or out["finish"]
     return out
+
+
+def packed(data: bytes, framing: str) -> bytes:
+    """`data` compressed as a client sends it: "gzip", "deflate" (zlib's framing) or
+    "raw deflate" (no framing, as some clients send `Content-Encoding: deflate`)."""
+    wbits = {"gzip": 31, "deflate": 15, "raw deflate": -15}[framing]
+    packer = zlib.compressobj(6, zlib.DEFLATED, wbits)
+    return packer.compress(data) + packer.flush()

@@ -21,7 +21,7 @@ from proxy_core.app import SwitchboardProxy
 from proxy_core.errors import ClientRequestError
 from support import (
     API, CHAT_PATH, FakeUpstream, api_turns, assert_openai_error, chat_body, content_of,
-    openai_config, stream_chat,
+    openai_config, packed, stream_chat,
 )
 
 
@@ -102,19 +102,13 @@ async def test_body_over_max_body_mb_gets_413(
     assert len(turns) == 2 and len(journal_states(small_proxy)) == 2
 
 
-def _packed(data: bytes, coding: str) -> bytes:
-    wbits = {"gzip": 31, "deflate": 15, "raw deflate": -15}[coding]
-    packer = zlib.compressobj(6, zlib.DEFLATED, wbits)
-    return packer.compress(data) + packer.flush()
-
-
 @pytest.mark.parametrize(("header", "pack"), [
-    ("gzip", lambda d: _packed(d, "gzip")),
-    ("x-gzip", lambda d: _packed(d, "gzip")),
-    ("gzip", lambda d: _packed(d[:40], "gzip") + _packed(d[40:], "gzip")),  # two members
-    ("deflate", lambda d: _packed(d, "deflate")),
-    ("deflate", lambda d: _packed(d, "raw deflate")),  # as some clients send it
-    ("gzip, deflate", lambda d: _packed(_packed(d, "gzip"), "deflate")),
+    ("gzip", lambda d: packed(d, "gzip")),
+    ("x-gzip", lambda d: packed(d, "gzip")),
+    ("gzip", lambda d: packed(d[:40], "gzip") + packed(d[40:], "gzip")),  # two members
+    ("deflate", lambda d: packed(d, "deflate")),
+    ("deflate", lambda d: packed(d, "raw deflate")),  # as some clients send it
+    ("gzip, deflate", lambda d: packed(packed(d, "gzip"), "deflate")),
     ("identity", lambda d: d),
 ], ids=["gzip", "x-gzip", "gzip-members", "deflate", "deflate-raw", "gzip-then-deflate",
         "identity"])
@@ -155,7 +149,7 @@ async def test_bodies_that_cannot_be_decoded_get_a_clear_error(
 async def test_a_small_body_that_inflates_past_the_limit_gets_413(
         fake_upstream: FakeUpstream, small_proxy: SwitchboardProxy,
         client: httpx.AsyncClient) -> None:
-    bomb = _packed(b" " * (8 << 20), "gzip")
+    bomb = packed(b" " * (8 << 20), "gzip")
     assert len(bomb) < 10_000
     response = await client.post(small_proxy.base_url + CHAT_PATH, content=bomb,
                                  headers={"content-type": "application/json",
@@ -166,7 +160,7 @@ async def test_a_small_body_that_inflates_past_the_limit_gets_413(
 
 def test_inflating_never_builds_more_than_the_limit() -> None:
     """The memory a compressed body can take is the limit's, however far it inflates."""
-    bomb = _packed(b"\0" * (256 << 20), "gzip")  # 256 MB in ~250 KB
+    bomb = packed(b"\0" * (256 << 20), "gzip")  # 256 MB in ~250 KB
     limit = 1 << 20
     tracemalloc.start()
     try:
@@ -178,9 +172,9 @@ def test_inflating_never_builds_more_than_the_limit() -> None:
     assert raised.value.status == 413
     assert peak < 3 * limit, peak
     exact = b"x" * limit
-    assert request_body.decode(_packed(exact, "gzip"), "gzip", limit) == exact
+    assert request_body.decode(packed(exact, "gzip"), "gzip", limit) == exact
     with pytest.raises(ClientRequestError):
-        request_body.decode(_packed(exact + b"x", "gzip"), "gzip", limit)
+        request_body.decode(packed(exact + b"x", "gzip"), "gzip", limit)
 
 
 @pytest.mark.parametrize("where", ["top", "message"])

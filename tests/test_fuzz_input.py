@@ -12,7 +12,6 @@ upstream, and the journal holds every turn the proxy accepted.
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,8 +24,8 @@ from fuzz_support import (
     ANY_ROLE, JSON, BackgroundProxy, conversations, openai_error, running_proxy,
 )
 from support import (
-    CHAT_PATH, MODEL, UPSTREAM_KEY_ENV, UPSTREAM_MODEL, Sleep, chat_body, sse, text_chunk,
-    finish_chunk,
+    CHAT_PATH, MODEL, UPSTREAM_KEY_ENV, UPSTREAM_MODEL, Sleep, chat_body, packed, sse,
+    text_chunk, finish_chunk,
 )
 
 KIMI_MODEL = "kimi-test"
@@ -234,17 +233,12 @@ def test_values_nested_to_any_depth_are_relayed_or_refused_by_name(
         assert "levels deep" in openai_error(response)["message"], response.text
 
 
-def _deflate(data: bytes, wbits: int) -> bytes:
-    packer = zlib.compressobj(6, zlib.DEFLATED, wbits)
-    return packer.compress(data) + packer.flush()
-
-
 #: Each coding a client might name, and how it packs a body (None: Switchboard refuses it).
 PACKERS: dict[str, Any] = {
-    "gzip": lambda data: _deflate(data, 31),
-    "x-gzip": lambda data: _deflate(data, 31),
-    "deflate": lambda data: _deflate(data, 15),
-    "deflate-raw": lambda data: _deflate(data, -15),  # sent as "deflate", as some clients do
+    "gzip": lambda data: packed(data, "gzip"),
+    "x-gzip": lambda data: packed(data, "gzip"),
+    "deflate": lambda data: packed(data, "deflate"),
+    "deflate-raw": lambda data: packed(data, "raw deflate"),  # sent as "deflate", as some clients do
     "identity": lambda data: data,
     "br": None, "zstd": None, "compress": None, "x-unknown": None,
 }
