@@ -272,6 +272,11 @@ def _type_name(value: Any) -> str:
             int: "integer", float: "float"}.get(type(value), type(value).__name__)
 
 
+def port_problem(port: int) -> str | None:
+    """What is wrong with `port` as a TCP port to listen on (`[proxy] port`, `--port`)."""
+    return None if 0 <= port <= 65535 else f"must be between 0 and 65535, got {port}"
+
+
 def parse_config(text: str, source: str = "<built-in>", *, check_env: bool = True) -> Config:
     """Parse and validate TOML text. Raises `ConfigError`."""
     try:
@@ -285,8 +290,8 @@ def parse_config(text: str, source: str = "<built-in>", *, check_env: bool = Tru
     r.check_keys(p, "proxy", {"host", "port", "journal", "max_body_mb", "journal_max_mb",
                               "journal_max_days", "journal_wire_kb"})
     port = r.get(p, "proxy", "port", int, 4141)
-    if not 0 <= port <= 65535:
-        raise r.fail("proxy.port", f"must be between 0 and 65535, got {port}")
+    if (problem := port_problem(port)) is not None:
+        raise r.fail("proxy.port", problem)
     journal = r.get(p, "proxy", "journal", str, None)
     proxy = ProxySettings(
         host=r.get(p, "proxy", "host", str, "127.0.0.1"),

@@ -15,7 +15,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from proxy_core.config import Config, load_config
+from proxy_core.config import Config, load_config, port_problem
 from proxy_core.errors import ConfigError, SwitchboardError
 from proxy_core.runner import run as run_loop
 
@@ -35,13 +35,13 @@ def _add_common(parser: argparse.ArgumentParser, default: object = None) -> None
 
 
 def _port(text: str) -> int:
-    """A TCP port number, as `--port` takes it (the config checks its own the same way)."""
+    """A TCP port number, as `--port` takes it (checked as the config's is)."""
     try:
         port = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {port}")
+    if (problem := port_problem(port)) is not None:
+        raise argparse.ArgumentTypeError(problem)
     return port
 
 
