@@ -387,14 +387,15 @@ def _answer_unanswered(messages: list[Message], notes: list[Note]) -> list[Messa
         i += 1
         if message.get("role") != "assistant" or not _calls(message):
             continue
-        pending = [c for c in map(_call_id, _calls(message)) if c]
+        called = [c for c in map(_call_id, _calls(message)) if c]
+        pending = list(called)
         seconds: list[Message] = []  # results for a call answered already in this group
         while i < len(messages) and messages[i].get("role") == "tool":
             answered = messages[i].get("tool_call_id")
             if answered in pending:
                 pending.remove(answered)
                 out.append(messages[i])
-            elif answered in map(_call_id, _calls(message)):
+            elif answered in called:
                 seconds.append(messages[i])
             else:
                 out.append(messages[i])
