@@ -44,6 +44,8 @@ class ProxySettings:
     journal_max_mb: float | None = None    # prune oldest whole sessions above this size
     journal_max_days: float | None = None  # prune sessions idle for longer than this
     journal_wire_kb: int = 512             # raw upstream bytes kept per turn, for repros (0: none)
+    #: Text and reasoning a turn keeps (KB of characters); the client gets all of it.
+    record_text_kb: int = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +290,7 @@ def parse_config(text: str, source: str = "<built-in>", *, check_env: bool = Tru
 
     p = r.table(data.get("proxy", {}), "proxy")
     r.check_keys(p, "proxy", {"host", "port", "journal", "max_body_mb", "journal_max_mb",
-                              "journal_max_days", "journal_wire_kb"})
+                              "journal_max_days", "journal_wire_kb", "record_text_kb"})
     port = r.get(p, "proxy", "port", int, 4141)
     if (problem := port_problem(port)) is not None:
         raise r.fail("proxy.port", problem)
@@ -301,6 +303,7 @@ def parse_config(text: str, source: str = "<built-in>", *, check_env: bool = Tru
         journal_max_mb=r.number(p, "proxy", "journal_max_mb", None),
         journal_max_days=r.number(p, "proxy", "journal_max_days", None),
         journal_wire_kb=_at_least(r, p, "proxy", "journal_wire_kb", 0, 512),
+        record_text_kb=_at_least(r, p, "proxy", "record_text_kb", 1, 4096),
     )
 
     w = r.table(data.get("watchdog", {}), "watchdog")

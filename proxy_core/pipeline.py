@@ -132,6 +132,8 @@ class Pipeline:
         self.config = config
         #: Keep each attempt's raw upstream bytes on the turn until the journal has them.
         self.capture_wire = capture_wire
+        #: Characters of text and reasoning a turn keeps; past them it only relays.
+        self._text_limit = config.proxy.record_text_kb * 1024
         self.upstreams = upstreams
         self.bus = bus
         self.store = store
@@ -632,11 +634,11 @@ class Pipeline:
 
     def _record(self, turn: Turn, part: StreamPart) -> None:
         if isinstance(part, TextPart):
-            turn.append_text(part.text)
+            turn.append_text(part.text, self._text_limit)
             if self.bus.wants(Chunk):
                 self.bus.publish(Chunk(turn_id=turn.id, kind="text", text=part.text))
         elif isinstance(part, ReasoningPart):
-            turn.append_reasoning(part.text)
+            turn.append_reasoning(part.text, self._text_limit)
             if self.bus.wants(Chunk):
                 self.bus.publish(Chunk(turn_id=turn.id, kind="reasoning", text=part.text))
         elif isinstance(part, ToolCallPart):

@@ -130,6 +130,10 @@ class Turn:
     cost: float | None = None
     #: Raw upstream bytes per attempt (`capture.py`), until the journal has written them.
     wire: list[WireCapture] = field(default_factory=list, repr=False)
+    #: Characters of text and reasoning relayed to the client but not kept: past the
+    #: limit `append_text` and `append_reasoning` were given (`[proxy] record_text_kb`).
+    unrecorded_chars: int = 0
+    kept_chars: int = field(default=0, repr=False)  # of text and reasoning together
 
     @property
     def text(self) -> str:
@@ -144,11 +148,22 @@ class Turn:
             self.reasoning_parts[:] = ["".join(self.reasoning_parts)]
         return self.reasoning_parts[0] if self.reasoning_parts else ""
 
-    def append_text(self, text: str) -> None:
-        self.text_parts.append(text)
+    def append_text(self, text: str, limit: int | None = None) -> None:
+        """Keep `text`, or as much of it as fits under `limit` characters of text and
+        reasoning together (a host that never stops talking must not fill memory)."""
+        self.text_parts.append(self._room(text, limit))
 
-    def append_reasoning(self, text: str) -> None:
-        self.reasoning_parts.append(text)
+    def append_reasoning(self, text: str, limit: int | None = None) -> None:
+        self.reasoning_parts.append(self._room(text, limit))
+
+    def _room(self, text: str, limit: int | None) -> str:
+        kept = self.kept_chars + len(text)
+        if limit is not None and kept > limit:
+            room = max(0, limit - self.kept_chars)
+            self.unrecorded_chars += len(text) - room
+            text, kept = text[:room], self.kept_chars + room
+        self.kept_chars = kept
+        return text
 
     @property
     def duration(self) -> float:
@@ -206,6 +221,7 @@ class Turn:
         turn = cls(**fields)
         turn.text_parts = [text] if text else []
         turn.reasoning_parts = [reasoning] if reasoning else []
+        turn.kept_chars = len(text) + len(reasoning)
         turn.attempts = [_known(Attempt, a) for a in data.get("attempts") or []]
         turn.tool_calls = [_known(ToolCallRecord, c) for c in data.get("tool_calls") or []]
         turn.usage = _known(Usage, data.get("usage") or {})
@@ -213,7 +229,7 @@ class Turn:
         return turn
 
 
-_NOT_IN_DICT = frozenset({"text_parts", "reasoning_parts", "wire"})
+_NOT_IN_DICT = frozenset({"text_parts", "reasoning_parts", "wire", "kept_chars"})
 _RECORD_LISTS = frozenset({"attempts", "tool_calls", "repairs"})
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 _R = TypeVar("_R")

@@ -174,6 +174,8 @@ BAD = [
      ["proxy.journal_max_days", "greater than 0", "-2"]),
     ("negative journal_wire_kb", "[proxy]\njournal_wire_kb = -1\n" + MINIMAL,
      ["proxy.journal_wire_kb", "at least 0", "-1"]),
+    ("zero record_text_kb", "[proxy]\nrecord_text_kb = 0\n" + MINIMAL,
+     ["proxy.record_text_kb", "at least 1", "0"]),
     ("journal_max_mb as text", '[proxy]\njournal_max_mb = "50MB"\n' + MINIMAL,
      ["proxy.journal_max_mb", "must be int or float", "'50MB'"]),
     ("hedge_after not a quantile", '[watchdog]\nhedge_after = "fast"\n' + MINIMAL,

@@ -22,8 +22,8 @@ from support import (
     CHAT_PATH, MODEL, UPSTREAM_KEY, UPSTREAM_MODEL, Drop, FakeUpstream, Hang, Sleep, WaitFor,
     api_turn, assert_openai_error, chat_body, completion_payload, content_of, deltas,
     error_reply, finish_chunk, finish_reasons, hang_reply, json_reply, keepalive_reply,
-    last_turn, openai_config, settled_turn, sse, sse_payloads, stream_chat, stream_errors,
-    text_chunk, text_reply, tool_call_chunk, usage_chunk, wait_until,
+    last_turn, openai_config, reasoning_chunk, settled_turn, sse, sse_payloads, stream_chat,
+    stream_errors, text_chunk, text_reply, tool_call_chunk, usage_chunk, wait_until,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -557,6 +557,27 @@ async def test_an_observer_that_raises_never_breaks_a_stream(
     # And the next turn works too.
     response, payloads = await stream_chat(client, proxy.base_url)
     assert content_of(payloads) == "Hello world"
+
+
+async def test_a_host_that_never_stops_is_relayed_whole_and_recorded_up_to_the_limit(
+        fake_upstream: FakeUpstream, proxy_factory: Any, client: httpx.AsyncClient) -> None:
+    """A turn keeps `record_text_kb` of text and reasoning; the client gets everything."""
+    proxy = await proxy_factory(openai_config(fake_upstream.base_url).replace(
+        "port = 0", "port = 0\nrecord_text_kb = 1", 1))
+    pieces = [f"{i:03d}" + "x" * 97 for i in range(40)]  # 4,000 characters of text
+    fake_upstream.script(sse(reasoning_chunk("r" * 600), *map(text_chunk, pieces),
+                             finish_chunk("stop")))
+    response, payloads = await stream_chat(client, proxy.base_url)
+    assert response.status_code == 200 and content_of(payloads) == "".join(pieces)
+    turn = await settled_turn(client, proxy.base_url)
+    assert turn["state"] == "finished" and turn["finish_reason"] == "stop"
+    assert turn["reasoning"] == "r" * 600
+    assert turn["text"] == "".join(pieces)[:1024 - 600]
+    assert turn["unrecorded_chars"] == 600 + 4000 - 1024
+    assert proxy.journal is not None
+    stored = proxy.journal.turn(turn["id"])
+    assert stored is not None
+    assert (stored["text"], stored["unrecorded_chars"]) == (turn["text"], turn["unrecorded_chars"])
 
 
 async def test_internal_error_fails_only_that_turn(proxy, fake_upstream, client, monkeypatch) -> None:

@@ -48,6 +48,26 @@ def test_a_response_call_is_pending_until_the_next_request_answers_it() -> None:
     assert paired.state == "paired" and paired.result == "a.py b.py"
 
 
+def test_text_past_the_record_limit_is_counted_and_shown_as_not_recorded() -> None:
+    from tui.widgets.detail import conversation_text
+    from tui.widgets.palette import Palette
+    turn = history()[1]
+    turn.text_parts, turn.reasoning_parts, turn.kept_chars = [], [], 0
+    turn.append_reasoning("r" * 6, limit=10)
+    turn.append_text("abc", limit=10)
+    turn.append_text("defgh", limit=10)   # straddles the limit: its head is kept
+    turn.append_reasoning("more", limit=10)
+    turn.append_text("ijk", limit=10)
+    assert (turn.reasoning, turn.text, turn.unrecorded_chars) == ("r" * 6, "abcd", 4 + 4 + 3)
+    again = Turn.from_dict(turn.to_dict())
+    assert (again.text, again.unrecorded_chars, again.kept_chars) == ("abcd", 11, 10)
+    assert "kept_chars" not in turn.to_dict()
+    response = conversation(again)[-1]
+    assert response.response and "11 more characters" in response.note
+    shown = conversation_text([response], Palette(*(["#ffffff"] * 8)), loaded=True).plain
+    assert "not recorded" in shown
+
+
 def test_pulse_derives_rate_silence_and_stall_from_chunks() -> None:
     pulse = Pulse(started_at=NOW - 10)
     rule = StallRule(first_token=4.0, idle=2.0)

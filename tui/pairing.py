@@ -142,6 +142,9 @@ def conversation(turn: Turn, next_request: dict[str, Any] | None = None) -> list
         out.append(view)
 
     response = MessageView("assistant", turn.text, turn.reasoning, response=True)
+    if turn.unrecorded_chars:
+        response.note = (f"{turn.unrecorded_chars:,} more characters reached the client but "
+                         "were not recorded (past [proxy] record_text_kb)")
     later = _results_by_id((next_request or {}).get("messages", []))
     for call in turn.tool_calls:
         state: PairState = "pending"

@@ -166,6 +166,8 @@ def conversation_text(views: list[MessageView], p: Palette, *, loaded: bool,
             out.append(f"{view.tool_call_id} ", style=p.muted)
             out.append(f"[{BADGES[view.state]}]", style=f"bold reverse {state_colour}")
             out.append(f"  {r(view.note)}", style=state_colour)
+        elif view.note:
+            out.append(view.note, style=p.warn)
         out.append("\n")
         if view.reasoning:
             out.append(f"{indent('thinking: ' + r(clip(view.reasoning, MESSAGE_CHARS)), '  ')}\n",
