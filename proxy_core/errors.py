@@ -76,6 +76,33 @@ class UpstreamProtocolError(UpstreamError):
     code = "upstream_protocol_error"
 
 
+#: Tool-call characters (arguments and leaked call text) one answer may hold back while
+#: its calls are still arriving, and how many calls. Far above any real answer:
+#: opencode writes a whole file as one call's argument.
+HELD_CALL_LIMIT = 16 * 1024 * 1024
+HELD_CALLS_LIMIT = 1024
+
+
+class RunawayAnswer(UpstreamError):
+    """The upstream kept one answer's tool calls coming past anything real.
+
+    Adapters and the leak repair hold a call until it is whole (`stream.py`).
+    Past `HELD_CALL_LIMIT` characters or `HELD_CALLS_LIMIT` calls held, the
+    attempt fails with this instead of memory growing with the host's output.
+    Retried like any broken answer: a model caught in a loop may not loop again.
+    """
+
+    code = "upstream_runaway"
+
+    @classmethod
+    def check(cls, chars: int, calls: int = 1) -> None:
+        """Raise when `chars` held in `calls` calls are past the limits."""
+        if chars > HELD_CALL_LIMIT or calls > HELD_CALLS_LIMIT:
+            raise cls(f"the upstream sent {chars:,} characters in {calls:,} unfinished tool "
+                      f"call(s) (limits: {HELD_CALL_LIMIT:,} and {HELD_CALLS_LIMIT:,}); "
+                      "given up as a runaway answer")
+
+
 class UpstreamTimeout(UpstreamError):
     """The watchdog gave up waiting: no first byte, or silence mid-stream."""
 

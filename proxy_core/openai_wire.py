@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from .contents import encode
-from .errors import ClientRequestError, UpstreamProtocolError, UpstreamStreamError
+from .errors import ClientRequestError, RunawayAnswer, UpstreamProtocolError, UpstreamStreamError
 from .stream import (
     FinishPart, KeepAlivePart, ReasoningPart, StreamPart, TextPart, ToolCallPart, UsagePart,
 )
@@ -222,6 +222,7 @@ class ChunkDecoder:
 
     def __init__(self) -> None:
         self._calls: dict[int, _PendingCall] = {}
+        self._held = 0  # characters of arguments held in `_calls`
 
     def feed(self, chunk: Any) -> list[StreamPart]:
         if type(chunk) is not dict:
@@ -277,10 +278,12 @@ class ChunkDecoder:
             if isinstance(function.get("name"), str) and function["name"]:
                 pending.name = pending.name or function["name"]
             args = function.get("arguments")
+            if isinstance(args, dict):
+                args = json.dumps(args)
             if isinstance(args, str):
                 pending.arguments.append(args)
-            elif isinstance(args, dict):
-                pending.arguments.append(json.dumps(args))
+                self._held += len(args)
+        RunawayAnswer.check(self._held, len(self._calls))
 
     def _flush_calls(self) -> list[StreamPart]:
         parts: list[StreamPart] = []
@@ -289,6 +292,7 @@ class ChunkDecoder:
             call_id = call.id or f"call_{uuid.uuid4().hex[:24]}"
             parts.append(ToolCallPart(call_id, call.name, "".join(call.arguments)))
         self._calls.clear()
+        self._held = 0
         return parts
 
     def finish(self) -> list[StreamPart]:

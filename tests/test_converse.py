@@ -18,7 +18,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fuzz_support import conversations
-from proxy_core.errors import ClientRequestError, UpstreamProtocolError, UpstreamStreamError
+from proxy_core.errors import (
+    ClientRequestError, RunawayAnswer, UpstreamProtocolError, UpstreamStreamError,
+)
 from proxy_core.openai_wire import parse_chat_request
 from proxy_core.repairs.history import Note, repair_history
 from proxy_core.repairs.profiles import KIMI, STRUCTURAL, RepairPlan
@@ -365,6 +367,18 @@ def test_a_full_stream_of_every_event_type() -> None:
         FinishPart("tool_calls"), UsagePart(120, 30, 150),
     ]
     assert decoder.finished and decoder.stop_reason == "tool_use"
+
+
+def test_tool_input_held_past_the_limits_is_a_runaway(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("proxy_core.errors.HELD_CALL_LIMIT", 100)
+    monkeypatch.setattr("proxy_core.errors.HELD_CALLS_LIMIT", 3)
+    # Whole calls release what they held: many of them, one after another, are fine.
+    assert len(feed_all([e for i in range(10) for e in tool_events(i, f"t{i}", "bash", "x" * 90)
+                         ])) == 10
+    with pytest.raises(RunawayAnswer, match="101 characters in 1 unfinished"):
+        feed_all(tool_events(0, "t", "bash", "x" * 60, "x" * 41))
+    with pytest.raises(RunawayAnswer, match="in 4 unfinished"):
+        feed_all([tool_events(i, f"t{i}", "bash")[0] for i in range(4)])
 
 
 def test_a_tool_call_is_emitted_whole_only_when_its_block_stops() -> None:

@@ -17,7 +17,9 @@ import httpx
 import pytest
 
 from proxy_core.app import SwitchboardProxy
+from proxy_core.errors import RunawayAnswer
 from proxy_core.events import Event, Heartbeat
+from proxy_core.openai_wire import ChunkDecoder
 from support import (
     CHAT_PATH, MODEL, UPSTREAM_KEY, UPSTREAM_MODEL, Drop, FakeUpstream, Hang, Sleep, WaitFor,
     api_turn, assert_openai_error, chat_body, completion_payload, content_of, deltas,
@@ -578,6 +580,66 @@ async def test_a_host_that_never_stops_is_relayed_whole_and_recorded_up_to_the_l
     stored = proxy.journal.turn(turn["id"])
     assert stored is not None
     assert (stored["text"], stored["unrecorded_chars"]) == (turn["text"], turn["unrecorded_chars"])
+
+
+def runaway_call(leaked: bool, before: str = "") -> Any:
+    """An answer whose one tool call never ends: 40 pieces of 4 KB, then the stream stops."""
+    piece = "x" * 4096
+    if leaked:
+        opening = text_chunk(before + "<|tool_calls_section_begin|><|tool_call_begin|>"
+                             'functions.bash:0<|tool_call_argument_begin|>{"command": "')
+        rest = [text_chunk(piece) for _ in range(40)]
+    else:
+        opening = tool_call_chunk(0, id="call_1", name="bash", arguments='{"command": "')
+        rest = [tool_call_chunk(0, arguments=piece) for _ in range(40)]
+    return sse(*([text_chunk(before)] if before and not leaked else []), opening, *rest,
+               finish_chunk("tool_calls"))
+
+
+@pytest.mark.parametrize("leaked", [False, True], ids=["native", "leaked"])
+async def test_a_tool_call_that_never_ends_is_given_up_and_retried(
+        leaked: bool, fake_upstream: FakeUpstream, proxy_factory: Any,
+        client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls are held until whole; one past the limit fails the attempt, not the memory."""
+    monkeypatch.setattr("proxy_core.errors.HELD_CALL_LIMIT", 64 * 1024)
+    proxy = await proxy_factory(openai_config(fake_upstream.base_url).replace(
+        'repairs = "none"', 'repairs = "kimi"'))
+    fake_upstream.script(runaway_call(leaked), text_reply("Done", " instead."))
+    response, payloads = await stream_chat(client, proxy.base_url)
+    assert response.status_code == 200 and content_of(payloads) == "Done instead."
+    assert stream_errors(payloads) == []
+    turn = await settled_turn(client, proxy.base_url)
+    first, second = turn["attempts"]
+    assert first["outcome"] == "failed" and "runaway answer" in first["error"]
+    assert second["outcome"] == "ok" and turn["state"] == "finished"
+
+
+def test_the_decoder_holds_no_more_calls_than_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("proxy_core.errors.HELD_CALLS_LIMIT", 3)
+    decoder = ChunkDecoder()
+    for index in range(3):
+        decoder.feed(tool_call_chunk(index, id=f"c{index}", name="bash", arguments="{}"))
+    assert len(decoder.feed(finish_chunk("tool_calls"))) == 4  # released at the finish
+    for index in range(3):
+        decoder.feed(tool_call_chunk(index, id=f"c{index}", name="bash", arguments="{}"))
+    with pytest.raises(RunawayAnswer, match="in 4 unfinished"):
+        decoder.feed(tool_call_chunk(10**9, id="c", name="bash"))
+
+
+async def test_a_tool_call_that_never_ends_after_text_is_an_error_in_the_stream(
+        fake_upstream: FakeUpstream, proxy_factory: Any, client: httpx.AsyncClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("proxy_core.errors.HELD_CALL_LIMIT", 64 * 1024)
+    proxy = await proxy_factory(openai_config(fake_upstream.base_url))
+    fake_upstream.script(runaway_call(False, before="Running it."))
+    response, payloads = await stream_chat(client, proxy.base_url)
+    assert response.status_code == 200 and content_of(payloads) == "Running it."
+    [error] = stream_errors(payloads)
+    assert error["code"] == "upstream_runaway" and "runaway answer" in error["message"]
+    assert len(fake_upstream.chat_requests) == 1  # output had started: not retried
+    # And the proxy serves on.
+    response, payloads = await stream_chat(client, proxy.base_url)
+    assert content_of(payloads) == "Hello world"
 
 
 async def test_internal_error_fails_only_that_turn(proxy, fake_upstream, client, monkeypatch) -> None:

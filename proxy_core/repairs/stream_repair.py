@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 
+from ..errors import RunawayAnswer
 from ..stream import FinishPart, ReasoningPart, StreamPart, TextPart, ToolCallPart
 from .history import Note, excerpt
 from .ids import is_kimi_id, new_client_id
@@ -90,7 +91,9 @@ class StreamRepairer:
                 runs[-1].left += len(part.text)
             else:
                 runs.append(_Run(kind, len(part.text)))
-            return self._segments(self._parser.feed(part.text))
+            segments = self._parser.feed(part.text)
+            RunawayAnswer.check(self._parser.buffered)
+            return self._segments(segments)
         if isinstance(part, ToolCallPart):
             return [self._native(part)]
         if isinstance(part, FinishPart):

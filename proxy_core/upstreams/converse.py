@@ -68,7 +68,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import UpstreamError, UpstreamProtocolError, UpstreamStatusError, UpstreamStreamError
+from ..errors import (
+    RunawayAnswer, UpstreamError, UpstreamProtocolError, UpstreamStatusError, UpstreamStreamError,
+)
 from ..repairs.json_args import repair_json_arguments
 from ..stream import FinishPart, ReasoningPart, StreamPart, TextPart, ToolCallPart, UsagePart
 
@@ -480,6 +482,7 @@ class ConverseStreamDecoder:
     def __init__(self, tool_names: Mapping[str, str] | None = None) -> None:
         self._names = dict(tool_names or {})
         self._tools: dict[int, _PendingTool] = {}
+        self._held = 0  # characters of input held in `_tools`
         self.finished = False
         self.stop_reason: str | None = None
 
@@ -507,6 +510,7 @@ class ConverseStreamDecoder:
             call_id = tool.get("toolUseId") or f"tooluse_{uuid.uuid4().hex[:24]}"
             name = str(tool.get("name") or "")
             self._tools[_index(value)] = _PendingTool(str(call_id), self._names.get(name, name))
+            RunawayAnswer.check(self._held, len(self._tools))
         return []
 
     def _block_delta(self, value: Mapping[str, Any]) -> list[StreamPart]:
@@ -527,6 +531,8 @@ class ConverseStreamDecoder:
             fragment = tool.get("input")
             if isinstance(fragment, str):
                 pending.fragments.append(fragment)
+                self._held += len(fragment)
+                RunawayAnswer.check(self._held, len(self._tools))
         reasoning = delta.get("reasoningContent")
         if isinstance(reasoning, dict):
             text = reasoning.get("text")
@@ -537,6 +543,8 @@ class ConverseStreamDecoder:
 
     def _block_stop(self, value: Mapping[str, Any]) -> list[StreamPart]:
         pending = self._tools.pop(_index(value), None)
+        if pending is not None:
+            self._held -= sum(map(len, pending.fragments))
         return [_tool_part(pending)] if pending is not None else []
 
     def _message_stop(self, value: Mapping[str, Any]) -> list[StreamPart]:
@@ -556,6 +564,7 @@ class ConverseStreamDecoder:
     def _flush_tools(self) -> list[StreamPart]:
         parts: list[StreamPart] = [_tool_part(self._tools[i]) for i in sorted(self._tools)]
         self._tools.clear()
+        self._held = 0
         return parts
 
     _HANDLERS = {
