@@ -72,7 +72,7 @@ class ControlAPI:
         app.router.add_post(f"{PREFIX}/turns/{{turn_id}}/reroute", self.reroute)
 
     @staticmethod
-    def _error(message: str, status: int, code: str | None = None) -> web.Response:
+    def _error(message: str, status: int, code: str | None) -> web.Response:
         return web.json_response({"error": {"message": message, "type": "invalid_request_error",
                                             "code": code}}, status=status)
 
@@ -93,10 +93,11 @@ class ControlAPI:
         except ClientRequestError as exc:
             return self._error(exc.message, exc.status, exc.code)
         except (ValueError, RecursionError):
-            return self._error('body must be JSON: {"target": "upstream:model"}', 400)
+            return self._error('body must be JSON: {"target": "upstream:model"}', 400,
+                               "invalid_json")
         target = body.get("target") if isinstance(body, dict) else None
         if not isinstance(target, str) or not target:
-            return self._error('body must be {"target": "upstream:model"}', 400)
+            return self._error('body must be {"target": "upstream:model"}', 400, "invalid_target")
         try:
             new_id = await self.pipeline.reroute(turn_id, target)
         except ClientRequestError as exc:
@@ -123,7 +124,8 @@ class ControlAPI:
         """Per-target stats (`proxy_core/scoreboard.py`), worst first or `?sort=COLUMN`."""
         sort = request.query.get("sort", "status")
         if sort not in SORT_KEYS:
-            return self._error(f"sort must be one of: {', '.join(SORT_KEYS)}", 400)
+            return self._error(f"sort must be one of: {', '.join(SORT_KEYS)}", 400,
+                               "invalid_parameter")
         return self._json(self.board.to_dict(sort))
 
     def _json(self, payload: Any, status: int = 200) -> web.Response:
@@ -153,8 +155,7 @@ class ControlAPI:
         try:
             limit = max(1, min(int(request.query.get("limit", "100")), 1000))
         except ValueError:
-            return self._json({"error": {"message": "limit must be an integer",
-                                         "type": "invalid_request_error", "code": None}}, 400)
+            return self._error("limit must be an integer", 400, "invalid_parameter")
         session = request.query.get("session")
         turns = [t for t in self.store.recent(0) if not session or t.session_id == session]
         if len(turns) < limit and self.journal is not None:

@@ -298,3 +298,28 @@ async def test_without_a_session_header_the_conversation_start_groups_turns(
     assert a["session_id"].startswith("fp_")
     assert a["session_id"] == b["session_id"]
     assert c["session_id"].startswith("fp_") and c["session_id"] != a["session_id"]
+
+
+async def test_every_refusal_is_an_openai_error_with_a_code(
+        proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:
+    await chat(client, proxy)
+    [turn] = await api_turns(client, proxy.base_url)
+    base = proxy.base_url + API
+    refusals = [
+        (client.get(base + "/turns", params={"limit": "many"}), 400, "invalid_parameter"),
+        (client.get(base + "/scoreboard", params={"sort": "nope"}), 400, "invalid_parameter"),
+        (client.get(base + "/turns/turn_nope"), 404, "turn_not_found"),
+        (client.post(base + "/turns/turn_nope/retry"), 404, "turn_not_found"),
+        (client.post(f"{base}/turns/{turn['id']}/reroute", content=b"{"), 400, "invalid_json"),
+        (client.post(f"{base}/turns/{turn['id']}/reroute", json={"to": "x"}), 400,
+         "invalid_target"),
+        (client.post(f"{base}/turns/{turn['id']}/reroute", json={"target": "nowhere:m"}), 400,
+         "unknown_target"),
+    ]
+    for request, status, code in refusals:
+        response = await request
+        error = response.json()["error"]
+        assert (response.status_code, error["code"]) == (status, code), response.text
+        assert error["message"] and error["type"]
+    # And it serves on.
+    assert (await client.get(base + "/health")).json()["status"] == "ok"
