@@ -81,6 +81,10 @@ class UpstreamProtocolError(UpstreamError):
 #: opencode writes a whole file as one call's argument.
 HELD_CALL_LIMIT = 16 * 1024 * 1024
 HELD_CALLS_LIMIT = 1024
+#: The most an answer built whole may hold: a non-streamed JSON answer from a host
+#: (bytes), and the characters of text and reasoning of one for a client that
+#: did not ask for a stream.
+WHOLE_ANSWER_LIMIT = 64 * 1024 * 1024
 
 
 class RunawayAnswer(UpstreamError):
@@ -101,6 +105,14 @@ class RunawayAnswer(UpstreamError):
             raise cls(f"the upstream sent {chars:,} characters in {calls:,} unfinished tool "
                       f"call(s) (limits: {HELD_CALL_LIMIT:,} and {HELD_CALLS_LIMIT:,}); "
                       "given up as a runaway answer")
+
+    @classmethod
+    def check_whole(cls, chars: int) -> None:
+        """Raise when a non-streamed answer's `chars` of text are past `WHOLE_ANSWER_LIMIT`."""
+        if chars > WHOLE_ANSWER_LIMIT:
+            raise cls(f"the answer passed {WHOLE_ANSWER_LIMIT:,} characters without ending; "
+                      "a non-streamed answer is built whole, so it was given up as a runaway "
+                      "answer (ask for a stream to get all of it)")
 
 
 class UpstreamTimeout(UpstreamError):

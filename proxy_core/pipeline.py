@@ -38,7 +38,7 @@ from .bus import EventBus
 from .capture import WireCapture
 from .config import Config, RouteSettings, Target
 from .contents import encode
-from .errors import ClientRequestError, EmptyReply, UpstreamError, UpstreamTimeout
+from .errors import ClientRequestError, EmptyReply, RunawayAnswer, UpstreamError, UpstreamTimeout
 from .events import (
     AttemptCancelled, AttemptFailed, AttemptStarted, Chunk, FirstByte, Heartbeat, RepairApplied,
     ToolCallRelayed, TurnFailed, TurnFinished, TurnStarted, UpstreamHealthChanged,
@@ -256,6 +256,9 @@ class Pipeline:
                     async with aclosing(parts), aclosing(source):
                         async for part in source:
                             self._record(turn, part)
+                            if not turn.stream:  # the client's answer is built whole
+                                RunawayAnswer.check_whole(
+                                    turn.kept_chars + turn.unrecorded_chars)
                             # Reasoning alone does not commit: an attempt that only
                             # thought can still be retried on the same client stream.
                             if not live.committed and isinstance(part, (TextPart, ToolCallPart)):

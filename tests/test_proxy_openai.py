@@ -642,6 +642,24 @@ async def test_a_tool_call_that_never_ends_after_text_is_an_error_in_the_stream(
     assert content_of(payloads) == "Hello world"
 
 
+async def test_a_non_streamed_answer_past_the_whole_answer_limit_is_a_clear_502(
+        fake_upstream: FakeUpstream, proxy: SwitchboardProxy, client: httpx.AsyncClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that asked for one JSON answer gets it built whole, so only up to a limit;
+    a streaming client gets the same answer in full."""
+    monkeypatch.setattr("proxy_core.errors.WHOLE_ANSWER_LIMIT", 64 * 1024)
+    long_answer = text_reply(*["y" * 4096] * 40)
+    fake_upstream.script(long_answer)
+    response = await client.post(proxy.base_url + CHAT_PATH, json=chat_body(stream=False))
+    error = assert_openai_error(response, 502)
+    assert error["code"] == "upstream_runaway" and "ask for a stream" in error["message"]
+    turn = await settled_turn(client, proxy.base_url)
+    assert turn["state"] == "failed" and len(fake_upstream.chat_requests) == 1
+    fake_upstream.script(long_answer)
+    response, payloads = await stream_chat(client, proxy.base_url)
+    assert response.status_code == 200 and content_of(payloads) == "y" * 4096 * 40
+
+
 async def test_internal_error_fails_only_that_turn(proxy, fake_upstream, client, monkeypatch) -> None:
     """A bug inside the pipeline gives the client a 500 in OpenAI's shape; the proxy goes on."""
     import proxy_core.pipeline as pipeline

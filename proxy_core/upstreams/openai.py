@@ -37,7 +37,7 @@ from yarl import URL
 from ..config import UpstreamSettings
 from ..encodings import PartEncodings
 from ..errors import (
-    UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamStatusError,
+    WHOLE_ANSWER_LIMIT, UpstreamConnectError, UpstreamError, UpstreamProtocolError, UpstreamStatusError,
     UpstreamTimeout,
 )
 from ..openai_wire import ChunkDecoder, decode_completion, error_message_from, loads_clean
@@ -49,8 +49,6 @@ from .base import UpstreamRequest
 _DRAIN_TIMEOUT = 0.25
 #: How much of an error body is read for the message.
 _ERROR_BODY_LIMIT = 64 * 1024
-#: Largest whole (non-streamed) JSON answer accepted.
-_WHOLE_BODY_LIMIT = 64 * 1024 * 1024
 #: Idle keep-alive connections are closed after this many seconds.
 _KEEPALIVE = 30.0
 _USER_AGENT = "switchboard"
@@ -176,12 +174,12 @@ class OpenAIUpstream:
                         capture.add(error.body.encode())
                     raise error
                 if "text/event-stream" not in response.headers.get("content-type", ""):
-                    raw, clean = await _read_upto(response, _WHOLE_BODY_LIMIT)
+                    raw, clean = await _read_upto(response, WHOLE_ANSWER_LIMIT)
                     if capture is not None:
                         capture.add(raw)
                     if not clean:
                         raise UpstreamProtocolError(
-                            f"the answer is larger than {_WHOLE_BODY_LIMIT} bytes")
+                            f"the answer is larger than {WHOLE_ANSWER_LIMIT} bytes")
                     for part in _whole_response(raw):
                         yield part
                     return
