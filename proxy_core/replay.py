@@ -30,6 +30,7 @@ from .app import SwitchboardProxy
 from .capture import reads_of
 from .config import Config, ProxySettings, RouteSettings, Target, UpstreamSettings, WatchdogSettings
 from .repro import ReproError
+from .simulator.host import MAX_REQUEST_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class ReplayHost:
         return f"http://127.0.0.1:{self.port}/v1"
 
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_REQUEST_BYTES)  # a long session's history
         app.router.add_post("/v1/chat/completions", self._answer)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
                                      shutdown_timeout=0.5)

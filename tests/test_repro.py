@@ -129,6 +129,21 @@ async def test_a_leaked_and_a_stalled_turn_replay_to_the_live_output(
     assert proxy.journal.conn.execute("SELECT count(*) FROM wire").fetchone() == (0,)
 
 
+async def test_a_turn_of_a_long_session_replays(
+        proxy_factory: ProxyFactory, client: httpx.AsyncClient) -> None:
+    """A history of megabytes, past aiohttp's default 1 MB request limit, both live (the
+    simulated host) and replayed (the stand-in host)."""
+    proxy = await proxy_factory(SIM_CONFIG.replace('faults = ["leak", "hang"]', "faults = []"))
+    messages = start_messages()
+    messages[1]["content"] += "\n" + "the whole log follows " * 150_000  # 3.3 MB
+    raw, turn = await live_turn(client, proxy, messages)
+    assert turn["state"] == "finished" and turn["request_bytes"] > 3_000_000
+    fixture = from_journal(proxy.config.proxy.journal, turn["id"], proxy.config)
+    result = await replay(fixture, instant=True)
+    assert result.status == 200 and result.requests == 1
+    assert normalized(result.output) == normalized(raw)
+
+
 async def test_the_raw_answer_is_capped_with_a_marker(tmp_path: Path) -> None:
     capture = WireCapture(1, "sim:kimi-k2.5", limit=10)
     for piece in (b"data: ", "é".encode()[:1], "é".encode()[1:], b"0123456789"):

@@ -265,6 +265,14 @@ async def test_side_request_without_tools_gets_plain_text(make_sim, client) -> N
     assert sim.stats.side_requests == 1
 
 
+async def test_a_history_of_several_megabytes_is_read(make_sim, client) -> None:
+    """A long opencode session sends megabytes; the host must not stop at aiohttp's 1 MB."""
+    sim = await make_sim()
+    history = [{"role": "user", "content": "x" * (3 << 20)}]
+    answer = await ask(client, sim, history, tools=None)
+    assert answer.status == 200 and answer.content
+
+
 async def test_stream_shape_follows_openai(make_sim, client) -> None:
     sim = await make_sim(reasoning=True)
     answer = await ask(client, sim, start_messages(), stream_options={"include_usage": True})

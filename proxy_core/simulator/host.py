@@ -30,9 +30,14 @@ async def _on_shutdown(app: web.Application) -> None:
     app[STATE_KEY].shutdown.set()
 
 
+#: The largest request the simulated host reads. aiohttp's default is 1 MB, which an
+#: opencode session's history passes; real hosts take far more.
+MAX_REQUEST_BYTES = 256 * 1024 * 1024
+
+
 def make_simulator_app(config: SimulatorConfig) -> web.Application:
     """Build the simulated host's aiohttp application."""
-    app = web.Application()
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     app[CONFIG_KEY] = config
     app[STATE_KEY] = SimulatorState()
     app.router.add_post("/v1/chat/completions", chat_completions)
