@@ -133,7 +133,8 @@ class Namer:
         #: very items of one, whose parts are then taken whole. Several per first item: a
         #: turn's request and the repaired messages it sent start with the same system
         #: prompt and part ways at the first repaired message.
-        self._lists: ListMemo[tuple[Part, ...]] = ListMemo(per_start=self.LISTS_PER_START)
+        self._lists: ListMemo[tuple[Part, ...]] = ListMemo(per_start=self.LISTS_PER_START,
+                                                            max_bytes=max_bytes)
         self._generation = redactor.generation
         self._forget = False
 
@@ -153,7 +154,7 @@ class Namer:
         known = self._known
         objects = self._objects
         for field_name, items in fields.items():
-            prefix = self._named_prefix(field_name, items)
+            prefix, size = self._named_prefix(field_name, items)
             parts: list[Part] = []
             for position in range(len(prefix), len(items)):
                 item = items[position]
@@ -181,13 +182,15 @@ class Namer:
                     objects.put(id(item), (item, part), part.size)
                 parts.append(part)
             named[field_name] = prefix + tuple(parts) if parts else prefix
-            self._lists.keep(field_name, items, named[field_name])
+            size += sum(part.size for part in parts)
+            self._lists.keep(field_name, items, named[field_name], size)
         return PreparedRequest(self.redactor(encode(skeleton).decode()), named, bodies)
 
-    def _named_prefix(self, field_name: str, items: list[Any]) -> tuple[Part, ...]:
-        """The parts of the longest list named lately that `items` starts with (or none)."""
+    def _named_prefix(self, field_name: str, items: list[Any]) -> tuple[tuple[Part, ...], int]:
+        """The parts of the longest list named lately that `items` starts with (or none),
+        and their size."""
         found = self._lists.find(field_name, items)
-        return found[1] if found is not None else ()
+        return (found[1], found[2]) if found is not None else ((), 0)
 
     def body_of(self, request: dict[str, Any], part: Part) -> str:
         """The stored text of one part, made again (the journal lost the one it had)."""
@@ -211,8 +214,9 @@ class Interner:
     def __init__(self, max_bytes: int = 64 * 1024 * 1024, max_items: int = 16_384) -> None:
         #: a part's key -> its shared object
         self._parts: LRU[str, Any] = LRU(max_bytes, max_items, largest=max_bytes)
-        #: part lists shared lately -> the shared items they stand for
-        self._lists: ListMemo[list[Any]] = ListMemo(starts=self.LISTS)
+        #: part lists shared lately -> the shared items they stand for (at most
+        #: `max_bytes` of them: the items are held, whatever `_parts` dropped)
+        self._lists: ListMemo[list[Any]] = ListMemo(starts=self.LISTS, max_bytes=max_bytes)
 
     def intern(self, key: str, value: Any, size: int) -> Any:
         held = self._parts.get(key)
@@ -224,15 +228,16 @@ class Interner:
     def share(self, field: str, parts: tuple[Part, ...], items: list[Any]) -> list[Any]:
         """`items` (named as `parts`) with each item replaced by its shared object."""
         shared = list(items)
-        start = 0
+        start = size = 0
         found = self._lists.find(field, parts)
         if found is not None:
-            start = found[0]
+            start, size = found[0], found[2]
             shared[:start] = found[1]
         intern = self.intern
         for part in parts[start:]:
             shared[part.position] = intern(part.key, shared[part.position], part.size)
-        self._lists.keep(field, parts, shared)
+            size += part.size
+        self._lists.keep(field, parts, shared, size)
         return shared
 
     def __len__(self) -> int:

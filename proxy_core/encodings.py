@@ -44,9 +44,10 @@ class PartEncodings:
 
     def __init__(self, max_bytes: int = 32 * 1024 * 1024, max_items: int = 16_384) -> None:
         #: id(item) -> (item, its encoding); the item is held, so its id stays its own
-        self._kept: LRU[int, tuple[Any, orjson.Fragment]] = LRU(max_bytes, max_items)
-        #: part lists encoded lately -> their encodings
-        self._lists: ListMemo[list[Any]] = ListMemo(starts=self.LISTS)
+        self._kept: LRU[int, tuple[Any, orjson.Fragment, int]] = LRU(max_bytes, max_items)
+        #: part lists encoded lately -> their encodings. A kept list holds its items and
+        #: their encodings whatever the LRU dropped: together at most `max_bytes` / 2.
+        self._lists: ListMemo[list[Any]] = ListMemo(starts=self.LISTS, max_bytes=max_bytes // 2)
 
     def body(self, body: dict[str, Any]) -> bytes:
         """`body` as compact JSON (orjson; what orjson refuses, `json` escapes)."""
@@ -65,22 +66,22 @@ class PartEncodings:
         if not items:
             return items
         found = self._lists.find(field, items)
-        if found is not None:
-            start, encoded = found
-            if start < len(items):
-                encoded = encoded + [self._fragment(item) for item in items[start:]]
-        else:
-            encoded = [self._fragment(item) for item in items]
-        self._lists.keep(field, items, encoded)
+        start, encoded, size = found if found is not None else (0, [], 0)
+        if start < len(items):
+            new = [self._fragment(item) for item in items[start:]]
+            encoded = encoded + [part for part, _ in new]
+            size += sum(length for _, length in new)
+        self._lists.keep(field, items, encoded, size)
         return encoded
 
-    def _fragment(self, item: Any) -> Any:
+    def _fragment(self, item: Any) -> tuple[Any, int]:
+        """The item's encoding (kept or made), and its size."""
         if type(item) is not dict:
-            return item
+            return item, 0
         kept = self._kept.get(id(item))
         if kept is not None and kept[0] is item:
-            return kept[1]
+            return kept[1], kept[2]
         data = orjson.dumps(item)
         fragment = orjson.Fragment(data)
-        self._kept.put(id(item), (item, fragment), len(data))
-        return fragment
+        self._kept.put(id(item), (item, fragment, len(data)), len(data))
+        return fragment, len(data)

@@ -33,17 +33,23 @@ class ListMemo(Generic[V]):
     to `per_start` for each (the newest kept; keeping a list drops those it
     extends), and `starts` such first items, the least recently used
     dropped first. A kept list's items are held (as a tuple), so their ids
-    stay theirs while kept.
+    stay theirs while kept. With `max_bytes`, the lists kept also add up to
+    at most that many bytes, each counted at the size it was kept with (what
+    its items take, as the caller measures it): a list is the very objects
+    of a request, which may be large and which nothing else may still hold.
     """
 
-    def __init__(self, starts: int = 16, per_start: int = 1) -> None:
+    def __init__(self, starts: int = 16, per_start: int = 1,
+                 max_bytes: int | None = None) -> None:
         self.starts = starts
         self.per_start = per_start
-        self._kept: OrderedDict[tuple[str, int], list[tuple[tuple[Any, ...], V]]] = \
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._kept: OrderedDict[tuple[str, int], list[tuple[tuple[Any, ...], V, int]]] = \
             OrderedDict()
 
-    def find(self, field: str, items: Sequence[Any]) -> tuple[int, V] | None:
-        """The length and value of the longest kept list `items` starts with, if any."""
+    def find(self, field: str, items: Sequence[Any]) -> tuple[int, V, int] | None:
+        """The length, value and size of the longest kept list `items` starts with, if any."""
         if not items:
             return None
         key = (field, id(items[0]))
@@ -55,23 +61,29 @@ class ListMemo(Generic[V]):
         if best is None:
             return None
         self._kept.move_to_end(key)
-        return len(best[0]), best[1]
+        return len(best[0]), best[1], best[2]
 
-    def keep(self, field: str, items: Sequence[Any], value: V) -> None:
-        """Keep `value` for `items` (an empty list is not kept)."""
-        if not items:
+    def keep(self, field: str, items: Sequence[Any], value: V, size: int = 0) -> None:
+        """Keep `value` for `items`, of `size` bytes (an empty list, or one larger than
+        `max_bytes` alone, is not kept)."""
+        if not items or (self.max_bytes is not None and size > self.max_bytes):
             return
         key = (field, id(items[0]))
         held = tuple(items)
-        kept = [k for k in self._kept.get(key, ()) if not starts_with(held, k[0])]
-        kept.append((held, value))
-        self._kept[key] = kept[-self.per_start:]
-        self._kept.move_to_end(key)
-        while len(self._kept) > self.starts:
-            self._kept.popitem(last=False)
+        before = self._kept.pop(key, [])
+        kept = [k for k in before if not starts_with(held, k[0])]
+        kept.append((held, value, size))
+        kept = kept[-self.per_start:]
+        self.bytes += sum(k[2] for k in kept) - sum(k[2] for k in before)
+        self._kept[key] = kept
+        while len(self._kept) > self.starts or (
+                self.max_bytes is not None and self.bytes > self.max_bytes):
+            _, dropped = self._kept.popitem(last=False)
+            self.bytes -= sum(k[2] for k in dropped)
 
     def clear(self) -> None:
         self._kept.clear()
+        self.bytes = 0
 
     def sizes(self) -> list[int]:
         """How many lists are kept under each first item (oldest first)."""

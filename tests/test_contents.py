@@ -104,9 +104,10 @@ def test_a_request_and_the_repaired_messages_it_sent_each_take_their_lists_whole
     taken: list[int] = []  # how many items each list took whole
     named_prefix = Namer._named_prefix
 
-    def spy(self: Namer, field: str, items: list[Any]) -> tuple[Any, ...]:
-        taken.append(len(named_prefix(self, field, items)))
-        return named_prefix(self, field, items)
+    def spy(self: Namer, field: str, items: list[Any]) -> tuple[tuple[Any, ...], int]:
+        found = named_prefix(self, field, items)
+        taken.append(len(found[0]))
+        return found
 
     namer.prepare(request(client))
     namer.prepare(request(repaired(client)))

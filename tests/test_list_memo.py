@@ -17,15 +17,15 @@ def test_the_longest_kept_list_a_list_starts_with_is_found() -> None:
     memo.keep("messages", [a, b], "two")
     memo.keep("messages", [a, c], "other two")
     memo.keep("messages", [a, b, c], "three")  # extends [a, b]: that one is dropped
-    assert memo.find("messages", [a, b, c, d]) == (3, "three")
-    assert memo.find("messages", [a, c, d]) == (2, "other two")
+    assert memo.find("messages", [a, b, c, d]) == (3, "three", 0)
+    assert memo.find("messages", [a, c, d]) == (2, "other two", 0)
     assert memo.find("messages", [a, b]) is None  # shorter than every kept list it begins
     assert memo.find("tools", [a, b, c]) is None  # another field
     assert memo.find("messages", [{"n": 0}, b, c]) is None  # equal is not the same
     assert memo.sizes() == [2]
     memo.keep("messages", [a, b], "two again")  # a shorter one kept after a longer one
-    assert memo.find("messages", [a, b, c, d]) == (3, "three")
-    assert memo.find("messages", [a, b, d]) == (2, "two again")
+    assert memo.find("messages", [a, b, c, d]) == (3, "three", 0)
+    assert memo.find("messages", [a, b, d]) == (2, "two again", 0)
 
 
 def test_what_is_kept_is_bounded() -> None:
@@ -38,6 +38,23 @@ def test_what_is_kept_is_bounded() -> None:
     assert memo.find("messages", [firsts[0], {}]) is None  # the oldest first items went
     memo.clear()
     assert memo.sizes() == []
+
+
+def test_the_lists_kept_are_bounded_by_their_size_too() -> None:
+    memo: ListMemo[str] = ListMemo(starts=8, per_start=2, max_bytes=100)
+    firsts = [{"first": i} for i in range(4)]
+    memo.keep("messages", [firsts[0], {}], "a", 40)
+    memo.keep("messages", [firsts[1], {}], "b", 40)
+    assert memo.bytes == 80
+    memo.keep("messages", [firsts[2], {}], "c", 40)  # 120: the oldest start goes
+    assert memo.bytes == 80 and memo.find("messages", [firsts[0], {}]) is None
+    memo.keep("messages", [firsts[3], {}], "huge", 101)  # larger than all: never kept
+    assert memo.bytes == 80 and memo.find("messages", [firsts[3], {}]) is None
+    grown = [firsts[1], {}, {}]
+    memo.keep("messages", grown, "b grown", 60)  # replaces the list it extends
+    assert memo.bytes == 100 and memo.find("messages", [*grown, {}]) == (3, "b grown", 60)
+    memo.clear()
+    assert memo.bytes == 0
 
 
 @settings(max_examples=300, deadline=None)
