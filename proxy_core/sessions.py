@@ -13,6 +13,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from .lru import LRU
+
 SESSION_HEADERS = ("x-session-id", "x-session-affinity")
 #: opencode names the session a subagent's session was started from.
 PARENT_HEADERS = ("x-parent-session-id",)
@@ -51,12 +53,13 @@ def conversation_fingerprint(messages: list[Any]) -> str:
     fingerprint = hashlib.sha256(blob).hexdigest()[:12]
     # An agent resends the same message objects each turn (`RequestParser`): the
     # fingerprint of its ~10 KB system prompt is worked out once, not every turn.
-    # The messages are held with it, so their ids cannot name other objects meanwhile.
-    _fingerprints[key] = (tuple(head), fingerprint)
-    if len(_fingerprints) > _FINGERPRINTS_KEPT:
-        del _fingerprints[next(iter(_fingerprints))]
+    # The messages are held with it, so their ids cannot name other objects meanwhile;
+    # by their size too, so that clients sending huge first messages cannot fill memory.
+    _fingerprints.put(key, (tuple(head), fingerprint), len(blob))
     return fingerprint
 
 
-_FINGERPRINTS_KEPT = 64
-_fingerprints: dict[tuple[int, ...], tuple[tuple[Any, ...], str]] = {}
+#: Conversation starts whose fingerprints are kept: 64, and 64 MB of them (a start
+#: over 16 MB is hashed on every turn instead).
+_fingerprints: LRU[tuple[int, ...], tuple[tuple[Any, ...], str]] = LRU(
+    64 * 1024 * 1024, 64, largest=16 * 1024 * 1024)

@@ -51,3 +51,20 @@ def test_a_session_header_wins_and_the_fingerprint_follows_the_system_prompt() -
     grown = session_id_for({}, [system, user, {"role": "assistant", "content": "ok"}])
     assert first == grown and first.startswith("fp_")
     assert session_id_for({}, [{"role": "system", "content": "other"}, user]) != first
+
+
+def test_the_starts_kept_for_fingerprints_are_bounded_by_their_size() -> None:
+    """The kept starts hold their message objects: huge first messages must not pile up."""
+    from proxy_core.sessions import _fingerprints
+    _fingerprints.clear()
+    small = [{"role": "user", "content": f"task {i}"} for i in range(100)]
+    for message in small:
+        conversation_fingerprint([message])
+    assert len(_fingerprints) == 64  # the newest 64 starts
+    huge = {"role": "user", "content": "x" * (17 << 20)}
+    expected = _from_scratch([huge])
+    assert conversation_fingerprint([huge]) == expected == conversation_fingerprint([huge])
+    assert _fingerprints.bytes < 1 << 20  # worked out each time, never kept
+    for i in range(8):
+        conversation_fingerprint([{"role": "user", "content": f"{i}" + "y" * (15 << 20)}])
+    assert _fingerprints.bytes <= 64 << 20 and len(_fingerprints) < 8
