@@ -616,6 +616,7 @@ class Pipeline:
         turn = self._new_turn(original.request, original.session_id, original.model, route,
                               original.stream, "switchboard (re-run by hand)", original.id)
         turn.parent_session_id = original.parent_session_id
+        turn.request_bytes = original.request_bytes
         self.store.add(turn)
         self._announce(turn)
 
