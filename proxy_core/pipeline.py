@@ -448,7 +448,8 @@ class Pipeline:
         if plan.any:
             placeholder = self.config.upstreams[target.upstream].reasoning_placeholder
             body["messages"], notes = self.history.repair(body["messages"], plan,
-                                                          placeholder=placeholder)
+                                                          placeholder=placeholder,
+                                                          size=live.size)
             if notes:  # recorded and announced once the request is out
                 self.bus.defer(lambda: self._history_repaired(turn, notes))
             repaired_messages = bool(notes)

@@ -125,6 +125,24 @@ def test_a_growing_session_is_repaired_from_its_last_group_on() -> None:
     assert repairs.reused == 29
 
 
+def test_the_repairs_kept_are_bounded_by_the_size_of_their_requests() -> None:
+    repairs = HistoryRepairs(None, max_bytes=1000)
+    sessions = [growing_session(6, "{}") for _ in range(3)]
+    for turns in sessions:  # 400-byte requests: two repairs of one session fit
+        for history in turns:
+            assert repairs.repair(history, KIMI, size=400) == repair_history(history, KIMI)
+    assert repairs.bytes <= 1000
+    reused = repairs.reused
+    repairs.repair(sessions[2][-1] + [{"role": "user", "content": "more"}], KIMI, size=400)
+    assert repairs.reused == reused + 1  # the newest session's repair is still kept
+    repairs.repair(sessions[0][-1] + [{"role": "user", "content": "more"}], KIMI, size=400)
+    assert repairs.reused == reused + 1  # the oldest one's went
+    huge = growing_session(3, "{}")[-1]
+    repairs.repair(huge, KIMI, size=1001)  # alone past the bound: kept never
+    repairs.repair(huge + [{"role": "user", "content": "more"}], KIMI, size=1001)
+    assert repairs.reused == reused + 1 and repairs.bytes <= 1000
+
+
 def test_only_the_longest_kept_repair_that_fits_asks_the_memory_again() -> None:
     """Every kept repair of a session starts like its next turn; the longest is checked
     first, and the shorter ones are not checked at all."""
@@ -196,3 +214,18 @@ def test_a_result_inserted_where_the_kept_part_ended_is_not_cut_off_from_its_cal
     out, notes = repairs.repair(after, STRUCTURAL)
     assert (out, notes) == repair_history(after, STRUCTURAL, memory)
     assert not any(n.kind == "missing_tool_result" for n in notes)
+
+
+def test_derived_messages_are_kept_by_count_and_by_size() -> None:
+    from proxy_core.repairs.history import _Derived
+    derived = _Derived(limit=100, max_bytes=16_000)
+    small = {"role": "assistant", "content": "ok"}
+    made = derived.get("step", small, None, lambda: {**small, "content": None})
+    assert derived.get("step", small, None, lambda: {}) is made  # the same object again
+    big = {"role": "assistant", "content": "x" * 2000}  # over a sixteenth of the bound
+    first = derived.get("step", big, None, lambda: {**big, "content": None})
+    assert derived.get("step", big, None, lambda: {**big, "content": None}) is not first
+    many = [{"role": "assistant", "content": f"{i}" + "y" * 500} for i in range(40)]
+    for message in many:
+        derived.get("step", message, None, lambda m=message: {**m, "content": None})
+    assert derived._items.bytes <= 16_000 and len(derived._items) < 40

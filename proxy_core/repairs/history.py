@@ -36,6 +36,7 @@ from functools import lru_cache, partial
 from typing import Any
 
 from ..list_memo import starts_with
+from ..lru import LRU
 from .ids import kimi_id
 from .json_args import repair_json_arguments
 from .memory import RememberedCall, ToolCallMemory
@@ -63,26 +64,30 @@ class _Derived:
 
     Keyed by the message's identity and held with it, so the id cannot be
     reused while remembered; `how` is whatever else the result depends on.
-    At most `limit` results are kept, least recently used dropped first.
+    At most `limit` results and about `max_bytes` of messages (their text
+    fields, `_size`) are kept, least recently used dropped first; a message
+    over a sixteenth of that is derived again each time.
     """
 
-    def __init__(self, limit: int = 16_384) -> None:
+    def __init__(self, limit: int = 16_384, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.limit = limit
-        self._items: OrderedDict[tuple[str, int], tuple[Message, Any, Message]] = OrderedDict()
+        self._items: LRU[tuple[str, int], tuple[Message, Any, Message]] = LRU(max_bytes, limit)
 
     def get(self, step: str, message: Message, how: Any,
             make: Callable[[], Message]) -> Message:
         key = (step, id(message))
         kept = self._items.get(key)
         if kept is not None and kept[0] is message and kept[1] == how:
-            self._items.move_to_end(key)
             return kept[2]
         result = make()
-        self._items[key] = (message, how, result)
-        self._items.move_to_end(key)
-        if len(self._items) > self.limit:
-            self._items.popitem(last=False)
+        self._items.put(key, (message, how, result), _size(message))
         return result
+
+
+def _size(message: Message) -> int:
+    """About what a message holds (a derived one shares its fields): worked out once per
+    message a step changes, never for one it leaves alone."""
+    return 256 + sum(len(v) if isinstance(v, str) else len(str(v)) for v in message.values())
 
 
 _derived = _Derived()
@@ -189,23 +194,30 @@ class HistoryRepairs:
     conversation that overlap (an agent's parallel requests, several
     clients replaying one history) arrive out of order, and a kept repair
     longer than the history at hand does not fit it.
+
+    A kept repair holds its history's message objects, so the repairs kept
+    also add up to at most `max_bytes`, each counted at the `size` of the
+    request it came from (`repair`'s argument; what it holds is at most that).
     """
 
     def __init__(self, memory: ToolCallMemory | None, histories: int = 16,
-                 per_history: int = 4) -> None:
+                 per_history: int = 4, max_bytes: int = 128 * 1024 * 1024) -> None:
         self.memory = memory
         self.histories = histories
         self.per_history = per_history
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self.reused = 0
         self._kept: OrderedDict[tuple[int, RepairPlan, str], list[_Kept]] = OrderedDict()
 
     def repair(self, messages: list[Message], plan: RepairPlan, *,
-               placeholder: str = DEFAULT_REASONING_PLACEHOLDER
+               placeholder: str = DEFAULT_REASONING_PLACEHOLDER, size: int = 0
                ) -> tuple[list[Message], list[Note]]:
         if not messages:
             return repair_history(messages, plan, self.memory, placeholder=placeholder)
         key = (id(messages[0]), plan, placeholder)
         kept_here = self._kept.pop(key, None) or []
+        self.bytes -= sum(k.size for k in kept_here)
         # The longest that fits: tried longest first, since all of a session's kept
         # repairs start like its history and each check asks the memory again.
         best = next((k for k in sorted(kept_here, key=_end, reverse=True)
@@ -227,11 +239,17 @@ class HistoryRepairs:
             for step, added in zip(notes, more, strict=True):
                 step += added
             kept_here = [k for k in kept_here if k.end != end]
-            kept_here.append(_Kept(messages[:end], end, list(out),
-                                   [list(step) for step in notes], state.copy()))
-        self._kept[key] = kept_here[-self.per_history:]
-        while len(self._kept) > self.histories:
-            self._kept.popitem(last=False)
+            if size <= self.max_bytes:
+                kept_here.append(_Kept(messages[:end], end, list(out),
+                                       [list(step) for step in notes], state.copy(), size))
+        kept_here = kept_here[-self.per_history:]
+        while sum(k.size for k in kept_here) > self.max_bytes:  # its oldest go first
+            kept_here.pop(0)
+        self._kept[key] = kept_here
+        self.bytes += sum(k.size for k in kept_here)
+        while len(self._kept) > self.histories or self.bytes > self.max_bytes:
+            _, dropped = self._kept.popitem(last=False)
+            self.bytes -= sum(k.size for k in dropped)
         rest, more = _run(messages[end:], plan, state, placeholder)
         return out + rest, [note for step, added in zip(notes, more, strict=True)
                             for note in step + added]
@@ -244,12 +262,12 @@ def _end(kept: _Kept) -> int:
 class _Kept:
     """A history's repair up to where its last group starts."""
 
-    __slots__ = ("messages", "end", "out", "notes", "state")
+    __slots__ = ("messages", "end", "out", "notes", "state", "size")
 
     def __init__(self, messages: list[Message], end: int, out: list[Message],
-                 notes: list[list[Note]], state: _State) -> None:
-        self.messages, self.end, self.out, self.notes, self.state = (
-            messages, end, out, notes, state)
+                 notes: list[list[Note]], state: _State, size: int = 0) -> None:
+        self.messages, self.end, self.out, self.notes, self.state, self.size = (
+            messages, end, out, notes, state, size)
 
     def fits(self, messages: list[Message], memory: ToolCallMemory | None) -> bool:
         end = self.end
