@@ -74,6 +74,8 @@ class ListMemo(Generic[V]):
         kept = [k for k in before if not starts_with(held, k[0])]
         kept.append((held, value, size))
         kept = kept[-self.per_start:]
+        while self.max_bytes is not None and sum(k[2] for k in kept) > self.max_bytes:
+            kept.pop(0)  # its own oldest lists go before other starts' do
         self.bytes += sum(k[2] for k in kept) - sum(k[2] for k in before)
         self._kept[key] = kept
         while len(self._kept) > self.starts or (

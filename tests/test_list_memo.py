@@ -53,6 +53,11 @@ def test_the_lists_kept_are_bounded_by_their_size_too() -> None:
     grown = [firsts[1], {}, {}]
     memo.keep("messages", grown, "b grown", 60)  # replaces the list it extends
     assert memo.bytes == 100 and memo.find("messages", [*grown, {}]) == (3, "b grown", 60)
+    start, other = {"first": "big"}, {"other": 1}
+    memo.keep("messages", [start, {}], "x", 60)
+    memo.keep("messages", [start, other], "y", 60)  # its own older list goes, not all
+    assert memo.find("messages", [start, other, {}]) == (2, "y", 60)
+    assert memo.bytes <= 100
     memo.clear()
     assert memo.bytes == 0
 
