@@ -70,7 +70,6 @@ class _Derived:
     """
 
     def __init__(self, limit: int = 16_384, max_bytes: int = 64 * 1024 * 1024) -> None:
-        self.limit = limit
         self._items: LRU[tuple[str, int], tuple[Message, Any, Message]] = LRU(max_bytes, limit)
 
     def get(self, step: str, message: Message, how: Any,
