@@ -132,5 +132,7 @@ class OtlpReceiver:
         return [s for s in self.spans if s.name.startswith("chat ")]
 
     def children(self, parent: SpanView) -> list[SpanView]:
-        return sorted((s for s in self.spans if s.parent_span_id == parent.span_id),
-                      key=lambda s: s.attrs.get("switchboard.attempt", 0))
+        """The parent's child spans, each once: an exporter that timed out waiting for
+        this receiver sends the batch again, and a collector keys spans by their id."""
+        once = {s.span_id: s for s in reversed(self.spans) if s.parent_span_id == parent.span_id}
+        return sorted(once.values(), key=lambda s: s.attrs.get("switchboard.attempt", 0))
