@@ -1,6 +1,6 @@
 """How much memory does the proxy hold for big agent requests?
 
-Two measurements of a real `SwitchboardProxy` (journal on, as a user runs
+Three measurements of a real `SwitchboardProxy` (journal on, as a user runs
 it) in its own process, read from Linux's /proc (VmRSS, and VmHWM for the
 peak), with a fake upstream in this process:
 
@@ -9,7 +9,11 @@ peak), with a fake upstream in this process:
    answers none until all 16 are in flight, so the proxy holds them all at
    once. Reports the proxy's peak resident memory, and what it added to
    the idle proxy. The README states the bound.
-2. **The turns kept in memory** (the dashboard's and the control API's
+2. **8 distinct 60 MB requests sent at once** (`--large`, `--large-mb`),
+   answered as they come, to a fresh proxy: its peak resident memory, and
+   how many requests waited for room in the body budget (`[proxy]
+   max_inflight_mb`). `--large 0` skips it (it takes about a minute).
+3. **The turns kept in memory** (the dashboard's and the control API's
    `TurnStore`) after 60 turns of one 500 KB session, in a proxy in this
    process: the bytes their requests hold (every object counted once, by
    `sys.getsizeof`), against what the same turns would hold if each kept a
@@ -43,6 +47,8 @@ from agent_session import session  # noqa: E402
 MB = 1024 * 1024
 #: The bound the README states for part 1 (peak resident memory of the proxy).
 BOUND_MB = 256
+#: `[proxy] max_inflight_mb`'s default, which the proxy of part 3 runs with.
+INFLIGHT_MB = 128
 
 _REPLY = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in [
     {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "up",
@@ -189,7 +195,26 @@ def _numbered(message: dict[str, Any], session_number: int) -> dict[str, Any]:
     return {**message, field: f"(session {session_number}) {text}"} if text else message
 
 
-async def run(concurrent: int, request_kb: int, turns: int, session_kb: int) -> int:
+async def large_requests(upstream_url: str, count: int, size_mb: int) -> tuple[int, int]:
+    """The proxy's peak resident memory while `count` distinct requests of `size_mb` MB
+    arrive at once, and how many of them waited for room in the body budget."""
+    base = next(session(1, size_mb * 1024, 1, "large"))
+    bodies = [{**base, "messages": [*base["messages"][:1],
+                                    {"role": "user", "content": f"large request {i}"},
+                                    *(_numbered(m, i) for m in base["messages"][2:])]}
+              for i in range(count)]
+
+    async def flood(client: aiohttp.ClientSession, url: str, pid: int) -> tuple[int, int]:
+        await asyncio.gather(*(post(client, url, b, f"ses_large_{i}") for i, b in enumerate(bodies)))
+        async with client.get(url + "/switchboard/api/health") as response:
+            waited = (await response.json())["request_bytes"]["waited"]
+        return rss(pid, "VmHWM"), waited
+
+    return await with_proxy(upstream_url, flood)  # type: ignore[no-any-return]
+
+
+async def run(concurrent: int, request_kb: int, turns: int, session_kb: int,
+              large_count: int = 0, large_mb: int = 60) -> int:
     upstream = Upstream()
     app = web.Application(client_max_size=256 * MB)
     app.router.add_post("/v1/chat/completions", upstream.handle)
@@ -223,6 +248,12 @@ async def run(concurrent: int, request_kb: int, turns: int, session_kb: int) -> 
     met = peak < BOUND_MB * MB
     print(f"  bound: peak under {BOUND_MB} MB: {'met' if met else 'MISSED'}")
 
+    if large_count:
+        peak_large, waited = await large_requests(upstream_url, large_count, large_mb)
+        print(f"{large_count} concurrent requests of {large_mb} MB (answered as they come;"
+              f" the proxy takes at most [proxy] max_inflight_mb = {INFLIGHT_MB} MB at once):")
+        print(f"  proxy peak      {peak_large / MB:7.1f} MB   ({waited} requests waited for room)")
+
     requests = list(session(turns, session_kb, 1.1, "kimi-k2.5"))
     shared, private = await store_sizes(upstream_url, requests)
     print(f"{turns} turns of one {session_kb}-{len(json.dumps(requests[-1])) // 1024} KB session,"
@@ -239,8 +270,12 @@ def main() -> None:
     parser.add_argument("--request-kb", type=int, default=1024)
     parser.add_argument("--turns", type=int, default=60)
     parser.add_argument("--session-kb", type=int, default=500)
+    parser.add_argument("--large", type=int, default=8, metavar="N",
+                        help="also send N distinct large requests at once (0: skip)")
+    parser.add_argument("--large-mb", type=int, default=60)
     args = parser.parse_args()
-    sys.exit(asyncio.run(run(args.concurrent, args.request_kb, args.turns, args.session_kb)))
+    sys.exit(asyncio.run(run(args.concurrent, args.request_kb, args.turns, args.session_kb,
+                             args.large, args.large_mb)))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from .body_budget import JOURNAL_WAIT, BodyBudget
 from .bus import EventBus
 from .config import Config
 from .control import ControlAPI, PREFIX
@@ -26,6 +27,7 @@ from .openai_wire import error_body, internal_error_body
 from .pipeline import Pipeline
 from .record import Turn
 from .repairs.memory import ToolCallMemory
+from .request_body import BODY_SHARE, expected_size
 from .secrets import Redactor
 from .server import OpenAIFront
 from .store import TurnStore
@@ -75,6 +77,9 @@ class SwitchboardProxy:
         self._ticker: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.front = OpenAIFront(self.pipeline, self.redactor)
+        #: Request bytes handled at once (`body_budget.py`), taken in `_front_door`.
+        self.budget = BodyBudget(int(max(config.proxy.max_inflight_mb,
+                                         config.proxy.max_body_mb) * 1024 * 1024))
 
     async def journaled_turn(self, turn_id: str) -> Turn | None:
         """A turn as the journal has it (one no longer in memory: to show, retry or
@@ -97,7 +102,7 @@ class SwitchboardProxy:
         self.front.add_routes(app)
         ControlAPI(config=self.config, pipeline=self.pipeline, store=self.store, bus=self.bus,
                    redactor=self.redactor, scoreboard=self.scoreboard, journal=self.journal,
-                   telemetry=self.telemetry).add_routes(app)
+                   telemetry=self.telemetry, budget=self.budget).add_routes(app)
         return app
 
     async def start(self) -> None:
@@ -170,6 +175,8 @@ class SwitchboardProxy:
             log.warning("refused %s %s: %s", request.method, request.path, refusal)
             return web.json_response(error_body(f"forbidden: {refusal}", type_="forbidden",
                                                 code="forbidden"), status=403)
+        share = await self.budget.take(expected_size(request))
+        request[BODY_SHARE] = share
         try:
             return await handler(request)
         except web.HTTPException as exc:
@@ -185,6 +192,12 @@ class SwitchboardProxy:
         except Exception:
             log.exception("internal error handling %s %s", request.method, request.path)
             return web.json_response(internal_error_body(), status=500)
+        finally:
+            # The turn has ended; a large history is still the journal's to encode.
+            if share.size >= JOURNAL_WAIT and self.journal is not None:
+                share.release_after(self.journal.drained())
+            else:
+                share.release()
 
 
 def _host_name(value: str, *, url: bool = False) -> str:

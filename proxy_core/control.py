@@ -24,6 +24,7 @@ from .request_body import read_body
 from .usage import UsageTotals, summarize
 
 if TYPE_CHECKING:
+    from .body_budget import BodyBudget
     from .bus import EventBus
     from .config import Config
     from .journal import Journal
@@ -48,7 +49,7 @@ class ControlAPI:
 
     def __init__(self, *, config: Config, pipeline: Pipeline, store: TurnStore, bus: EventBus,
                  redactor: Redactor, scoreboard: Scoreboard, journal: Journal | None = None,
-                 telemetry: Exporter | None = None) -> None:
+                 telemetry: Exporter | None = None, budget: BodyBudget | None = None) -> None:
         self.config = config
         self.pipeline = pipeline
         self.store = store
@@ -57,6 +58,7 @@ class ControlAPI:
         self.board = scoreboard
         self.journal = journal
         self.telemetry = telemetry
+        self.budget = budget
         self.started = time.time()
 
     def add_routes(self, app: web.Application) -> None:
@@ -143,6 +145,8 @@ class ControlAPI:
             "journal": journal,
             "turns": len(self.store),
             "live_turns": len(self.pipeline.live),
+            # request bytes being handled, and requests waiting for room (`body_budget`)
+            "request_bytes": self.budget.status() if self.budget is not None else None,
             "upstreams": {n: u.kind for n, u in self.config.upstreams.items()},
             "routes": [{"model": r.model, "targets": [str(t) for t in r.targets],
                         "repairs": r.repairs} for r in self.config.routes],

@@ -463,6 +463,11 @@ class Journal:
             marker = self._catch_up = worker.caught_up()
         return marker
 
+    def drained(self) -> Future[None] | None:
+        """Done once the writer has done every job handed over so far; None if it has
+        none. What a large request's share of the body budget waits for (`body_budget`)."""
+        return self._worker.caught_up() if self._worker is not None else None
+
     def save(self, turn: Turn) -> None:
         """Write the turn's row and its request (on the writer, after what came before)."""
         self._write_turn(turn, full=True)

@@ -23,6 +23,7 @@ import zlib
 
 from aiohttp import web
 
+from .body_budget import Share
 from .errors import ClientRequestError
 
 #: zlib's `wbits` for gzip's framing (the only one with several members), zlib's, none.
@@ -41,15 +42,45 @@ def body_too_large(limit: int) -> ClientRequestError:
         status=413, code="request_too_large")
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The body of `request`, decoded; `ClientRequestError` (413, 415, 400) if it can't be."""
+#: The request's share of the body budget, set by the front door (`app.py`).
+BODY_SHARE = web.RequestKey("body_share", Share)
+
+
+def expected_size(request: web.Request) -> int:
+    """The bytes `request`'s body will hold once read and decoded, as far as the headers
+    tell: its `Content-Length` if it is sent plainly, else the body limit (a compressed
+    or chunked body's size is known only once read); 0 for no body, or for one that
+    `read_body` refuses unread."""
+    if not request.body_exists:
+        return 0
     limit = request.client_max_size
+    length = request.content_length
+    if length is not None and length > limit:
+        return 0
+    if length is not None and request.headers.get("Content-Encoding") is None:
+        return length
+    return limit
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The body of `request`, decoded; `ClientRequestError` (413, 415, 400) if it can't be.
+
+    A `Content-Length` over the limit is refused before anything is read. The
+    request's share of the body budget (`BODY_SHARE`) shrinks to the body read.
+    """
+    limit = request.client_max_size
+    if request.content_length is not None and request.content_length > limit:
+        raise body_too_large(limit)
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise body_too_large(limit) from None
     coding = request.headers.get("Content-Encoding")
-    return raw if coding is None else decode(raw, coding, limit)  # None: nearly every request
+    body = raw if coding is None else decode(raw, coding, limit)  # None: nearly every request
+    share = request.get(BODY_SHARE)
+    if share is not None:
+        share.shrink(len(body))
+    return body
 
 
 def decode(raw: bytes, content_encoding: str, limit: int) -> bytes:

@@ -318,7 +318,7 @@ class FakeUpstream:
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
 
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 1024 * 1024)  # agent-sized requests
         app.router.add_route("*", "/{tail:.*}", self._handle)
         # handler_cancellation: a reply that is waiting (Hang, WaitFor) ends as
         # soon as the proxy closes the connection, and is counted.

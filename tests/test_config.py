@@ -97,6 +97,7 @@ def test_defaults_headers_and_glob_routes(monkeypatch: pytest.MonkeyPatch) -> No
                                    'base_url = "http://127.0.0.1:9/v1/"\n'
                                    'headers = { "X-Title" = "sb", "HTTP-Referer" = "https://x" }'))
     assert config.proxy.port == 4141 and config.proxy.max_body_mb == 64.0
+    assert config.proxy.max_inflight_mb == 128.0
     assert config.watchdog.max_attempts == 3
     up = config.upstreams["up"]
     assert up.base_url == "http://127.0.0.1:9/v1"
@@ -174,6 +175,8 @@ BAD = [
      ["proxy.journal_max_days", "greater than 0", "-2"]),
     ("negative journal_wire_kb", "[proxy]\njournal_wire_kb = -1\n" + MINIMAL,
      ["proxy.journal_wire_kb", "at least 0", "-1"]),
+    ("zero max_inflight_mb", "[proxy]\nmax_inflight_mb = 0\n" + MINIMAL,
+     ["proxy.max_inflight_mb", "greater than 0"]),
     ("zero record_text_kb", "[proxy]\nrecord_text_kb = 0\n" + MINIMAL,
      ["proxy.record_text_kb", "at least 1", "0"]),
     ("journal_max_mb as text", '[proxy]\njournal_max_mb = "50MB"\n' + MINIMAL,
