@@ -85,7 +85,8 @@ async def test_a_filter_that_hides_the_selection_moves_it_to_a_shown_turn(tmp_pa
 async def test_j_and_k_move_like_the_arrows_and_enter_focuses_the_detail(tmp_path: Path) -> None:
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: app.selected_id == ALPHA_5, what="the newest turn")
+        await wait_for(pilot, lambda: app.selected_id == ALPHA_5 and app.focused is app.table,
+                       what="the newest turn, in the focused turn list")
         await pilot.press("k")
         await wait_for(pilot, lambda: app.selected_id == "turn_fixed000000009", what="k: up")
         await pilot.press("k", "k")

@@ -195,6 +195,9 @@ class SwitchboardApp(App[int]):
             self.set_keymap(keymap)
         for notice in self.notices:
             self._notify(notice, severity="warning", timeout=12)
+        # The turn list has the keys from the start: j/k pressed while the source
+        # starts move the selection, not the sessions list (the screen's first focus).
+        self.table.focus()
         for turn in self.source.recent(self.model.max_turns):
             self.model.add(turn, full=bool(turn.request))
             self.scoreboard.count(turn)
@@ -202,7 +205,6 @@ class SwitchboardApp(App[int]):
         await self.source.start()
         self.source.connect(self, 1.0 / self.refresh_rate)
         self.set_interval(1.0, self._tick)
-        self.table.focus()
         self.redraw(force=True)
 
     def _bindings_with_ids(self) -> list[Binding]:
