@@ -366,6 +366,13 @@ def stop_child(proc, stop) -> None:  # type: ignore[no-untyped-def]
         proc.join(timeout=5)
 
 
+def pin(pids: list[int], cpu: int) -> None:
+    """Run every thread of these processes (and those they start later) on `cpu` only."""
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            os.sched_setaffinity(int(task.name), {cpu})
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of a process (Linux /proc), or None elsewhere."""
     try:
@@ -838,6 +845,8 @@ async def run_agent_sizes(plan: AgentPlan, sizes: list[int], delay_ms: int,
     return out
 
 
+#: `--pin`: the client and host on one CPU, the proxies on the other.
+PINNED = False
 AGENT_P50_BASE_MS = 1.5
 AGENT_P50_PER_KB_US = 2.0
 
@@ -861,6 +870,8 @@ def report_agent(plan: AgentPlan, delay_ms: int, targets: list[Target], sizes: l
           f"runs; throughput = {plan.clients} clients x {plan.per_client} requests "
           f"({AGENT_CHUNKS}-chunk replies), {plan.throughput_reps} batches.")
     print("Differences and ratios are against the direct connection, measured in the same run.")
+    if PINNED:
+        print("Pinned (--pin): this client and the fake host on CPU 0, every proxy on CPU 1.")
     if "before" in names:
         print("before+repairs (before2+repairs, ...) = the proxy of the (first, second, ...)"
               " --before checkout, repairs on, in the same run.")
@@ -911,11 +922,13 @@ def report_agent(plan: AgentPlan, delay_ms: int, targets: list[Target], sizes: l
             p50, p99 = ttfb("repairs", 0.5), ttfb("repairs", 0.99)
             added = p50 - d50
             budget = AGENT_P50_BASE_MS + AGENT_P50_PER_KB_US * size.actual_kb / 1000
+            floor = (f" (aiohttp-relay: {rps('relay') / direct_rps:.0%})"
+                     if "relay" in size.throughput else "")
             summary.append(
                 f"{size.kb:>5} KB: added first byte p50 {added * 1000:+.2f} ms (target <= "
                 f"{budget:.2f} ms: {'met' if added * 1000 <= budget else 'NOT met'}); p99/p50 "
                 f"{p99 / p50:.2f} (target <= 3: {'met' if p99 <= 3 * p50 else 'NOT met'}); "
-                f"throughput {rps('repairs') / direct_rps:.0%} of direct")
+                f"throughput {rps('repairs') / direct_rps:.0%} of direct{floor}")
     for text in summary:
         print(text)
 
@@ -950,6 +963,10 @@ def main() -> None:
                              "the whole request before sending it on costs)")
     parser.add_argument("--only", default=",".join(SCENARIOS),
                         help=f"comma-separated scenarios to run (default: all of {','.join(SCENARIOS)})")
+    parser.add_argument("--pin", action="store_true",
+                        help="run this client and the fake host on CPU 0 and every proxy (the "
+                             "floors too) on CPU 1: throughput as on a machine where the proxy "
+                             "has a core of its own, not shared with the client and the host")
     parser.add_argument("--profile", choices=("cprofile", "pyinstrument"),
                         help="profile the proxy process and print its hot spots")
     args = parser.parse_args()
@@ -959,8 +976,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; known: {', '.join(SCENARIOS)}")
     sizes = [int(v) for v in args.context_kb.split(",")] if args.context_kb else None
-    global _RESTART
+    global _RESTART, PINNED
     _RESTART = args.restart
+    PINNED = args.pin
 
     ctx = mp.get_context("spawn")
     started = time.perf_counter()
@@ -994,6 +1012,9 @@ def main() -> None:
                 befores.append((before_proc, before_stop))
                 targets.append(Target("before" if i == 0 else f"before{i + 1}",
                                       f"http://127.0.0.1:{before_port}", True, before_proc.pid))
+            if args.pin:
+                pin([os.getpid(), up_proc.pid], 0)
+                pin([t.pid for t in targets if t.pid] + ([pipe_proc.pid] if pipe_proc else []), 1)
             if sizes is not None:
                 agent = asyncio.run(run_agent_sizes(AGENT_QUICK if args.quick else AGENT_FULL,
                                                     sizes, args.first_delay_ms, targets,
