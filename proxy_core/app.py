@@ -27,7 +27,7 @@ from .openai_wire import error_body, internal_error_body
 from .pipeline import Pipeline
 from .record import Turn
 from .repairs.memory import ToolCallMemory
-from .request_body import BODY_SHARE, expected_size
+from .request_body import BODY_SHARE, BODY_TIMEOUT, expected_size
 from .secrets import Redactor
 from .server import OpenAIFront
 from .store import TurnStore
@@ -99,6 +99,7 @@ class SwitchboardProxy:
         max_size = int(self.config.proxy.max_body_mb * 1024 * 1024)
         app = web.Application(client_max_size=max_size,
                               middlewares=[self._front_door])
+        app[BODY_TIMEOUT] = self.config.proxy.body_timeout
         self.front.add_routes(app)
         ControlAPI(config=self.config, pipeline=self.pipeline, store=self.store, bus=self.bus,
                    redactor=self.redactor, scoreboard=self.scoreboard, journal=self.journal,

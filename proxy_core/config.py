@@ -43,6 +43,8 @@ class ProxySettings:
     max_body_mb: float = 64.0
     #: Request bytes handled at once (`body_budget.py`; at least `max_body_mb` in effect).
     max_inflight_mb: float = 128.0
+    #: Seconds a request body may go without a byte arriving before it is refused (408).
+    body_timeout: float = 30.0
     journal_max_mb: float | None = None    # prune oldest whole sessions above this size
     journal_max_days: float | None = None  # prune sessions idle for longer than this
     journal_wire_kb: int = 512             # raw upstream bytes kept per turn, for repros (0: none)
@@ -292,7 +294,7 @@ def parse_config(text: str, source: str = "<built-in>", *, check_env: bool = Tru
 
     p = r.table(data.get("proxy", {}), "proxy")
     r.check_keys(p, "proxy", {"host", "port", "journal", "max_body_mb", "max_inflight_mb",
-                              "journal_max_mb",
+                              "body_timeout", "journal_max_mb",
                               "journal_max_days", "journal_wire_kb", "record_text_kb"})
     port = r.get(p, "proxy", "port", int, 4141)
     if (problem := port_problem(port)) is not None:
@@ -304,6 +306,7 @@ def parse_config(text: str, source: str = "<built-in>", *, check_env: bool = Tru
         journal=Path(journal).expanduser() if journal else default_data_dir() / "journal.sqlite3",
         max_body_mb=r.number(p, "proxy", "max_body_mb", 64.0),
         max_inflight_mb=r.number(p, "proxy", "max_inflight_mb", 128.0),
+        body_timeout=r.number(p, "proxy", "body_timeout", 30.0),
         journal_max_mb=r.number(p, "proxy", "journal_max_mb", None),
         journal_max_days=r.number(p, "proxy", "journal_max_days", None),
         journal_wire_kb=_at_least(r, p, "proxy", "journal_wire_kb", 0, 512),

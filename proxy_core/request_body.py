@@ -19,6 +19,7 @@ coding a 415, both in OpenAI's error shape; `identity` is no coding.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 
 from aiohttp import web
@@ -44,6 +45,9 @@ def body_too_large(limit: int) -> ClientRequestError:
 
 #: The request's share of the body budget, set by the front door (`app.py`).
 BODY_SHARE = web.RequestKey("body_share", Share)
+#: Seconds a body may go without a byte arriving (`[proxy] body_timeout`), set on the app.
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
+DEFAULT_BODY_TIMEOUT = 30.0
 
 
 def expected_size(request: web.Request) -> int:
@@ -72,7 +76,8 @@ async def read_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise body_too_large(limit)
     try:
-        raw = await request.read()
+        raw = await _read_while_arriving(request, request.config_dict.get(BODY_TIMEOUT,
+                                                                          DEFAULT_BODY_TIMEOUT))
     except web.HTTPRequestEntityTooLarge:
         raise body_too_large(limit) from None
     coding = request.headers.get("Content-Encoding")
@@ -81,6 +86,40 @@ async def read_body(request: web.Request) -> bytes:
     if share is not None:
         share.shrink(len(body))
     return body
+
+
+async def _read_while_arriving(request: web.Request, stall: float) -> bytes:
+    """`request.read()`, given up with a 408 once `stall` seconds pass without a byte.
+
+    A client that stops sending its body half way (hung, or never meaning to
+    finish) would otherwise keep its handler, and its share of the body budget,
+    for as long as it keeps the connection open. A body that keeps arriving,
+    however slowly, is read to its end. One timer per body read: a check of the
+    bytes received every half `stall` that moves the deadline on.
+    """
+    loop = asyncio.get_running_loop()
+    content = request.content
+    seen = content.total_bytes
+    check: asyncio.TimerHandle | None = None
+    try:
+        async with asyncio.timeout(stall) as deadline:
+            def arriving() -> None:
+                nonlocal seen, check
+                if content.total_bytes != seen:
+                    seen = content.total_bytes
+                    deadline.reschedule(loop.time() + stall)
+                check = loop.call_later(stall / 2, arriving)
+
+            check = loop.call_later(stall / 2, arriving)
+            return await request.read()
+    except TimeoutError:
+        raise ClientRequestError(
+            f"no byte of the request body arrived for {stall:g} s; send the whole body "
+            f"(raise [proxy] body_timeout for a slow link)", status=408,
+            code="request_timeout") from None
+    finally:
+        if check is not None:
+            check.cancel()
 
 
 def decode(raw: bytes, content_encoding: str, limit: int) -> bytes:

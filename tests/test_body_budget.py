@@ -266,3 +266,66 @@ async def test_a_request_without_a_body_never_waits() -> None:
     assert budget.waiting == 1
     held.release()
     (await waiting).release()
+
+
+# -- a body that stops arriving ------------------------------------------------------
+
+def timeout_config(base_url: str, seconds: float) -> str:
+    return budget_config(base_url).replace("max_inflight_mb = 1",
+                                           f"max_inflight_mb = 1\nbody_timeout = {seconds}")
+
+
+async def raw_exchange(proxy: SwitchboardProxy, head: bytes,
+                       pieces: list[bytes], pause: float) -> tuple[bytes, dict[str, Any]]:
+    """Send `head`, then each of `pieces` `pause` seconds apart, then nothing more; the
+    status line and JSON body of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(head)
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(pause)
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+        length = int(next(line.split(b":")[1] for line in answer.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        payload = json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
+        return answer.split(b"\r\n")[0], payload
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_a_body_that_stops_arriving_is_refused_and_gives_its_share_back(
+        fake_upstream: FakeUpstream, proxy_factory: Any, client: httpx.AsyncClient,
+        framing: str) -> None:
+    proxy = await proxy_factory(timeout_config(fake_upstream.base_url, 0.3))
+    if framing == "chunked":
+        head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        piece = b"8\r\n{\"model\"\r\n"
+    else:
+        head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+        piece = b"{\"model\""
+    status, payload = await raw_exchange(proxy, head, [piece], 0)
+    assert status == b"HTTP/1.1 408 Request Timeout"
+    error = payload["error"]
+    assert error["code"] == "request_timeout" and "body_timeout" in error["message"]
+    await wait_for_health(client, proxy, lambda s: s["in_use_bytes"] == 0 and s["waiting"] == 0)
+    assert fake_upstream.chat_requests == []
+    response, payloads = await stream_chat(client, proxy.base_url)  # and serves on
+    assert response.status_code == 200 and content_of(payloads) == "Hello world"
+
+
+async def test_a_body_that_keeps_arriving_slowly_is_read_to_its_end(
+        fake_upstream: FakeUpstream, proxy_factory: Any) -> None:
+    proxy = await proxy_factory(timeout_config(fake_upstream.base_url, 1.0))
+    body = json.dumps(chat_body("slowly", stream=False)).encode()
+    pieces = [body[i:i + 4] for i in range(0, len(body), 4)][:25]
+    pieces.append(body[4 * 25:])  # 26 pieces, 0.1 s apart: 2.5 s, past the 1 s timeout
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+    status, payload = await raw_exchange(proxy, head, pieces, 0.1)
+    assert status == b"HTTP/1.1 200 OK"
+    assert payload["choices"][0]["message"]["content"] == "Hello world"

@@ -97,7 +97,7 @@ def test_defaults_headers_and_glob_routes(monkeypatch: pytest.MonkeyPatch) -> No
                                    'base_url = "http://127.0.0.1:9/v1/"\n'
                                    'headers = { "X-Title" = "sb", "HTTP-Referer" = "https://x" }'))
     assert config.proxy.port == 4141 and config.proxy.max_body_mb == 64.0
-    assert config.proxy.max_inflight_mb == 128.0
+    assert config.proxy.max_inflight_mb == 128.0 and config.proxy.body_timeout == 30.0
     assert config.watchdog.max_attempts == 3
     up = config.upstreams["up"]
     assert up.base_url == "http://127.0.0.1:9/v1"
@@ -177,6 +177,8 @@ BAD = [
      ["proxy.journal_wire_kb", "at least 0", "-1"]),
     ("zero max_inflight_mb", "[proxy]\nmax_inflight_mb = 0\n" + MINIMAL,
      ["proxy.max_inflight_mb", "greater than 0"]),
+    ("negative body_timeout", "[proxy]\nbody_timeout = -1\n" + MINIMAL,
+     ["proxy.body_timeout", "greater than 0"]),
     ("zero record_text_kb", "[proxy]\nrecord_text_kb = 0\n" + MINIMAL,
      ["proxy.record_text_kb", "at least 1", "0"]),
     ("journal_max_mb as text", '[proxy]\njournal_max_mb = "50MB"\n' + MINIMAL,
