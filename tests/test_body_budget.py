@@ -179,34 +179,24 @@ async def test_a_request_that_does_not_fit_waits_until_an_earlier_one_ends(
 
 async def wait_for_health(client: httpx.AsyncClient, proxy: SwitchboardProxy,
                           ok: Any) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
+    """The budget's status in `/health`, once `ok(status)` holds."""
+    async def status() -> dict[str, Any] | None:
+        seen = await health(client, proxy)
+        return seen if ok(seen) else None
 
-    async def check() -> bool:
-        seen.update(await health(client, proxy))
-        return bool(ok(seen))
-
-    for _ in range(200):
-        if await check():
-            return seen
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"health never showed the expected state: {seen}")
+    return await wait_until(status, timeout=10, what="the body budget's status")  # type: ignore[no-any-return]
 
 
 async def test_a_content_length_over_the_limit_is_refused_before_the_body_is_read(
         fake_upstream: FakeUpstream, proxy_factory: Any) -> None:
     proxy = await proxy_factory(budget_config(fake_upstream.base_url))
-    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     # 100 MB announced, a few bytes sent: the answer must not wait for the rest.
-    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                 b"Content-Type: application/json\r\nContent-Length: 104857600\r\n\r\n{\"model\"")
-    await writer.drain()
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    assert head.startswith(b"HTTP/1.1 413")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length")))
-    error = json.loads(await asyncio.wait_for(reader.readexactly(length), 10))["error"]
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 104857600\r\n\r\n")
+    status, payload = await raw_exchange(proxy, head, [b'{"model"'], 0)
+    assert status == b"HTTP/1.1 413 Request Entity Too Large"
+    error = payload["error"]
     assert error["code"] == "request_too_large" and "max_body_mb" in error["message"]
-    writer.close()
     assert fake_upstream.chat_requests == []
 
 
