@@ -15,14 +15,16 @@ its share before its body is read:
 
 It gives the share back when its turn has ended and, for a body of
 `JOURNAL_WAIT` or more, once the journal has written what the turn handed
-it (`Journal.caught_up`), because the journal's encoding of a large history
+it (`Journal.drained`), because the journal's encoding of a large history
 is part of the peak.
 
 A request that does not fit waits, first come first served, until earlier
 ones give theirs back. Its bytes stay in the socket meanwhile, so its client
 sees a slow upload, not an error. A request is always let in when nothing
-else holds a share, so a body as large as the limit still goes through.
-`max_inflight_mb` must be at least `max_body_mb` (config.py checks this).
+else holds a share, and the proxy's budget is never smaller than
+`max_body_mb` (`app.py`), so a body as large as the limit still goes through.
+A body that stops arriving is given up after `[proxy] body_timeout`
+(`request_body.py`), so a hung upload cannot keep its share.
 """
 
 from __future__ import annotations

@@ -89,7 +89,8 @@ async def read_body(request: web.Request) -> bytes:
 
 
 async def _read_while_arriving(request: web.Request, stall: float) -> bytes:
-    """`request.read()`, given up with a 408 once `stall` seconds pass without a byte.
+    """`request.read()`, given up with a 408 once `stall` seconds (and at most half as
+    long again) pass without a byte.
 
     A client that stops sending its body half way (hung, or never meaning to
     finish) would otherwise keep its handler, and its share of the body budget,
