@@ -30,12 +30,18 @@ A body that stops arriving is given up after `[proxy] body_timeout`
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections import deque
 from concurrent.futures import Future
 from contextlib import suppress
 
+log = logging.getLogger(__name__)
+
 #: Bodies of this many bytes or more keep their share until the journal has written them.
 JOURNAL_WAIT = 1024 * 1024
+#: While requests wait, the log says so at most this often (seconds).
+SAY_EVERY = 60.0
 
 
 class Share:
@@ -79,6 +85,7 @@ class BodyBudget:
         self.in_use = 0
         self.waited = 0
         self._queue: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._said = -SAY_EVERY
 
     @property
     def waiting(self) -> int:
@@ -96,6 +103,11 @@ class BodyBudget:
         entry = (size, asyncio.get_running_loop().create_future())
         self._queue.append(entry)
         self.waited += 1
+        if (now := time.monotonic()) - self._said >= SAY_EVERY:
+            self._said = now
+            log.warning("%d request(s) waiting for room: %.1f MB of request bodies are being"
+                        " handled, [proxy] max_inflight_mb allows %.1f MB (%d waited so far)",
+                        len(self._queue), self.in_use / 2**20, self.limit / 2**20, self.waited)
         try:
             await entry[1]
         except asyncio.CancelledError:  # the client went away while waiting

@@ -47,6 +47,22 @@ async def test_shares_that_fit_are_taken_at_once_and_the_rest_wait_in_order() ->
     assert budget.in_use == 0
 
 
+async def test_the_log_says_when_requests_start_to_wait_but_not_for_each_one(
+        caplog: pytest.LogCaptureFixture) -> None:
+    budget = BodyBudget(2 * MB)
+    held = await budget.take(2 * MB)
+    with caplog.at_level("WARNING", logger="proxy_core.body_budget"):
+        waiters = [asyncio.create_task(budget.take(MB)) for _ in range(3)]
+        await wait_until(lambda: budget.waiting == 3)
+    said = [r.getMessage() for r in caplog.records if r.name == "proxy_core.body_budget"]
+    assert said == ["1 request(s) waiting for room: 2.0 MB of request bodies are being handled,"
+                    " [proxy] max_inflight_mb allows 2.0 MB (1 waited so far)"]
+    held.release()
+    for waiter in waiters:  # two fit at once: each gives its share back in turn
+        (await waiter).release()
+    assert budget.in_use == 0
+
+
 async def test_a_later_small_request_does_not_pass_a_waiting_large_one() -> None:
     budget = BodyBudget(100)
     held = await budget.take(90)

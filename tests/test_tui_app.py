@@ -26,8 +26,8 @@ from textual.notifications import Notify
 from proxy_core.app import SwitchboardProxy
 from proxy_core.events import Chunk
 from support import (
-    FakeUpstream, chat_body, content_of, error_reply, hang_reply, openai_config, stream_chat,
-    text_reply,
+    FakeUpstream, WaitFor, chat_body, content_of, error_reply, hang_reply, openai_config, sse,
+    stream_chat, text_chunk, text_reply,
 )
 from tui.app import SwitchboardApp, visible_state
 from tui.messages import EventsReady, Exported, OlderLoaded, TurnActionDone
@@ -414,3 +414,30 @@ async def test_a_failing_worker_is_shown_as_a_notice_and_the_app_keeps_running(
         await wait_for(pilot, lambda: any(n.startswith("export failed: ")
                                           for n in notices(messages)), what="the export failure")
         assert app.is_running
+
+
+async def test_requests_waiting_for_room_show_on_the_status_line_until_let_in(
+        fake_upstream: FakeUpstream, proxy_factory: Any, client: httpx.AsyncClient,
+        make_app: AppFactory) -> None:
+    """They are not turns yet (their bodies wait unread), so only the status line can say."""
+    proxy = await proxy_factory(openai_config(fake_upstream.base_url, max_body_mb=0.5,
+                                              first_token_timeout=30, idle_timeout=30)
+                                .replace("max_body_mb = 0.5", "max_body_mb = 0.5\nmax_inflight_mb = 1"))
+    go = asyncio.Event()
+    fake_upstream.default = sse(text_chunk("held "), WaitFor(go), text_chunk("then done"))
+
+    async def send(i: int) -> int:
+        body = chat_body(f"request {i}")
+        body["messages"].insert(0, {"role": "system", "content": "x" * 400 * 1024})
+        response = await client.post(proxy.base_url + "/v1/chat/completions", json=body)
+        return response.status_code
+
+    app = make_app(proxy)
+    async with running(app) as pilot:
+        sends = [asyncio.create_task(send(i)) for i in range(3)]  # 1 MB fits two of them
+        await wait_for(pilot, lambda: "1 request waiting for room (max_inflight_mb)"
+                       in screen_text(app), what="the waiting request on the status line")
+        go.set()
+        assert await asyncio.wait_for(asyncio.gather(*sends), 20) == [200, 200, 200]
+        await wait_for(pilot, lambda: "waiting for room" not in screen_text(app),
+                       what="the status line to clear")

@@ -62,6 +62,13 @@ def test_the_journal_is_named_on_the_status_line_only_when_something_is_wrong() 
     assert "journal behind: 300 writes queued, turns wait" in behind
 
 
+def test_requests_waiting_for_room_are_named_on_the_status_line() -> None:
+    assert "waiting for room" not in status_text(StatusInfo("http://x"), P).plain
+    one = status_text(StatusInfo("http://x", bodies_waiting=1), P).plain
+    assert "1 request waiting for room (max_inflight_mb)" in one
+    assert "3 requests waiting" in status_text(StatusInfo("http://x", bodies_waiting=3), P).plain
+
+
 def test_attach_help_speaks_of_the_proxy_to_reach_not_an_address_to_bind(
         capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):

@@ -292,6 +292,7 @@ class SwitchboardApp(App[int]):
             info.journal_kept = int(journal.get("unsaved_turns") or 0)
             info.journal_queued = int(journal.get("queued_writes") or 0) \
                 if journal.get("behind") else 0
+        info.bodies_waiting = int((health.get("request_bytes") or {}).get("waiting") or 0)
         info.usage, info.session_usage = self._usage_totals()
         self._widgets[1].update(status_text(info, self.palette))
 

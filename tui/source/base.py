@@ -60,7 +60,8 @@ class TurnSource(ABC):
 
     def health(self) -> dict[str, Any]:
         """The proxy's health as `/switchboard/api/health` says it, as far as known: the
-        status line reads `journal` and `telemetry` from it. No I/O, never waits."""
+        status line reads `journal`, `telemetry` and `request_bytes` from it. No I/O,
+        never waits."""
         return {}
 
     @property

@@ -46,7 +46,8 @@ class LocalSource(TurnSource):
     def health(self) -> dict[str, Any]:
         journal, telemetry = self.proxy.journal, self.proxy.telemetry
         return {"journal": journal.status(settle=False) if journal is not None else None,
-                "telemetry": telemetry.status() if telemetry is not None else None}
+                "telemetry": telemetry.status() if telemetry is not None else None,
+                "request_bytes": self.proxy.budget.status()}
 
     def redact(self, text: str) -> str:
         return self.proxy.redactor(text)

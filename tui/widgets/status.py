@@ -28,6 +28,7 @@ class StatusInfo:
     journal_error: str = ""  # while the journal cannot write (disk full, read-only)
     journal_kept: int = 0    # turns kept in memory meanwhile
     journal_queued: int = 0  # writes waiting, when so many that turns wait for them
+    bodies_waiting: int = 0  # requests waiting for room in `[proxy] max_inflight_mb`
     usage: UsageTotals | None = None    # over the turns shown
     session_usage: UsageTotals | None = None  # the selected turn's session
 
@@ -66,6 +67,9 @@ def status_text(info: StatusInfo, p: Palette) -> Text:
     elif info.journal_queued:
         text.append(f"  ⚠ journal behind: {info.journal_queued} writes queued, turns wait",
                     style=p.warn)
+    if info.bodies_waiting:  # not turns yet: their bodies have not been read
+        text.append(f"  ⏸ {plural(info.bodies_waiting, 'request')} waiting for room"
+                    " (max_inflight_mb)", style=p.warn)
     if info.usage is not None and info.usage.total_tokens:
         text.append(f" · tokens {usage_text(info.usage)}", style=p.text)
         if info.session_usage is not None and info.session_usage.turns < info.usage.turns:
