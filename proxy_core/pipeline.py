@@ -94,10 +94,10 @@ class LiveTurn:
     """The handle on a turn in flight: what manual actions and heartbeats need."""
 
     __slots__ = ("turn", "route", "committed", "action", "timeout", "attempt", "size",
-                 "failures", "timeouts", "raw")
+                 "failures", "timeouts", "raw", "received")
 
     def __init__(self, turn: Turn, route: RouteSettings, size: int,
-                 raw: bytes | None = None) -> None:
+                 raw: bytes | None = None, received: float | None = None) -> None:
         self.turn = turn
         self.route = route
         self.committed = False
@@ -109,6 +109,7 @@ class LiveTurn:
         self.failures = 0         # automatic attempts that failed (against max_attempts)
         self.timeouts: dict[str, int] = {}  # target -> attempts the watchdog ended
         self.raw = raw            # the request as the client sent it (`ChatRequest.raw`)
+        self.received = received  # `time.perf_counter()` at the body's last byte, if known
 
     def interrupt(self, action: ManualAction) -> None:
         """Stop the current attempt at its next wait (or now, if it is waiting)."""
@@ -226,15 +227,19 @@ class Pipeline:
 
     async def run(self, turn: Turn, route: RouteSettings, *,
                   first: Target | None = None, first_reason: str = "initial",
-                  raw: bytes | None = None) -> AsyncGenerator[StreamPart, None]:
+                  raw: bytes | None = None, received: float | None = None
+                  ) -> AsyncGenerator[StreamPart, None]:
         """Yield the client's parts; raise `TurnAborted` when the turn cannot complete.
 
         `raw` is the request's body as the client sent it, when it says exactly
         what `turn.request` says (`ChatRequest.raw`): an attempt whose body is
-        the client's unchanged sends it as is.
+        the client's unchanged sends it as is. `received` is `time.perf_counter()`
+        when the body's last byte arrived: the first attempt's `prepared_in`
+        counts from there.
         """
         # A rerun by hand has no body as received: its size is measured once, off the hot path.
-        live = LiveTurn(turn, route, turn.request_bytes or len(encode(turn.request)), raw)
+        live = LiveTurn(turn, route, turn.request_bytes or len(encode(turn.request)), raw,
+                        received)
         self.live[turn.id] = live
         watchdog = route.watchdog
         plan = self._plan(route, first)
@@ -439,6 +444,12 @@ class Pipeline:
 
     async def _attempt(self, live: LiveTurn, attempt: Attempt, target: Target
                        ) -> AsyncGenerator[StreamPart, None]:
+        begun = live.received if attempt.number == 1 and live.received is not None \
+            else time.perf_counter()
+
+        def handed_over() -> None:  # the adapter hands the request to its HTTP client now
+            attempt.prepared_in = time.perf_counter() - begun
+
         turn = live.turn
         upstream = self.upstreams[target.upstream]
         model = target.model_for(turn.model)
@@ -471,7 +482,8 @@ class Pipeline:
         sent, asked = body["messages"], turn.request["messages"]
         raw = live.raw if live.raw is not None and not remodelled and (sent is asked or (
             len(sent) == len(asked) and all(map(operator.is_, sent, asked)))) else None
-        parts = upstream.stream(UpstreamRequest(model=model, body=body, capture=capture, raw=raw))
+        parts = upstream.stream(UpstreamRequest(model=model, body=body, capture=capture, raw=raw,
+                                                on_send=handed_over))
         idle = attempt.idle_deadline or live.route.watchdog.idle_timeout
         loop = asyncio.get_running_loop()
         watch = Deadline(loop.time() + (attempt.first_output_deadline

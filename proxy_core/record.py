@@ -77,6 +77,10 @@ class Attempt:
     idle_basis: str = ""
     request_bytes: int = 0    # the size of the request, which time to first output grows with
     max_gap: float | None = None  # the longest silence between two outputs (seconds)
+    #: Seconds Switchboard took before handing the request to the HTTP client: routing,
+    #: history repairs and encoding, from the body's last byte (the first attempt) or
+    #: from the attempt's start (a retry, a reroute, a hedge). None: never sent.
+    prepared_in: float | None = None
 
 
 @dataclass(slots=True)

@@ -10,7 +10,8 @@ What is counted where:
 - per attempt, on the attempt's target: stalls (the watchdog gave up on a
   silent stream), errors (any other failed attempt), retries (an attempt
   made again on the same target), reroutes (a turn moved *away* from it),
-  time to first token;
+  time to first token, and Switchboard's own time before the request left
+  (`Attempt.prepared_in`: routing, history repairs, encoding);
 - per turn, on the target that answered last: turns, turns with tool
   calls, leaked calls repaired, history repairs, tokens in and out.
 
@@ -50,7 +51,8 @@ MAX_TARGETS = 256
 STATUSES = ("cooling", "stalling", "failing", "ok", "idle")
 #: Sort keys for `Scoreboard.rows` (besides the numeric fields of `TargetStats`).
 SORT_KEYS = ("status", "target", "turns", "tool_turns", "leaks", "history_repairs", "stalls",
-             "retries", "reroutes", "hedges", "errors", "ttft_p50", "ttft_p95", "tokens_in", "tokens_out")
+             "retries", "reroutes", "hedges", "errors", "ttft_p50", "ttft_p95", "prep_p50",
+             "tokens_in", "tokens_out")
 
 Lookup = Callable[[str], Turn | None]
 
@@ -85,6 +87,8 @@ class TargetStats:
     tokens_in: int = 0
     tokens_out: int = 0
     ttft: deque[float] = field(default_factory=lambda: deque(maxlen=TTFT_SAMPLES))
+    #: Switchboard's own seconds before each attempt's request left (as many samples).
+    prep: deque[float] = field(default_factory=lambda: deque(maxlen=TTFT_SAMPLES))
     cooling_until: float | None = None
     #: Turns whose stream on this target is silent right now (from heartbeats).
     stalling: set[str] = field(default_factory=set)
@@ -110,6 +114,14 @@ class TargetStats:
     def ttft_p95(self) -> float | None:
         return percentile(self.ttft, 0.95)
 
+    @property
+    def prep_p50(self) -> float | None:
+        return percentile(self.prep, 0.5)
+
+    @property
+    def prep_p95(self) -> float | None:
+        return percentile(self.prep, 0.95)
+
     def to_dict(self, now: float) -> dict[str, Any]:
         cooling = (max(0.0, self.cooling_until - now)
                    if self.cooling_until is not None and now < self.cooling_until else 0.0)
@@ -119,6 +131,7 @@ class TargetStats:
                 "retries": self.retries, "reroutes": self.reroutes, "hedges": self.hedges,
                 "errors": self.errors,
                 "ttft_p50": self.ttft_p50, "ttft_p95": self.ttft_p95,
+                "prep_p50": self.prep_p50, "prep_p95": self.prep_p95,
                 "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
                 "cooling_for": cooling, "stalling_now": len(self.stalling)}
 
@@ -163,6 +176,8 @@ class Scoreboard:
                 stats.hedges += 1
             if attempt.first_byte_at is not None:
                 stats.ttft.append(max(0.0, attempt.first_byte_at - attempt.started_at))
+            if attempt.prepared_in is not None:
+                stats.prep.append(attempt.prepared_in)
             ended = attempt.ended_at or turn.finished_at or attempt.started_at
             if attempt.outcome == "failed":
                 if is_stall(attempt.error):

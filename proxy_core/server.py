@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from contextlib import aclosing
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -321,11 +322,13 @@ class OpenAIFront:
         try:
             self._learn_credentials(exchange.headers)
             raw = await exchange.read_body()
+            received = time.perf_counter()
             chat = self.requests.parse(raw)
             turn, route = self.pipeline.open_turn(chat, exchange.headers, len(raw))
         except ClientRequestError as exc:
             return exchange.reply(exc.status, error_body(exc.message, type_=exc.type, code=exc.code))
-        async with aclosing(self.pipeline.run(turn, route, raw=chat.raw)) as parts:
+        async with aclosing(self.pipeline.run(turn, route, raw=chat.raw,
+                                              received=received)) as parts:
             if not chat.stream:
                 builder = CompletionBuilder(chat.model)
                 try:

@@ -192,6 +192,7 @@ async def test_clean_stream_with_a_tool_call(bearer: str, make_sim: SimFactory, 
 
     turn = await settled_turn(client, proxy.base_url)
     assert turn["state"] == "finished" and len(turn["attempts"]) == 1
+    assert 0 < turn["attempts"][0]["prepared_in"] < 1.0  # translated, then handed to boto3
     assert turn["tool_calls"][0]["upstream_id"] == "functions.write:0"
     seen = converse_log(sim.app).requests[-1]
     assert (seen.operation, seen.model, seen.auth) == ("converse-stream", BEDROCK_MODEL, "bearer")

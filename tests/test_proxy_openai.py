@@ -310,6 +310,20 @@ async def test_a_failed_attempt_then_success_is_invisible_to_the_client(
         ("initial", "failed"), ("retry", "ok")]
 
 
+async def test_each_attempt_records_how_long_switchboard_took_before_sending_it(
+        fake_upstream: FakeUpstream, proxy: SwitchboardProxy, client: httpx.AsyncClient) -> None:
+    fake_upstream.script(error_reply(502, "bad gateway", type_="server_error"))
+    started = time.perf_counter()
+    response, _ = await stream_chat(client, proxy.base_url)
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 200
+    first, second = (await last_turn(client, proxy.base_url))["attempts"]
+    # The first counts from the body's last byte, the retry from its own start: two
+    # stretches one after the other, both inside the client's wait.
+    assert first["prepared_in"] > 0 and second["prepared_in"] > 0
+    assert first["prepared_in"] + second["prepared_in"] < elapsed
+
+
 async def test_unreachable_upstream_gives_502(proxy_factory: Any, client: httpx.AsyncClient) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

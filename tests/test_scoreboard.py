@@ -32,7 +32,7 @@ def test_a_turn_counts_on_the_target_that_answered_and_attempts_on_theirs() -> N
     retried = Attempt(2, A, reason="retry", started_at=103.0, ended_at=104.0, outcome="failed",
                       error="HTTP 500 from flaky")
     moved = Attempt(3, B, reason="reroute", started_at=104.0, first_byte_at=104.5,
-                    ended_at=106.0, outcome="ok")
+                    ended_at=106.0, outcome="ok", prepared_in=0.0008)
     turn = ended_turn("t1", stalled, retried, moved, tools=2,
                       repairs=("leaked_tool_call", "leaked_tool_call", "restored_tool_call"),
                       usage=(300, 40))
@@ -42,6 +42,8 @@ def test_a_turn_counts_on_the_target_that_answered_and_attempts_on_theirs() -> N
     assert (b.turns, b.tool_turns, b.leaks, b.history_repairs) == (1, 1, 2, 1)
     assert (b.tokens_in, b.tokens_out, b.stalls, b.errors) == (300, 40, 0, 0)
     assert b.ttft_p50 == 0.5 and a.ttft_p50 is None
+    assert b.prep_p50 == 0.0008 and a.prep_p50 is None  # Switchboard's own time, sent ones only
+    assert b.to_dict(120.0)["prep_p95"] == 0.0008
     assert a.status(120.0) == "failing" and b.status(120.0) == "ok"
     assert a.status(120.0 + 600) == "ok"  # old news: no longer "just went bad"
     assert [s.target for s in board.rows("status")] == [A, B]
@@ -101,6 +103,9 @@ async def test_the_control_api_serves_the_scoreboard_live_and_from_the_journal(
         assert by_target["primary:up-model"]["status"] in ("failing", "cooling")
         assert by_target["backup:up-model"]["turns"] == 1
         assert by_target["backup:up-model"]["tokens_in"] == 11
+        # Switchboard's own time before each attempt left, on both (the stalled one was sent).
+        assert all(0 < by_target[t]["prep_p50"] <= by_target[t]["prep_p95"] < 1.0
+                   for t in ("primary:up-model", "backup:up-model"))
         bad = await client.get(proxy.base_url + API + "/scoreboard", params={"sort": "nope"})
         assert bad.status_code == 400 and "sort must be one of" in bad.json()["error"]["message"]
         await proxy.stop()

@@ -147,6 +147,7 @@ async def test_clean_turn_is_one_client_span_with_genai_attributes_and_metrics(
     assert attempt.attrs["switchboard.target"] == "sim:kimi-k2.5"
     assert attempt.attrs["switchboard.attempt.reason"] == "initial"
     assert attempt.attrs["switchboard.attempt.outcome"] == "ok"
+    assert 0 < attempt.attrs["switchboard.prepared_in"] < 1.0
     assert "switchboard.stall" not in [e for e, _ in span.events]
 
     target = {"switchboard.target": "sim:kimi-k2.5", "gen_ai.request.model": "kimi-k2.5"}

@@ -1,5 +1,6 @@
-"""Columns that use the terminal: session, model and target in full from 160 columns;
-the least important columns give way first when narrow; the footer keeps ? and q."""
+"""Columns that use the terminal: session, model and target in full from 160 columns,
+and session ids in full in the sidebar from 180; the least important columns give way
+first when narrow; the footer keeps ? and q."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ def opencode_turn(n: int) -> Turn:
     return turn
 
 
-@pytest.mark.parametrize("width", [160, 200])
-async def test_session_model_and_target_in_full_from_160_columns(tmp_path: Path,
+@pytest.mark.parametrize("width", [160, 180, 200])
+async def test_session_model_and_target_in_full_from_160_columns_and_ids_in_the_sidebar_from_180(tmp_path: Path,
                                                                  width: int) -> None:
     app = SwitchboardApp(StaticSource([opencode_turn(1), opencode_turn(2)]),
                          clock=lambda: 1010.0, themes_dir=tmp_path / "t",
@@ -40,7 +41,10 @@ async def test_session_model_and_target_in_full_from_160_columns(tmp_path: Path,
              if "steady:kimi-k2.5" in line and "kimi-k2.5-mantle" in line), None),
             what="a full row")
         assert SESSION in row and "#2 reroute" in row and "…" not in row
-        assert SESSION in screen_text(app).split("\n")[4]  # the sidebar, on one line
+        if width >= 180:  # the wide sidebar: the session's id in full there too
+            await wait_for(pilot, lambda: any(SESSION in line.split("▕")[0]
+                                              for line in screen_text(app).splitlines()),
+                           what="the session's id in full in the sidebar")
         shown = app.table.shown_columns
         assert {"session", "model", "target", "state", "attempt"} <= set(shown)
         if width == 200:

@@ -33,7 +33,7 @@ async def test_the_sidebar_groups_a_subagent_under_its_parent_as_turns_arrive(
     source = StaticSource([turn(1, "ses_parent_2b3c4d5e6f7a8b9c"), turn(2, "ses_other")])
     app = SwitchboardApp(source, clock=lambda: 1100.0, themes_dir=tmp_path / "t",
                          keymap_path=tmp_path / "k.toml", export_dir=tmp_path)
-    async with app.run_test(size=(170, 40)) as pilot:
+    async with app.run_test(size=(190, 40)) as pilot:  # the wide sidebar: ids in full
         sessions = app.query_one(SessionList)
         await wait_for(pilot, lambda: sessions.option_count == 3, what="two sessions")
         subagent = turn(3, "ses_child_9f8e7d6c", parent="ses_parent_2b3c4d5e6f7a8b9c")

@@ -16,7 +16,7 @@ from tui.app import SwitchboardApp
 from tui.cli import build_parser
 from tui.model import DEFAULT_STALL_RULE, Pulse, SessionInfo, TurnEntry
 from tui.source import StaticSource
-from tui.widgets.detail import heartbeat_text
+from tui.widgets.detail import attempts_text, heartbeat_text
 from tui.widgets.palette import Palette
 from tui.widgets.screens import HelpScreen
 from tui.widgets.sessions import session_prompt
@@ -43,6 +43,20 @@ def test_a_stall_before_any_output_says_so() -> None:
     assert "since first output" not in silent
     talked = heartbeat_text(live_turn(output=True), 130.0, DEFAULT_STALL_RULE, P).plain
     assert "29.0s since the last output from flaky:k2" in talked
+
+
+def test_each_attempt_says_how_long_switchboard_took_before_it_was_sent() -> None:
+    turn = Turn(id="t", session_id="s", model="k2", route="k2", stream=True, request={},
+                started_at=100.0)
+    turn.attempts = [Attempt(1, "flaky:k2", started_at=100.0, ended_at=103.0, outcome="failed",
+                             error="HTTP 500", prepared_in=0.00234),
+                     Attempt(2, "flaky:k2", "retry", started_at=103.0, first_byte_at=103.4,
+                             outcome="ok", prepared_in=0.012),
+                     Attempt(3, "other:k2", "hedge", started_at=103.5)]  # never sent
+    lines = attempts_text(turn, P).plain.splitlines()
+    assert "ours   2.3ms" in lines[0] and "first byte       —" in lines[0]
+    assert "ours  12.0ms" in lines[2] and "first byte   0.40s" in lines[2]
+    assert "ours       —" in lines[3]
 
 
 def test_one_turn_is_not_turns() -> None:

@@ -42,7 +42,8 @@ def paired_and_orphaned() -> Turn:
                 route="kimi-k2.5", stream=True, request=request, started_at=NOW - 40.0,
                 first_byte_at=NOW - 39.4, finished_at=NOW - 38.0, state="finished",
                 finish_reason="tool_calls", usage=Usage(2210, 64, 2274))
-    turn.attempts = [Attempt(1, "sim:kimi-k2.5", "initial", NOW - 40.0, NOW - 39.4, NOW - 38.0, "ok")]
+    turn.attempts = [Attempt(1, "sim:kimi-k2.5", "initial", NOW - 40.0, NOW - 39.4, NOW - 38.0, "ok",
+                             prepared_in=0.00142)]
     turn.text_parts = ["Running the tests next."]
     turn.tool_calls = [ToolCallRecord("call_bash04", "bash", '{"command": "python3 test_calc.py"}',
                                       "functions.bash:3")]
@@ -72,7 +73,8 @@ def _finished(n: int, session: str, target: str, *, at: float, reason: str = "to
                     {"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}]},
                 started_at=at, first_byte_at=at + 0.4, finished_at=at + 1.6, state="finished",
                 finish_reason=reason, usage=Usage(1800 + n * 120, 40 + n))
-    turn.attempts = attempts or [Attempt(1, target, "initial", at, at + 0.4, at + 1.6, "ok")]
+    turn.attempts = attempts or [Attempt(1, target, "initial", at, at + 0.4, at + 1.6, "ok",
+                                         prepared_in=0.0006 + n * 0.0001)]
     turn.text_parts = ["Done." if reason == "stop" else "Next step."]
     if reason == "tool_calls":
         turn.tool_calls = [ToolCallRecord(f"call_fixed{n:04d}", "bash", '{"command": "ls"}')]

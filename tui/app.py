@@ -63,9 +63,11 @@ class SwitchboardApp(App[int]):
     """Sessions, a live table of turns, and the selected turn in detail."""
 
     TITLE = "Switchboard"
-    #: The sidebar narrows below 100 columns, and shows session ids in full from 160.
+    #: The sidebar narrows below 100 columns, and shows session ids in full from 180
+    #: (from 160 the turn table has room for session, model, target and attempt in full
+    #: beside the normal sidebar, but not beside the wide one).
     HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]] | None] = [
-        (0, "-narrow"), (100, "-normal"), (160, "-wide")]
+        (0, "-narrow"), (100, "-normal"), (180, "-wide")]
     CSS = """
     #body { height: 1fr; }
     #sessions { border-right: vkey $panel-lighten-1; }
@@ -75,7 +77,7 @@ class SwitchboardApp(App[int]):
     #scoreboard.-hidden { display: none; }
     #detail { height: 3fr; border-top: hkey $panel-lighten-1; }
     Screen.-narrow #sessions { width: 20; }
-    Screen.-wide #sessions { width: 36; }
+    Screen.-wide #sessions { width: 38; }
     #sessions:focus { border-right: vkey $accent; }
     #detail:focus-within { border-top: hkey $accent; }
     #scoreboard:focus { border-top: hkey $accent; }
@@ -700,7 +702,8 @@ class SwitchboardApp(App[int]):
             f"Exports go to {self.export_dir}.",
             "Moving: arrows or j/k; Enter focuses the turn's detail; Tab moves between panels.",
             "Hosts (b): ◌ STALLING a stream on it is silent now; ✗ failing: it stalled or "
-            "failed in the last minute; ❄ cooling: skipped for a while; s sorts.",
+            "failed in the last minute; ❄ cooling: skipped for a while; s sorts. ours: "
+            "Switchboard's own time before a request left (routing, repairs, encoding).",
             "Attempt column: #n and why (retry, reroute); * marks a retry or reroute by hand.",
             f"Stalled: a live stream silent for {self.model.stall_after.describe()} (half the "
             "watchdog's limit); the watchdog retries it on its own before any output reached "

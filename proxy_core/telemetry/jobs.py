@@ -32,6 +32,7 @@ class AttemptJob:
     error: str | None          # redacted
     stall: StallJob | None     # the first heartbeat that found it stalled
     response_id: str | None = None
+    prepared_in: float | None = None  # Switchboard's own seconds before it was sent
 
 
 @dataclass(frozen=True, slots=True)

@@ -155,7 +155,7 @@ class OtelExporter:
         attempts = tuple(
             AttemptJob(a.number, a.target, a.reason, a.started_at, a.first_byte_at, a.ended_at,
                        a.outcome, self.redactor(a.error) if a.error else None, stalls.get(a.number),
-                       a.response_id)
+                       a.response_id, a.prepared_in)
             for a in turn.attempts)
         repairs = tuple(RepairJob(r.kind, self._clean(r.before), self._clean(r.after), r.at)
                         for r in turn.repairs)

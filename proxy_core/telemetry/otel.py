@@ -233,6 +233,8 @@ class SpanBuilder:
         attrs["switchboard.attempt.outcome"] = outcome
         if a.first_byte_at is not None:
             attrs["switchboard.time_to_first_chunk"] = a.first_byte_at - a.started_at
+        if a.prepared_in is not None:
+            attrs["switchboard.prepared_in"] = a.prepared_in
         span = self.tracer.start_span(f"attempt {a.number} {a.target}", context=parent,
                                       kind=SpanKind.CLIENT, start_time=_ns(a.started_at),
                                       attributes=attrs)

@@ -142,6 +142,8 @@ class BedrockUpstream:
             raise UpstreamStatusError(400, f"{self.name}: {exc}") from None
         streaming = self.settings.stream and request.body.get("stream", True) is not False
         operation = self._client.converse_stream if streaming else self._client.converse
+        if request.on_send is not None:
+            request.on_send()
         worker = _Worker(operation, call.kwargs, streaming=streaming,
                          name=f"switchboard-bedrock-{self.name}")
         try:

@@ -163,6 +163,8 @@ class OpenAIUpstream:
             try:
                 body = request.raw if request.raw is not None else \
                     self._encodings.body(request.body)
+                if request.on_send is not None:
+                    request.on_send()
                 response = await session.post(self._url, data=body, headers=self._headers(),
                                               proxy=proxy)
                 capture = request.capture

@@ -24,7 +24,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("status", "status"), ("target", "target"), ("turns", "turns"), ("tool_turns", "tools"),
     ("leaks", "leaks"), ("history_repairs", "hist"), ("stalls", "stalls"),
     ("retries", "retry"), ("reroutes", "rerouted"), ("hedges", "hedged"), ("errors", "errors"),
-    ("ttft_p50", "ttft p50"), ("ttft_p95", "p95"), ("tokens_in", "tok in"),
+    ("ttft_p50", "ttft p50"), ("ttft_p95", "p95"), ("prep_p50", "ours"), ("tokens_in", "tok in"),
     ("tokens_out", "tok out"),
 )
 SORT_KEYS = tuple(key for key, _ in COLUMNS)
@@ -45,6 +45,11 @@ def _seconds(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}s"
 
 
+def milliseconds(value: float | None) -> str:
+    """Switchboard's own time (`prep_p50`): sub-millisecond to a few ms at agent sizes."""
+    return "—" if value is None else f"{value * 1000:.1f}ms"
+
+
 def row(stats: TargetStats, now: float, p: Palette) -> tuple[Text | str, ...]:
     status = stats.status(now)
     cooling = max(0.0, stats.cooling_until - now) if stats.cooling_until else 0.0
@@ -60,7 +65,7 @@ def row(stats: TargetStats, now: float, p: Palette) -> tuple[Text | str, ...]:
         hot(stats.leaks, p.accent), hot(stats.history_repairs, p.accent),
         hot(stats.stalls, p.error), hot(stats.retries, p.warn), hot(stats.reroutes, p.warn),
         hot(stats.hedges, p.warn), hot(stats.errors, p.error),
-        _seconds(stats.ttft_p50), _seconds(stats.ttft_p95),
+        _seconds(stats.ttft_p50), _seconds(stats.ttft_p95), milliseconds(stats.prep_p50),
         tokens(stats.tokens_in), tokens(stats.tokens_out),
     )
 

@@ -81,9 +81,21 @@ class SessionList(OptionList):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._prompts: dict[str, Text] = {}
+        #: What the last `sync` drew, and at what width: a resize draws it again to fit.
+        self._last: tuple[Mapping[str, SessionInfo], int, Palette] | None = None
+        self._width = 0
+
+    def _prompt_width(self) -> int:
+        return max(12, self.scrollable_content_region.width - 1) if self.size.width else 23
+
+    def on_resize(self) -> None:
+        """Session ids cut to the old width are drawn again (a resize, a breakpoint)."""
+        if self._last is not None and self._prompt_width() != self._width:
+            self.sync(*self._last)
 
     def sync(self, sessions: Mapping[str, SessionInfo], total: int, palette: Palette,
              *, force: bool = False) -> None:
+        self._last = (sessions, total, palette)
         everything = Text(f"All ({plural(total, 'turn')})", style=f"bold {palette.text}",
                           no_wrap=True, overflow="ellipsis")
         if force:
@@ -95,7 +107,7 @@ class SessionList(OptionList):
             self.replace_option_prompt(ALL, everything)
         self._prompts[ALL] = everything
         order = session_order(sessions)
-        width = max(12, self.scrollable_content_region.width - 1) if self.size.width else 23
+        width = self._width = self._prompt_width()
         listed = [sid for sid in self._prompts if sid != ALL]
         if [sid for sid, _ in order[:len(listed)]] == listed:
             for sid, depth in order[len(listed):]:  # new sessions at the end: add them
