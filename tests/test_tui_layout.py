@@ -30,8 +30,8 @@ def opencode_turn(n: int) -> Turn:
 
 
 @pytest.mark.parametrize("width", [160, 180, 200])
-async def test_session_model_and_target_in_full_from_160_columns_and_ids_in_the_sidebar_from_180(tmp_path: Path,
-                                                                 width: int) -> None:
+async def test_columns_in_full_from_160_and_session_ids_in_the_sidebar_from_180(
+        tmp_path: Path, width: int) -> None:
     app = SwitchboardApp(StaticSource([opencode_turn(1), opencode_turn(2)]),
                          clock=lambda: 1010.0, themes_dir=tmp_path / "t",
                          keymap_path=tmp_path / "k.toml", export_dir=tmp_path)

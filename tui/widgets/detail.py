@@ -18,7 +18,7 @@ from proxy_core.usage import format_cost
 from ..model import StallRule, TurnEntry, sparkline
 from ..pairing import CallView, MessageView, conversation, counts
 from .palette import Palette
-from .turn_table import seconds, turn_state
+from .turn_table import milliseconds, seconds, turn_state
 
 #: Characters of one message shown in the conversation (the Request tab has all of it).
 MESSAGE_CHARS = 600
@@ -195,8 +195,7 @@ def attempts_text(turn: Turn, p: Palette, r: Redact = _same) -> Text:
         out.append(f"{a.target:<28}", style=p.text)
         out.append(f"{a.reason:<15}", style=p.warn if a.reason != "initial" else p.muted)
         out.append(f"+{a.started_at - turn.started_at:6.2f}s  ", style=p.muted)
-        ours = "—" if a.prepared_in is None else f"{a.prepared_in * 1000:.1f}ms"
-        out.append(f"ours {ours:>7}  ", style=p.muted)
+        out.append(f"ours {milliseconds(a.prepared_in):>7}  ", style=p.muted)
         first = "—" if a.first_byte_at is None else f"{a.first_byte_at - a.started_at:.2f}s"
         out.append(f"first byte {first:>7}  ", style=p.muted)
         out.append(f"{a.outcome}", style=f"bold {colour}")

@@ -17,7 +17,7 @@ from textual.widgets import DataTable
 from proxy_core.scoreboard import Scoreboard, TargetStats
 
 from .palette import Palette
-from .turn_table import tokens
+from .turn_table import milliseconds, tokens
 
 #: (sort key, header)
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -43,11 +43,6 @@ def badge(status: str, cooling_for: float, p: Palette) -> Text:
 
 def _seconds(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}s"
-
-
-def milliseconds(value: float | None) -> str:
-    """Switchboard's own time (`prep_p50`): sub-millisecond to a few ms at agent sizes."""
-    return "—" if value is None else f"{value * 1000:.1f}ms"
 
 
 def row(stats: TargetStats, now: float, p: Palette) -> tuple[Text | str, ...]:

@@ -111,6 +111,11 @@ def seconds(value: float) -> str:
     return f"{value / 60:.0f}m"
 
 
+def milliseconds(value: float | None) -> str:
+    """Switchboard's own time (`Attempt.prepared_in`): under a millisecond to a few."""
+    return "—" if value is None else f"{value * 1000:.1f}ms"
+
+
 def clock_time(at: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(at))
 
