@@ -95,11 +95,15 @@ async def _read_while_arriving(request: web.Request, stall: float) -> bytes:
     A client that stops sending its body half way (hung, or never meaning to
     finish) would otherwise keep its handler, and its share of the body budget,
     for as long as it keeps the connection open. A body that keeps arriving,
-    however slowly, is read to its end. One timer per body read: a check of the
-    bytes received every half `stall` that moves the deadline on.
+    however slowly, is read to its end. Two timers per body read: a check of the
+    bytes received every half `stall` that moves the deadline on, beside the
+    deadline's own; none when the whole body has arrived already (most small
+    requests come in one piece with their headers), as nothing can stall then.
     """
-    loop = asyncio.get_running_loop()
     content = request.content
+    if content.is_eof():
+        return await request.read()
+    loop = asyncio.get_running_loop()
     seen = content.total_bytes
     check: asyncio.TimerHandle | None = None
     try:
