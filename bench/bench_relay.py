@@ -689,7 +689,11 @@ async def run_bench(plan: Plan, delay_ms: int, targets: list[Target], upstream_p
 # Report
 # ---------------------------------------------------------------------------
 
-TTFB_TARGET_MS = 1.0
+#: One-line prompts: issue 12's added first byte at 0 KB (`AGENT_P50_BASE_MS`). The first
+#: version's 1 ms was what its hand-written HTTP stack bought; issue 12 traded that stack
+#: for aiohttp's and set this budget.
+TTFB_TARGET_MS = 1.5
+#: The first version's share of direct chunk throughput with 16 and 128 streams.
 THROUGHPUT_TARGET = 0.5
 
 
