@@ -86,8 +86,8 @@ async def read_body(request: web.Request) -> bytes:
 
 
 async def _read_while_arriving(request: web.Request, stall: float) -> bytes:
-    """The body as sent (`_read_all`), given up with a 408 once `stall` seconds (and at most half as
-    long again) pass without a byte.
+    """The body as sent (`_read_all`), given up with a 408 once `stall` seconds (and at
+    most half as long again) pass without a byte.
 
     A client that stops sending its body half way (hung, or never meaning to
     finish) would otherwise keep its handler, and its share of the body budget,
@@ -144,7 +144,7 @@ async def _read_all(request: web.Request) -> bytes:
         if size > limit:
             raise body_too_large(limit)
         chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return b"".join(chunks)  # a body that came in one piece is that piece, uncopied
 
 
 def decode(raw: bytes, content_encoding: str, limit: int) -> bytes:
