@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,21 +31,36 @@ from .secrets import Redactor
 PART_FIELDS = ("messages", "tools", "system")
 
 
+#: The deepest nesting Switchboard reads: orjson's (deeper is refused by name, see
+#: `openai_wire.loads_clean`). Whatever is read must encode again (`encode`).
+MAX_DEPTH = 1024
+#: Python's recursion limit while `json` encodes: enough for `MAX_DEPTH` levels below
+#: whatever stack the caller already has (an event loop and its coroutines).
+_ENCODING_RECURSION = 4 * MAX_DEPTH
+
+
 def encode(value: Any) -> bytes:
     """Compact JSON as UTF-8, keys in their order: orjson (10x faster than `json` here).
 
-    What orjson refuses (an integer beyond 64 bits, a lone surrogate) is
-    encoded by `json`, with a lone surrogate escaped: UTF-8 cannot hold it.
+    What orjson refuses (an integer beyond 64 bits, a lone surrogate, more
+    than 254 levels of nesting) is encoded by `json`, with a lone surrogate
+    escaped: UTF-8 cannot hold it. `json` recurses once per level, and at
+    Python's default limit of 1,000 frames a value nested 1,000 deep, which
+    the parser reads, would fail; so the limit is raised first, once and for
+    good (setting it back from one thread could cut short another's encoding).
     """
     try:
         return orjson.dumps(value)
     except orjson.JSONEncodeError:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-        try:
-            return text.encode()
-        except UnicodeEncodeError:
-            return json.dumps(value, ensure_ascii=True, separators=(",", ":"),
-                              default=str).encode()
+        pass
+    if sys.getrecursionlimit() < _ENCODING_RECURSION:
+        sys.setrecursionlimit(_ENCODING_RECURSION)
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True, separators=(",", ":"),
+                          default=str).encode()
 
 
 def digest(data: bytes) -> str:

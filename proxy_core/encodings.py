@@ -14,12 +14,11 @@ a turn's messages are the last turn's plus one or two.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import orjson
 
-from .contents import PART_FIELDS
+from .contents import PART_FIELDS, encode
 from .list_memo import ListMemo
 from .lru import LRU
 
@@ -50,13 +49,13 @@ class PartEncodings:
         self._lists: ListMemo[list[Any]] = ListMemo(starts=self.LISTS, max_bytes=max_bytes // 2)
 
     def body(self, body: dict[str, Any]) -> bytes:
-        """`body` as compact JSON (orjson; what orjson refuses, `json` escapes)."""
+        """`body` as compact JSON (orjson; what orjson refuses, `contents.encode`)."""
         try:
             fields = {name: self._array(name, value)
                       for name in PART_FIELDS if isinstance(value := body.get(name), list)}
             return orjson.dumps({**body, **fields} if fields else body)
-        except orjson.JSONEncodeError:  # a lone surrogate, a huge integer: let json escape it
-            return json.dumps(body, separators=(",", ":")).encode()
+        except orjson.JSONEncodeError:  # a lone surrogate, a huge integer, deep nesting
+            return encode(body)
 
     def __len__(self) -> int:
         return len(self._kept)

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from .contents import encode
+from .contents import MAX_DEPTH, encode
 from .errors import ClientRequestError, RunawayAnswer, UpstreamProtocolError, UpstreamStreamError
 from .stream import (
     FinishPart, KeepAlivePart, ReasoningPart, StreamPart, TextPart, ToolCallPart, UsagePart,
@@ -163,8 +163,6 @@ def loads_clean(raw: bytes | str) -> Any:
 
 
 _DECODER = json.JSONDecoder()
-#: The deepest nesting read: orjson's limit (deeper is refused, see `loads_clean`).
-MAX_DEPTH = 1024
 
 
 def _scrub(value: Any) -> Any:
