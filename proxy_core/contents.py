@@ -53,14 +53,25 @@ def encode(value: Any) -> bytes:
         return orjson.dumps(value)
     except orjson.JSONEncodeError:
         pass
-    if sys.getrecursionlimit() < _ENCODING_RECURSION:
-        sys.setrecursionlimit(_ENCODING_RECURSION)
+    _allow_deep_json()
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
     try:
         return text.encode()
     except UnicodeEncodeError:
         return json.dumps(value, ensure_ascii=True, separators=(",", ":"),
                           default=str).encode()
+
+
+def readable(value: Any, indent: int | None = 2) -> str:
+    """`value` as JSON for a person (the dashboard's views, exports), indented, however
+    deep it nests: `json` indents in Python, a few frames per level."""
+    _allow_deep_json()
+    return json.dumps(value, indent=indent, ensure_ascii=False, default=str)
+
+
+def _allow_deep_json() -> None:
+    if sys.getrecursionlimit() < _ENCODING_RECURSION:
+        sys.setrecursionlimit(_ENCODING_RECURSION)
 
 
 def digest(data: bytes) -> str:

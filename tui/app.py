@@ -10,7 +10,6 @@ widgets: they post messages, and the `@on` handlers here own the state.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from textual.css.query import NoMatches
 from textual.widgets import Footer, Input, OptionList, TabbedContent
 from textual.worker import Worker, WorkerState
 
+from proxy_core.contents import readable
 from proxy_core.scoreboard import Scoreboard
 from proxy_core.usage import UsageTotals
 
@@ -557,7 +557,7 @@ class SwitchboardApp(App[int]):
             data = await self.source.session_export(key)
             name = f"switchboard-session-{_safe(key)}.json"
         path = self.export_dir / name
-        text = self.source.redact(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+        text = self.source.redact(readable(data))
         path.write_text(text + "\n", encoding="utf-8")
         self.post_message(Exported(what, str(path)))
 
@@ -565,7 +565,7 @@ class SwitchboardApp(App[int]):
     async def _repro(self, turn_id: str) -> None:
         fixture = await self.source.repro(turn_id)
         path = self.export_dir / f"repro-{turn_id}.json"
-        text = self.source.redact(json.dumps(fixture, indent=1, ensure_ascii=False, default=str))
+        text = self.source.redact(readable(fixture, indent=1))
         path.write_text(text + "\n", encoding="utf-8")
         self.post_message(Exported("repro", f"{path} (switchboard replay {path.name})"))
 

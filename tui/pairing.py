@@ -14,10 +14,10 @@ Each tool call and tool result gets a state:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from proxy_core.contents import readable
 from proxy_core.record import Turn
 
 PairState = Literal["paired", "pending", "orphaned", "repaired"]
@@ -60,7 +60,7 @@ def content_text(content: Any) -> str:
             elif isinstance(part, dict):
                 parts.append(f"[{part.get('type', 'part')}]")
         return "".join(parts)
-    return json.dumps(content, ensure_ascii=False, default=str)
+    return readable(content, indent=None)
 
 
 def _calls_of(message: dict[str, Any]) -> list[dict[str, Any]]:
@@ -72,7 +72,7 @@ def _call_parts(call: dict[str, Any]) -> tuple[str, str, str]:
     function = call.get("function") if isinstance(call.get("function"), dict) else {}
     arguments = function.get("arguments", "")
     if not isinstance(arguments, str):
-        arguments = json.dumps(arguments, ensure_ascii=False)
+        arguments = readable(arguments, indent=None)
     return str(call.get("id", "")), str(function.get("name", "?")), arguments
 
 

@@ -3,7 +3,6 @@ repairs with before/after, and the raw request and response."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +11,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Static, TabbedContent, TabPane
 
+from proxy_core.contents import readable
 from proxy_core.record import Turn
 from proxy_core.usage import format_cost
 
@@ -236,7 +236,7 @@ def response_dict(turn: Turn) -> dict[str, Any]:
 def raw_text(value: Any, p: Palette, *, loaded: bool = True, r: Redact = _same) -> Text:
     if not loaded:
         return Text(" loading the request from the journal…", style=p.muted)
-    body = r(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+    body = r(readable(value))
     if len(body) > RAW_CHARS:
         body = body[:RAW_CHARS] + f"\n… [+{len(body) - RAW_CHARS:,} chars: press e to export the turn]"
     return Text(body, style=p.text)
