@@ -53,7 +53,7 @@ def encode(value: Any) -> bytes:
         return orjson.dumps(value)
     except orjson.JSONEncodeError:
         pass
-    _allow_deep_json()
+    allow_deep_json()
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
     try:
         return text.encode()
@@ -65,11 +65,19 @@ def encode(value: Any) -> bytes:
 def readable(value: Any, indent: int | None = 2) -> str:
     """`value` as JSON for a person (the dashboard's views, exports), indented, however
     deep it nests: `json` indents in Python, a few frames per level."""
-    _allow_deep_json()
+    allow_deep_json()
     return json.dumps(value, indent=indent, ensure_ascii=False, default=str)
 
 
-def _allow_deep_json() -> None:
+def allow_deep_json() -> None:
+    """Let `json` write values as deep as Switchboard reads (`MAX_DEPTH`) from here on.
+
+    Every front end calls it when it starts (`runner.run`): session
+    fingerprints, telemetry, Bedrock's translation, history repairs and the
+    dashboard write request values with `json` too. `encode` and `readable`
+    call it as well, for code that runs without a front end (tests, library
+    use). Never lowered: see `encode`.
+    """
     if sys.getrecursionlimit() < _ENCODING_RECURSION:
         sys.setrecursionlimit(_ENCODING_RECURSION)
 

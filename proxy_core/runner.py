@@ -9,7 +9,8 @@ the model, that measured 0.1-0.2 ms less added time to first byte (full
 `SWITCHBOARD_LOOP=asyncio` to use asyncio's loop anyway (to rule the loop
 out when chasing a problem). uvloop does not exist on Windows; there the
 asyncio loop is used. `run` also sets the cyclic collector's thresholds
-(`tune_gc`).
+(`tune_gc`) and lets `json` write values as deep as the proxy reads
+(`contents.allow_deep_json`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import gc
 import os
 from collections.abc import Coroutine
 from typing import Any, TypeVar
+
+from .contents import allow_deep_json
 
 T = TypeVar("T")
 
@@ -60,6 +63,7 @@ def loop_name() -> str:
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Run `main` to completion on a new loop, like `asyncio.run`."""
     tune_gc()
+    allow_deep_json()
     if loop_name() == "uvloop":
         import uvloop
         return uvloop.run(main)
