@@ -65,8 +65,9 @@ class Deadline:
     def __enter__(self) -> Deadline:
         # The task is looked up each time: a generator that uses the deadline may be
         # driven by one task, then another (a hedge race runs each attempt's start
-        # in its own task; the winner continues in the turn's).
-        task = self._task = asyncio.current_task()
+        # in its own task; the winner continues in the turn's). Given the loop, the
+        # lookup is a dict read; without, CPython 3.11 asks the OS for its pid first.
+        task = self._task = asyncio.current_task(self._loop)
         if task is None:
             raise RuntimeError("Deadline must be used inside a task")
         self._cancelling = task.cancelling()
